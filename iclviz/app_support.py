@@ -1,0 +1,303 @@
+"""Pure helpers for the Streamlit app (no streamlit import here).
+
+- the app's starting prompt and the default in-context heads per model;
+- the shareable state (prompt + head set) as JSON and as one URL query parameter;
+- tidy tables the prompt lab draws (tokens, attention from T to label positions);
+- a tiny random model with a tokenizer trained on the fly, for fast app tests
+  (``ICLVIZ_TEST_MODEL=tiny-llama``);
+- a full attention pass (a private eager copy of the model) for the bertviz views.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import random
+import threading
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+from .models import DEFAULT_MODEL_LABEL
+from .prompt import DEFAULT_LABEL_WORDS, DEFAULT_TEMPLATE, TEMPLATES, BuiltPrompt
+
+Head = tuple[int, int]
+
+START_DEMOS: list[tuple[str, str]] = [
+    ("a wonderful, moving film with superb acting", "foo"),
+    ("dull, slow and far too long", "bar"),
+    ("the best comedy I have seen this year", "foo"),
+    ("a boring mess with no story at all", "bar"),
+]
+START_QUERY = "I loved every minute of it"
+
+# The documented top heads of the default model (authors' scaling, layers 12-23; see issue 3).
+DEFAULT_MODEL_HEADS: list[Head] = [(21, 1), (20, 10), (21, 8), (20, 11), (16, 12)]
+TINY_MODELS = ("tiny-llama", "tiny-gpt2", "tiny-qwen2")
+MAX_DEMOS = 64
+MAX_TEXT = 2000
+
+
+def head_name(head: Head) -> str:
+    return f"L{int(head[0])}H{int(head[1])}"
+
+
+def parse_head(text: str) -> Head:
+    """'L21H1' or '21.1' or '21,1' -> (21, 1)."""
+    t = str(text).strip().upper().replace(" ", "")
+    try:
+        if t.startswith("L") and "H" in t:
+            a, b = t[1:].split("H", 1)
+        elif "." in t:
+            a, b = t.split(".", 1)
+        else:
+            a, b = t.split(",", 1)
+        return int(a), int(b)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a head; write it like L21H1") from None
+
+
+def default_heads(model_name: str, n_layers: int, n_heads: int) -> list[Head]:
+    """A sensible head set before any scan: the documented heads for the default model,
+    else the first heads of the last layer(s) (about 1% of all heads, at least 2)."""
+    if model_name == DEFAULT_MODEL_LABEL and n_layers == 24 and n_heads == 14:
+        return list(DEFAULT_MODEL_HEADS)
+    n = max(2, round(0.01 * n_layers * n_heads))
+    out = []
+    layer = n_layers - 1
+    while len(out) < n and layer >= 0:
+        for h in range(n_heads):
+            if len(out) < n:
+                out.append((layer, h))
+        layer -= 1
+    return out
+
+
+def valid_heads(heads, n_layers: int, n_heads: int) -> list[Head]:
+    return [(int(a), int(b)) for a, b in heads if 0 <= int(a) < n_layers and 0 <= int(b) < n_heads]
+
+
+def control_heads(heads, n_layers: int, n_heads: int, seed: int = 0) -> list[Head]:
+    """As many random heads as ``heads``, from the same layers, none of ``heads`` (the control)."""
+    heads = [tuple(h) for h in heads]
+    layers = sorted({a for a, _ in heads}) or [n_layers - 1]
+    pool = [(a, h) for a in layers for h in range(n_heads) if (a, h) not in heads]
+    if len(pool) < len(heads):  # widen to all layers when the chosen layers are nearly full
+        pool = [(a, h) for a in range(n_layers) for h in range(n_heads) if (a, h) not in heads]
+    return sorted(random.Random(seed).sample(pool, min(len(heads), len(pool))))
+
+
+# ---------------------------------------------------------------- shareable state
+
+@dataclass
+class LabState:
+    """What a user can share: the prompt and the chosen heads."""
+
+    demos: list[tuple[str, str]] = field(default_factory=lambda: list(START_DEMOS))
+    query: str = START_QUERY
+    label_words: tuple[str, ...] = DEFAULT_LABEL_WORDS
+    template: str = DEFAULT_TEMPLATE
+    heads: list[Head] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"demonstrations": [{"text": t, "label": lab} for t, lab in self.demos], "query": self.query,
+                "label_words": list(self.label_words), "template": self.template,
+                "heads": [head_name(h) for h in self.heads]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_query_param(self) -> str:
+        raw = json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def state_from_dict(d) -> LabState:
+    """Validate untrusted data (an upload or a URL) into a LabState; ValueError with a clear message."""
+    if not isinstance(d, dict):
+        raise ValueError("the file must hold a JSON object with 'demonstrations' and 'query'")
+    demos_raw = d.get("demonstrations", d.get("demos"))
+    if not isinstance(demos_raw, list):
+        raise ValueError("'demonstrations' must be a list of {\"text\": ..., \"label\": ...}")
+    if len(demos_raw) > MAX_DEMOS:
+        raise ValueError(f"at most {MAX_DEMOS} demonstrations")
+    demos = []
+    for i, item in enumerate(demos_raw):
+        if isinstance(item, dict):
+            text, label = item.get("text"), item.get("label")
+        elif isinstance(item, (list, tuple)) and len(item) == 2:
+            text, label = item
+        else:
+            raise ValueError(f"demonstration {i + 1} must be {{\"text\": ..., \"label\": ...}}")
+        if not isinstance(text, str) or not isinstance(label, str):
+            raise ValueError(f"demonstration {i + 1}: text and label must be strings")
+        demos.append((text[:MAX_TEXT], label[:50]))
+    query = d.get("query", "")
+    if not isinstance(query, str):
+        raise ValueError("'query' must be a string")
+    words = d.get("label_words", list(DEFAULT_LABEL_WORDS))
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words) or not 2 <= len(words) <= 8:
+        raise ValueError("'label_words' must be a list of 2 to 8 strings")
+    template = d.get("template", DEFAULT_TEMPLATE)
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown template {template!r}; choose one of {', '.join(TEMPLATES)}")
+    heads_raw = d.get("heads", [])
+    if not isinstance(heads_raw, list) or len(heads_raw) > 256:
+        raise ValueError("'heads' must be a list like [\"L21H1\", \"L20H10\"]")
+    heads = [parse_head(h) if isinstance(h, str) else parse_head(f"{h[0]},{h[1]}") for h in heads_raw]
+    return LabState(demos, query[:MAX_TEXT], tuple(w[:50] for w in words), template, heads)
+
+
+def state_from_json(text: str | bytes) -> LabState:
+    if isinstance(text, bytes):
+        if len(text) > 1_000_000:
+            raise ValueError("the file is larger than 1 MB")
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("the file is not UTF-8 text") from None
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc.msg} (line {exc.lineno})") from None
+    return state_from_dict(d)
+
+
+def state_from_query_param(value: str) -> LabState:
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (ValueError, TypeError):
+        raise ValueError("the shared link is damaged") from None
+    return state_from_json(raw)
+
+
+# ---------------------------------------------------------------- tables for the prompt lab
+
+def token_table(tokenizer, prompt: BuiltPrompt) -> pd.DataFrame:
+    """One row per token: position, token text, role (label word, query, demo, template, T)."""
+    role = ["template"] * prompt.n_tokens
+    demo_of = [0] * prompt.n_tokens
+    for i, (a, b) in enumerate(prompt.demo_spans):
+        for p in range(a, b):
+            role[p], demo_of[p] = "demonstration", i + 1
+    a, b = prompt.query_span
+    for p in range(a, b):
+        role[p] = "query"
+    label_of = [""] * prompt.n_tokens
+    for i, (p, w) in enumerate(zip(prompt.label_positions, prompt.demo_labels)):
+        role[p], label_of[p], demo_of[p] = "label", w, i + 1
+    role[prompt.last_position] = "T"
+    toks = [tokenizer.decode([t]) for t in prompt.input_ids]
+    return pd.DataFrame({"position": range(prompt.n_tokens), "token": toks, "role": role, "label": label_of,
+                         "demo": demo_of})
+
+
+def label_attention_table(prompt: BuiltPrompt, capture, heads, condition: str = "") -> pd.DataFrame:
+    """Attention from T to every label position, per head: head, demo, position, label, attention."""
+    attn = capture.attention_at(0, prompt.label_positions)  # [L, H, P]
+    rows = []
+    for layer, head in heads:
+        for i, (p, w) in enumerate(zip(prompt.label_positions, prompt.demo_labels)):
+            rows.append({"condition": condition, "head": head_name((layer, head)), "layer": layer, "head_index": head,
+                         "demo": i + 1, "position": p, "label": w, "slot": f"#{i + 1} {w} @{p}",
+                         "attention": float(attn[layer, head, i])})
+    return pd.DataFrame(rows)
+
+
+def label_sums(table: pd.DataFrame) -> pd.DataFrame:
+    """Per condition, head and label: the summed attention from T on that label's positions."""
+    if table.empty:
+        return table
+    return (table.groupby(["condition", "head", "label"], sort=False)["attention"].sum().reset_index())
+
+
+# ---------------------------------------------------------------- tiny model for tests
+
+_TINY_LOCK = threading.Lock()
+_TOKENIZER = None
+
+
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer trained here on SST-2 sentences (as tests/conftest.py does)."""
+    global _TOKENIZER
+    with _TINY_LOCK:
+        if _TOKENIZER is None:
+            from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+            from transformers import PreTrainedTokenizerFast
+
+            from .data import dataset_path
+
+            with open(dataset_path("sst2") / "train.jsonl") as f:
+                rows = [json.loads(line)["text"] for line in f][:3000]
+            rows += ["Review: x\nLabel: foo", "Review: x\nLabel: bar", "x : foo", "x : bar", "Label: baz",
+                     "Sentence: x\nAnswer: foo", "Sentence: x\nAnswer: bar"] * 200
+            tok = Tokenizer(models.BPE())
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            tok.decoder = decoders.ByteLevel()
+            trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+            tok.train_from_iterator(rows, trainer)
+            _TOKENIZER = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                                 pad_token="<|endoftext|>")
+    return _TOKENIZER
+
+
+def tiny_model(name: str = "tiny-llama", seed: int = 0):
+    """A LoadedModel around a tiny random model (3 layers x 4 heads), built from a config."""
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    from .models import ModelLoadError, wrap_model
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=400, initializer_range=0.3)
+    if name == "tiny-llama":
+        model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                             num_attention_heads=4, num_key_value_heads=2,
+                                             max_position_embeddings=1024, **common))
+    elif name == "tiny-qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                             num_attention_heads=4, num_key_value_heads=2,
+                                             max_position_embeddings=1024, tie_word_embeddings=True, **common))
+    elif name == "tiny-gpt2":
+        model = GPT2LMHeadModel(GPT2Config(n_layer=3, n_head=4, n_embd=32, n_positions=1024, **common))
+    else:
+        raise ModelLoadError(f"unknown test model {name!r}; choose one of {', '.join(TINY_MODELS)}")
+    lm = wrap_model(model.eval(), tiny_tokenizer(), name=name)
+    lm.notes.append("random weights: a test model, its predictions mean nothing")
+    return lm
+
+
+# ---------------------------------------------------------------- full attention for bertviz
+
+_EAGER: dict[int, torch.nn.Module] = {}
+_EAGER_LOCK = threading.Lock()
+
+
+def eager_copy(lm) -> torch.nn.Module:
+    """A private copy of the model that returns full attention matrices (one per loaded model)."""
+    with _EAGER_LOCK:
+        key = id(lm.model)
+        if key not in _EAGER:
+            m = copy.deepcopy(lm.model)
+            m.set_attn_implementation("eager")
+            _EAGER[key] = m.eval()
+        return _EAGER[key]
+
+
+@torch.no_grad()
+def full_attention(lm, prompt: BuiltPrompt, layers: list[int]) -> dict[int, torch.Tensor]:
+    """{layer: [H, S, S]} full attention probabilities of the prompt for the chosen layers."""
+    model = eager_copy(lm)
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt.input_ids], device=device)
+    out = model(input_ids=ids, output_attentions=True)
+    return {int(layer): out.attentions[layer][0].float().cpu() for layer in layers}

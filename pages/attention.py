@@ -1,0 +1,66 @@
+"""Attention: bertviz head and model views of the current prompt, limited to chosen layers and heads."""
+
+import streamlit as st
+
+from iclviz.app_support import full_attention, head_name
+from pages import common
+
+ss = st.session_state
+st.title("Attention")
+common.help_text(
+    "The full attention pattern of the current prompt in the chosen layers, drawn with bertviz: in the in-context "
+    "heads the last position T should attend to the label positions. Only a few layers and heads are drawn so "
+    "that the page stays responsive.")
+
+lm = common.get_model()
+if lm is None:
+    st.stop()
+heads = common.chosen_heads(lm)
+prompt = common.current_prompt(lm)
+if prompt is None:
+    st.info("Fix the prompt on the Prompt lab page.")
+    st.stop()
+default_layers = sorted({a for a, _ in heads})[:3]
+c1, c2, c3 = st.columns([2, 2, 1])
+layers = c1.multiselect("Layers (at most 4)", list(range(lm.n_layers)), default=default_layers, max_selections=4,
+                        key="w_att_layers")
+only_chosen = c2.checkbox("Only the in-context heads of these layers", value=True, key="w_att_only")
+view = c3.radio("View", ["head", "model"], key="w_att_view")
+if not layers:
+    st.info("Choose at least one layer.")
+    st.stop()
+if prompt.n_tokens > 400:
+    st.warning(f"The prompt has {prompt.n_tokens} tokens; the view may be slow.")
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _attention(_lm, key, ids, layers):
+    return full_attention(_lm, prompt, list(layers))
+
+
+att = _attention(lm, common.model_key(), tuple(prompt.input_ids), tuple(sorted(layers)))
+head_sel = sorted({b for a, b in heads if a in layers}) if only_chosen else list(range(lm.n_heads))
+if not head_sel:
+    head_sel = list(range(lm.n_heads))
+st.caption(f"Heads drawn: {', '.join(str(h) for h in head_sel)} in layers {', '.join(map(str, sorted(layers)))}; "
+           f"chosen in-context heads: {', '.join(map(head_name, heads))}. T is the last token.")
+# Tokens come from user text and are inlined in a script: keep them free of markup characters.
+tokens = [(lm.tokenizer.decode([t]).replace("\n", "\\n").replace("<", "‹").replace(">", "›")
+           .replace("&", "＆")) or "·" for t in prompt.input_ids]
+layer_list = sorted(layers)
+attn_tuple = tuple(att[a][None, head_sel] for a in layer_list)
+try:
+    from bertviz import head_view, model_view
+
+    if view == "head":
+        html = head_view(attn_tuple, tokens, html_action="return").data
+    else:
+        html = model_view(attn_tuple, tokens, html_action="return", display_mode="light").data
+except Exception as exc:  # noqa: BLE001 - bertviz problems become a message
+    st.error(f"bertviz could not draw this view: {exc}")
+    st.stop()
+st.caption("bertviz numbers layers and heads from 0 within the selection: layer i is the i-th chosen layer "
+           f"({layer_list}), head j the j-th drawn head ({head_sel}).")
+height = 600 if view == "head" else 220 * len(layer_list) + 200
+st.iframe(html, height=height)
+st.download_button("This view (HTML)", html.encode(), file_name=f"attention_{view}_view.html", mime="text/html")

@@ -1,0 +1,277 @@
+"""Shared Streamlit helpers for the app's pages: model picker, per-session state, cached runs.
+
+Per-user state lives in ``st.session_state`` only. The model is loaded once per process
+(``st.cache_resource``); predictions are cached by their inputs (model, prompt, plan), so
+two sessions share work but never each other's state.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+
+import pandas as pd
+import streamlit as st
+
+from iclviz.app_support import (
+    TINY_MODELS,
+    LabState,
+    default_heads,
+    head_name,
+    parse_head,
+    state_from_query_param,
+    tiny_model,
+    valid_heads,
+)
+from iclviz.data import DataError, list_datasets, load_dataset
+from iclviz.evaluation import predict_prompt
+from iclviz.interventions import Plan
+from iclviz.models import DEFAULT_MODEL, ModelLoadError, load_model
+from iclviz.prompt import PromptError, build_prompt
+
+CITATION = ("Yu & Ananiadou, *How do Large Language Models Learn In-Context? Query and Key Matrices of "
+            "In-Context Heads are Two Towers for Metric Learning*, EMNLP 2024 "
+            "([arXiv 2402.02872](https://arxiv.org/abs/2402.02872))")
+
+
+def help_text(text: str) -> None:
+    st.caption(f"{text} See {CITATION}.")
+
+
+# ---------------------------------------------------------------- model
+
+def test_model_name() -> str | None:
+    name = os.environ.get("ICLVIZ_TEST_MODEL", "").strip()
+    return name if name in TINY_MODELS else None
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _load(name: str, device: str, dtype: str, trust_remote_code: bool):
+    if name in TINY_MODELS:
+        return tiny_model(name)
+    return load_model(name, device=None if device == "auto" else device, dtype=None if dtype == "auto" else dtype,
+                      trust_remote_code=trust_remote_code)
+
+
+def model_spec() -> tuple[str, str, str, bool]:
+    return st.session_state.setdefault("model_spec", (test_model_name() or DEFAULT_MODEL, "auto", "auto", False))
+
+
+def model_key() -> str:
+    return "|".join(map(str, model_spec()))
+
+
+def get_model():
+    """The session's model (loaded once per process), or None after showing why not."""
+    spec = model_spec()
+    try:
+        with st.spinner(f"Loading {spec[0]} (the first load of the default model builds its cache, ~1 minute)"):
+            return _load(*spec)
+    except ModelLoadError as exc:
+        st.error(f"The model could not be loaded: {exc}")
+    except Exception as exc:  # noqa: BLE001 - anything else becomes a message, not a crash
+        st.error(f"The model could not be loaded ({type(exc).__name__}): {str(exc)[:300]}")
+    return None
+
+
+def sidebar() -> None:
+    with st.sidebar:
+        st.subheader("Model")
+        name, device, dtype, trust = model_spec()
+        sources = ["Offline default", "Hugging Face Hub name", "Local folder"]
+        if test_model_name():
+            sources.append("Tiny test model")
+        if name in TINY_MODELS:
+            current = "Tiny test model" if "Tiny test model" in sources else sources[0]
+        elif name == DEFAULT_MODEL:
+            current = sources[0]
+        elif name.startswith("/") or name.startswith("."):
+            current = sources[2]
+        else:
+            current = sources[1]
+        src = st.radio("Source", sources, index=sources.index(current), key="w_model_source")
+        typed = name
+        if src == "Hugging Face Hub name":
+            typed = st.text_input("Model name", value="" if current != src else name, placeholder="gpt2",
+                                  key="w_model_hub")
+        elif src == "Local folder":
+            typed = st.text_input("Folder (absolute path)", value="" if current != src else name,
+                                  placeholder="/path/to/model", key="w_model_dir")
+        elif src == "Tiny test model":
+            typed = st.selectbox("Test model", TINY_MODELS, key="w_model_tiny")
+        else:
+            typed = DEFAULT_MODEL
+        with st.expander("Device and dtype"):
+            dev = st.selectbox("Device", ["auto", "cpu", "cuda"], index=["auto", "cpu", "cuda"].index(device),
+                               key="w_device")
+            dt = st.selectbox("dtype", ["auto", "float32", "bfloat16", "float16"],
+                              index=["auto", "float32", "bfloat16", "float16"].index(dtype), key="w_dtype")
+            tr = st.checkbox("trust_remote_code (runs the model repository's code)", value=trust, key="w_trust")
+        new = ((typed or "").strip() or DEFAULT_MODEL, dev, dt, tr)
+        if new != model_spec():
+            if st.button("Load model", type="primary", key="w_load_model"):
+                st.session_state.model_spec = new
+                st.rerun()
+        lm = get_model()
+        if lm is not None:
+            st.caption(lm.describe())
+            st.caption(f"device **{lm.device}**, dtype **{str(lm.dtype).replace('torch.', '')}**, "
+                       f"context {lm.context_length} tokens")
+            for note in lm.notes:
+                st.caption(f"note: {note}")
+            heads = chosen_heads(lm)
+            st.markdown("**In-context heads** (shared by all pages): " + (", ".join(map(head_name, heads)) or "none"))
+
+
+# ---------------------------------------------------------------- session state
+
+def init_state() -> None:
+    """Defaults for this session; a shared link (?s=...) fills them on the first run."""
+    ss = st.session_state
+    if ss.get("_initialised"):
+        return
+    ss._initialised = True
+    ss.demo_counter = 0
+    apply_state(LabState())
+    shared = st.query_params.get("s")
+    if shared:
+        try:
+            apply_state(state_from_query_param(shared))
+            ss.share_message = ("success", "Loaded the prompt and heads from the shared link.")
+        except ValueError as exc:
+            ss.share_message = ("error", f"The shared link could not be read: {exc}")
+
+
+def apply_state(state: LabState) -> None:
+    ss = st.session_state
+    ss.demos = []
+    for text, label in state.demos:
+        ss.demo_counter = ss.get("demo_counter", 0) + 1
+        ss.demos.append({"id": ss.demo_counter, "text": text, "label": label})
+    ss.query = state.query
+    ss.label_words = list(state.label_words)
+    ss.template = state.template
+    ss.editor_version = ss.get("editor_version", 0) + 1
+    if state.heads:
+        ss.heads = [tuple(h) for h in state.heads]
+        ss.heads_model = None  # validated against the model on use
+        ss.heads_from_user = True
+
+
+def current_state() -> LabState:
+    ss = st.session_state
+    return LabState([(d["text"], d["label"]) for d in ss.demos], ss.query, tuple(ss.label_words), ss.template,
+                    list(ss.get("heads", [])))
+
+
+def chosen_heads(lm) -> list[tuple[int, int]]:
+    """The session's in-context heads for this model (a sensible default before any scan)."""
+    ss = st.session_state
+    heads = ss.get("heads")
+    if heads is None or (ss.get("heads_model") != lm.name and not ss.get("heads_from_user")):
+        heads = default_heads(lm.name, lm.n_layers, lm.n_heads)
+    heads = valid_heads(heads, lm.n_layers, lm.n_heads) or default_heads(lm.name, lm.n_layers, lm.n_heads)
+    ss.heads = heads
+    ss.heads_model = lm.name
+    return heads
+
+
+def set_heads(heads) -> None:
+    st.session_state.heads = [tuple(map(int, h)) for h in heads]
+    st.session_state.heads_from_user = True
+
+
+def heads_from_text(text: str) -> list[tuple[int, int]]:
+    return [parse_head(p) for p in text.replace(";", ",").replace(" ", ",").split(",") if p.strip()]
+
+
+# ---------------------------------------------------------------- prompts and cached runs
+
+def demo_tuple() -> tuple[tuple[str, str], ...]:
+    return tuple((d["text"], d["label"]) for d in st.session_state.demos)
+
+
+def current_prompt(lm, show_errors: bool = True):
+    """The session's prompt built for this model, or None after an inline message."""
+    ss = st.session_state
+    try:
+        prompt = build_prompt(lm.tokenizer, list(demo_tuple()), ss.query, tuple(ss.label_words), ss.template,
+                              max_tokens=lm.context_length)
+    except PromptError as exc:
+        if show_errors:
+            st.error(f"The prompt cannot be run: {exc}")
+        return None
+    if show_errors:
+        for w in prompt.warnings:
+            st.warning(w)
+    return prompt
+
+
+@st.cache_resource(show_spinner=False, max_entries=128)
+def _predict(_lm, key: str, demos, query: str, words, template: str, kind: str, heads):
+    prompt = build_prompt(_lm.tokenizer, list(demos), query, tuple(words), template, max_tokens=_lm.context_length)
+    return predict_prompt(_lm, prompt, Plan(kind, tuple(heads)))
+
+
+def predict_current(lm, kind: str = "none", heads=()):
+    """Prediction (with capture) of the session's prompt under an intervention plan; cached by inputs."""
+    ss = st.session_state
+    heads = tuple(sorted(tuple(h) for h in heads)) if kind != "none" else ()
+    return _predict(lm, model_key(), demo_tuple(), ss.query, tuple(ss.label_words), ss.template, kind, heads)
+
+
+@st.cache_resource(show_spinner=False)
+def dataset(name: str):
+    return load_dataset(name)
+
+
+def dataset_picker(key: str, default: str = "sst2"):
+    names = list_datasets()
+    if not names:
+        st.error("No datasets found.")
+        return None
+    name = st.selectbox("Dataset", names, index=names.index(default) if default in names else 0, key=key)
+    try:
+        return dataset(name)
+    except DataError as exc:
+        st.error(str(exc))
+        return None
+
+
+def csv_download(df: pd.DataFrame, name: str, label: str = "Download CSV", key: str | None = None) -> None:
+    st.download_button(label, df.to_csv(index=False).encode(), file_name=name, mime="text/csv", key=key or name)
+
+
+def show_page_error(exc: BaseException) -> None:
+    st.error(f"This page hit an error and stopped: {type(exc).__name__}: {str(exc)[:400]}. "
+             "The other pages still work; change the inputs or reload.")
+    with st.expander("Details for a bug report"):
+        st.code("".join(traceback.format_exception(exc))[-4000:])
+
+
+# ---------------------------------------------------------------- analyses (guarded: a missing module is a message)
+
+def analysis(module: str, name: str):
+    """A function from an iclviz analysis module, or None after a clear message."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(f"iclviz.{module}"), name)
+    except (ImportError, AttributeError):
+        st.info(f"iclviz.{module}.{name} is not available in this version of the library yet.")
+        return None
+
+
+def locate_heads(lm, setup, scaling, layers, batch_size, progress):
+    fn = analysis("locate", "locate_heads")
+    if fn is None:
+        raise RuntimeError("head location is not available yet")
+    return fn(lm, setup, scaling=scaling, layers=layers, batch_size=batch_size, progress=progress)
+
+
+def intervention_table(lm, setup, heads, kinds, random_draws, seed, batch_size, progress):
+    fn = analysis("locate", "intervention_table")
+    if fn is None:
+        raise RuntimeError("the intervention table is not available yet")
+    return fn(lm, setup, heads, kinds=kinds, random_draws=random_draws, seed=seed, batch_size=batch_size,
+              progress=progress)

@@ -1,0 +1,51 @@
+"""Label vectors: what each chosen head's value-output vector at each label position says."""
+
+import streamlit as st
+
+from iclviz.lens import SCALINGS
+from iclviz.plots import figure_html, label_vector_bars
+from pages import common
+
+ss = st.session_state
+st.title("Label vectors")
+common.help_text(
+    "For each chosen head and each label position p of the current prompt, the value-output vector z = v_p W_O "
+    "projected to the vocabulary should rank that position's own label word first (foo positions say foo); the "
+    "weighted vector a(T,p)·z is what actually flows into T. The logit minus is logit(first label) − "
+    "logit(second label) of that projection.")
+
+lm = common.get_model()
+if lm is None:
+    st.stop()
+heads = common.chosen_heads(lm)
+prompt = common.current_prompt(lm)
+if prompt is None:
+    st.info("Fix the prompt on the Prompt lab page.")
+    st.stop()
+fn = common.analysis("label_vectors", "label_vector_table")
+if fn is None:
+    st.stop()
+c1, c2 = st.columns(2)
+scaling = c1.selectbox("Vocabulary projection", SCALINGS, key="w_lv_scaling")
+value = c2.radio("Bar height", ["weighted_logit_minus", "logit_minus", "attention"], horizontal=True, key="w_lv_val")
+pred = common.predict_current(lm)
+st.markdown(f"Current prompt: **{len(prompt.label_positions)} label positions**, prediction "
+            f"`{pred.predicted}` ({', '.join(f'p({w})={p:.3f}' for w, p in pred.probs.items())}).")
+table = fn(lm, prompt, heads, scaling, capture=pred.capture)
+fig = label_vector_bars(table, prompt.label_words, value)
+st.plotly_chart(fig, key="fig_lv")
+own_first = (table["own_label_rank"] <= table[[f"rank_{w}" for w in prompt.label_words]].min(axis=1))
+st.markdown(f"Own label ranked above the other label words at **{own_first.mean():.0%}** of "
+            f"{len(table)} (head, position) pairs.")
+summary = common.analysis("label_vectors", "label_vector_summary")
+if summary is not None:
+    try:
+        st.dataframe(summary(table), key="tbl_lv_summary")
+    except (KeyError, ValueError) as exc:
+        st.caption(f"(summary unavailable: {exc})")
+st.dataframe(table, key="tbl_lv")
+d1, d2 = st.columns(2)
+with d1:
+    common.csv_download(table, "label_vectors.csv")
+with d2:
+    st.download_button("Figure (HTML)", figure_html(fig).encode(), file_name="label_vectors.html", mime="text/html")

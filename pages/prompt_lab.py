@@ -1,0 +1,266 @@
+"""Prompt lab: edit an ICL prompt and watch the prediction and the in-context heads' label attention."""
+
+import pandas as pd
+import streamlit as st
+
+from iclviz.app_support import (
+    control_heads,
+    head_name,
+    label_attention_table,
+    label_sums,
+    state_from_json,
+    token_table,
+)
+from iclviz.data import DataError, label_words_for, sample_demonstrations, sample_test
+from iclviz.plots import figure_html, label_attention_bars, label_sum_bars, probability_bars, tokens_html
+from iclviz.prompt import TEMPLATES
+from pages import common
+
+ss = st.session_state
+st.title("Prompt lab")
+common.help_text(
+    "Demonstrations are sentences with arbitrary label words (foo/bar); the model predicts the query's label at "
+    "the last position T, and a few deep in-context heads carry that decision by attending from T to the label "
+    "positions and copying the label they find there. Ablate those heads (or as many random heads, the control) "
+    "and compare the prediction and the attention before and after.")
+
+msg = ss.pop("share_message", None)
+if msg:
+    getattr(st, msg[0])(msg[1])
+
+lm = common.get_model()
+if lm is None:
+    st.stop()
+
+
+# ---------------------------------------------------------------- editor callbacks
+
+def _sync_demos():
+    words = ss.label_words
+    for d in ss.demos:
+        d["text"] = ss.get(f"dt_{d['id']}", d["text"])
+        d["label"] = ss.get(f"dl_{d['id']}_{'|'.join(words)}", d["label"])
+
+
+def _move(i, step):
+    _sync_demos()
+    j = i + step
+    if 0 <= j < len(ss.demos):
+        ss.demos[i], ss.demos[j] = ss.demos[j], ss.demos[i]
+
+
+def _delete(i):
+    _sync_demos()
+    ss.demos.pop(i)
+
+
+def _add():
+    _sync_demos()
+    ss.demo_counter += 1
+    words = ss.label_words
+    counts = {w: sum(d["label"] == w for d in ss.demos) for w in words}
+    ss.demos.append({"id": ss.demo_counter, "text": "", "label": min(words, key=lambda w: counts[w])})
+
+
+def _reverse():
+    _sync_demos()
+    ss.demos.reverse()
+
+
+def _words_changed():
+    _sync_demos()
+    new = [w.strip() for w in ss.w_label_words.split(",")]
+    old = list(ss.label_words)
+    mapping = {o: new[i] for i, o in enumerate(old) if i < len(new)}
+    for d in ss.demos:
+        d["label"] = mapping.get(d["label"], d["label"])
+    ss.label_words = new
+
+
+def _sample(ds, k, seed):
+    _sync_demos()
+    words = label_words_for(len(ds.labels)) if len(ds.labels) != len(ss.label_words) else tuple(ss.label_words)
+    demos = sample_demonstrations(ds, int(k), int(seed))
+    ss.demos = []
+    for text, y in demos:
+        ss.demo_counter += 1
+        ss.demos.append({"id": ss.demo_counter, "text": text, "label": words[y]})
+    ss.label_words = list(words)
+    ss.w_label_words = ", ".join(words)
+    ss.query = sample_test(ds, len(ds.labels), seed=int(seed))[0][0]
+    ss.w_query = ss.query
+
+
+def _bind(key, value):
+    if key not in ss:
+        ss[key] = value
+
+
+# ---------------------------------------------------------------- layout
+
+left, right = st.columns([5, 6], gap="large")
+with left:
+    st.subheader("Prompt")
+    c1, c2 = st.columns(2)
+    _bind("w_label_words", ", ".join(ss.label_words))
+    c1.text_input("Label words (comma separated)", key="w_label_words", on_change=_words_changed,
+                  help="Each must be a single token; the paper uses unrelated words like foo and bar.")
+    ss.label_words = [w.strip() for w in ss.w_label_words.split(",")]
+    names = list(TEMPLATES)
+    _bind("w_template", ss.template)
+    c2.selectbox("Template", names, key="w_template",
+                 format_func=lambda n: f"{n}: " + TEMPLATES[n].demo.replace("\n", " ⏎ "))
+    ss.template = ss.w_template
+
+    st.markdown("**Demonstrations**")
+    words = list(dict.fromkeys(w for w in ss.label_words if w)) or ["foo"]
+    wkey = "|".join(ss.label_words)
+    for i, d in enumerate(ss.demos):
+        cols = st.columns([7, 2, 0.6, 0.6, 0.6], vertical_alignment="bottom")
+        _bind(f"dt_{d['id']}", d["text"])
+        cols[0].text_input(f"Demonstration {i + 1}", key=f"dt_{d['id']}", label_visibility="collapsed",
+                           placeholder="a sentence")
+        lk = f"dl_{d['id']}_{wkey}"
+        if lk not in ss:
+            ss[lk] = d["label"] if d["label"] in words else words[0]
+        cols[1].selectbox(f"Label {i + 1}", words, key=lk, label_visibility="collapsed")
+        cols[2].button("↑", key=f"up_{d['id']}", on_click=_move, args=(i, -1), help="move up")
+        cols[3].button("↓", key=f"down_{d['id']}", on_click=_move, args=(i, 1), help="move down")
+        cols[4].button("✕", key=f"del_{d['id']}", on_click=_delete, args=(i,), help="delete")
+    _sync_demos()
+    b1, b2 = st.columns(2)
+    b1.button("Add demonstration", on_click=_add, key="w_add_demo")
+    b2.button("Reverse order", on_click=_reverse, key="w_reverse")
+
+    _bind("w_query", ss.query)
+    st.text_input("Query", key="w_query")
+    ss.query = ss.w_query
+
+    with st.expander("Sample from a dataset"):
+        ds = common.dataset_picker("w_lab_dataset")
+        s1, s2 = st.columns(2)
+        k = s1.number_input("Demonstrations per label", 1, 16, 2, key="w_lab_k")
+        seed = s2.number_input("Seed", 0, 10_000, 0, key="w_lab_seed")
+        if ds is not None:
+            try:
+                st.button("Sample demonstrations and a query", on_click=_sample, args=(ds, k, seed),
+                          key="w_sample")
+            except DataError as exc:
+                st.error(str(exc))
+
+    with st.expander("Load / save / share"):
+        state = common.current_state()
+        st.download_button("Save prompt and heads (JSON)", state.to_json().encode(), file_name="iclviz_prompt.json",
+                           mime="application/json", key="w_save_json")
+        up = st.file_uploader("Load a prompt (JSON)", type=["json"], key=f"w_upload_{ss.editor_version}")
+        if up is not None and ss.get("last_upload") != up.file_id:
+            ss.last_upload = up.file_id
+            try:
+                common.apply_state(state_from_json(up.getvalue()))
+                ss.pop("w_label_words", None)
+                ss.pop("w_query", None)
+                ss.pop("w_template", None)
+                ss.share_message = ("success", f"Loaded {up.name}.")
+                st.rerun()
+            except ValueError as exc:
+                st.error(f"Could not load {up.name}: {exc}")
+        if st.button("Put the prompt and heads in the URL", key="w_share_url"):
+            st.query_params["s"] = state.to_query_param()
+            st.success("The page address now holds this prompt and head set: copy it from the address bar.")
+
+prompt = common.current_prompt(lm)
+heads = common.chosen_heads(lm)
+
+with right:
+    st.subheader("Intervention")
+    h_text = st.text_input("In-context heads (shared by all pages)", value=", ".join(map(head_name, heads)),
+                           key=f"w_heads_{'_'.join(map(head_name, heads))}",
+                           help="Found on the Head finder page; or type them, e.g. L21H1, L20H10.")
+    try:
+        typed = common.heads_from_text(h_text)
+        if typed and typed != heads:
+            bad = [h for h in typed if not (0 <= h[0] < lm.n_layers and 0 <= h[1] < lm.n_heads)]
+            if bad:
+                st.error(f"{', '.join(map(head_name, bad))} not in this model ({lm.n_layers} layers x "
+                         f"{lm.n_heads} heads)")
+            else:
+                common.set_heads(typed)
+                st.rerun()
+    except ValueError as exc:
+        st.error(str(exc))
+    modes = ["none", "all in-context heads", "ticked heads", "random heads (control)"]
+    mode = st.radio("Intervene on", modes, horizontal=True, key="w_mode")
+    i1, i2 = st.columns(2)
+    kind = i1.selectbox("How", ["ablate", "knockout"], key="w_kind",
+                        format_func=lambda k: {"ablate": "ablate (remove the head's output)",
+                                               "knockout": "knock out attention from T to label positions"}[k])
+    rseed = i2.number_input("Random-heads seed", 0, 10_000, 0, key="w_rseed")
+    tick_cols = st.columns(min(len(heads), 6) or 1)
+    ticked = [h for i, h in enumerate(heads)
+              if tick_cols[i % len(tick_cols)].checkbox(head_name(h), key=f"w_tick_{head_name(h)}")]
+    if mode == "all in-context heads":
+        iv_heads = heads
+    elif mode == "ticked heads":
+        iv_heads = ticked
+    elif mode == "random heads (control)":
+        iv_heads = control_heads(heads, lm.n_layers, lm.n_heads, int(rseed))
+    else:
+        iv_heads = []
+    if mode != "none":
+        st.caption(f"{kind} on {len(iv_heads)} heads: " + (", ".join(map(head_name, iv_heads)) or "none ticked"))
+
+    if prompt is None:
+        st.stop()
+    before = common.predict_current(lm)
+    after = common.predict_current(lm, kind, iv_heads) if iv_heads else None
+    words = prompt.label_words
+
+    st.subheader("Prediction")
+    p1, p2 = st.columns(2)
+
+    def _pred_text(pred):
+        return f"Prediction: {pred.predicted} — " + " · ".join(f"p({w})={pred.probs[w]:.3f}" for w in words)
+
+    p1.markdown("**Before** (no intervention)")
+    p1.markdown(f"`{_pred_text(before)}`")
+    p2.markdown("**After** " + (f"({kind}, {len(iv_heads)} heads)" if after else "(no intervention chosen)"))
+    if after is not None:
+        p2.markdown(f"`{_pred_text(after)}`")
+        flip = " — the prediction flipped" if after.predicted != before.predicted else ""
+        p2.caption(f"margin {words[0]}−{words[1]}: {before.margin:+.3f} → {after.margin:+.3f}{flip}")
+    else:
+        p2.markdown("`—`")
+    probs = pd.DataFrame([{"condition": c, "label": w, "probability": p.probs[w]}
+                          for c, p in (("before", before), ("after", after)) if p is not None for w in words])
+    st.plotly_chart(probability_bars(probs, words), key="fig_probs")
+
+tokens = token_table(lm.tokenizer, prompt)
+st.subheader("Tokens")
+st.caption("Label positions are coloured by their label (subscript: position); the last position T is dark. "
+           f"{prompt.n_tokens} tokens.")
+st.markdown(tokens_html(tokens, words), unsafe_allow_html=True)
+
+st.subheader("Attention from T to each label position, in the in-context heads")
+att = label_attention_table(prompt, before.capture, heads, "before")
+if after is not None:
+    att = pd.concat([att, label_attention_table(prompt, after.capture, heads, "after")], ignore_index=True)
+sums = label_sums(att)
+fig = label_attention_bars(att, words)
+a1, a2 = st.columns([3, 2])
+a1.plotly_chart(fig, key="fig_attention")
+with a2:
+    st.markdown("**Attention summed per label**")
+    sum_table = sums.pivot_table(index="head", columns=["condition", "label"], values="attention", sort=False)
+    sum_table.columns = [f"{c} {w}" for c, w in sum_table.columns]
+    total = sums.groupby(["condition", "label"], sort=False)["attention"].sum()
+    st.dataframe(sum_table.style.format("{:.3f}"), key="tbl_sums")
+    st.markdown("All chosen heads: " + "; ".join(f"{c} {w} = {v:.3f}" for (c, w), v in total.items()))
+    st.plotly_chart(label_sum_bars(sums, words), key="fig_sums")
+d1, d2, d3 = st.columns(3)
+with d1:
+    common.csv_download(att, "label_attention.csv", "Attention table (CSV)")
+with d2:
+    common.csv_download(tokens, "tokens.csv", "Tokens (CSV)")
+with d3:
+    st.download_button("Attention figure (HTML)", figure_html(fig).encode(), file_name="label_attention.html",
+                       mime="text/html", key="dl_att_html")

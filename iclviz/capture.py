@@ -47,6 +47,7 @@ class Capture:
     resid_final: torch.Tensor  # [B, D] residual stream entering the final norm at T
     attn_block_out: torch.Tensor  # [B, L, D] each attention block's output at T
     pad: torch.Tensor  # [B] left padding
+    hidden: torch.Tensor | None = None  # [B, S, D] residual entering ``hidden_layer`` at every position
 
     def attention_at(self, b: int, positions) -> torch.Tensor:
         """[L, H, len(positions)] attention from T to prompt positions of prompt b."""
@@ -82,13 +83,15 @@ class _RunState:
     """Per-forward state read by the attention function and the hooks."""
 
     def __init__(self, arch: Architecture, interventions: Interventions, capture: bool, pad, value_positions,
-                 rotary_fn):
+                 rotary_fn, hidden_layer: int | None = None):
         self.arch = arch
         self.iv = interventions
         self.capture = capture
         self.pad = pad  # [B] long
         self.value_positions = value_positions  # [B, P] padded positions or None
         self.rotary_fn = rotary_fn
+        self.hidden_layer = hidden_layer
+        self.hidden = None
         L, H = arch.n_layers, arch.n_heads
         self.ablate_mask = torch.zeros(L, H, dtype=torch.bool)
         for layer, head in interventions.ablate:
@@ -254,6 +257,8 @@ def _resid_hook(i):
         if state is not None and state.capture:
             hidden = args[0] if args else kwargs["hidden_states"]
             state.records["resid_in"][i] = hidden[:, -1].float().cpu()
+            if state.hidden_layer == i:
+                state.hidden = hidden.float().cpu()
     return hook
 
 
@@ -287,7 +292,8 @@ def pad_batch(prompt_ids: list[list[int]], pad_id: int, device):
 
 @torch.no_grad()
 def run_ids(model, prompt_ids: list[list[int]], label_token_ids: list[int], interventions: Interventions = NONE,
-            capture: bool = True, value_positions: list[list[int]] | None = None, pad_id: int = 0) -> RunResult:
+            capture: bool = True, value_positions: list[list[int]] | None = None, pad_id: int = 0,
+            hidden_layer: int | None = None) -> RunResult:
     """One forward pass over left-padded prompts, with interventions and (optionally) capture."""
     arch = instrument(model)
     device = next(model.parameters()).device
@@ -303,7 +309,7 @@ def run_ids(model, prompt_ids: list[list[int]], label_token_ids: list[int], inte
                 raise ValueError("an attention edit needs one position map per prompt")
     if interventions.depositional and len(interventions.depositional_positions) != len(prompt_ids):
         raise ValueError("a positional-score removal needs one position list per prompt")
-    state = _RunState(arch, interventions, capture, pad, vpos, getattr(model, "_iclviz_rotary", None))
+    state = _RunState(arch, interventions, capture, pad, vpos, getattr(model, "_iclviz_rotary", None), hidden_layer)
     token = _ACTIVE.set(state if (capture or not interventions.is_empty()) else None)
     try:
         out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False, logits_to_keep=1)
@@ -323,5 +329,6 @@ def run_ids(model, prompt_ids: list[list[int]], label_token_ids: list[int], inte
             resid_final=state.resid_final,
             attn_block_out=torch.stack(r["attn_block_out"], 1),
             pad=pad,
+            hidden=state.hidden,
         )
     return RunResult(logits=logits, label_token_ids=list(label_token_ids), capture=cap)

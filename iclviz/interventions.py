@@ -99,3 +99,48 @@ def combine(*parts: Interventions) -> Interventions:
 
 def _heads(heads) -> list[Head]:
     return [(int(layer), int(head)) for layer, head in heads]
+
+
+# ---------------------------------------------------------------- plans over prompts
+
+PLAN_KINDS = ("none", "ablate", "knockout", "majority_fix", "recency_fix")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A named intervention on a head set, turned into Interventions for a batch of prompts.
+
+    - ``ablate``: remove the heads' outputs.
+    - ``knockout``: zero the heads' attention from T to every label position.
+    - ``majority_fix``: in the heads, multiply attention at label ``c``'s positions by
+      ``N / (K * n_c)`` (N demonstrations, K labels, n_c of label c), so each label
+      gets the share it would have with balanced demonstrations; 1 when balanced.
+    - ``recency_fix``: in the heads, remove the positional part of the score at label positions.
+    """
+
+    kind: str = "none"
+    heads: tuple[Head, ...] = ()
+
+    def __post_init__(self):
+        if self.kind not in PLAN_KINDS:
+            raise ValueError(f"unknown intervention {self.kind!r}; choose one of {', '.join(PLAN_KINDS)}")
+
+    def build(self, prompts) -> Interventions:
+        if self.kind == "none" or not self.heads and self.kind != "none":
+            return NONE
+        if self.kind == "ablate":
+            return ablate(self.heads)
+        if self.kind == "knockout":
+            return knockout([p.label_positions for p in prompts], heads=self.heads)
+        if self.kind == "majority_fix":
+            return rescale([majority_factors(p) for p in prompts], heads=self.heads)
+        return remove_positional_score([p.label_positions for p in prompts], self.heads)
+
+    def label(self) -> str:
+        return self.kind if self.kind == "none" else f"{self.kind} {len(self.heads)} heads"
+
+
+def majority_factors(prompt) -> dict[int, float]:
+    counts = {w: prompt.demo_labels.count(w) for w in set(prompt.demo_labels)}
+    n, k = len(prompt.demo_labels), len(prompt.label_words)
+    return {p: n / (k * counts[w]) for p, w in zip(prompt.label_positions, prompt.demo_labels)}

@@ -182,7 +182,7 @@ class LoadedModel:
         return 0
 
     def run(self, prompts: list[BuiltPrompt], interventions: Interventions = NONE, capture: bool = True,
-            value_positions: list[list[int]] | None | str = "labels") -> RunResult:
+            value_positions: list[list[int]] | None | str = "labels", hidden_layer: int | None = None) -> RunResult:
         """One instrumented forward pass over ``prompts`` (left-padded into one batch)."""
         if not prompts:
             raise ValueError("no prompts to run")
@@ -198,7 +198,7 @@ class LoadedModel:
                 value_positions = None
         return run_ids(self.model, [p.input_ids for p in prompts], prompts[0].label_token_id_list(),
                        interventions=interventions, capture=capture, value_positions=value_positions,
-                       pad_id=self.pad_id)
+                       pad_id=self.pad_id, hidden_layer=hidden_layer)
 
     def describe(self) -> str:
         return (f"{self.name}: {self.n_layers} layers x {self.n_heads} heads "

@@ -1,0 +1,272 @@
+"""Command line: every analysis headless, with a progress bar and CSV/JSON output.
+
+    python -m iclviz predict --demo "a wonderful film=foo" --demo "dull and boring=bar" --query "I loved it"
+    python -m iclviz evaluate --dataset sst2 --k 4 --n-test 48 --seeds 0 1 2
+    python -m iclviz locate --dataset sst2 --out runs/sst2
+    python -m iclviz report --out docs/results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .data import DataError, load_dataset
+from .prompt import DEFAULT_TEMPLATE, TEMPLATES, PromptError
+
+
+class _Bar:
+    """A tqdm progress callback for the library's ``progress(done, total, note)``."""
+
+    def __init__(self, desc: str):
+        self.bar = None
+        self.desc = desc
+
+    def __call__(self, done, total, note=""):
+        if self.bar is None or self.bar.total != total:
+            if self.bar is not None:
+                self.bar.close()
+            self.bar = tqdm(total=total, desc=self.desc, file=sys.stderr, leave=False)
+        self.bar.n = done
+        self.bar.set_postfix_str(str(note)[:40])
+        self.bar.refresh()
+        return True
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _heads(text: str | None):
+    if not text:
+        return None
+    out = []
+    for part in text.replace(",", " ").split():
+        part = part.upper()
+        if not part.startswith("L") or "H" not in part:
+            raise SystemExit(f"heads are written like L21H1; got {part!r}")
+        a, b = part[1:].split("H")
+        out.append((int(a), int(b)))
+    return out
+
+
+def _common(p: argparse.ArgumentParser, dataset: bool = True):
+    p.add_argument("--model", default="default", help="'default' (offline Qwen2.5-Coder-0.5B), a Hub name or a folder")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--template", default=DEFAULT_TEMPLATE, choices=sorted(TEMPLATES))
+    p.add_argument("--labels", nargs="+", default=None, help="label words (default foo bar ...)")
+    p.add_argument("--out", default=None, help="folder for CSV/JSON output")
+    if dataset:
+        p.add_argument("--dataset", default="sst2")
+        p.add_argument("--data-dir", default=None, help="folder with more datasets (e.g. ethos)")
+        p.add_argument("--classes", type=int, nargs="+", default=None, help="keep these class indices")
+        p.add_argument("--k", type=int, default=4, help="demonstrations per label")
+        p.add_argument("--n-test", type=int, default=48)
+        p.add_argument("--seeds", type=int, nargs="+", default=[0])
+        p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument("--heads", default=None, help="in-context heads, e.g. 'L21H1 L20H10'; default: located")
+        p.add_argument("--n-heads", type=int, default=None, help="how many located heads (default ~1%%, >=2)")
+        p.add_argument("--scaling", default="final_scale", choices=["final_scale", "final_norm"])
+        p.add_argument("--layers", type=int, nargs="+", default=None, help="layers to search (default deep half)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m iclviz", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("predict", help="label probabilities for one prompt")
+    _common(p, dataset=False)
+    p.add_argument("--demo", action="append", default=[], help="'sentence=label' (repeat)")
+    p.add_argument("--query", required=True)
+    p.add_argument("--ablate", default=None, help="heads to ablate, e.g. 'L21H1 L20H10'")
+    for name, helptext in [
+        ("evaluate", "accuracy over test sentences, seeds, with an interval"),
+        ("locate", "per-head importance (layer x head) and the top in-context heads"),
+        ("interventions", "accuracy: none vs in-context heads vs random heads (ablation, knockout)"),
+        ("label-vectors", "value-output vectors at label positions for the first test prompt"),
+        ("label-swap", "attention on foo vs bar positions before/after swapping labels"),
+        ("two-towers", "query-key score vs query-demonstration similarity"),
+        ("majority-bias", "majority label bias and its fix in the in-context heads"),
+        ("recency-bias", "recency bias over demonstration orders and its fix"),
+    ]:
+        p = sub.add_parser(name, help=helptext, description=helptext)
+        _common(p)
+        if name == "evaluate":
+            p.add_argument("--intervention", default="none", choices=["none", "ablate", "knockout"])
+            p.add_argument("--checkpoint", default=None, help="JSONL to resume from / append to")
+        if name in ("interventions",):
+            p.add_argument("--draws", type=int, default=3)
+        if name == "recency-bias":
+            p.add_argument("--orders", type=int, default=3, help="random orders besides the label-last ones")
+    p = sub.add_parser("report", help="regenerate docs/results.md on several datasets")
+    p.add_argument("--model", default="default")
+    p.add_argument("--datasets", nargs="+", default=["sst2", "amazon_polarity", "agnews:0,1"])
+    p.add_argument("--out", default="docs/results.md")
+    p.add_argument("--work", default="runs/report", help="folder for the per-experiment CSVs (resumable)")
+    p.add_argument("--quick", action="store_true", help="tiny sample sizes (a smoke run)")
+    p.add_argument("--data-dir", default=None)
+    return ap
+
+
+def _load(args):
+    from .models import load_model
+
+    bar = _Bar("loading model")
+    try:
+        return load_model(args.model, device=args.device if hasattr(args, "device") else None,
+                          dtype=getattr(args, "dtype", None), trust_remote_code=getattr(args, "trust_remote_code",
+                                                                                       False),
+                          progress=lambda f, msg: bar(int(f * 100), 100, msg))
+    finally:
+        bar.close()
+
+
+def _setup(args, lm):
+    from .evaluation import EvalSetup
+
+    ds = load_dataset(args.dataset, args.data_dir)
+    if args.classes:
+        ds = ds.restrict(args.classes)
+    return EvalSetup(ds, k_per_label=args.k, n_test=args.n_test, seeds=tuple(args.seeds),
+                     label_words=tuple(args.labels) if args.labels else None, template=args.template)
+
+
+def _located_heads(args, lm, setup):
+    heads = _heads(args.heads)
+    if heads:
+        return heads, None
+    from .locate import locate_heads
+
+    bar = _Bar("locating heads")
+    scan = locate_heads(lm, setup, scaling=args.scaling, layers=args.layers, batch_size=args.batch_size,
+                        progress=bar)
+    bar.close()
+    return scan.top(args.n_heads), scan
+
+
+def _write(args, name: str, df=None, obj=None):
+    if df is not None:
+        print(df.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    elif obj is not None:
+        print(json.dumps(obj, indent=2))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        if df is not None:
+            df.to_csv(out / f"{name}.csv", index=False)
+        if obj is not None:
+            (out / f"{name}.json").write_text(json.dumps(obj, indent=2))
+        print(f"wrote {out}/{name}.*", file=sys.stderr)
+
+
+def run(args) -> int:
+    from . import bias, label_swap, label_vectors, locate, two_towers
+    from .evaluation import evaluate, predict
+    from .heads import default_layers, random_heads
+    from .interventions import Plan
+
+    if args.command == "report":
+        from .report import make_report
+
+        make_report(args)
+        return 0
+    lm = _load(args)
+    print(f"model: {lm.describe()}", file=sys.stderr)
+    if args.command == "predict":
+        demos = []
+        for d in args.demo:
+            if "=" not in d:
+                raise PromptError(f"write each demonstration as 'sentence=label'; got {d!r}")
+            text, label = d.rsplit("=", 1)
+            demos.append((text.strip(), label.strip()))
+        words = tuple(args.labels) if args.labels else tuple(dict.fromkeys(lab for _, lab in demos))
+        if len(words) < 2:
+            raise PromptError("give demonstrations of at least two labels, or name the label words with --labels")
+        plan = Plan("ablate", tuple(_heads(args.ablate))) if args.ablate else Plan()
+        t0 = time.perf_counter()
+        pred = predict(lm, demos, args.query, words, args.template, plan, capture=False)
+        obj = {"prediction": pred.predicted, "probabilities": pred.probs, "logits": pred.logits,
+               "tokens": pred.prompt.n_tokens, "seconds": round(time.perf_counter() - t0, 3),
+               "intervention": plan.label(), "warnings": pred.prompt.warnings}
+        _write(args, "predict", obj=obj)
+        return 0
+    setup = _setup(args, lm)
+    bar = _Bar(args.command)
+    try:
+        if args.command == "evaluate":
+            heads = _heads(args.heads) or []
+            plan = Plan(args.intervention, tuple(heads)) if args.intervention != "none" else Plan()
+            res = evaluate(lm, setup, plan, batch_size=args.batch_size, progress=bar, checkpoint=args.checkpoint)
+            bar.close()
+            _write(args, "evaluate_rows", df=res.rows)
+            _write(args, "evaluate", obj=res.summary())
+        elif args.command == "locate":
+            layers = args.layers or default_layers(lm.n_layers)
+            scan = locate.locate_heads(lm, setup, scaling=args.scaling, layers=layers, batch_size=args.batch_size,
+                                       progress=bar)
+            bar.close()
+            _write(args, "head_importance", df=scan.table)
+            top = scan.top(args.n_heads)
+            _write(args, "top_heads", obj={"top": [f"L{a}H{b}" for a, b in top], "by_label": {
+                w: [f"L{a}H{b}" for a, b in hs] for w, hs in scan.top_by_label(args.n_heads).items()},
+                "scaling": args.scaling, "layers": layers, "prompts": scan.n_prompts})
+        else:
+            heads, _ = _located_heads(args, lm, setup)
+            print(f"in-context heads: {' '.join(f'L{a}H{b}' for a, b in heads)}", file=sys.stderr)
+            if args.command == "interventions":
+                df = locate.intervention_table(lm, setup, heads, random_draws=args.draws, batch_size=args.batch_size,
+                                               progress=bar)
+                bar.close()
+                _write(args, "interventions", df=df)
+            elif args.command == "label-vectors":
+                prompts, _ = setup.prompts(lm, setup.seeds[0])
+                df = label_vectors.label_vector_table(lm, prompts[0], heads, args.scaling)
+                _write(args, "label_vectors", df=df)
+            elif args.command == "label-swap":
+                df = label_swap.label_swap_table(lm, setup, heads, args.scaling, args.batch_size, progress=bar)
+                bar.close()
+                _write(args, "label_swap_rows", df=df)
+                _write(args, "label_swap", df=label_swap.summarize_label_swap(df))
+            elif args.command == "two-towers":
+                control = random_heads(len(heads), sorted({a for a, _ in heads}), lm.n_heads, 0, exclude=heads)
+                df = two_towers.two_towers_table(lm, setup, heads, control, batch_size=args.batch_size, progress=bar)
+                bar.close()
+                _write(args, "two_towers_rows", df=df)
+                _write(args, "two_towers", df=two_towers.rank_correlations(df))
+            elif args.command == "majority-bias":
+                res = bias.majority_bias(lm, setup, heads, args.batch_size, progress=bar)
+                bar.close()
+                _write(args, "majority_bias_rows", df=res.rows)
+                _write(args, "majority_bias", df=res.summary)
+            elif args.command == "recency-bias":
+                res = bias.recency_bias(lm, setup, heads, args.orders, args.batch_size, progress=bar)
+                bar.close()
+                for n in res.notes:
+                    print(f"note: {n}", file=sys.stderr)
+                _write(args, "recency_bias_rows", df=res.rows)
+                _write(args, "recency_bias", df=res.summary)
+    finally:
+        bar.close()
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .evaluation import Cancelled
+    from .models import ModelLoadError
+
+    try:
+        return run(args)
+    except (PromptError, DataError, ModelLoadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (Cancelled, KeyboardInterrupt) as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 130

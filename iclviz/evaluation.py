@@ -1,0 +1,201 @@
+"""Prediction for one prompt and accuracy over a dataset sample, batched, with intervals."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .data import Dataset, label_words_for, sample_demonstrations, sample_test
+from .interventions import NONE, Interventions, Plan
+from .models import LoadedModel
+from .prompt import DEFAULT_LABEL_WORDS, DEFAULT_TEMPLATE, BuiltPrompt, build_prompt
+
+Progress = Callable[[int, int, str], bool | None]  # return False to stop
+
+
+class Cancelled(RuntimeError):
+    """The user stopped a long computation; partial results were kept."""
+
+
+@dataclass
+class Prediction:
+    prompt: BuiltPrompt
+    probs: dict[str, float]  # over the label words only
+    logits: dict[str, float]
+    predicted: str
+    capture: object | None = None
+
+    @property
+    def margin(self) -> float:
+        """logit(first label) - logit(second label)."""
+        w = self.prompt.label_words
+        return self.logits[w[0]] - self.logits[w[1]]
+
+
+def predict(lm: LoadedModel, demonstrations, query: str, label_words=DEFAULT_LABEL_WORDS,
+            template=DEFAULT_TEMPLATE, interventions: Interventions | Plan = NONE, capture: bool = True
+            ) -> Prediction:
+    prompt = build_prompt(lm.tokenizer, demonstrations, query, label_words, template, max_tokens=lm.context_length)
+    return predict_prompt(lm, prompt, interventions, capture)
+
+
+def predict_prompt(lm: LoadedModel, prompt: BuiltPrompt, interventions: Interventions | Plan = NONE,
+                   capture: bool = True) -> Prediction:
+    iv = interventions.build([prompt]) if isinstance(interventions, Plan) else interventions
+    res = lm.run([prompt], interventions=iv, capture=capture)
+    words = prompt.label_words
+    probs = res.label_probs[0].tolist()
+    logits = res.label_logits[0].tolist()
+    return Prediction(prompt, dict(zip(words, probs)), dict(zip(words, logits)), words[int(res.predictions[0])],
+                      res.capture)
+
+
+@dataclass
+class EvalSetup:
+    """Which prompts an evaluation runs: k demonstrations per label, n test sentences, seeds."""
+
+    dataset: Dataset
+    k_per_label: int | list[int] = 4
+    n_test: int = 48
+    seeds: tuple[int, ...] = (0,)
+    label_words: tuple[str, ...] | None = None
+    template: str = DEFAULT_TEMPLATE
+    order: str = "shuffle"
+    demo_transform: Callable[[list, int], list] | None = None  # (demos, seed) -> demos, e.g. drop or reorder
+
+    def words(self) -> tuple[str, ...]:
+        return label_words_for(len(self.dataset.labels), self.label_words)
+
+    def prompts(self, lm: LoadedModel, seed: int, demos=None) -> tuple[list[BuiltPrompt], list[int]]:
+        """The seed's demonstrations with each test sentence as the query; gold label indices."""
+        words = self.words()
+        if demos is None:
+            demos = sample_demonstrations(self.dataset, self.k_per_label, seed, self.order)
+            if self.demo_transform is not None:
+                demos = self.demo_transform(demos, seed)
+        demo_pairs = [(t, words[y]) for t, y in demos]
+        tests = sample_test(self.dataset, self.n_test, seed=seed)
+        prompts = [build_prompt(lm.tokenizer, demo_pairs, t, words, self.template, max_tokens=lm.context_length)
+                   for t, _ in tests]
+        return prompts, [y for _, y in tests]
+
+
+@dataclass
+class EvalResult:
+    rows: pd.DataFrame  # one row per prompt: seed, index, gold, pred, correct, margin, p_<label>
+    label_words: tuple[str, ...]
+    plan: str
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.rows["correct"].mean()) if len(self.rows) else float("nan")
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+    def interval(self, z: float = 1.96) -> tuple[float, float]:
+        return wilson_interval(int(self.rows["correct"].sum()), self.n, z)
+
+    def per_seed(self) -> pd.Series:
+        return self.rows.groupby("seed")["correct"].mean()
+
+    def prediction_share(self) -> dict[str, float]:
+        return {w: float((self.rows["pred"] == i).mean()) for i, w in enumerate(self.label_words)}
+
+    def summary(self) -> dict:
+        lo, hi = self.interval()
+        ps = self.per_seed()
+        return {"plan": self.plan, "n": self.n, "accuracy": self.accuracy, "ci_low": lo, "ci_high": hi,
+                "seed_sd": float(ps.std(ddof=1)) if len(ps) > 1 else float("nan"), "seeds": len(ps)}
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return c - h, c + h
+
+
+def run_batches(lm: LoadedModel, prompts: list[BuiltPrompt], plan: Plan | Interventions = NONE, batch_size: int = 8,
+                capture: bool = False, progress: Progress | None = None, on_batch=None, start: int = 0,
+                note: str = "") -> list:
+    """Run prompts in batches; ``on_batch(indices, RunResult)`` sees each batch. Returns RunResults."""
+    results = []
+    total = len(prompts)
+    for i in range(start, total, batch_size):
+        chunk = prompts[i:i + batch_size]
+        iv = plan.build(chunk) if isinstance(plan, Plan) else plan
+        res = lm.run(chunk, interventions=iv, capture=capture)
+        if on_batch:
+            on_batch(list(range(i, i + len(chunk))), res)
+        results.append(res)
+        if progress is not None and progress(min(i + batch_size, total), total, note) is False:
+            raise Cancelled(f"stopped after {min(i + batch_size, total)} of {total} prompts")
+    return results
+
+
+def evaluate(lm: LoadedModel, setup: EvalSetup, plan: Plan = Plan(), batch_size: int = 8,
+             progress: Progress | None = None, checkpoint: str | Path | None = None) -> EvalResult:
+    """Accuracy of ``plan`` over the setup's prompts (all seeds).
+
+    With ``checkpoint`` (a JSONL path) finished prompts are appended as they complete and a
+    rerun resumes after them.
+    """
+    words = setup.words()
+    done: dict[tuple[int, int], dict] = {}
+    ck = Path(checkpoint) if checkpoint else None
+    if ck and ck.exists():
+        for line in ck.read_text().splitlines():
+            r = json.loads(line)
+            if r.get("plan") == plan.label():
+                done[(r["seed"], r["index"])] = r
+    rows = []
+    total = len(setup.seeds) * setup.n_test
+    finished = 0
+    for seed in setup.seeds:
+        prompts, gold = setup.prompts(lm, seed)
+        todo = [i for i in range(len(prompts)) if (seed, i) not in done]
+        rows += [done[(seed, i)] for i in range(len(prompts)) if (seed, i) in done]
+        finished += len(prompts) - len(todo)
+        for j in range(0, len(todo), batch_size):
+            idx = todo[j:j + batch_size]
+            chunk = [prompts[i] for i in idx]
+            res = lm.run(chunk, interventions=plan.build(chunk), capture=False)
+            new = _rows(seed, idx, [gold[i] for i in idx], res, words, plan.label())
+            rows += new
+            if ck:
+                ck.parent.mkdir(parents=True, exist_ok=True)
+                with open(ck, "a") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in new)
+            finished += len(idx)
+            if progress is not None and progress(finished, total, plan.label()) is False:
+                raise Cancelled(f"stopped after {finished} of {total} prompts")
+    df = pd.DataFrame(rows).sort_values(["seed", "index"]).reset_index(drop=True) if rows else pd.DataFrame(
+        columns=["seed", "index", "gold", "pred", "correct", "margin"])
+    return EvalResult(df, words, plan.label())
+
+
+def _rows(seed, idx, gold, res, words, plan_label) -> list[dict]:
+    probs = res.label_probs
+    logits = res.label_logits
+    out = []
+    for b, i in enumerate(idx):
+        lg = logits[b]
+        g = gold[b]
+        other = torch.cat([lg[:g], lg[g + 1:]]).max()
+        row = {"plan": plan_label, "seed": seed, "index": i, "gold": g, "pred": int(lg.argmax()),
+               "correct": bool(int(lg.argmax()) == g), "margin": float(lg[g] - other)}
+        row.update({f"p_{w}": float(probs[b, k]) for k, w in enumerate(words)})
+        out.append(row)
+    return out

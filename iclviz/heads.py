@@ -1,0 +1,126 @@
+"""Locating in-context heads: per-head importance from one pass (PAPER.md's formula).
+
+``Imp(l,h; w) = log p(w | r[l,T] + o[l,h,T]) - log p(w | r[l,T])`` with
+``p(.|x) = softmax(W_U . lens(x))``; the lens is a setting (see ``lens.py``).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from .capture import Capture
+from .lens import frozen_norm
+
+DEFAULT_SCALING = "final_scale"
+
+
+def default_layers(n_layers: int) -> list[int]:
+    """The deep half of the model, where the paper looks for in-context heads."""
+    return list(range(n_layers // 2, n_layers))
+
+
+@torch.no_grad()
+def head_importance(arch, capture: Capture, label_token_ids: list[int], scaling: str = DEFAULT_SCALING,
+                    layers: list[int] | None = None) -> torch.Tensor:
+    """[B, L, H, n_labels] log-probability increase of each label word by each head (NaN outside ``layers``)."""
+    B, L, H, _ = capture.head_out.shape
+    layers = list(range(L)) if layers is None else list(layers)
+    out = torch.full((B, L, H, len(label_token_ids)), float("nan"))
+    w_u = arch.unembed_matrix().detach().float().cpu()
+    b_u = arch.unembed_bias()
+    b_u = b_u.detach().float().cpu() if b_u is not None else None
+    norm = arch.final_norm
+    p = next(norm.parameters(), None)
+
+    def logprobs(x):  # x [B, ..., D] -> log p over the vocabulary, for the label ids
+        if scaling == "final_norm":
+            y = norm(x.to(p.device, p.dtype) if p is not None else x).float().cpu()
+        else:
+            y = frozen_norm(arch, x, capture.resid_final)
+        logits = y @ w_u.T
+        if b_u is not None:
+            logits = logits + b_u
+        return torch.log_softmax(logits, -1)[..., label_token_ids]
+
+    for layer in layers:
+        r = capture.resid_in[:, layer]  # [B, D]
+        base = logprobs(r)  # [B, n]
+        with_head = logprobs(r[:, None, :] + capture.head_out[:, layer])  # [B, H, n]
+        out[:, layer] = with_head - base[:, None, :]
+    return out
+
+
+@dataclass
+class HeadScan:
+    """Per-head importance averaged over a dataset sample."""
+
+    table: pd.DataFrame  # layer, head, label, importance (mean over prompts whose gold is label), n
+    overall: pd.DataFrame  # layer, head, importance (mean of gold-label importance), favours
+    n_layers: int
+    n_heads: int
+    label_words: tuple[str, ...]
+    scaling: str
+    layers: list[int]
+    n_prompts: int
+
+    def matrix(self, label: str | None = None) -> pd.DataFrame:
+        """layer x head table of importance (overall, or for one label)."""
+        if label is None:
+            df = self.overall
+        else:
+            df = self.table[self.table["label"] == label]
+        return df.pivot(index="layer", columns="head", values="importance").reindex(range(self.n_layers))
+
+    def top(self, n: int | None = None) -> list[tuple[int, int]]:
+        n = default_top_n(self.n_layers * self.n_heads) if n is None else n
+        df = self.overall.dropna(subset=["importance"]).sort_values("importance", ascending=False)
+        return [(int(r.layer), int(r.head)) for r in df.head(n).itertuples()]
+
+    def top_by_label(self, n: int | None = None) -> dict[str, list[tuple[int, int]]]:
+        """The top heads split by the label they raise most."""
+        top = set(self.top(n))
+        df = self.overall[[(int(a), int(b)) in top for a, b in zip(self.overall["layer"], self.overall["head"])]]
+        return {w: [(int(r.layer), int(r.head)) for r in df[df.favours == w].sort_values(
+            "importance", ascending=False).itertuples()] for w in self.label_words}
+
+
+def default_top_n(n_total_heads: int) -> int:
+    """About 1% of all heads, at least 2."""
+    return max(2, round(0.01 * n_total_heads))
+
+
+def summarize_importance(importance: torch.Tensor, gold: list[int], label_words, scaling: str, layers) -> HeadScan:
+    """Average [N, L, H, n_labels] importance into a HeadScan (gold-label means)."""
+    N, L, H, K = importance.shape
+    gold_t = torch.tensor(gold)
+    rows = []
+    per_label = torch.full((L, H, K), float("nan"))
+    for k, w in enumerate(label_words):
+        sel = gold_t == k
+        if sel.any():
+            per_label[..., k] = importance[sel, ..., k].mean(0)
+        for layer in range(L):
+            for head in range(H):
+                rows.append((layer, head, w, float(per_label[layer, head, k]), int(sel.sum())))
+    table = pd.DataFrame(rows, columns=["layer", "head", "label", "importance", "n"])
+    gold_imp = importance.gather(-1, gold_t.view(N, 1, 1, 1).expand(N, L, H, 1))[..., 0]
+    overall = gold_imp.mean(0)
+    favours = per_label.nan_to_num(float("-inf")).argmax(-1)
+    orows = [(layer, head, float(overall[layer, head]), label_words[int(favours[layer, head])])
+             for layer in range(L) for head in range(H)]
+    return HeadScan(table, pd.DataFrame(orows, columns=["layer", "head", "importance", "favours"]), L, H,
+                    tuple(label_words), scaling, list(layers), N)
+
+
+def random_heads(n: int, layers, n_heads: int, seed: int, exclude=()) -> list[tuple[int, int]]:
+    """``n`` random heads from ``layers`` (the control for any head set)."""
+    pool = [(layer, h) for layer in layers for h in range(n_heads) if (layer, h) not in set(exclude)]
+    return sorted(random.Random(seed).sample(pool, min(n, len(pool))))
+
+
+def layers_of(heads) -> list[int]:
+    return sorted({layer for layer, _ in heads})

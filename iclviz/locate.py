@@ -1,0 +1,105 @@
+"""Locating in-context heads over a dataset sample, and the intervention table against random heads."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from .evaluation import Cancelled, EvalSetup, Progress, evaluate
+from .heads import (
+    DEFAULT_SCALING,
+    HeadScan,
+    default_layers,
+    head_importance,
+    layers_of,
+    random_heads,
+    summarize_importance,
+)
+from .interventions import Plan
+from .models import LoadedModel
+
+
+def locate_heads(lm: LoadedModel, setup: EvalSetup, scaling: str = DEFAULT_SCALING, layers=None,
+                 batch_size: int = 8, progress: Progress | None = None) -> HeadScan:
+    """Per-head importance (gold label's log-probability increase), one pass per prompt batch."""
+    layers = default_layers(lm.n_layers) if layers is None else list(layers)
+    chunks, gold_all = [], []
+    total = len(setup.seeds) * setup.n_test
+    done = 0
+    for seed in setup.seeds:
+        prompts, gold = setup.prompts(lm, seed)
+        for i in range(0, len(prompts), batch_size):
+            batch = prompts[i:i + batch_size]
+            res = lm.run(batch, capture=True, value_positions=None)
+            chunks.append(head_importance(lm.arch, res.capture, prompts[0].label_token_id_list(), scaling, layers))
+            gold_all += gold[i:i + batch_size]
+            done += len(batch)
+            if progress is not None and progress(done, total, "locating heads") is False:
+                raise Cancelled(f"stopped after {done} of {total} prompts")
+    importance = torch.cat(chunks) if chunks else torch.zeros(0, lm.n_layers, lm.n_heads, len(setup.words()))
+    return summarize_importance(importance, gold_all, setup.words(), scaling, layers)
+
+
+def intervention_table(lm: LoadedModel, setup: EvalSetup, heads, kinds=("ablate", "knockout"), random_draws: int = 3,
+                       seed: int = 0, batch_size: int = 8, progress: Progress | None = None) -> pd.DataFrame:
+    """Accuracy with no intervention, with ``heads`` intervened, and with as many random heads
+    from the same layers (``random_draws`` draws), for each kind."""
+    heads = [tuple(h) for h in heads]
+    layers = layers_of(heads)
+    plans: list[tuple[str, int, Plan]] = [("none", -1, Plan())]
+    for kind in kinds:
+        plans.append(("in-context heads", -1, Plan(kind, tuple(heads))))
+        for d in range(random_draws):
+            rnd = random_heads(len(heads), layers, lm.n_heads, seed=seed + d, exclude=heads)
+            plans.append(("random heads", d, Plan(kind, tuple(rnd))))
+    rows = []
+    total = len(plans)
+    for i, (group, draw, plan) in enumerate(plans):
+        res = evaluate(lm, setup, plan, batch_size=batch_size)
+        s = res.summary()
+        rows.append({"heads": group, "kind": plan.kind, "draw": draw, "n_heads": len(plan.heads),
+                     "head_set": " ".join(f"L{a}H{b}" for a, b in plan.heads), **{k: s[k] for k in (
+                         "accuracy", "ci_low", "ci_high", "n")},
+                     **{f"share_{w}": v for w, v in res.prediction_share().items()}})
+        if progress is not None and progress(i + 1, total, plan.label()) is False:
+            raise Cancelled(f"stopped after {i + 1} of {total} conditions")
+    return pd.DataFrame(rows)
+
+
+def summarize_interventions(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (heads, kind): accuracy mean (random draws averaged, with their sd)."""
+    g = table.groupby(["heads", "kind"], sort=False)
+    out = g.agg(accuracy=("accuracy", "mean"), draw_sd=("accuracy", "std"), draws=("accuracy", "size"),
+                n=("n", "first")).reset_index()
+    return out
+
+
+def causal_scan(lm: LoadedModel, setup: EvalSetup, candidates, kind: str = "ablate", batch_size: int = 8,
+                progress: Progress | None = None) -> pd.DataFrame:
+    """Accuracy drop when each candidate head is intervened alone."""
+    base = evaluate(lm, setup, Plan(), batch_size=batch_size).accuracy
+    rows = []
+    for i, h in enumerate(candidates):
+        acc = evaluate(lm, setup, Plan(kind, (tuple(h),)), batch_size=batch_size).accuracy
+        rows.append({"layer": h[0], "head": h[1], "kind": kind, "accuracy": acc, "drop": base - acc})
+        if progress is not None and progress(i + 1, len(candidates), f"L{h[0]}H{h[1]}") is False:
+            raise Cancelled(f"stopped after {i + 1} of {len(candidates)} heads")
+    return pd.DataFrame(rows)
+
+
+def top_n_curve(lm: LoadedModel, setup: EvalSetup, ranked_heads, ns=(1, 2, 4, 8, 16), kind: str = "knockout",
+                random_draws: int = 2, seed: int = 0, batch_size: int = 8, progress: Progress | None = None
+                ) -> pd.DataFrame:
+    """Accuracy with the top-n located heads intervened vs n random heads of the same layers."""
+    rows = []
+    steps = [(n, None) for n in ns] + [(n, d) for n in ns for d in range(random_draws)]
+    for i, (n, d) in enumerate(steps):
+        top = [tuple(h) for h in ranked_heads[:n]]
+        heads = top if d is None else random_heads(n, layers_of(ranked_heads[:max(ns)]), lm.n_heads, seed + d,
+                                                   exclude=top)
+        acc = evaluate(lm, setup, Plan(kind, tuple(heads)), batch_size=batch_size).accuracy
+        rows.append({"n": n, "heads": "top" if d is None else "random", "draw": -1 if d is None else d,
+                     "kind": kind, "accuracy": acc})
+        if progress is not None and progress(i + 1, len(steps), f"n={n}") is False:
+            raise Cancelled("stopped")
+    return pd.DataFrame(rows)

@@ -1,7 +1,8 @@
 """iclviz: see how a language model learns in context (Yu & Ananiadou, EMNLP 2024).
 
-Start with ``streamlit run app.py``. This entry point sets up the session, draws the shared
-sidebar (model picker, chosen in-context heads) and runs the selected page.
+Start with ``streamlit run app.py``. This entry point declares the pages and runs the selected one;
+each page starts with ``common.page_setup()`` (session defaults, the shared sidebar: model picker,
+chosen in-context heads), so that a page also works when run on its own (AppTest).
 """
 
 import sys
@@ -16,7 +17,6 @@ if str(ROOT) not in sys.path:
 from pages import common  # noqa: E402
 
 st.set_page_config(page_title="iclviz: in-context heads", layout="wide")
-common.init_state()
 
 PAGES = [
     st.Page("pages/prompt_lab.py", title="Prompt lab", icon=":material/science:", default=True),
@@ -27,10 +27,6 @@ PAGES = [
     st.Page("pages/attention.py", title="Attention", icon=":material/visibility:"),
 ]
 page = st.navigation(PAGES)
-try:
-    common.sidebar()
-except Exception as exc:  # noqa: BLE001 - the sidebar never takes the page down
-    common.show_page_error(exc)
 try:
     page.run()
 except Exception as exc:  # noqa: BLE001 - an error on one page is shown there; the others keep working

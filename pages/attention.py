@@ -6,6 +6,7 @@ from iclviz.app_support import full_attention, head_name
 from pages import common
 
 ss = st.session_state
+common.page_setup()
 st.title("Attention")
 common.help_text(
     "The full attention pattern of the current prompt in the chosen layers, drawn with bertviz: in the in-context "

@@ -9,6 +9,7 @@ from iclviz.plots import bias_bars, figure_html
 from pages import common
 
 ss = st.session_state
+common.page_setup()
 st.title("Bias lab")
 common.help_text(
     "More demonstrations of one label give that label more positions to attract attention from T (majority "

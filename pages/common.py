@@ -34,6 +34,15 @@ CITATION = ("Yu & Ananiadou, *How do Large Language Models Learn In-Context? Que
             "([arXiv 2402.02872](https://arxiv.org/abs/2402.02872))")
 
 
+def page_setup() -> None:
+    """Session defaults and the shared sidebar; every page calls this first."""
+    init_state()
+    try:
+        sidebar()
+    except Exception as exc:  # noqa: BLE001 - the sidebar never takes the page down
+        show_page_error(exc)
+
+
 def help_text(text: str) -> None:
     st.caption(f"{text} See {CITATION}.")
 

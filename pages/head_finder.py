@@ -10,6 +10,7 @@ from iclviz.plots import figure_html, importance_heatmap, intervention_bars
 from pages import common
 
 ss = st.session_state
+common.page_setup()
 st.title("Head finder")
 common.help_text(
     "Each cell is a head's importance: how much adding its output at the last position T raises the log-probability "

@@ -7,6 +7,7 @@ from iclviz.plots import figure_html, label_vector_bars
 from pages import common
 
 ss = st.session_state
+common.page_setup()
 st.title("Label vectors")
 common.help_text(
     "For each chosen head and each label position p of the current prompt, the value-output vector z = v_p W_O "

@@ -17,6 +17,7 @@ from iclviz.prompt import TEMPLATES
 from pages import common
 
 ss = st.session_state
+common.page_setup()
 st.title("Prompt lab")
 common.help_text(
     "Demonstrations are sentences with arbitrary label words (foo/bar); the model predicts the query's label at "

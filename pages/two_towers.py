@@ -7,6 +7,7 @@ from iclviz.plots import figure_html, score_similarity_scatter, swap_bars
 from pages import common
 
 ss = st.session_state
+common.page_setup()
 st.title("Two towers")
 common.help_text(
     "Swap every demonstration's label and the prediction follows, yet each head's value-output vectors still map "

@@ -1,0 +1,266 @@
+"""AppTest checks of every page on a tiny random model (ICLVIZ_TEST_MODEL=tiny-llama).
+
+They check behaviour: the numbers shown change when the widgets change, and bad input gives
+a message, never an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["ICLVIZ_TEST_MODEL"] = "tiny-llama"
+
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from iclviz.app_support import LabState, state_from_json, state_from_query_param  # noqa: E402
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+def new_app() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def predictions(at) -> list[str]:
+    return [m.value for m in at.markdown if m.value.startswith("`Prediction:")]
+
+
+def errors(at) -> str:
+    return " | ".join(e.value for e in at.error)
+
+
+def goto(at, page: str) -> AppTest:
+    at.switch_page(f"pages/{page}.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+@pytest.fixture()
+def at():
+    return new_app()
+
+
+def test_prompt_lab_renders_prediction_tokens_and_attention(at):
+    assert len(predictions(at)) == 1
+    assert "p(foo)=" in predictions(at)[0] and "p(bar)=" in predictions(at)[0]
+    assert "T=" in " ".join(m.value for m in at.markdown)  # the last position is marked
+    assert any(m.value.startswith("All chosen heads:") for m in at.markdown)
+    assert not at.error
+
+
+def test_query_and_demonstration_edits_change_the_prediction(at):
+    first = predictions(at)[0]
+    at.text_input(key="w_query").set_value("a tedious, dull and far too long film").run()
+    second = predictions(at)[0]
+    assert second != first
+    demo_key = [t.key for t in at.text_input if t.key and t.key.startswith("dt_")][0]
+    at.text_input(key=demo_key).set_value("the worst film ever made").run()
+    assert predictions(at)[0] != second
+
+
+def test_ablation_modes_change_the_after_numbers(at):
+    before = predictions(at)[0]
+    at.radio(key="w_mode").set_value("all in-context heads").run()
+    both = predictions(at)
+    assert len(both) == 2 and both[0] == before and both[1] != before
+    at.radio(key="w_mode").set_value("random heads (control)").run()
+    control = predictions(at)
+    assert control[1] not in (both[1], before)
+    at.radio(key="w_mode").set_value("ticked heads").run()
+    assert len(predictions(at)) == 1  # nothing ticked yet: no "after"
+    tick = [c for c in at.checkbox if c.key and c.key.startswith("w_tick_")][0]
+    tick.check().run()
+    assert len(predictions(at)) == 2 and predictions(at)[1] != before
+    at.selectbox(key="w_kind").set_value("knockout").run()
+    assert len(predictions(at)) == 2
+
+
+def test_sessions_do_not_share_ablations():
+    a, b = new_app(), new_app()
+    a.radio(key="w_mode").set_value("all in-context heads").run()
+    b.text_input(key="w_query").set_value("boring").run()
+    b.run()
+    assert len(predictions(a)) == 2 and len(predictions(b)) == 1
+    assert a.session_state["query"] != b.session_state["query"]
+
+
+def test_demonstration_editor_add_move_delete(at):
+    n = len(at.session_state["demos"])
+    at.button(key="w_add_demo").click().run()
+    assert len(at.session_state["demos"]) == n + 1
+    assert "has no text" in errors(at)  # the new, empty demonstration is reported, not a crash
+    last = at.session_state["demos"][-1]["id"]
+    at.text_input(key=f"dt_{last}").set_value("an utterly charming surprise").run()
+    assert not at.error
+    texts = [d["text"] for d in at.session_state["demos"]]
+    at.button(key=f"up_{last}").click().run()
+    moved = [d["text"] for d in at.session_state["demos"]]
+    assert moved[-2] == texts[-1] and moved[-1] == texts[-2]
+    at.button(key=f"del_{last}").click().run()
+    assert len(at.session_state["demos"]) == n
+    at.button(key="w_reverse").click().run()
+    assert [d["text"] for d in at.session_state["demos"]] == list(reversed(texts[:-1]))
+
+
+def test_sample_from_dataset_replaces_the_prompt(at):
+    first = predictions(at)[0]
+    at.number_input(key="w_lab_k").set_value(3).run()
+    at.button(key="w_sample").click().run()
+    assert len(at.session_state["demos"]) == 6
+    assert predictions(at)[0] != first
+
+
+@pytest.mark.parametrize("words, message", [
+    ("foo, foo", "must differ"),
+    ("foo, xylophonequartzbanana", "single token"),
+    ("foo", "at least two"),
+])
+def test_bad_label_words_give_a_message(at, words, message):
+    at.text_input(key="w_label_words").set_value(words).run()
+    assert not at.exception
+    assert message in errors(at)
+    assert not predictions(at)
+
+
+def test_empty_demonstrations_and_query_give_a_message(at):
+    at.text_input(key="w_query").set_value("   ").run()
+    assert "query sentence is empty" in errors(at)
+    at.text_input(key="w_query").set_value("fine").run()
+    for d in list(at.session_state["demos"]):
+        at.button(key=f"del_{d['id']}").click().run()
+    assert "add at least one demonstration" in errors(at)
+    assert not at.exception
+
+
+def test_bad_head_names_give_a_message(at):
+    key = [t.key for t in at.text_input if t.key and t.key.startswith("w_heads_")][0]
+    at.text_input(key=key).set_value("L99H0").run()
+    assert "not in this model" in errors(at)
+    key = [t.key for t in at.text_input if t.key and t.key.startswith("w_heads_")][0]
+    at.text_input(key=key).set_value("nonsense").run()
+    assert "not a head" in errors(at)
+    key = [t.key for t in at.text_input if t.key and t.key.startswith("w_heads_")][0]
+    at.text_input(key=key).set_value("L1H2, L0H3").run()
+    assert at.session_state["heads"] == [(1, 2), (0, 3)]
+
+
+def test_shared_link_round_trip_and_damaged_link():
+    state = LabState(demos=[("good", "foo"), ("bad", "bar")], query="nice", heads=[(1, 1), (2, 3)])
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["s"] = state.to_query_param()
+    at.run()
+    assert not at.exception
+    assert at.session_state["query"] == "nice" and at.session_state["heads"] == [(1, 1), (2, 3)]
+    assert [d["text"] for d in at.session_state["demos"]] == ["good", "bad"]
+    bad = AppTest.from_file(APP, default_timeout=120)
+    bad.query_params["s"] = "bm90IGpzb24"  # base64 of "not json"
+    bad.run()
+    assert not bad.exception and "could not be read" in errors(bad)
+
+
+def test_json_state_validation():
+    good = LabState(heads=[(21, 1)]).to_json()
+    assert state_from_json(good).heads == [(21, 1)]
+    assert state_from_query_param(LabState().to_query_param()).query == LabState().query
+    for bad, msg in [("{not json", "not valid JSON"), ("[1, 2]", "JSON object"),
+                     (json.dumps({"demonstrations": "x"}), "must be a list"),
+                     (json.dumps({"demonstrations": [{"text": 1, "label": "foo"}]}), "must be strings"),
+                     (json.dumps({"demonstrations": [], "template": "../etc"}), "unknown template"),
+                     (b"\xff\xfe", "not UTF-8")]:
+        with pytest.raises(ValueError, match=msg):
+            state_from_json(bad)
+
+
+def test_model_picker_errors_are_messages(at):
+    at.radio(key="w_model_source").set_value("Local folder").run()
+    at.text_input(key="w_model_dir").set_value("/no/such/folder").run()
+    at.button(key="w_load_model").click().run()
+    assert not at.exception
+    assert "not a folder" in errors(at)
+
+
+def test_head_finder_scan_sets_heads_and_intervention_table(at):
+    goto(at, "head_finder")
+    assert any("No scan yet" in i.value for i in at.info)
+    at.number_input(key="w_hf_n").set_value(4)
+    at.button[0].click()  # the scan form's submit button
+    at.run()
+    assert not at.exception and not at.error
+    scan = at.session_state["scan"]
+    top = scan.top(3)
+    at.number_input(key="w_hf_topn").set_value(3).run()
+    at.button(key="w_use_top").click().run()
+    assert at.session_state["heads"] == top
+    submit = [b for b in at.button if "intervention" in str(b.label).lower()][0]
+    submit.click().run()
+    table = at.session_state["iv_table"]
+    assert {"in-context heads", "random heads", "none"} <= set(table["heads"])
+    assert not at.exception
+
+
+def test_label_vectors_page_numbers_follow_scaling_and_prompt(at):
+    goto(at, "label_vectors")
+    assert not at.error
+    t1 = at.dataframe[-1].value
+    assert set(t1["label"]) <= {"foo", "bar"} and len(t1) == 2 * 4  # 2 default heads x 4 label positions
+    at.selectbox(key="w_lv_scaling").set_value("final_norm").run()
+    t2 = at.dataframe[-1].value
+    assert not t1["logit_minus"].round(6).equals(t2["logit_minus"].round(6))
+    assert t1["attention"].round(6).equals(t2["attention"].round(6))
+
+
+def test_two_towers_page_swap_and_similarity(at):
+    goto(at, "two_towers")
+    assert not at.error
+    swap = at.dataframe[0].value
+    assert set(swap["condition"]) == {"original", "swapped"}
+    sims1 = at.dataframe[-1].value["similarity"].round(6).tolist()
+    at.slider(key="w_tt_layer").set_value(2).run()
+    sims2 = at.dataframe[-1].value["similarity"].round(6).tolist()
+    assert sims1 != sims2
+
+
+def test_bias_lab_current_prompt_and_label_ratio(at):
+    goto(at, "bias_lab")
+    assert not at.exception
+    assert any("Demonstrations per label" in m.value for m in at.markdown)
+    at.number_input(key="w_bias_n").set_value(4).run()
+    at.slider(key="w_ratio_first").set_value(1).run()
+    at.button(key="w_ratio_go").click().run()
+    r1 = at.session_state["ratio_table"]
+    at.slider(key="w_ratio_first").set_value(5).run()
+    at.button(key="w_ratio_go").click().run()
+    r2 = at.session_state["ratio_table"]
+    assert set(r1["condition"]) == {"no fix", "majority fix"}
+    assert not r1["value"].round(6).equals(r2["value"].round(6))
+    at.text_input(key=f"w_order_{len(at.session_state['demos'])}").set_value("4, 3, 2, 1").run()
+    assert not at.error
+    texts = [d["text"] for d in at.session_state["demos"]]
+    at.button(key="w_apply_order").click().run()
+    assert [d["text"] for d in at.session_state["demos"]] == list(reversed(texts))
+
+
+def test_attention_page_draws_bertviz_for_chosen_layers(at):
+    goto(at, "attention")
+    assert not at.error
+    html1 = at.get("iframe")[0].proto.srcdoc if at.get("iframe") else None
+    at.multiselect(key="w_att_layers").set_value([0, 1]).run()
+    assert not at.exception
+    html2 = at.get("iframe")[0].proto.srcdoc if at.get("iframe") else None
+    assert html1 is None or html1 != html2
+    at.radio(key="w_att_view").set_value("model").run()
+    assert not at.exception
+
+
+def test_every_page_survives_a_broken_prompt(at):
+    at.text_input(key="w_label_words").set_value("foo, foo").run()
+    for page in ("head_finder", "label_vectors", "two_towers", "bias_lab", "attention"):
+        goto(at, page)

@@ -4,7 +4,8 @@ Two scalings, a setting everywhere they are used:
 - ``"final_norm"``: ``W_U . norm_f(u)``, the model's final norm re-applied to ``u``.
 - ``"final_scale"`` (default, the authors' choice): the final norm's weight (and centring,
   for LayerNorm) applied to ``u``, divided by the scale of the final residual at ``T``
-  instead of ``u``'s own, so that small component vectors are not blown up.
+  instead of ``u``'s own, so that small component vectors are not blown up. This lens is
+  linear (no norm or unembedding bias): component vectors' logits add up.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def project(arch, u: torch.Tensor, resid_final: torch.Tensor | None = None, scal
     w = (w[token_ids] if token_ids is not None else w).float().cpu()
     logits = x @ w.T
     b = arch.unembed_bias()
-    if b is not None:
+    if b is not None and scaling == "final_norm":  # final_scale stays linear: a component gets no bias
         b = b.detach().float().cpu()
         logits = logits + (b[token_ids] if token_ids is not None else b)
     return logits

@@ -21,6 +21,7 @@ def probability_bars(probs: pd.DataFrame, label_words) -> go.Figure:
                  color_discrete_map=label_color_map(label_words), range_y=[0, 1],
                  category_orders={"label": list(label_words)})
     fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), showlegend=False)
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
     return fig
 
 

@@ -117,7 +117,7 @@ with left:
     words = list(dict.fromkeys(w for w in ss.label_words if w)) or ["foo"]
     wkey = "|".join(ss.label_words)
     for i, d in enumerate(ss.demos):
-        cols = st.columns([7, 2, 0.6, 0.6, 0.6], vertical_alignment="bottom")
+        cols = st.columns([6, 2.2, 1, 1, 1], vertical_alignment="bottom", gap="small")
         _bind(f"dt_{d['id']}", d["text"])
         cols[0].text_input(f"Demonstration {i + 1}", key=f"dt_{d['id']}", label_visibility="collapsed",
                            placeholder="a sentence")

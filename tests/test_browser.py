@@ -1,0 +1,181 @@
+"""End to end: `streamlit run app.py` in headless Chromium (Debian chromium via Playwright).
+
+Edits a demonstration, toggles an ablation, checks that the prediction text changes, saves
+the README screenshot (assets/prompt_lab.png), and opens two browser contexts at once to
+check that their ablations do not leak into each other.
+
+The real default model is used when its cache is built (load ~2 s); otherwise (a fresh
+machine) the tiny random test model, so the test stays short. ICLVIZ_BROWSER_MODEL=default
+or =tiny forces one.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+SCREENSHOT = ROOT / "assets" / "prompt_lab.png"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _use_default_model() -> bool:
+    forced = os.environ.get("ICLVIZ_BROWSER_MODEL", "")
+    if forced in ("default", "tiny"):
+        return forced == "default"
+    from iclviz.models import F32_DIR_NAME, cache_dir
+
+    return (cache_dir() / "models" / F32_DIR_NAME / "iclviz-complete.json").exists()
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    pytest.importorskip("playwright.sync_api")
+    port = _free_port()
+    env = dict(os.environ)
+    env.pop("ICLVIZ_TEST_MODEL", None)
+    if not _use_default_model():
+        env["ICLVIZ_TEST_MODEL"] = "tiny-llama"
+    env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] = "false"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+        pytest.fail(f"streamlit did not start:\n{out[-3000:]}")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def _predictions(page):
+    return page.locator("code", has_text="Prediction:")
+
+
+def _wait_idle(page, timeout=90_000):
+    """Wait until a prediction is shown, no run is in progress and the predictions are stable."""
+    _predictions(page).first.wait_for(timeout=timeout)
+    deadline = time.time() + timeout / 1000
+    last, stable_since = None, time.time()
+    while time.time() < deadline:
+        running = page.locator("[data-testid='stStatusWidgetRunningIcon']").count() > 0
+        now = tuple(_predictions(page).all_inner_texts())
+        if now != last or running:
+            last, stable_since = now, time.time()
+        elif time.time() - stable_since > 1.0:
+            return
+        page.wait_for_timeout(200)
+    raise AssertionError("the app did not settle")
+
+
+def _open(browser, url):
+    ctx = browser.new_context(viewport={"width": 1500, "height": 1100})
+    page = ctx.new_page()
+    page.goto(url)
+    _wait_idle(page, timeout=120_000)
+    return ctx, page
+
+
+def _choose_mode(page, mode):
+    page.get_by_text(mode, exact=True).click()
+    page.wait_for_timeout(300)
+    _wait_idle(page)
+
+
+def test_edit_ablate_screenshot_and_session_isolation(app_url, browser):
+    from playwright.sync_api import expect
+
+    ctx_a, a = _open(browser, app_url)
+    ctx_b, b = _open(browser, app_url)  # two sessions at once
+    try:
+        before = _predictions(a).first.inner_text()
+        assert "p(foo)=" in before
+
+        # Edit a demonstration: the prediction text changes.
+        box = a.get_by_label("Demonstration 1")
+        box.fill("a delightful, warm and very funny film")
+        box.press("Enter")
+        expect(_predictions(a).first).not_to_have_text(before, timeout=60_000)
+        _wait_idle(a)
+        edited = _predictions(a).first.inner_text()
+        assert edited != before
+
+        # Toggle an ablation: an "after" prediction appears and differs from "before".
+        _choose_mode(a, "all in-context heads")
+        expect(_predictions(a)).to_have_count(2, timeout=60_000)
+        after_a = _predictions(a).nth(1).inner_text()
+        assert after_a != _predictions(a).first.inner_text()
+        a.set_viewport_size({"width": 1500, "height": 1500})
+        a.locator("[data-testid='stMain']").evaluate("e => e.scrollTo(0, 0)")
+        _wait_idle(a)
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        a.screenshot(path=str(SCREENSHOT))
+        assert SCREENSHOT.stat().st_size > 10_000
+
+        # Session B saw none of A's edits or ablation.
+        b.get_by_text("Prompt", exact=True).first.wait_for()
+        assert _predictions(b).count() == 1
+        assert _predictions(b).first.inner_text() == before
+        assert b.get_by_label("Demonstration 1").input_value() != "a delightful, warm and very funny film"
+
+        # B runs the random-heads control; A, rerun afterwards, still shows its own ablation.
+        _choose_mode(b, "random heads (control)")
+        expect(_predictions(b)).to_have_count(2, timeout=60_000)
+        after_b = _predictions(b).nth(1).inner_text()
+        caption_b = b.locator("[data-testid='stCaptionContainer']", has_text="heads:").first.inner_text()
+        q = a.get_by_label("Query")
+        q.fill("an absolute joy from start to finish")
+        q.press("Enter")
+        expect(_predictions(a).first).not_to_have_text(edited, timeout=60_000)
+        _wait_idle(a)
+        caption_a = a.locator("[data-testid='stCaptionContainer']", has_text="heads:").first.inner_text()
+        assert caption_a != caption_b
+        assert _predictions(a).count() == 2
+        assert _predictions(b).nth(1).inner_text() == after_b
+        assert b.get_by_label("Query").input_value() != "an absolute joy from start to finish"
+    finally:
+        ctx_a.close()
+        ctx_b.close()

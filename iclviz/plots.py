@@ -54,6 +54,12 @@ def importance_heatmap(matrix: pd.DataFrame, title: str = "", chosen=()) -> go.F
     fig = go.Figure(go.Heatmap(
         z=z, x=[int(c) for c in matrix.columns], y=[int(i) for i in matrix.index], colorscale="RdBu_r", zmid=0,
         hovertemplate="layer %{y}, head %{x}<br>importance %{z:.4f}<extra></extra>"))
+    # Invisible markers on every cell, so that clicking (or box-selecting) cells selects heads.
+    rows, cols = matrix.shape
+    fig.add_trace(go.Scatter(
+        x=[int(c) for _ in range(rows) for c in matrix.columns], y=[int(i) for i in matrix.index for _ in range(cols)],
+        mode="markers", marker=dict(size=14, opacity=0.01, color="black"), showlegend=False, hoverinfo="skip",
+        name="cells"))
     for layer, head in chosen:
         fig.add_shape(type="rect", x0=head - 0.5, x1=head + 0.5, y0=layer - 0.5, y1=layer + 0.5,
                       line=dict(color="black", width=2))

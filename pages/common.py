@@ -23,7 +23,7 @@ from iclviz.app_support import (
     tiny_model,
     valid_heads,
 )
-from iclviz.data import DataError, list_datasets, load_dataset
+from iclviz.data import DataError, dataset_from_table, list_datasets, load_dataset, read_table
 from iclviz.evaluation import predict_prompt
 from iclviz.interventions import Plan
 from iclviz.models import DEFAULT_MODEL, ModelLoadError, load_model
@@ -234,13 +234,25 @@ def dataset(name: str):
     return load_dataset(name)
 
 
+UPLOAD = "your own file (CSV/JSONL)"
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _uploaded_dataset(content: bytes, filename: str):
+    return dataset_from_table(read_table(content, filename), name=filename)
+
+
 def dataset_picker(key: str, default: str = "sst2"):
-    names = list_datasets()
-    if not names:
-        st.error("No datasets found.")
-        return None
+    """A shipped dataset, or an uploaded CSV/JSONL with text and label columns; None after a message."""
+    names = list_datasets() + [UPLOAD]
     name = st.selectbox("Dataset", names, index=names.index(default) if default in names else 0, key=key)
     try:
+        if name == UPLOAD:
+            up = st.file_uploader("CSV or JSONL with columns text, label", type=["csv", "tsv", "jsonl", "json"],
+                                  key=f"{key}_upload")
+            if up is None:
+                return None
+            return _uploaded_dataset(up.getvalue(), up.name)
         return dataset(name)
     except DataError as exc:
         st.error(str(exc))

@@ -24,10 +24,9 @@ if lm is None:
 heads = common.chosen_heads(lm)
 is_tiny = lm.n_layers * lm.n_heads < 50
 
+ds = common.dataset_picker("w_hf_dataset")
 with st.form("scan_form"):
-    c1, c2, c3, c4 = st.columns(4)
-    with c1:
-        ds = common.dataset_picker("w_hf_dataset")
+    c2, c3, c4 = st.columns(3)
     k = c2.number_input("Demonstrations per label", 1, 16, 4, key="w_hf_k")
     n_test = c3.number_input("Test sentences per seed", 2, 1000, 8 if is_tiny else 24, key="w_hf_n")
     seeds_text = c4.text_input("Seeds", "0", key="w_hf_seeds", help="comma separated, e.g. 0, 1, 2")
@@ -88,10 +87,15 @@ if scan is None or (scan.n_layers, scan.n_heads) != (lm.n_layers, lm.n_heads):
 else:
     st.caption(f"Scan over {scan.n_prompts} prompts ({ss.get('scan_inputs', '')}).")
     tabs = st.tabs(["overall (gold label)"] + [f"raises {w}" for w in scan.label_words])
+    clicked = []
     for tab, label in zip(tabs, [None, *scan.label_words]):
         with tab:
             fig = importance_heatmap(scan.matrix(label), "importance" + (f" for {label}" if label else ""), heads)
-            st.plotly_chart(fig, key=f"fig_heat_{label}")
+            event = st.plotly_chart(fig, key=f"fig_heat_{label}", on_select="rerun",
+                                    selection_mode=("points", "box"))
+            for pt in (event.selection.points if event and event.selection else []):
+                if pt.get("curve_number", 1) == 1 and "x" in pt and "y" in pt:
+                    clicked.append((int(pt["y"]), int(pt["x"])))
             st.download_button("Heatmap (HTML)", figure_html(fig).encode(), file_name=f"importance_{label}.html",
                                mime="text/html", key=f"dl_heat_{label}")
     common.csv_download(scan.table, "head_importance.csv", "Importance per head and label (CSV)")
@@ -105,6 +109,14 @@ else:
         st.rerun()
     top = scan.top(int(n_top))
     by_label = scan.top_by_label(int(n_top))
+    clicked = sorted(set(clicked))
+    if clicked:
+        t2.markdown("Selected cells: " + ", ".join(map(head_name, clicked)))
+        if t2.button("Use the selected cells as the in-context heads", key="w_use_clicked"):
+            common.set_heads(clicked)
+            st.rerun()
+    else:
+        t2.caption("Click cells of the heatmap (shift-click or box-select for several) to pick heads.")
     t2.markdown("Top heads: " + ", ".join(map(head_name, top)))
     t2.markdown(" · ".join(f"{w} heads: {', '.join(map(head_name, hs)) or 'none'}" for w, hs in by_label.items()))
 

@@ -264,3 +264,37 @@ def test_every_page_survives_a_broken_prompt(at):
     at.text_input(key="w_label_words").set_value("foo, foo").run()
     for page in ("head_finder", "label_vectors", "two_towers", "bias_lab", "attention"):
         goto(at, page)
+
+
+def test_json_upload_loads_a_prompt_and_rejects_malformed_files(at):
+    first = predictions(at)[0]
+    up = [u for u in at.file_uploader if u.key and u.key.startswith("w_upload_")][0]
+    up.set_value(("broken.json", b"{\"demonstrations\": [", "application/json")).run()
+    assert not at.exception
+    assert "Could not load broken.json" in errors(at) and "not valid JSON" in errors(at)
+    state = LabState(demos=[("terrible", "bar"), ("lovely", "foo"), ("awful", "bar")], query="so good",
+                     heads=[(2, 2)])
+    up = [u for u in at.file_uploader if u.key and u.key.startswith("w_upload_")][0]
+    up.set_value(("mine.json", state.to_json().encode(), "application/json")).run()
+    assert not at.exception and not at.error
+    assert [d["text"] for d in at.session_state["demos"]] == ["terrible", "lovely", "awful"]
+    assert at.text_input(key="w_query").value == "so good"
+    assert at.session_state["heads"] == [(2, 2)]
+    assert predictions(at)[0] != first
+
+
+def test_malformed_csv_dataset_upload_gives_a_message(at):
+    goto(at, "head_finder")
+    at.selectbox(key="w_hf_dataset").set_value("your own file (CSV/JSONL)").run()
+    at.file_uploader(key="w_hf_dataset_upload").set_value(("data.csv", b"sentence,y\nhello,1\n", "text/csv")).run()
+    assert not at.exception
+    assert "needs columns 'text' and 'label'" in errors(at)
+    good = b"text,label\n" + b"".join(f"sentence number {i},{i % 2}\n".encode() for i in range(40))
+    at.file_uploader(key="w_hf_dataset_upload").set_value(("data.csv", good, "text/csv")).run()
+    assert not at.exception and not at.error
+
+
+def test_prompt_longer_than_the_context_gives_a_message(at):
+    at.text_input(key="w_query").set_value(" ".join(["wonderful"] * 1100)).run()
+    assert not at.exception
+    assert "longer than the model's context" in errors(at)

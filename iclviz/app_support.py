@@ -14,8 +14,10 @@ import base64
 import copy
 import json
 import random
+import re
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -301,3 +303,23 @@ def full_attention(lm, prompt: BuiltPrompt, layers: list[int]) -> dict[int, torc
     ids = torch.tensor([prompt.input_ids], device=device)
     out = model(input_ids=ids, output_attentions=True)
     return {int(layer): out.attentions[layer][0].float().cpu() for layer in layers}
+
+
+VENDOR_DIR = Path(__file__).resolve().parents[1] / "assets" / "vendor"
+_REQUIRE_TAG = re.compile(r'<script src="https://cdnjs\.cloudflare\.com/ajax/libs/require\.js/[^"]*"></script>')
+_SHIM = ("window.require = window.require || {}; window.require.config = function () {};\n"
+         "window.requirejs = function (deps, cb) { cb(window.jQuery, window.d3); };")
+
+
+def offline_bertviz_html(html: str) -> str:
+    """bertviz HTML that works without internet: d3 and jQuery inlined, require.js shimmed.
+
+    Returns the HTML unchanged when the vendored files are missing.
+    """
+    try:
+        d3 = (VENDOR_DIR / "d3.v5.min.js").read_text(encoding="utf-8")
+        jq = (VENDOR_DIR / "jquery.min.js").read_text(encoding="utf-8")
+    except OSError:
+        return html
+    head = f"<script>{jq}</script>\n<script>{d3}</script>\n<script>{_SHIM}</script>\n"
+    return head + _REQUIRE_TAG.sub("", html)

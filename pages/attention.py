@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from iclviz.app_support import full_attention, head_name
+from iclviz.app_support import full_attention, head_name, offline_bertviz_html
 from pages import common
 
 ss = st.session_state
@@ -57,6 +57,7 @@ try:
         html = head_view(attn_tuple, tokens, html_action="return").data
     else:
         html = model_view(attn_tuple, tokens, html_action="return", display_mode="light").data
+    html = offline_bertviz_html(html)
 except Exception as exc:  # noqa: BLE001 - bertviz problems become a message
     st.error(f"bertviz could not draw this view: {exc}")
     st.stop()

@@ -251,13 +251,17 @@ def test_bias_lab_current_prompt_and_label_ratio(at):
 def test_attention_page_draws_bertviz_for_chosen_layers(at):
     goto(at, "attention")
     assert not at.error
-    html1 = at.get("iframe")[0].proto.srcdoc if at.get("iframe") else None
+    html1 = at.get("iframe")[0].proto.srcdoc
+    assert "cdnjs.cloudflare.com/ajax/libs/require.js" not in html1  # works offline: d3/jQuery inlined
+    assert "d3js.org" in html1 and "jQuery" in html1
+    at.checkbox(key="w_att_only").uncheck().run()
+    html2 = at.get("iframe")[0].proto.srcdoc
+    assert html2 != html1  # all heads of the layer instead of the in-context ones
     at.multiselect(key="w_att_layers").set_value([0, 1]).run()
-    assert not at.exception
-    html2 = at.get("iframe")[0].proto.srcdoc if at.get("iframe") else None
-    assert html1 is None or html1 != html2
+    html3 = at.get("iframe")[0].proto.srcdoc
+    assert html3 != html2
     at.radio(key="w_att_view").set_value("model").run()
-    assert not at.exception
+    assert not at.exception and at.get("iframe")[0].proto.srcdoc != html3
 
 
 def test_every_page_survives_a_broken_prompt(at):

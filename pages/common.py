@@ -296,3 +296,26 @@ def intervention_table(lm, setup, heads, kinds, random_draws, seed, batch_size, 
         raise RuntimeError("the intervention table is not available yet")
     return fn(lm, setup, heads, kinds=kinds, random_draws=random_draws, seed=seed, batch_size=batch_size,
               progress=progress)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _cached_prompt_analysis(_lm, key: str, module: str, name: str, demos, query, words, template, args):
+    import importlib
+
+    fn = getattr(importlib.import_module(f"iclviz.{module}"), name)
+    if name == "label_swap_one":
+        return fn(_lm, list(demos), query, tuple(words), template, *args)
+    prompt = build_prompt(_lm.tokenizer, list(demos), query, tuple(words), template, max_tokens=_lm.context_length)
+    return fn(_lm, prompt, *args)
+
+
+def prompt_analysis(lm, module: str, name: str, *args):
+    """``iclviz.<module>.<name>`` on the session's prompt, cached by model, prompt and arguments.
+
+    Returns None after a message when the function is not available. ``args`` must be hashable.
+    """
+    if analysis(module, name) is None:
+        return None
+    ss = st.session_state
+    return _cached_prompt_analysis(lm, model_key(), module, name, demo_tuple(), ss.query, tuple(ss.label_words),
+                                   ss.template, tuple(args))

@@ -26,10 +26,8 @@ if prompt is None:
 words = prompt.label_words
 
 st.subheader("Label swap")
-swap_fn = common.analysis("label_swap", "label_swap_one")
-if swap_fn is not None:
-    demos = list(common.demo_tuple())
-    table = swap_fn(lm, demos, ss.query, tuple(ss.label_words), ss.template, heads)
+table = common.prompt_analysis(lm, "label_swap", "label_swap_one", tuple(map(tuple, heads)))
+if table is not None:
     wide = table.pivot_table(index="head_name", columns="condition",
                              values=[f"attn_{w}" for w in words] + ["vo_logit_minus_first", "vo_logit_minus_second"],
                              sort=False)
@@ -54,15 +52,14 @@ if swap_fn is not None:
                            mime="text/html")
 
 st.subheader("Query-key score vs query-demonstration similarity")
-sim_fn = common.analysis("two_towers", "score_similarity")
-if sim_fn is not None:
+if common.analysis("two_towers", "score_similarity") is not None:
     c1, c2 = st.columns(2)
     default_layer = max(1, lm.n_layers // 4)
     sim_layer = c1.slider("Similarity layer (mean hidden states entering it, cosine)", 0, lm.n_layers - 1,
                           default_layer, key="w_tt_layer")
     with_control = c2.checkbox("Add as many random heads (control)", key="w_tt_ctrl")
     use = list(heads) + (control_heads(heads, lm.n_layers, lm.n_heads, 0) if with_control else [])
-    df = sim_fn(lm, prompt, use, sim_layer)
+    df = common.prompt_analysis(lm, "two_towers", "score_similarity", tuple(map(tuple, use)), int(sim_layer)).copy()
     df["head"] = df["head_name"]
     fig2 = score_similarity_scatter(df, words)
     st.plotly_chart(fig2, key="fig_tt")

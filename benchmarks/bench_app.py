@@ -41,6 +41,7 @@ def main() -> None:
     logging.getLogger("streamlit").setLevel(logging.ERROR)
     from pages import common
 
+    load_before = open("/proc/loadavg").read().split()[:3]
     t0 = time.perf_counter()
     lm = common._load(args.model, "auto", "auto", False)
     load_s = time.perf_counter() - t0
@@ -109,6 +110,8 @@ def main() -> None:
     plain_s = statistics.median(plains)
     rows = [(name, statistics.median(v)) for name, v in times.items()]
 
+    print(f"load average before/after: {load_before} / {open('/proc/loadavg').read().split()[:3]}"
+          " (other processes on the machine slow a 2-thread pass unevenly; compare only idle runs)")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads; model: {lm.describe()}")
     print(f"prompt: {prompt.n_tokens} tokens, {len(prompt.label_positions)} demonstrations; model load (cached "

@@ -34,9 +34,25 @@ CITATION = ("Yu & Ananiadou, *How do Large Language Models Learn In-Context? Que
             "([arXiv 2402.02872](https://arxiv.org/abs/2402.02872))")
 
 
+def sync_from_widgets() -> None:
+    """Copy the prompt lab's widget values into the session's prompt (widgets update before a run starts)."""
+    ss = st.session_state
+    if "w_label_words" in ss:
+        ss.label_words = [w.strip() for w in ss.w_label_words.split(",")]
+    if "w_query" in ss:
+        ss.query = ss.w_query
+    if "w_template" in ss:
+        ss.template = ss.w_template
+    words = "|".join(ss.label_words)
+    for d in ss.get("demos", []):
+        d["text"] = ss.get(f"dt_{d['id']}", d["text"])
+        d["label"] = ss.get(f"dl_{d['id']}_{words}", d["label"])
+
+
 def page_setup() -> None:
     """Session defaults and the shared sidebar; every page calls this first."""
     init_state()
+    sync_from_widgets()
     try:
         sidebar()
     except Exception as exc:  # noqa: BLE001 - the sidebar never takes the page down
@@ -130,6 +146,13 @@ def sidebar() -> None:
                 st.caption(f"note: {note}")
             heads = chosen_heads(lm)
             st.markdown("**In-context heads** (shared by all pages): " + (", ".join(map(head_name, heads)) or "none"))
+        with st.expander("Share the prompt and heads"):
+            state = current_state()
+            st.download_button("Download as JSON", state.to_json().encode(), file_name="iclviz_prompt.json",
+                               mime="application/json", key="w_side_json")
+            if st.button("Put them in the page address", key="w_side_url"):
+                st.query_params["s"] = state.to_query_param()
+                st.caption("Done: copy the address from the browser's address bar; opening it restores them.")
 
 
 # ---------------------------------------------------------------- session state

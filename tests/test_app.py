@@ -302,3 +302,15 @@ def test_prompt_longer_than_the_context_gives_a_message(at):
     at.text_input(key="w_query").set_value(" ".join(["wonderful"] * 1100)).run()
     assert not at.exception
     assert "longer than the model's context" in errors(at)
+
+
+def test_sidebar_share_puts_the_current_prompt_in_the_url(at):
+    at.text_input(key="w_query").set_value("shared query").run()
+    at.button(key="w_side_url").click().run()
+    value = at.query_params["s"]
+    value = value[0] if isinstance(value, list) else value
+    state = state_from_query_param(value)
+    assert state.query == "shared query"
+    assert [list(h) for h in state.heads] == [list(h) for h in at.session_state["heads"]]
+    goto(at, "label_vectors")  # the share button is on every page
+    assert at.button(key="w_side_url") is not None

@@ -133,10 +133,20 @@ def sidebar() -> None:
                               index=["auto", "float32", "bfloat16", "float16"].index(dtype), key="w_dtype")
             tr = st.checkbox("trust_remote_code (runs the model repository's code)", value=trust, key="w_trust")
         new = ((typed or "").strip() or DEFAULT_MODEL, dev, dt, tr)
-        if new != model_spec():
-            if st.button("Load model", type="primary", key="w_load_model"):
+        if new != model_spec() and st.button("Load model", type="primary", key="w_load_model"):
+            # Loaded here, once per click: a failure keeps the previous model and is not retried on every rerun.
+            try:
+                with st.spinner(f"Loading {new[0]}"):
+                    _load(*new)
                 st.session_state.model_spec = new
-                st.rerun()
+                st.session_state.pop("model_error", None)
+            except ModelLoadError as exc:
+                st.session_state.model_error = f"{new[0]!r} could not be loaded: {exc}"
+            except Exception as exc:  # noqa: BLE001 - anything else becomes a message
+                st.session_state.model_error = f"{new[0]!r} could not be loaded ({type(exc).__name__}): {exc}"[:500]
+            st.rerun()
+        if st.session_state.get("model_error"):
+            st.error(st.session_state.model_error + " The previous model stays in use.")
         lm = get_model()
         if lm is not None:
             st.caption(lm.describe())

@@ -184,7 +184,12 @@ def test_model_picker_errors_are_messages(at):
     at.text_input(key="w_model_dir").set_value("/no/such/folder").run()
     at.button(key="w_load_model").click().run()
     assert not at.exception
-    assert "not a folder" in errors(at)
+    assert "not a folder" in errors(at) and "previous model stays in use" in errors(at)
+    assert predictions(at)  # the page still works with the previous model
+    at.radio(key="w_model_source").set_value("Hugging Face Hub name").run()
+    at.text_input(key="w_model_hub").set_value("rm -rf /; echo").run()
+    at.button(key="w_load_model").click().run()
+    assert "neither a Hugging Face model name" in errors(at) and predictions(at)
 
 
 def test_head_finder_scan_sets_heads_and_intervention_table(at):

@@ -74,3 +74,45 @@ if common.analysis("two_towers", "score_similarity") is not None:
     with d2:
         st.download_button("Scatter (HTML)", figure_html(fig2).encode(), file_name="score_similarity.html",
                            mime="text/html")
+
+st.subheader("Over a dataset sample")
+st.caption("The same two comparisons averaged over test sentences of a dataset, with as many random heads of the same "
+           "layers as the control for the score-similarity correlation.")
+ds = common.dataset_picker("w_tt_dataset")
+n1, n2, n3 = st.columns(3)
+is_tiny = lm.n_layers * lm.n_heads < 50
+k_tt = n1.number_input("Demonstrations per label", 1, 16, 3 if is_tiny else 4, key="w_tt_k")
+n_tt = n2.number_input("Test sentences", 2, 1000, 4 if is_tiny else 16, key="w_tt_n")
+seed_tt = n3.number_input("Seed", 0, 10_000, 0, key="w_tt_seed")
+if ds is not None and st.button("Run over the sample", key="w_tt_go"):
+    from iclviz.evaluation import Cancelled, EvalSetup
+
+    swap_table = common.analysis("label_swap", "label_swap_table")
+    summarize = common.analysis("label_swap", "summarize_label_swap")
+    tt_table = common.analysis("two_towers", "two_towers_table")
+    rank_corr = common.analysis("two_towers", "rank_correlations")
+    if None not in (swap_table, summarize, tt_table, rank_corr):
+        setup = EvalSetup(ds, k_per_label=int(k_tt), n_test=int(n_tt), seeds=(int(seed_tt),), template=ss.template)
+        st.button("Stop", key="w_tt_stop")
+        bar = st.progress(0.0, text="label swap and two towers")
+
+        def cb(done, total, note):
+            bar.progress(min(1.0, done / max(total, 1)), text=f"{note}: {done}/{total}")
+
+        try:
+            ss.tt_swap = summarize(swap_table(lm, setup, heads, progress=cb))
+            ss.tt_corr = rank_corr(tt_table(lm, setup, heads, control_heads(heads, lm.n_layers, lm.n_heads, 0),
+                                            progress=cb))
+        except Cancelled as exc:
+            st.warning(str(exc))
+        except (ValueError, RuntimeError) as exc:
+            st.error(f"The run failed: {exc}")
+        bar.empty()
+if ss.get("tt_swap") is not None:
+    st.markdown("**Label swap over the sample** (attention on the gold word's positions, value-output agreement)")
+    st.dataframe(ss.tt_swap, key="tbl_tt_swap_sample")
+    common.csv_download(ss.tt_swap, "label_swap_sample.csv", key="dl_tt_swap_sample")
+if ss.get("tt_corr") is not None:
+    st.markdown("**Rank correlation of query-key score and similarity** (in-context vs random heads)")
+    st.dataframe(ss.tt_corr, key="tbl_tt_corr_sample")
+    common.csv_download(ss.tt_corr, "score_similarity_sample.csv", key="dl_tt_corr_sample")

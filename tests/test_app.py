@@ -231,6 +231,10 @@ def test_two_towers_page_swap_and_similarity(at):
     at.slider(key="w_tt_layer").set_value(2).run()
     sims2 = at.dataframe[-1].value["similarity"].round(6).tolist()
     assert sims1 != sims2
+    at.button(key="w_tt_go").click().run()
+    assert not at.exception and not at.error
+    corr = at.session_state["tt_corr"]
+    assert set(corr["group"]) <= {"in-context", "random"} and len(at.session_state["tt_swap"]) > 0
 
 
 def test_bias_lab_current_prompt_and_label_ratio(at):

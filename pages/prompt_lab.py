@@ -99,7 +99,7 @@ def _bind(key, value):
 
 # ---------------------------------------------------------------- layout
 
-left, right = st.columns([5, 6], gap="large")
+left, right = st.columns([6, 5], gap="large")
 with left:
     st.subheader("Prompt")
     c1, c2 = st.columns(2)
@@ -117,7 +117,7 @@ with left:
     words = list(dict.fromkeys(w for w in ss.label_words if w)) or ["foo"]
     wkey = "|".join(ss.label_words)
     for i, d in enumerate(ss.demos):
-        cols = st.columns([6, 2.2, 1, 1, 1], vertical_alignment="bottom", gap="small")
+        cols = st.columns([7, 2.4, 1, 1, 1], vertical_alignment="bottom", gap="small")
         _bind(f"dt_{d['id']}", d["text"])
         cols[0].text_input(f"Demonstration {i + 1}", key=f"dt_{d['id']}", label_visibility="collapsed",
                            placeholder="a sentence")
@@ -125,9 +125,12 @@ with left:
         if lk not in ss:
             ss[lk] = d["label"] if d["label"] in words else words[0]
         cols[1].selectbox(f"Label {i + 1}", words, key=lk, label_visibility="collapsed")
-        cols[2].button("↑", key=f"up_{d['id']}", on_click=_move, args=(i, -1), help="move up")
-        cols[3].button("↓", key=f"down_{d['id']}", on_click=_move, args=(i, 1), help="move down")
-        cols[4].button("✕", key=f"del_{d['id']}", on_click=_delete, args=(i,), help="delete")
+        cols[2].button("", icon=":material/arrow_upward:", key=f"up_{d['id']}", on_click=_move, args=(i, -1),
+                       help=f"move demonstration {i + 1} up")
+        cols[3].button("", icon=":material/arrow_downward:", key=f"down_{d['id']}", on_click=_move, args=(i, 1),
+                       help=f"move demonstration {i + 1} down")
+        cols[4].button("", icon=":material/delete:", key=f"del_{d['id']}", on_click=_delete, args=(i,),
+                       help=f"delete demonstration {i + 1}")
     _sync_demos()
     b1, b2 = st.columns(2)
     b1.button("Add demonstration", on_click=_add, key="w_add_demo")

@@ -13,6 +13,7 @@ model with different interventions at the same time.
 from __future__ import annotations
 
 import contextvars
+import copy
 import threading
 from dataclasses import dataclass
 
@@ -330,5 +331,95 @@ def run_ids(model, prompt_ids: list[list[int]], label_token_ids: list[int], inte
             attn_block_out=torch.stack(r["attn_block_out"], 1),
             pad=pad,
             hidden=state.hidden,
+        )
+    return RunResult(logits=logits, label_token_ids=list(label_token_ids), capture=cap)
+
+
+def common_prefix_length(prompt_ids: list[list[int]]) -> int:
+    """Length of the token prefix all prompts share (at least one token is left to each)."""
+    first = prompt_ids[0]
+    n = min(len(p) for p in prompt_ids) - 1
+    for i in range(max(n, 0)):
+        if any(p[i] != first[i] for p in prompt_ids):
+            return i
+    return max(n, 0)
+
+
+def _one_prompt(iv: Interventions, b: int) -> Interventions:
+    """The part of ``iv`` that concerns prompt ``b`` of a batch, as a one-prompt intervention."""
+    from .interventions import AttentionEdit
+
+    return Interventions(
+        ablate=iv.ablate,
+        attention=tuple(AttentionEdit((e.factors[b],), e.heads, e.renormalize) for e in iv.attention),
+        depositional=iv.depositional,
+        depositional_positions=(iv.depositional_positions[b],) if iv.depositional else (),
+    )
+
+
+@torch.no_grad()
+def run_ids_shared_prefix(model, prompt_ids: list[list[int]], label_token_ids: list[int], prefix_len: int,
+                          interventions: Interventions = NONE, capture: bool = True,
+                          value_positions: list[list[int]] | None = None) -> RunResult:
+    """Like ``run_ids``, but the shared prefix (the demonstrations) is computed once.
+
+    The prefix pass carries the head ablations (they act at every position); the other
+    interventions act only on the last position's attention row, so they apply in the
+    per-prompt suffix passes, which read the prefix's keys and values from a KV cache.
+    Results equal ``run_ids`` up to float rounding (tested); captured rows are left-padded
+    to the longest prompt, as in ``run_ids``.
+    """
+    arch = instrument(model)
+    device = next(model.parameters()).device
+    rotary = getattr(model, "_iclviz_rotary", None)
+    prefix = torch.tensor([prompt_ids[0][:prefix_len]], device=device)
+    pre_state = _RunState(arch, Interventions(ablate=interventions.ablate), False, torch.zeros(1, dtype=torch.long),
+                          None, rotary) if interventions.ablate else None
+    token = _ACTIVE.set(pre_state)
+    try:
+        cache = model(input_ids=prefix, position_ids=torch.arange(prefix_len, device=device)[None], use_cache=True,
+                      logits_to_keep=1)
+        cache = getattr(cache, "cache", None) or cache.past_key_values
+    finally:
+        _ACTIVE.reset(token)
+    results = []
+    for b, ids in enumerate(prompt_ids):
+        vpos = torch.tensor([value_positions[b]], dtype=torch.long) if capture and value_positions is not None \
+            else None
+        one = _one_prompt(interventions, b) if not interventions.is_empty() else NONE
+        state = _RunState(arch, one, capture, torch.zeros(1, dtype=torch.long), vpos, rotary)
+        token = _ACTIVE.set(state if (capture or not one.is_empty()) else None)
+        try:
+            out = model(input_ids=torch.tensor([ids[prefix_len:]], device=device), cache=copy.deepcopy(cache),
+                        position_ids=torch.arange(prefix_len, len(ids), device=device)[None], use_cache=True,
+                        logits_to_keep=1)
+        finally:
+            _ACTIVE.reset(token)
+        results.append((out.logits[:, -1].float().cpu(), state))
+    logits = torch.cat([r[0] for r in results])
+    cap = None
+    if capture:
+        S = max(len(p) for p in prompt_ids)
+        pad = torch.tensor([S - len(p) for p in prompt_ids], dtype=torch.long)
+
+        def rows(name, left_pad=False):
+            parts = []
+            for (_, st), pb in zip(results, pad.tolist()):
+                t = torch.stack(st.records[name], 1)
+                if left_pad:
+                    t = torch.nn.functional.pad(t, (pb, 0), value=float("-inf") if name == "scores" else 0.0)
+                parts.append(t)
+            return torch.cat(parts)
+
+        cap = Capture(
+            attn=rows("attn", True),
+            scores=rows("scores", True),
+            head_out=rows("head_out"),
+            value_out=rows("value_out") if value_positions is not None else None,
+            value_positions=torch.tensor(value_positions, dtype=torch.long) if value_positions is not None else None,
+            resid_in=rows("resid_in"),
+            resid_final=torch.cat([st.resid_final for _, st in results]),
+            attn_block_out=rows("attn_block_out"),
+            pad=pad,
         )
     return RunResult(logits=logits, label_token_ids=list(label_token_ids), capture=cap)

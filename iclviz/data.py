@@ -33,6 +33,11 @@ class Dataset:
     test: pd.DataFrame
     meta: dict = field(default_factory=dict)
 
+    def short_demonstrations(self, max_chars: int) -> Dataset:
+        """Keep only train sentences of at most ``max_chars`` characters (prompt length stays bounded)."""
+        train = self.train[self.train["text"].str.len() <= max_chars].reset_index(drop=True)
+        return Dataset(self.name, self.labels, train, self.test, self.meta)
+
     def restrict(self, classes: list[int]) -> Dataset:
         """Keep only the given class indices, re-indexed 0..k-1 (e.g. AGNews World vs Sports)."""
         valid = all(0 <= c < len(self.labels) for c in classes)

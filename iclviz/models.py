@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .architecture import Architecture, UnsupportedArchitecture
-from .capture import RunResult, instrument, run_ids
+from .capture import RunResult, common_prefix_length, instrument, run_ids, run_ids_shared_prefix
 from .interventions import NONE, Interventions
 from .prompt import BuiltPrompt
 
@@ -163,6 +163,7 @@ class LoadedModel:
     dtype: torch.dtype
     context_length: int
     load_seconds: float = 0.0
+    reuse_prefix: bool = True  # compute a batch's shared demonstrations once (KV cache)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -196,7 +197,14 @@ class LoadedModel:
             value_positions = [p.label_positions for p in prompts]
             if len({len(v) for v in value_positions}) != 1:
                 value_positions = None
-        return run_ids(self.model, [p.input_ids for p in prompts], prompts[0].label_token_id_list(),
+        ids = [p.input_ids for p in prompts]
+        prefix = common_prefix_length(ids) if len(ids) > 1 and hidden_layer is None and self.reuse_prefix else 0
+        if prefix >= 16 and prefix >= 0.5 * min(len(p) for p in ids):
+            # the prompts share their demonstrations: compute them once (KV cache), then each query
+            return run_ids_shared_prefix(self.model, ids, prompts[0].label_token_id_list(), prefix,
+                                         interventions=interventions, capture=capture,
+                                         value_positions=value_positions)
+        return run_ids(self.model, ids, prompts[0].label_token_id_list(),
                        interventions=interventions, capture=capture, value_positions=value_positions,
                        pad_id=self.pad_id, hidden_layer=hidden_layer)
 

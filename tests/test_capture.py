@@ -235,3 +235,26 @@ def test_positional_score_removal_refused_for_absolute_positions(tiny_gpt2):
 
     with pytest.raises(UnsupportedArchitecture):
         run_ids(tiny_gpt2.model, [[1, 2, 3, 4]], LABEL_IDS, interventions=iv.remove_positional_score([[1]], [(0, 0)]))
+
+
+def test_shared_prefix_path_equals_padded_batch(tiny):
+    """Computing the shared demonstrations once (KV cache) gives the same numbers."""
+    from iclviz.capture import common_prefix_length, run_ids_shared_prefix
+
+    g = torch.Generator().manual_seed(4)
+    prefix = torch.randint(1, tiny.model.config.vocab_size, (20,), generator=g).tolist()
+    ids = [prefix + torch.randint(1, tiny.model.config.vocab_size, (n,), generator=g).tolist() for n in (3, 7, 5)]
+    assert common_prefix_length(ids) >= 20
+    positions = [[2, 9, 15]] * 3
+    heads = [(0, 1), (1, 2), (2, 3)]
+    setups = [iv.NONE, iv.ablate(heads), iv.knockout(positions, heads=heads),
+              iv.rescale([{2: 0.5, 9: 2.0}] * 3, heads=heads)]
+    if tiny.model._iclviz_rotary is not None:
+        setups.append(iv.remove_positional_score(positions, heads))
+    for setup in setups:
+        a = run_ids(tiny.model, ids, LABEL_IDS, interventions=setup, value_positions=positions)
+        b = run_ids_shared_prefix(tiny.model, ids, LABEL_IDS, 20, interventions=setup, value_positions=positions)
+        close(b.logits, a.logits)
+        for name in ("attn", "head_out", "value_out", "resid_in", "resid_final", "attn_block_out"):
+            close(getattr(b.capture, name), getattr(a.capture, name))
+        assert torch.equal(b.capture.pad, a.capture.pad)

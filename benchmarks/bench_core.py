@@ -1,0 +1,100 @@
+"""Core benchmark: prints ratios, never fails.
+
+1. The instrumented pass (capture of every head) vs a plain ``model(**inputs)`` pass on the
+   same prompts (goal: at most 1.3x).
+2. Per-head importance for all heads from one instrumented pass vs scanning heads by
+   ablation, one forward pass per head (timed on a subset of heads, extrapolated).
+3. Evaluating a dataset sample with the shared demonstrations computed once (KV cache)
+   vs one left-padded batch.
+
+    python benchmarks/bench_core.py [--model default] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from iclviz.data import load_dataset
+from iclviz.evaluation import EvalSetup, evaluate
+from iclviz.heads import head_importance
+from iclviz.interventions import ablate
+from iclviz.models import load_model
+
+
+def timed(fn, repeats):
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return statistics.median(out)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--scan-heads", type=int, default=28, help="heads timed in the ablation scan")
+    args = ap.parse_args()
+    lm = load_model(args.model)
+    print(f"model: {lm.describe()}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    setup = EvalSetup(load_dataset("sst2"), k_per_label=4, n_test=8, seeds=(0,))
+    prompts, _ = setup.prompts(lm, 0)
+    p = prompts[0]
+    ids = torch.tensor([p.input_ids])
+    print(f"prompt: {p.n_tokens} tokens (4+4 SST-2 demonstrations, review template)")
+
+    def plain():
+        with torch.no_grad():
+            lm.model(input_ids=ids)
+
+    def instrumented():
+        lm.run([p], capture=True)
+
+    def no_capture():
+        lm.run([p], capture=False)
+
+    for f in (plain, instrumented):  # warm up
+        f()
+    t_plain = timed(plain, args.repeats)
+    t_inst = timed(instrumented, args.repeats)
+    t_run = timed(no_capture, args.repeats)
+    print(f"1. plain model(**inputs): {t_plain * 1000:.0f} ms; instrumented pass (all heads captured): "
+          f"{t_inst * 1000:.0f} ms; ratio {t_inst / t_plain:.2f}x (goal <= 1.3x); "
+          f"uninstrumented run through iclviz: {t_run * 1000:.0f} ms")
+
+    def importance_one_pass():
+        res = lm.run([p], capture=True, value_positions=None)
+        head_importance(lm.arch, res.capture, p.label_token_id_list(), layers=range(lm.n_layers))
+
+    t_imp = timed(importance_one_pass, max(1, args.repeats // 2))
+    heads = [(layer, head) for layer in range(lm.n_layers) for head in range(lm.n_heads)]
+    subset = heads[:: max(1, len(heads) // args.scan_heads)][: args.scan_heads]
+    t0 = time.perf_counter()
+    for h in subset:
+        lm.run([p], interventions=ablate([h]), capture=False)
+    per_head = (time.perf_counter() - t0) / len(subset)
+    t_scan = per_head * len(heads)
+    print(f"2. importance of all {len(heads)} heads from one pass: {t_imp:.2f} s; ablation scan, one pass per "
+          f"head: {per_head * 1000:.0f} ms/head x {len(heads)} = {t_scan:.1f} s (timed on {len(subset)} heads); "
+          f"ratio {t_scan / t_imp:.0f}x faster")
+
+    setup16 = EvalSetup(setup.dataset, k_per_label=4, n_test=16, seeds=(0,))
+    lm.reuse_prefix = False
+    t_batch = timed(lambda: evaluate(lm, setup16, batch_size=8), 1)
+    lm.reuse_prefix = True
+    t_prefix = timed(lambda: evaluate(lm, setup16, batch_size=8), 1)
+    print(f"3. 16 SST-2 prompts: padded batches of 8 {t_batch:.1f} s; shared demonstrations computed once "
+          f"{t_prefix:.1f} s; ratio {t_batch / t_prefix:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Integration: the real offline default model (Qwen2.5-Coder-0.5B-Instruct, GGUF -> float32).
+
+The first run in a fresh environment assembles and dequantizes the GGUF file (~1 min) and
+caches the float32 model; later loads take seconds.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from iclviz import models
+from iclviz.data import load_dataset
+from iclviz.evaluation import EvalSetup, evaluate
+from iclviz.interventions import Plan
+from iclviz.models import ModelLoadError, load_model, resolve_source
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return load_model("default")
+
+
+def test_default_model_shape(lm):
+    assert (lm.n_layers, lm.n_heads, lm.arch.n_kv_heads) == (24, 14, 2)
+    assert lm.arch.positional == "rotary" and lm.dtype == torch.float32
+
+
+def test_icl_accuracy_and_every_intervention_reaches_the_model(lm):
+    setup = EvalSetup(load_dataset("sst2"), k_per_label=4, n_test=48, seeds=(0,))
+    base = evaluate(lm, setup, batch_size=8)
+    assert base.n == 48
+    assert base.accuracy >= 0.65, base.summary()
+    every_head = tuple((layer, head) for layer in range(lm.n_layers) for head in range(lm.n_heads))
+    ko = evaluate(lm, setup, Plan("knockout", every_head), batch_size=8)
+    changed = (ko.rows["margin"] - base.rows["margin"]).abs()
+    assert (changed > 1e-3).all(), changed.describe()
+    deep = tuple((layer, head) for layer in range(12, 24) for head in range(lm.n_heads))
+    for kind in ("ablate", "majority_fix", "recency_fix"):
+        sub = EvalSetup(setup.dataset, k_per_label=4, n_test=8, seeds=(0,),
+                        demo_transform=(lambda d, s: d[1:]) if kind == "majority_fix" else None)
+        a = evaluate(lm, sub, batch_size=8)
+        b = evaluate(lm, sub, Plan(kind, deep), batch_size=8)
+        assert ((a.rows["margin"] - b.rows["margin"]).abs() > 1e-4).all(), kind
+
+
+def test_capture_identities_on_the_real_model(lm):
+    from iclviz.evaluation import predict
+
+    pred = predict(lm, [("a wonderful film", "foo"), ("dull and boring", "bar")], "I loved it")
+    cap = pred.capture
+    torch.testing.assert_close(cap.attn.sum(-1), torch.ones_like(cap.attn.sum(-1)), rtol=1e-5, atol=1e-5)
+    total = cap.head_out.sum(2) + torch.stack([lm.arch.o_bias(layer).detach() if lm.arch.o_bias(layer) is not None
+                                               else torch.zeros(lm.arch.d_model) for layer in range(lm.n_layers)])
+    torch.testing.assert_close(total, cap.attn_block_out, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        logits = lm.arch.unembed(lm.arch.final_norm(cap.resid_final))
+    res = lm.run([pred.prompt], capture=False)
+    torch.testing.assert_close(logits, res.logits, rtol=1e-4, atol=1e-3)
+    assert pred.predicted == "foo"
+
+
+def test_corrupt_parts_are_refused_before_parsing(tmp_path, monkeypatch):
+    parts = []
+    for i in range(6):
+        p = tmp_path / f"part{i + 1:02d}.bin"
+        p.write_bytes(b"x" * 10)
+        parts.append(p)
+    monkeypatch.setattr(models, "gguf_part_paths", lambda: parts)
+    with pytest.raises(ModelLoadError, match="add up to 60 bytes"):
+        models.assemble_gguf(tmp_path / "out.gguf")
+    monkeypatch.setattr(models, "GGUF_SIZE", 60)
+    with pytest.raises(ModelLoadError, match="sha256"):
+        models.assemble_gguf(tmp_path / "out.gguf")
+    assert not (tmp_path / "out.gguf").exists()
+
+
+@pytest.mark.parametrize("name,message", [
+    ("../etc", "not a folder"),
+    ("a/b/c", "neither a Hugging Face model name"),
+    ("/nonexistent/folder", "not a folder"),
+    ("rm -rf /", "neither a Hugging Face model name"),
+])
+def test_bad_model_names_give_a_message(name, message):
+    with pytest.raises(ModelLoadError, match=message):
+        resolve_source(name)
+
+
+def test_unknown_hub_model_offline_gives_a_message(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="no-such-org/no-such-model"):
+        load_model("no-such-org/no-such-model")
+
+
+def test_local_folder_loads(tmp_path, tokenizer):
+    from conftest import build_tiny_model
+
+    build_tiny_model("qwen2").save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    lm = load_model(str(tmp_path))
+    assert lm.n_layers == 3 and lm.arch.n_kv_heads == 2

@@ -193,8 +193,9 @@ def make_report(args) -> Path:
         f"(experiments already in `{work}` are reused; delete it to measure again).",
         f"Model: {lm.describe()}. Machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
         f"torch {torch.__version__}, Python {platform.python_version()}.",
-        "This is a measurement, not an advertisement: with 64 prompts per condition one accuracy has a standard "
-        "error of about 6 points, so differences below ~15 points are not separated.",
+        f"This is a measurement, not an advertisement: with {sizes['n_eval'] * len(sizes['seeds'])} prompts per "
+        "condition one accuracy has a standard error of up to "
+        f"{50 / (sizes['n_eval'] * len(sizes['seeds'])) ** 0.5:.0f} points, so small differences are not separated.",
         "## Overview\n\n" + _fmt(pd.DataFrame(overview)),
         "Paper (Llama-7B, GPT-J-6B): " + "; ".join(f"{k}: {v}" for k, v in PAPER.items()) + ".",
     ]

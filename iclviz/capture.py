@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import copy
+import inspect
 import threading
 from dataclasses import dataclass
 
@@ -163,13 +164,13 @@ class _RunState:
             out[:, :, ablate.to(out.device)] = 0
         if self.capture:
             w_o = arch.w_o(layer).to(out.dtype)  # [H, Dh, D]
-            self.records["attn"][layer] = probs.float().cpu()
-            self.records["scores"][layer] = scores.float().cpu()
-            self.records["head_out"][layer] = torch.einsum("bhd,hdm->bhm", out[:, -1], w_o).float().cpu()
+            self.records["attn"][layer] = probs.float()
+            self.records["scores"][layer] = scores.float()
+            self.records["head_out"][layer] = torch.einsum("bhd,hdm->bhm", out[:, -1], w_o).float()
             if self.value_positions is not None:
                 idx = self.value_positions.to(v.device)  # [B, P]
                 vv = torch.gather(v, 2, idx[:, None, :, None].expand(B, H, idx.shape[1], Dh))
-                self.records["value_out"][layer] = torch.einsum("bhpd,hdm->bhpm", vv, w_o).float().cpu()
+                self.records["value_out"][layer] = torch.einsum("bhpd,hdm->bhpm", vv, w_o).float()
         return out
 
     def _depositional_scores(self, q, k, scores, dep, scale):
@@ -257,9 +258,9 @@ def _resid_hook(i):
         state = _ACTIVE.get()
         if state is not None and state.capture:
             hidden = args[0] if args else kwargs["hidden_states"]
-            state.records["resid_in"][i] = hidden[:, -1].float().cpu()
+            state.records["resid_in"][i] = hidden[:, -1].float().clone()
             if state.hidden_layer == i:
-                state.hidden = hidden.float().cpu()
+                state.hidden = hidden.float().clone()
     return hook
 
 
@@ -268,14 +269,14 @@ def _attn_out_hook(i):
         state = _ACTIVE.get()
         if state is not None and state.capture:
             o = output[0] if isinstance(output, tuple) else output
-            state.records["attn_block_out"][i] = o[:, -1].float().cpu()
+            state.records["attn_block_out"][i] = o[:, -1].float().clone()
     return hook
 
 
 def _final_hook(module, args):
     state = _ACTIVE.get()
     if state is not None and state.capture:
-        state.resid_final = args[0][:, -1].float().cpu()
+        state.resid_final = args[0][:, -1].float().clone()
 
 
 def pad_batch(prompt_ids: list[list[int]], pad_id: int, device):
@@ -318,19 +319,23 @@ def run_ids(model, prompt_ids: list[list[int]], label_token_ids: list[int], inte
         _ACTIVE.reset(token)
     logits = out.logits[:, -1].float().cpu()
     cap = None
-    if capture:
+    if capture:  # records stay on the model's device during the pass: one transfer here, no per-layer syncs
         r = state.records
+
+        def stacked(name):
+            return torch.stack(r[name], 1).cpu()
+
         cap = Capture(
-            attn=torch.stack(r["attn"], 1),
-            scores=torch.stack(r["scores"], 1),
-            head_out=torch.stack(r["head_out"], 1),
-            value_out=torch.stack(r["value_out"], 1) if vpos is not None else None,
+            attn=stacked("attn"),
+            scores=stacked("scores"),
+            head_out=stacked("head_out"),
+            value_out=stacked("value_out") if vpos is not None else None,
             value_positions=vpos - pad[:, None] if vpos is not None else None,
-            resid_in=torch.stack(r["resid_in"], 1),
-            resid_final=state.resid_final,
-            attn_block_out=torch.stack(r["attn_block_out"], 1),
+            resid_in=stacked("resid_in"),
+            resid_final=state.resid_final.cpu(),
+            attn_block_out=stacked("attn_block_out"),
             pad=pad,
-            hidden=state.hidden,
+            hidden=state.hidden.cpu() if state.hidden is not None else None,
         )
     return RunResult(logits=logits, label_token_ids=list(label_token_ids), capture=cap)
 
@@ -382,6 +387,8 @@ def run_ids_shared_prefix(model, prompt_ids: list[list[int]], label_token_ids: l
         cache = getattr(cache, "cache", None) or cache.past_key_values
     finally:
         _ACTIVE.reset(token)
+    # transformers renamed ``past_key_values`` to ``cache``; take whichever this version's forward has
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     results = []
     for b, ids in enumerate(prompt_ids):
         vpos = torch.tensor([value_positions[b]], dtype=torch.long) if capture and value_positions is not None \
@@ -390,7 +397,7 @@ def run_ids_shared_prefix(model, prompt_ids: list[list[int]], label_token_ids: l
         state = _RunState(arch, one, capture, torch.zeros(1, dtype=torch.long), vpos, rotary)
         token = _ACTIVE.set(state if (capture or not one.is_empty()) else None)
         try:
-            out = model(input_ids=torch.tensor([ids[prefix_len:]], device=device), cache=copy.deepcopy(cache),
+            out = model(input_ids=torch.tensor([ids[prefix_len:]], device=device), **{cache_kw: copy.deepcopy(cache)},
                         position_ids=torch.arange(prefix_len, len(ids), device=device)[None], use_cache=True,
                         logits_to_keep=1)
         finally:
@@ -405,7 +412,7 @@ def run_ids_shared_prefix(model, prompt_ids: list[list[int]], label_token_ids: l
         def rows(name, left_pad=False):
             parts = []
             for (_, st), pb in zip(results, pad.tolist()):
-                t = torch.stack(st.records[name], 1)
+                t = torch.stack(st.records[name], 1).cpu()
                 if left_pad:
                     t = torch.nn.functional.pad(t, (pb, 0), value=float("-inf") if name == "scores" else 0.0)
                 parts.append(t)
@@ -418,7 +425,7 @@ def run_ids_shared_prefix(model, prompt_ids: list[list[int]], label_token_ids: l
             value_out=rows("value_out") if value_positions is not None else None,
             value_positions=torch.tensor(value_positions, dtype=torch.long) if value_positions is not None else None,
             resid_in=rows("resid_in"),
-            resid_final=torch.cat([st.resid_final for _, st in results]),
+            resid_final=torch.cat([st.resid_final for _, st in results]).cpu(),
             attn_block_out=rows("attn_block_out"),
             pad=pad,
         )

@@ -127,6 +127,24 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return c - h, c + h
 
 
+def prompt_batches(lm: LoadedModel, setup: EvalSetup, batch_size: int, progress: Progress | None = None,
+                   note: str = "", demos_for_seed=None):
+    """Yield ``(seed, start, prompts, gold)`` batches over every seed's prompts, reporting progress.
+
+    ``demos_for_seed(seed)`` may supply the demonstrations; raises Cancelled when ``progress``
+    returns False.
+    """
+    total = len(setup.seeds) * setup.n_test
+    done = 0
+    for seed in setup.seeds:
+        prompts, gold = setup.prompts(lm, seed, demos_for_seed(seed) if demos_for_seed else None)
+        for i in range(0, len(prompts), batch_size):
+            yield seed, i, prompts[i:i + batch_size], gold[i:i + batch_size]
+            done += len(prompts[i:i + batch_size])
+            if progress is not None and progress(done, total, note) is False:
+                raise Cancelled(f"stopped after {done} of {total} prompts")
+
+
 def run_batches(lm: LoadedModel, prompts: list[BuiltPrompt], plan: Plan | Interventions = NONE, batch_size: int = 8,
                 capture: bool = False, progress: Progress | None = None, on_batch=None, start: int = 0,
                 note: str = "") -> list:

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from .data import sample_demonstrations
-from .evaluation import Cancelled, EvalSetup, Progress
+from .evaluation import EvalSetup, Progress, prompt_batches
 from .heads import DEFAULT_SCALING
 from .lens import project
 from .models import LoadedModel
@@ -56,23 +56,18 @@ def label_swap_table(lm: LoadedModel, setup: EvalSetup, heads, scaling: str = DE
     """Per (prompt, head, condition) rows over the setup's prompts, original and swapped."""
     words = setup.words()
     frames = []
-    total = len(setup.seeds) * setup.n_test
-    done = 0
-    for seed in setup.seeds:
-        demos = sample_demonstrations(setup.dataset, setup.k_per_label, seed, setup.order)
-        orig, gold = setup.prompts(lm, seed, demos)
-        swap, _ = setup.prompts(lm, seed, swapped_demos(demos, len(words)))
-        for i in range(0, len(orig), batch_size):
-            g = [words[y] for y in gold[i:i + batch_size]]
-            for cond, ps in (("original", orig), ("swapped", swap)):
-                df = _per_head(lm, ps[i:i + batch_size], heads, scaling, g)
-                df["prompt"] += i
-                df["seed"] = seed
-                df["condition"] = cond
-                frames.append(df)
-            done += len(orig[i:i + batch_size])
-            if progress is not None and progress(done, total, "label swap") is False:
-                raise Cancelled(f"stopped after {done} of {total} prompts")
+    for cond in ("original", "swapped"):
+        def demos_for_seed(seed, cond=cond):
+            demos = sample_demonstrations(setup.dataset, setup.k_per_label, seed, setup.order)
+            return demos if cond == "original" else swapped_demos(demos, len(words))
+
+        for seed, start, batch, gold in prompt_batches(lm, setup, batch_size, progress, f"label swap, {cond}",
+                                                       demos_for_seed):
+            df = _per_head(lm, batch, heads, scaling, [words[y] for y in gold])
+            df["prompt"] += start
+            df["seed"] = seed
+            df["condition"] = cond
+            frames.append(df)
     return pd.concat(frames, ignore_index=True)
 
 

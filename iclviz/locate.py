@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from .evaluation import Cancelled, EvalSetup, Progress, evaluate
+from .evaluation import Cancelled, EvalSetup, Progress, evaluate, prompt_batches
 from .heads import (
     DEFAULT_SCALING,
     HeadScan,
@@ -24,18 +24,10 @@ def locate_heads(lm: LoadedModel, setup: EvalSetup, scaling: str = DEFAULT_SCALI
     """Per-head importance (gold label's log-probability increase), one pass per prompt batch."""
     layers = default_layers(lm.n_layers) if layers is None else list(layers)
     chunks, gold_all = [], []
-    total = len(setup.seeds) * setup.n_test
-    done = 0
-    for seed in setup.seeds:
-        prompts, gold = setup.prompts(lm, seed)
-        for i in range(0, len(prompts), batch_size):
-            batch = prompts[i:i + batch_size]
-            res = lm.run(batch, capture=True, value_positions=None)
-            chunks.append(head_importance(lm.arch, res.capture, prompts[0].label_token_id_list(), scaling, layers))
-            gold_all += gold[i:i + batch_size]
-            done += len(batch)
-            if progress is not None and progress(done, total, "locating heads") is False:
-                raise Cancelled(f"stopped after {done} of {total} prompts")
+    for _, _, batch, gold in prompt_batches(lm, setup, batch_size, progress, "locating heads"):
+        res = lm.run(batch, capture=True, value_positions=None)
+        chunks.append(head_importance(lm.arch, res.capture, batch[0].label_token_id_list(), scaling, layers))
+        gold_all += gold
     importance = torch.cat(chunks) if chunks else torch.zeros(0, lm.n_layers, lm.n_heads, len(setup.words()))
     return summarize_importance(importance, gold_all, setup.words(), scaling, layers)
 

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
-from .evaluation import Cancelled, EvalSetup, Progress
+from .evaluation import EvalSetup, Progress, prompt_batches
 from .models import LoadedModel
 from .prompt import BuiltPrompt
 
@@ -63,22 +63,15 @@ def two_towers_table(lm: LoadedModel, setup: EvalSetup, heads, control_heads=(),
                      batch_size: int = 8, progress: Progress | None = None) -> pd.DataFrame:
     """Rows for every prompt, head (in-context and control) and label position."""
     frames = []
-    total = len(setup.seeds) * setup.n_test
-    done = 0
     groups = [("in-context", list(heads)), ("random", list(control_heads))]
     all_heads = [h for _, hs in groups for h in hs]
     group_of = {tuple(h): g for g, hs in groups for h in hs}
-    for seed in setup.seeds:
-        prompts, _ = setup.prompts(lm, seed)
-        for i in range(0, len(prompts), batch_size):
-            df = score_similarity_rows(lm, prompts[i:i + batch_size], all_heads, sim_layer)
-            df["prompt"] += i
-            df["seed"] = seed
-            df["group"] = [group_of[(a, b)] for a, b in zip(df["layer"], df["head"])]
-            frames.append(df)
-            done += len(prompts[i:i + batch_size])
-            if progress is not None and progress(done, total, "two towers") is False:
-                raise Cancelled(f"stopped after {done} of {total} prompts")
+    for seed, start, batch, _ in prompt_batches(lm, setup, batch_size, progress, "two towers"):
+        df = score_similarity_rows(lm, batch, all_heads, sim_layer)
+        df["prompt"] += start
+        df["seed"] = seed
+        df["group"] = [group_of[(a, b)] for a, b in zip(df["layer"], df["head"])]
+        frames.append(df)
     return pd.concat(frames, ignore_index=True)
 
 

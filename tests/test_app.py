@@ -323,3 +323,17 @@ def test_sidebar_share_puts_the_current_prompt_in_the_url(at):
     assert [list(h) for h in state.heads] == [list(h) for h in at.session_state["heads"]]
     goto(at, "label_vectors")  # the share button is on every page
     assert at.button(key="w_side_url") is not None
+
+
+def test_bias_lab_paper_metrics_run_with_controls(at):
+    goto(at, "bias_lab")
+    at.number_input(key="w_bias_n").set_value(4).run()
+    at.button(key="w_majority_go").click().run()
+    assert not at.exception and not at.error
+    res = at.session_state["majority_result"]
+    assert {"no fix", "fix in-context heads", "fix random heads"} <= set(res.summary["condition"])
+    assert any("reduction" in m.value.lower() for m in at.markdown)
+    at.button(key="w_recency_go").click().run()
+    assert not at.exception and not at.error
+    rec = at.session_state["recency_result"]
+    assert "no fix" in set(rec.summary["condition"]) and len(rec.rows) > 0

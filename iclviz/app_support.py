@@ -16,6 +16,7 @@ import json
 import random
 import re
 import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -280,19 +281,19 @@ def tiny_model(name: str = "tiny-llama", seed: int = 0):
 
 # ---------------------------------------------------------------- full attention for bertviz
 
-_EAGER: dict[int, torch.nn.Module] = {}
+_EAGER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _EAGER_LOCK = threading.Lock()
 
 
 def eager_copy(lm) -> torch.nn.Module:
-    """A private copy of the model that returns full attention matrices (one per loaded model)."""
+    """A private copy of the model that returns full attention matrices (one per loaded model,
+    dropped with it). The shared model is never switched to another attention implementation."""
     with _EAGER_LOCK:
-        key = id(lm.model)
-        if key not in _EAGER:
+        if lm.model not in _EAGER:
             m = copy.deepcopy(lm.model)
             m.set_attn_implementation("eager")
-            _EAGER[key] = m.eval()
-        return _EAGER[key]
+            _EAGER[lm.model] = m.eval()
+        return _EAGER[lm.model]
 
 
 @torch.no_grad()

@@ -244,6 +244,41 @@ def resolve_source(name: str) -> tuple[str, str]:
     return "hub", name
 
 
+def _hub_cached(name: str) -> bool:
+    """Whether the Hub model's config is already in the local Hugging Face cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # noqa: BLE001 - any failure means: not known to be cached
+        return False
+
+
+def _check_hub(name: str, timeout: float = 10.0) -> None:
+    """Fail fast, with a message, when the Hub cannot be reached or has no such model.
+
+    Without this, an offline machine spends minutes in the Hub client's retries.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise ModelLoadError(f"{name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
+    try:
+        from huggingface_hub import model_info
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    except ImportError:
+        return
+    try:
+        model_info(name, timeout=timeout)
+    except GatedRepoError as exc:
+        raise ModelLoadError(f"{name!r} is gated on the Hub: log in (huggingface-cli login) and accept its "
+                             "licence first") from exc
+    except RepositoryNotFoundError as exc:
+        raise ModelLoadError(f"no model {name!r} on the Hugging Face Hub (check the spelling, or log in for "
+                             "private models)") from exc
+    except Exception as exc:  # noqa: BLE001 - network errors of any kind
+        raise ModelLoadError(f"could not reach the Hugging Face Hub to fetch {name!r} (no network?): "
+                             f"{type(exc).__name__}") from exc
+
+
 def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None,
                trust_remote_code: bool = False, device_map: str | None = None, progress=None) -> LoadedModel:
     """Load a causal LM for instrumented runs. Errors come as ModelLoadError with a clear message."""
@@ -255,10 +290,15 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: str 
     if kind == "default":
         where = str(default_model_dir(progress=progress))
     kwargs = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    if kind == "hub" and _hub_cached(where):
+        kwargs["local_files_only"] = True
+    elif kind == "hub":
+        _check_hub(where)
     if device_map:
         kwargs["device_map"] = device_map
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code,
+                                                  local_files_only=kwargs.get("local_files_only", False))
         model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as exc:
         text = str(exc)

@@ -101,3 +101,9 @@ def tiny_llama(tokenizer):
 @pytest.fixture(scope="session")
 def tiny_gpt2(tokenizer):
     return wrap_model(build_tiny_model("gpt2"), tokenizer, name="tiny-gpt2")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the default-model integration tests first: on a fresh machine they build the model
+    cache (~1 min), so that the browser test then drives the app on the real model too."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("integration") else 1)

@@ -101,3 +101,10 @@ def test_local_folder_loads(tmp_path, tokenizer):
     tokenizer.save_pretrained(tmp_path)
     lm = load_model(str(tmp_path))
     assert lm.n_layers == 3 and lm.arch.n_kv_heads == 2
+
+
+def test_unknown_hub_model_fails_fast_with_a_message(monkeypatch):
+    """Online: no such repository; offline (CI): the Hub cannot be reached. Either way, a message."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(ModelLoadError, match="no-such-org/no-such-model"):
+        load_model("no-such-org/no-such-model")

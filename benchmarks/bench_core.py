@@ -16,15 +16,19 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from iclviz.data import load_dataset
-from iclviz.evaluation import EvalSetup, evaluate
-from iclviz.heads import head_importance
-from iclviz.interventions import ablate
-from iclviz.models import load_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from iclviz.data import load_dataset  # noqa: E402
+from iclviz.evaluation import EvalSetup, evaluate  # noqa: E402
+from iclviz.heads import head_importance  # noqa: E402
+from iclviz.interventions import ablate  # noqa: E402
+from iclviz.models import load_model  # noqa: E402
 
 
 def timed(fn, repeats):

@@ -216,6 +216,13 @@ def label_sums(table: pd.DataFrame) -> pd.DataFrame:
     return (table.groupby(["condition", "head", "label"], sort=False)["attention"].sum().reset_index())
 
 
+def label_mass(prompt: BuiltPrompt, capture, heads) -> dict[str, float]:
+    """Per label word: the attention from T on its positions, summed over ``heads``."""
+    table = label_attention_table(prompt, capture, heads)
+    sums = table.groupby("label")["attention"].sum() if not table.empty else {}
+    return {w: float(sums.get(w, 0.0)) for w in prompt.label_words}
+
+
 # ---------------------------------------------------------------- tiny model for tests
 
 _TINY_LOCK = threading.Lock()

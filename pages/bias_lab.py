@@ -3,6 +3,7 @@
 import pandas as pd
 import streamlit as st
 
+from iclviz.app_support import label_mass
 from iclviz.evaluation import Cancelled, EvalSetup, evaluate
 from iclviz.interventions import Plan
 from iclviz.plots import bias_bars, figure_html
@@ -36,11 +37,9 @@ if prompt is not None:
     rows = []
     for name, kind in plans:
         pred = common.predict_current(lm, kind, heads)
-        att = pred.capture.attention_at(0, prompt.label_positions)
+        mass = label_mass(prompt, pred.capture, heads)
         for w in words:
-            idx = [i for i, lab in enumerate(prompt.demo_labels) if lab == w]
-            mass = float(sum(att[a, b, idx].sum() for a, b in heads)) if idx else 0.0
-            rows.append({"condition": name, "label": w, "probability": pred.probs[w], "attention_mass": mass,
+            rows.append({"condition": name, "label": w, "probability": pred.probs[w], "attention_mass": mass[w],
                          "predicted": pred.predicted})
     cur = pd.DataFrame(rows)
     c1, c2 = st.columns(2)

@@ -1,0 +1,50 @@
+"""The command line on a tiny model saved to a folder: outputs, files, exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from iclviz.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer):
+    from conftest import build_tiny_model
+
+    path = tmp_path_factory.mktemp("tiny-qwen2")
+    build_tiny_model("qwen2").save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_predict_prints_probabilities(model_dir, capsys, tmp_path):
+    rc = main(["predict", "--model", model_dir, "--demo", "a wonderful film=foo", "--demo", "dull and boring=bar",
+               "--query", "I loved it", "--out", str(tmp_path)])
+    assert rc == 0
+    out = json.loads((tmp_path / "predict.json").read_text())
+    assert set(out["probabilities"]) == {"foo", "bar"}
+    assert sum(out["probabilities"].values()) == pytest.approx(1.0)
+    assert out["prediction"] in ("foo", "bar")
+    assert '"prediction"' in capsys.readouterr().out
+
+
+def test_bad_input_exits_with_a_message(model_dir, capsys):
+    assert main(["predict", "--model", model_dir, "--demo", "good=foo", "--query", "x"]) == 2
+    assert "at least two labels" in capsys.readouterr().err
+    assert main(["predict", "--model", "a/b/c", "--demo", "good=foo", "--query", "x"]) == 2
+    assert main(["evaluate", "--model", model_dir, "--dataset", "nope"]) == 2
+
+
+def test_evaluate_and_locate_write_csv_and_json(model_dir, tmp_path):
+    assert main(["evaluate", "--model", model_dir, "--dataset", "sst2", "--k", "1", "--n-test", "4",
+                 "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "evaluate.json").read_text())
+    rows = pd.read_csv(tmp_path / "evaluate_rows.csv")
+    assert summary["n"] == len(rows) == 4 and summary["accuracy"] == rows["correct"].mean()
+    assert main(["locate", "--model", model_dir, "--dataset", "sst2", "--k", "1", "--n-test", "4",
+                 "--out", str(tmp_path)]) == 0
+    top = json.loads((tmp_path / "top_heads.json").read_text())
+    assert len(top["top"]) == 2 and top["layers"] == [1, 2]

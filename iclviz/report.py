@@ -131,9 +131,9 @@ def make_report(args) -> Path:
         rb = _cached(d / "recency_bias.csv", lambda: bias.recency_bias(
             lm, setup, heads, n_random_orders=sizes["n_orders"]).summary)
         step("recency bias")
-        # top-n curve against random-n (first dataset only: it is the longest experiment)
+        # top-n curve against random-n (one dataset, --curve-on: it is the longest experiment)
         curve = None
-        if spec == args.datasets[0]:
+        if spec == getattr(args, "curve_on", "sst2"):
             curve = _cached(d / "top_n_curve.csv", lambda: locate.top_n_curve(
                 lm, setup, [(int(r.layer), int(r.head)) for r in ranked.head(max(sizes["curve"])).itertuples()],
                 ns=sizes["curve"], kind="knockout", random_draws=sizes["curve_draws"]))

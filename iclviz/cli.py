@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--orders", type=int, default=3, help="random orders besides the label-last ones")
     p = sub.add_parser("report", help="regenerate docs/results.md on several datasets")
     p.add_argument("--model", default="default")
-    p.add_argument("--datasets", nargs="+", default=["sst2", "amazon_polarity", "agnews:0,1"])
+    p.add_argument("--datasets", nargs="+", default=["sst2", "amazon_polarity", "trec:3,4"])
     p.add_argument("--out", default="docs/results.md")
     p.add_argument("--work", default="runs/report", help="folder for the per-experiment CSVs (resumable)")
     p.add_argument("--quick", action="store_true", help="tiny sample sizes (a smoke run)")

@@ -39,7 +39,7 @@ def _sizes(quick: bool) -> dict:
         return dict(k=2, n_locate=8, n_eval=4, draws=1, n_orders=1, seeds=(0, 1), max_chars=300,
                     curve=(1, 2), curve_draws=1)
     return dict(k=4, n_locate=48, n_eval=32, draws=2, n_orders=1, seeds=(0, 1), max_chars=300,
-                curve=(1, 2, 4, 8, 16), curve_draws=2)
+                curve=(1, 2, 4, 8), curve_draws=1)
 
 
 def _dataset(spec: str, data_dir=None):

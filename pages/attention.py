@@ -13,14 +13,7 @@ common.help_text(
     "heads the last position T should attend to the label positions. Only a few layers and heads are drawn so "
     "that the page stays responsive.")
 
-lm = common.get_model()
-if lm is None:
-    st.stop()
-heads = common.chosen_heads(lm)
-prompt = common.current_prompt(lm)
-if prompt is None:
-    st.info("Fix the prompt on the Prompt lab page.")
-    st.stop()
+lm, heads, prompt = common.model_heads_prompt()
 default_layers = sorted({a for a, _ in heads})[:3]
 c1, c2, c3 = st.columns([2, 2, 1])
 layers = c1.multiselect("Layers (at most 4)", list(range(lm.n_layers)), default=default_layers, max_selections=4,

@@ -352,3 +352,17 @@ def prompt_analysis(lm, module: str, name: str, *args):
     ss = st.session_state
     return _cached_prompt_analysis(lm, model_key(), module, name, demo_tuple(), ss.query, tuple(ss.label_words),
                                    ss.template, tuple(args))
+
+
+def model_heads_prompt():
+    """The loaded model, the chosen heads and the current prompt; stops the page with a message
+    when the model or the prompt is missing."""
+    lm = get_model()
+    if lm is None:
+        st.stop()
+    heads = chosen_heads(lm)
+    prompt = current_prompt(lm)
+    if prompt is None:
+        st.info("Fix the prompt on the Prompt lab page.")
+        st.stop()
+    return lm, heads, prompt

@@ -15,14 +15,7 @@ common.help_text(
     "weighted vector a(T,p)·z is what actually flows into T. The logit minus is logit(first label) − "
     "logit(second label) of that projection.")
 
-lm = common.get_model()
-if lm is None:
-    st.stop()
-heads = common.chosen_heads(lm)
-prompt = common.current_prompt(lm)
-if prompt is None:
-    st.info("Fix the prompt on the Prompt lab page.")
-    st.stop()
+lm, heads, prompt = common.model_heads_prompt()
 fn = common.analysis("label_vectors", "label_vector_table")
 if fn is None:
     st.stop()

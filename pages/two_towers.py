@@ -15,14 +15,7 @@ common.help_text(
     "query matrix at T and the key matrix at each label position act as two towers computing a similarity "
     "between the query and each demonstration, so the score should rise with the query-demonstration similarity.")
 
-lm = common.get_model()
-if lm is None:
-    st.stop()
-heads = common.chosen_heads(lm)
-prompt = common.current_prompt(lm)
-if prompt is None:
-    st.info("Fix the prompt on the Prompt lab page.")
-    st.stop()
+lm, heads, prompt = common.model_heads_prompt()
 words = prompt.label_words
 
 st.subheader("Label swap")

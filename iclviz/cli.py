@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default")
     p.add_argument("--datasets", nargs="+", default=["sst2", "amazon_polarity", "trec:3,4"])
     p.add_argument("--out", default="docs/results.md")
-    p.add_argument("--work", default="runs/report", help="folder for the per-experiment CSVs (resumable)")
+    p.add_argument("--work", default="docs/results_data", help="folder for the per-experiment CSVs (resumable)")
     p.add_argument("--quick", action="store_true", help="tiny sample sizes (a smoke run)")
     p.add_argument("--curve-on", default="sst2", help="the dataset that gets the top-n curve")
     p.add_argument("--data-dir", default=None)

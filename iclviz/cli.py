@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("evaluate", "accuracy over test sentences, seeds, with an interval"),
         ("locate", "per-head importance (layer x head) and the top in-context heads"),
         ("interventions", "accuracy: none vs in-context heads vs random heads (ablation, knockout)"),
+        ("causal", "accuracy drop when each of the top-N located heads is intervened alone"),
         ("label-vectors", "value-output vectors at label positions for the first test prompt"),
         ("label-swap", "attention on foo vs bar positions before/after swapping labels"),
         ("two-towers", "query-key score vs query-demonstration similarity"),
@@ -103,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--checkpoint", default=None, help="JSONL to resume from / append to")
         if name in ("interventions",):
             p.add_argument("--draws", type=int, default=3)
+        if name == "causal":
+            p.add_argument("--candidates", type=int, default=8, help="how many top located heads to test")
+            p.add_argument("--intervention", default="ablate", choices=["ablate", "knockout"])
         if name == "recency-bias":
             p.add_argument("--orders", type=int, default=3, help="random orders besides the label-last ones")
     p = sub.add_parser("report", help="regenerate docs/results.md on several datasets")
@@ -219,6 +223,8 @@ def run(args) -> int:
                 w: [f"L{a}H{b}" for a, b in hs] for w, hs in scan.top_by_label(args.n_heads).items()},
                 "scaling": args.scaling, "layers": layers, "prompts": scan.n_prompts})
         else:
+            if args.command == "causal" and args.n_heads is None:
+                args.n_heads = args.candidates
             heads, _ = _located_heads(args, lm, setup)
             print(f"in-context heads: {' '.join(f'L{a}H{b}' for a, b in heads)}", file=sys.stderr)
             if args.command == "interventions":
@@ -226,6 +232,11 @@ def run(args) -> int:
                                                progress=bar)
                 bar.close()
                 _write(args, "interventions", df=df)
+            elif args.command == "causal":
+                df = locate.causal_scan(lm, setup, heads[:args.candidates], kind=args.intervention,
+                                        batch_size=args.batch_size, progress=bar)
+                bar.close()
+                _write(args, "causal", df=df)
             elif args.command == "label-vectors":
                 prompts, _ = setup.prompts(lm, setup.seeds[0])
                 df = label_vectors.label_vector_table(lm, prompts[0], heads, args.scaling)

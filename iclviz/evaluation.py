@@ -145,24 +145,6 @@ def prompt_batches(lm: LoadedModel, setup: EvalSetup, batch_size: int, progress:
                 raise Cancelled(f"stopped after {done} of {total} prompts")
 
 
-def run_batches(lm: LoadedModel, prompts: list[BuiltPrompt], plan: Plan | Interventions = NONE, batch_size: int = 8,
-                capture: bool = False, progress: Progress | None = None, on_batch=None, start: int = 0,
-                note: str = "") -> list:
-    """Run prompts in batches; ``on_batch(indices, RunResult)`` sees each batch. Returns RunResults."""
-    results = []
-    total = len(prompts)
-    for i in range(start, total, batch_size):
-        chunk = prompts[i:i + batch_size]
-        iv = plan.build(chunk) if isinstance(plan, Plan) else plan
-        res = lm.run(chunk, interventions=iv, capture=capture)
-        if on_batch:
-            on_batch(list(range(i, i + len(chunk))), res)
-        results.append(res)
-        if progress is not None and progress(min(i + batch_size, total), total, note) is False:
-            raise Cancelled(f"stopped after {min(i + batch_size, total)} of {total} prompts")
-    return results
-
-
 def evaluate(lm: LoadedModel, setup: EvalSetup, plan: Plan = Plan(), batch_size: int = 8,
              progress: Progress | None = None, checkpoint: str | Path | None = None) -> EvalResult:
     """Accuracy of ``plan`` over the setup's prompts (all seeds).

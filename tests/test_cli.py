@@ -48,3 +48,12 @@ def test_evaluate_and_locate_write_csv_and_json(model_dir, tmp_path):
                  "--out", str(tmp_path)]) == 0
     top = json.loads((tmp_path / "top_heads.json").read_text())
     assert len(top["top"]) == 2 and top["layers"] == [1, 2]
+
+
+def test_causal_scan_drops_per_head(model_dir, tmp_path):
+    assert main(["causal", "--model", model_dir, "--dataset", "sst2", "--k", "1", "--n-test", "4", "--candidates", "3",
+                 "--out", str(tmp_path)]) == 0
+    df = pd.read_csv(tmp_path / "causal.csv")
+    assert len(df) == 3 and set(df["kind"]) == {"ablate"}
+    base = df["accuracy"] + df["drop"]  # the same no-intervention accuracy in every row
+    assert base.max() - base.min() < 1e-9 and 0 <= base.iloc[0] <= 1

@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from iclviz.label_vectors import label_vector_summary, label_vector_table
 from iclviz.lens import SCALINGS
 from iclviz.plots import figure_html, label_vector_bars
 from pages import common
@@ -16,27 +17,19 @@ common.help_text(
     "logit(second label) of that projection.")
 
 lm, heads, prompt = common.model_heads_prompt()
-fn = common.analysis("label_vectors", "label_vector_table")
-if fn is None:
-    st.stop()
 c1, c2 = st.columns(2)
 scaling = c1.selectbox("Vocabulary projection", SCALINGS, key="w_lv_scaling")
 value = c2.radio("Bar height", ["weighted_logit_minus", "logit_minus", "attention"], horizontal=True, key="w_lv_val")
 pred = common.predict_current(lm)
 st.markdown(f"Current prompt: **{len(prompt.label_positions)} label positions**, prediction "
             f"`{pred.predicted}` ({', '.join(f'p({w})={p:.3f}' for w, p in pred.probs.items())}).")
-table = fn(lm, prompt, heads, scaling, capture=pred.capture)
+table = label_vector_table(lm, prompt, heads, scaling, capture=pred.capture)
 fig = label_vector_bars(table, prompt.label_words, value)
 st.plotly_chart(fig, key="fig_lv")
 own_first = (table["own_label_rank"] <= table[[f"rank_{w}" for w in prompt.label_words]].min(axis=1))
 st.markdown(f"Own label ranked above the other label words at **{own_first.mean():.0%}** of "
             f"{len(table)} (head, position) pairs.")
-summary = common.analysis("label_vectors", "label_vector_summary")
-if summary is not None:
-    try:
-        st.dataframe(summary(table), key="tbl_lv_summary")
-    except (KeyError, ValueError) as exc:
-        st.caption(f"(summary unavailable: {exc})")
+st.dataframe(label_vector_summary(table), key="tbl_lv_summary")
 st.dataframe(table, key="tbl_lv")
 d1, d2 = st.columns(2)
 with d1:

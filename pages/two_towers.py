@@ -3,7 +3,10 @@
 import streamlit as st
 
 from iclviz.app_support import control_heads
+from iclviz.evaluation import Cancelled, EvalSetup
+from iclviz.label_swap import label_swap_table, summarize_label_swap
 from iclviz.plots import figure_html, score_similarity_scatter, swap_bars
+from iclviz.two_towers import rank_correlations, two_towers_table
 from pages import common
 
 ss = st.session_state
@@ -45,28 +48,25 @@ if table is not None:
                            mime="text/html")
 
 st.subheader("Query-key score vs query-demonstration similarity")
-if common.analysis("two_towers", "score_similarity") is not None:
-    c1, c2 = st.columns(2)
-    default_layer = max(1, lm.n_layers // 4)
-    sim_layer = c1.slider("Similarity layer (mean hidden states entering it, cosine)", 0, lm.n_layers - 1,
-                          default_layer, key="w_tt_layer")
-    with_control = c2.checkbox("Add as many random heads (control)", key="w_tt_ctrl")
-    use = list(heads) + (control_heads(heads, lm.n_layers, lm.n_heads, 0) if with_control else [])
-    df = common.prompt_analysis(lm, "two_towers", "score_similarity", tuple(map(tuple, use)), int(sim_layer)).copy()
-    df["head"] = df["head_name"]
-    fig2 = score_similarity_scatter(df, words)
-    st.plotly_chart(fig2, key="fig_tt")
-    if len(prompt.label_positions) >= 3:
-        corr = df.groupby("head_name").apply(
-            lambda g: g["score"].rank().corr(g["similarity"].rank()), include_groups=False).rename("spearman")
-        st.dataframe(corr.to_frame(), key="tbl_tt_corr")
-    st.dataframe(df, key="tbl_tt")
-    d1, d2 = st.columns(2)
-    with d1:
-        common.csv_download(df, "score_similarity.csv")
-    with d2:
-        st.download_button("Scatter (HTML)", figure_html(fig2).encode(), file_name="score_similarity.html",
-                           mime="text/html")
+c1, c2 = st.columns(2)
+default_layer = max(1, lm.n_layers // 4)
+sim_layer = c1.slider("Similarity layer (mean hidden states entering it, cosine)", 0, lm.n_layers - 1,
+                      default_layer, key="w_tt_layer")
+with_control = c2.checkbox("Add as many random heads (control)", key="w_tt_ctrl")
+use = list(heads) + (control_heads(heads, lm.n_layers, lm.n_heads, 0) if with_control else [])
+df = common.prompt_analysis(lm, "two_towers", "score_similarity", tuple(map(tuple, use)), int(sim_layer)).copy()
+df["head"] = df["head_name"]
+fig2 = score_similarity_scatter(df, words)
+st.plotly_chart(fig2, key="fig_tt")
+if len(prompt.label_positions) >= 3:
+    st.dataframe(rank_correlations(df.assign(prompt=0)), key="tbl_tt_corr")
+st.dataframe(df, key="tbl_tt")
+d1, d2 = st.columns(2)
+with d1:
+    common.csv_download(df, "score_similarity.csv")
+with d2:
+    st.download_button("Scatter (HTML)", figure_html(fig2).encode(), file_name="score_similarity.html",
+                       mime="text/html")
 
 st.subheader("Over a dataset sample")
 st.caption("The same two comparisons averaged over test sentences of a dataset, with as many random heads of the same "
@@ -78,29 +78,22 @@ k_tt = n1.number_input("Demonstrations per label", 1, 16, 3 if is_tiny else 4, k
 n_tt = n2.number_input("Test sentences", 2, 1000, 4 if is_tiny else 16, key="w_tt_n")
 seed_tt = n3.number_input("Seed", 0, 10_000, 0, key="w_tt_seed")
 if ds is not None and st.button("Run over the sample", key="w_tt_go"):
-    from iclviz.evaluation import Cancelled, EvalSetup
+    setup = EvalSetup(ds, k_per_label=int(k_tt), n_test=int(n_tt), seeds=(int(seed_tt),), template=ss.template)
+    st.button("Stop", key="w_tt_stop")
+    bar = st.progress(0.0, text="label swap and two towers")
 
-    swap_table = common.analysis("label_swap", "label_swap_table")
-    summarize = common.analysis("label_swap", "summarize_label_swap")
-    tt_table = common.analysis("two_towers", "two_towers_table")
-    rank_corr = common.analysis("two_towers", "rank_correlations")
-    if None not in (swap_table, summarize, tt_table, rank_corr):
-        setup = EvalSetup(ds, k_per_label=int(k_tt), n_test=int(n_tt), seeds=(int(seed_tt),), template=ss.template)
-        st.button("Stop", key="w_tt_stop")
-        bar = st.progress(0.0, text="label swap and two towers")
+    def cb(done, total, note):
+        bar.progress(min(1.0, done / max(total, 1)), text=f"{note}: {done}/{total}")
 
-        def cb(done, total, note):
-            bar.progress(min(1.0, done / max(total, 1)), text=f"{note}: {done}/{total}")
-
-        try:
-            ss.tt_swap = summarize(swap_table(lm, setup, heads, progress=cb))
-            ss.tt_corr = rank_corr(tt_table(lm, setup, heads, control_heads(heads, lm.n_layers, lm.n_heads, 0),
-                                            progress=cb))
-        except Cancelled as exc:
-            st.warning(str(exc))
-        except (ValueError, RuntimeError) as exc:
-            st.error(f"The run failed: {exc}")
-        bar.empty()
+    try:
+        ss.tt_swap = summarize_label_swap(label_swap_table(lm, setup, heads, progress=cb))
+        control = control_heads(heads, lm.n_layers, lm.n_heads, 0)
+        ss.tt_corr = rank_correlations(two_towers_table(lm, setup, heads, control, progress=cb))
+    except Cancelled as exc:
+        st.warning(str(exc))
+    except (ValueError, RuntimeError) as exc:
+        st.error(f"The run failed: {exc}")
+    bar.empty()
 if ss.get("tt_swap") is not None:
     st.markdown("**Label swap over the sample** (attention on the gold word's positions, value-output agreement)")
     st.dataframe(ss.tt_swap, key="tbl_tt_swap_sample")

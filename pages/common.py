@@ -296,6 +296,17 @@ def csv_download(df: pd.DataFrame, name: str, label: str = "Download CSV", key: 
     st.download_button(label, df.to_csv(index=False).encode(), file_name=name, mime="text/csv", key=key or name)
 
 
+def downloads(df: pd.DataFrame, csv_name: str, fig, html_name: str, html_label: str) -> None:
+    """A CSV of the table and an HTML file of the figure, side by side."""
+    from iclviz.plots import figure_html
+
+    d1, d2 = st.columns(2)
+    with d1:
+        csv_download(df, csv_name)
+    with d2:
+        st.download_button(html_label, figure_html(fig).encode(), file_name=html_name, mime="text/html")
+
+
 def show_page_error(exc: BaseException) -> None:
     st.error(f"This page hit an error and stopped: {type(exc).__name__}: {str(exc)[:400]}. "
              "The other pages still work; change the inputs or reload.")

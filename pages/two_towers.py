@@ -5,7 +5,7 @@ import streamlit as st
 from iclviz.app_support import control_heads
 from iclviz.evaluation import Cancelled, EvalSetup
 from iclviz.label_swap import label_swap_table, summarize_label_swap
-from iclviz.plots import figure_html, score_similarity_scatter, swap_bars
+from iclviz.plots import score_similarity_scatter, swap_bars
 from iclviz.two_towers import rank_correlations, two_towers_table
 from pages import common
 
@@ -40,12 +40,7 @@ if table is not None:
     s2.markdown(f"**Value-output logit minus ({words[0]}−{words[1]}) at {words[0]} / {words[1]} positions**")
     s2.plotly_chart(swap_bars(wide, vo_cols, id_col="head_name"), key="fig_swap_vo")
     st.dataframe(table, key="tbl_swap")
-    d1, d2 = st.columns(2)
-    with d1:
-        common.csv_download(table, "label_swap.csv")
-    with d2:
-        st.download_button("Attention figure (HTML)", figure_html(fig).encode(), file_name="label_swap.html",
-                           mime="text/html")
+    common.downloads(table, "label_swap.csv", fig, "label_swap.html", "Attention figure (HTML)")
 
 st.subheader("Query-key score vs query-demonstration similarity")
 c1, c2 = st.columns(2)
@@ -61,12 +56,7 @@ st.plotly_chart(fig2, key="fig_tt")
 if len(prompt.label_positions) >= 3:
     st.dataframe(rank_correlations(df.assign(prompt=0)), key="tbl_tt_corr")
 st.dataframe(df, key="tbl_tt")
-d1, d2 = st.columns(2)
-with d1:
-    common.csv_download(df, "score_similarity.csv")
-with d2:
-    st.download_button("Scatter (HTML)", figure_html(fig2).encode(), file_name="score_similarity.html",
-                       mime="text/html")
+common.downloads(df, "score_similarity.csv", fig2, "score_similarity.html", "Scatter (HTML)")
 
 st.subheader("Over a dataset sample")
 st.caption("The same two comparisons averaged over test sentences of a dataset, with as many random heads of the same "

@@ -64,7 +64,7 @@ def _common(p: argparse.ArgumentParser, dataset: bool = True):
     p.add_argument("--labels", nargs="+", default=None, help="label words (default foo bar ...)")
     p.add_argument("--out", default=None, help="folder for CSV/JSON output")
     if dataset:
-        p.add_argument("--dataset", default="sst2")
+        p.add_argument("--dataset", default="sst2", help="shipped name, a name in --data-dir, or hub:NAME")
         p.add_argument("--data-dir", default=None, help="folder with more datasets (e.g. ethos)")
         p.add_argument("--classes", type=int, nargs="+", default=None, help="keep these class indices")
         p.add_argument("--k", type=int, default=4, help="demonstrations per label")
@@ -136,7 +136,12 @@ def _load(args):
 def _setup(args, lm):
     from .evaluation import EvalSetup
 
-    ds = load_dataset(args.dataset, args.data_dir)
+    if args.dataset.startswith("hub:"):  # a Hugging Face dataset by name (internet and `datasets` needed)
+        from .data import load_hub_dataset
+
+        ds = load_hub_dataset(args.dataset[4:])
+    else:
+        ds = load_dataset(args.dataset, args.data_dir)
     if args.classes:
         ds = ds.restrict(args.classes)
     return EvalSetup(ds, k_per_label=args.k, n_test=args.n_test, seeds=tuple(args.seeds),

@@ -57,3 +57,9 @@ def test_causal_scan_drops_per_head(model_dir, tmp_path):
     assert len(df) == 3 and set(df["kind"]) == {"ablate"}
     base = df["accuracy"] + df["drop"]  # the same no-intervention accuracy in every row
     assert base.max() - base.min() < 1e-9 and 0 <= base.iloc[0] <= 1
+
+
+def test_hub_dataset_without_the_package_or_network_is_a_message(model_dir, capsys):
+    assert main(["evaluate", "--model", model_dir, "--dataset", "hub:no-such/dataset", "--n-test", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "datasets" in err or "no-such/dataset" in err

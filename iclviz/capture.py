@@ -98,6 +98,12 @@ class _RunState:
         self.ablate_mask = torch.zeros(L, H, dtype=torch.bool)
         for layer, head in interventions.ablate:
             self.ablate_mask[layer, head] = True
+        self.row_ablate_mask = None  # [B, L, H] per-row head ablations
+        if interventions.row_ablate:
+            self.row_ablate_mask = torch.zeros(len(interventions.row_ablate), L, H, dtype=torch.bool)
+            for b, hs in enumerate(interventions.row_ablate):
+                for layer, head in hs:
+                    self.row_ablate_mask[b, layer, head] = True
         self.dep_mask = torch.zeros(L, H, dtype=torch.bool)
         for layer, head in interventions.depositional:
             self.dep_mask[layer, head] = True
@@ -105,7 +111,7 @@ class _RunState:
         self.records: dict[str, list] = {k: [None] * L for k in
                                          ("attn", "scores", "head_out", "value_out", "resid_in", "attn_block_out")}
         self.resid_final = None
-        self._edit_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self._edit_cache: dict[tuple, torch.Tensor] = {}
 
     def edits_row(self, layer: int) -> bool:
         return bool(self.iv.attention) and (-1 in self.touched or layer in self.touched) or bool(
@@ -114,25 +120,57 @@ class _RunState:
     def _factor(self, layer: int, batch: int, length: int, device, dtype) -> torch.Tensor | None:
         """[B, H, S] multiplicative factor on the attention row of this layer, or None."""
         factor = None
-        for edit in self.iv.attention:
-            heads = torch.ones(self.arch.n_heads, dtype=torch.bool) if edit.heads is None else torch.tensor(
-                [(layer, h) in edit.heads for h in range(self.arch.n_heads)])
+        for i, edit in enumerate(self.iv.attention):
+            heads = self._edit_heads(i, edit, batch)[:, layer]  # [B or 1, H]
             if not heads.any():
                 continue
-            f = torch.ones(batch, length, dtype=dtype)
+            f = self._edit_row(i, edit, batch, length)
+            f = torch.where(heads[:, :, None], f[:, None, :].to(dtype), torch.ones((), dtype=dtype))
+            factor = f if factor is None else factor * f
+        return None if factor is None else factor.to(device)
+
+    def _edit_heads(self, i: int, edit, batch: int) -> torch.Tensor:
+        """[B or 1, L, H] which heads edit ``i`` touches (built once per run)."""
+        key = ("heads", i)
+        if key not in self._edit_cache:
+            L, H = self.arch.n_layers, self.arch.n_heads
+            if edit.row_heads is not None:
+                if len(edit.row_heads) != batch:
+                    raise ValueError(f"per-row attention edit for {len(edit.row_heads)} rows in a batch of {batch}")
+                m = torch.zeros(batch, L, H, dtype=torch.bool)
+                for b, hs in enumerate(edit.row_heads):
+                    for layer, h in hs:
+                        m[b, layer, h] = True
+            elif edit.heads is None:
+                m = torch.ones(1, L, H, dtype=torch.bool)
+            else:
+                m = torch.zeros(1, L, H, dtype=torch.bool)
+                for layer, h in edit.heads:
+                    m[0, layer, h] = True
+            self._edit_cache[key] = m
+        return self._edit_cache[key]
+
+    def _edit_row(self, i: int, edit, batch: int, length: int) -> torch.Tensor:
+        """[B, S] the factors of edit ``i`` at padded positions (built once per run)."""
+        key = ("row", i, length)
+        if key not in self._edit_cache:
+            f = torch.ones(batch, length)
             for b, d in enumerate(edit.factors):
                 for p, v in d.items():
                     f[b, p + int(self.pad[b])] = v
-            f = torch.where(heads[None, :, None], f[:, None, :], torch.ones(()))
-            factor = f if factor is None else factor * f
-        return None if factor is None else factor.to(device)
+            self._edit_cache[key] = f
+        return self._edit_cache[key]
 
     def attend(self, module, query, key, value, attention_mask, scaling, out):
         arch = self.arch
         layer = arch.layer_of(module)
         B, H, _, Dh = query.shape
         S = key.shape[2]
-        ablate = self.ablate_mask[layer]
+        ablate = self.ablate_mask[layer][None].expand(B, H)
+        if self.row_ablate_mask is not None:
+            if self.row_ablate_mask.shape[0] != B:
+                raise ValueError(f"per-row ablation for {self.row_ablate_mask.shape[0]} rows in a batch of {B}")
+            ablate = ablate | self.row_ablate_mask[:, layer]
         if not (self.capture or self.edits_row(layer) or ablate.any()):
             return out
         out = out.clone()
@@ -161,7 +199,7 @@ class _RunState:
             row = torch.einsum("bhs,bhsd->bhd", probs, v)
             out[:, -1] = row
         if ablate.any():
-            out[:, :, ablate.to(out.device)] = 0
+            out = out.masked_fill(ablate.to(out.device)[:, None, :, None], 0)
         if self.capture:
             w_o = arch.w_o(layer).to(out.dtype)  # [H, Dh, D]
             self.records["attn"][layer] = probs.float()
@@ -374,6 +412,8 @@ def run_ids_shared_prefix(model, prompt_ids: list[list[int]], label_token_ids: l
     Results equal ``run_ids`` up to float rounding (tested); captured rows are left-padded
     to the longest prompt, as in ``run_ids``.
     """
+    if interventions.has_rows():
+        raise ValueError("per-row interventions need run_ids (the rows of one batch differ), not a shared prefix")
     arch = instrument(model)
     device = next(model.parameters()).device
     rotary = getattr(model, "_iclviz_rotary", None)

@@ -23,6 +23,10 @@ class AttentionEdit:
     factors: tuple[dict[int, float], ...]
     heads: frozenset[Head] | None = None
     renormalize: bool = False
+    row_heads: tuple[frozenset[Head], ...] | None = None  # per batch row: the heads edited in that row
+
+    def heads_of_row(self, b: int) -> frozenset[Head] | None:
+        return self.row_heads[b] if self.row_heads is not None else self.heads
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,8 @@ class Interventions:
     - ``ablate``: heads whose output is removed at every position (the same as
       zeroing their columns of ``W_O``).
     - ``attention``: edits of the attention from ``T`` (knockout, rescaling).
+    - ``row_ablate``: per batch row, more heads whose output is removed in that row only
+      (many single-head ablations run as rows of one batch).
     - ``depositional``: heads in which the query-key score from ``T`` to the positions in
       ``depositional_positions[b]`` is computed without its positional part (rotary
       models: each key is rotated to the query's position, so the score depends on
@@ -42,16 +48,25 @@ class Interventions:
     attention: tuple[AttentionEdit, ...] = ()
     depositional: frozenset[Head] = frozenset()
     depositional_positions: tuple[tuple[int, ...], ...] = field(default=())
+    row_ablate: tuple[frozenset[Head], ...] = ()
 
     def is_empty(self) -> bool:
-        return not self.ablate and not self.attention and not self.depositional
+        return not self.ablate and not self.attention and not self.depositional and not any(self.row_ablate)
+
+    def has_rows(self) -> bool:
+        """Whether rows of one batch get different heads (per-row masks)."""
+        return bool(self.row_ablate) or any(e.row_heads is not None for e in self.attention)
 
     def layers_touched(self) -> set[int]:
         layers = {layer for layer, _ in self.ablate} | {layer for layer, _ in self.depositional}
+        layers |= {layer for hs in self.row_ablate for layer, _ in hs}
         for edit in self.attention:
-            if edit.heads is None:
+            if edit.row_heads is not None:
+                layers |= {layer for hs in edit.row_heads for layer, _ in hs}
+            elif edit.heads is None:
                 return {-1} | layers  # every layer
-            layers |= {layer for layer, _ in edit.heads}
+            else:
+                layers |= {layer for layer, _ in edit.heads}
         return layers
 
 
@@ -66,6 +81,21 @@ def knockout(positions_per_prompt, heads=None) -> Interventions:
     """Set the attention from ``T`` to the given positions to zero in ``heads`` (None: all)."""
     factors = tuple({int(p): 0.0 for p in ps} for ps in positions_per_prompt)
     return Interventions(attention=(AttentionEdit(factors, None if heads is None else frozenset(_heads(heads))),))
+
+
+def knockout_rows(positions_per_row, heads_per_row) -> Interventions:
+    """Row ``b`` of a batch knocks out the attention from ``T`` to ``positions_per_row[b]`` in
+    ``heads_per_row[b]`` only (an empty set leaves the row unchanged)."""
+    if len(positions_per_row) != len(heads_per_row):
+        raise ValueError("one position list and one head set per row")
+    factors = tuple({int(p): 0.0 for p in ps} for ps in positions_per_row)
+    rows = tuple(frozenset(_heads(hs)) for hs in heads_per_row)
+    return Interventions(attention=(AttentionEdit(factors, None, False, rows),))
+
+
+def ablate_rows(heads_per_row) -> Interventions:
+    """Row ``b`` of a batch has the heads ``heads_per_row[b]`` removed (at every position of the pass)."""
+    return Interventions(row_ablate=tuple(frozenset(_heads(hs)) for hs in heads_per_row))
 
 
 def rescale(factors_per_prompt, heads=None, renormalize: bool = False) -> Interventions:
@@ -94,7 +124,17 @@ def combine(*parts: Interventions) -> Interventions:
         attention=tuple(e for p in parts for e in p.attention),
         depositional=frozenset().union(*(p.depositional for p in parts)),
         depositional_positions=dep_positions,
+        row_ablate=_combine_rows([p.row_ablate for p in parts]),
     )
+
+
+def _combine_rows(row_sets):
+    row_sets = [r for r in row_sets if r]
+    if not row_sets:
+        return ()
+    if len({len(r) for r in row_sets}) != 1:
+        raise ValueError("cannot combine per-row ablations of different batch sizes")
+    return tuple(frozenset().union(*parts) for parts in zip(*row_sets))
 
 
 def _heads(heads) -> list[Head]:

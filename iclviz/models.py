@@ -198,7 +198,8 @@ class LoadedModel:
             if len({len(v) for v in value_positions}) != 1:
                 value_positions = None
         ids = [p.input_ids for p in prompts]
-        prefix = common_prefix_length(ids) if len(ids) > 1 and hidden_layer is None and self.reuse_prefix else 0
+        prefix = common_prefix_length(ids) if (len(ids) > 1 and hidden_layer is None and self.reuse_prefix
+                                              and not interventions.has_rows()) else 0
         if prefix >= 16 and prefix >= 0.5 * min(len(p) for p in ids):
             # the prompts share their demonstrations: compute them once (KV cache), then each query
             return run_ids_shared_prefix(self.model, ids, prompts[0].label_token_id_list(), prefix,

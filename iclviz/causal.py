@@ -1,0 +1,465 @@
+"""Causal head effects, many heads per batch, and a random-head null distribution.
+
+Two kinds of intervention touch only the last position ``T``:
+
+- ``knockout``: the head's attention from ``T`` to every label position is set to zero;
+- ``ablate_t``: the head's output at ``T`` is removed.
+
+So each prompt is run once up to ``T - 1`` (the demonstrations shared by a seed's prompts are
+computed once, into a KV cache), and then every head's intervention is one row of a batch of
+single-token passes over that cache (a per-row head mask). A scan of all deep heads costs about
+as much as a few plain passes, not one pass per head. The full ablation (the head removed at
+every position, ``ablate``) changes the demonstrations' keys and values too, so its rows are
+whole passes; it is run for chosen candidate heads.
+
+Outcomes are per prompt: the gold label's margin (its logit minus the best other label's),
+the gold probability over the label words and correctness, so conditions are compared on the
+same prompts (paired).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .capture import _ACTIVE, _RunState, common_prefix_length, instrument
+from .evaluation import Cancelled, EvalSetup, Progress
+from .heads import default_layers, random_heads
+from .interventions import Head, ablate_rows, combine, knockout_rows
+from .models import LoadedModel
+from .stats import empirical_p, mcnemar_exact, paired_bootstrap, proportion_ci
+
+KINDS = ("knockout", "ablate_t", "ablate")
+KIND_TEXT = {
+    "knockout": "attention from T to the label positions knocked out",
+    "ablate_t": "head output at T removed",
+    "ablate": "head output removed at every position",
+}
+
+
+@dataclass(frozen=True)
+class RowEdit:
+    """One row of a last-position batch: what is changed at ``T`` (head sets may be empty)."""
+
+    knockout: frozenset[Head] = frozenset()
+    ablate: frozenset[Head] = frozenset()
+
+    @staticmethod
+    def of(kind: str, heads) -> RowEdit:
+        hs = frozenset((int(a), int(b)) for a, b in heads)
+        if kind == "knockout":
+            return RowEdit(knockout=hs)
+        if kind == "ablate_t":
+            return RowEdit(ablate=hs)
+        raise ValueError(f"a last-position row is 'knockout' or 'ablate_t', not {kind!r}")
+
+
+def _cache_kw(model) -> str:
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _forward(model, ids, start: int, cache, rows: int = 1, state=None):
+    """Run token ids [rows, n] at positions start.. on top of ``cache``; returns (logits at last, cache)."""
+    device = next(model.parameters()).device
+    n = ids.shape[1]
+    kw = {_cache_kw(model): cache} if cache is not None else {}
+    token = _ACTIVE.set(state)
+    try:
+        out = model(input_ids=ids.to(device), position_ids=torch.arange(start, start + n, device=device)[None].expand(
+            rows, n), use_cache=True, logits_to_keep=1, **kw)
+    finally:
+        _ACTIVE.reset(token)
+    new_cache = getattr(out, "cache", None) or out.past_key_values
+    return out.logits[:, -1].float(), new_cache
+
+
+def _repeat(cache, rows: int):
+    c = copy.deepcopy(cache)
+    if rows > 1:
+        c.batch_repeat_interleave(rows)
+    return c
+
+
+@torch.no_grad()
+def last_position_logits(lm: LoadedModel, prompts, rows: list[RowEdit], chunk: int = 64,
+                         on_prompt: Callable[[int], bool | None] | None = None) -> torch.Tensor:
+    """[N, R, K] label-word logits of each prompt under each row's edit at ``T``.
+
+    The prompts' shared prefix is computed once; each prompt then runs up to ``T - 1`` once and
+    its rows run as batches of ``chunk`` single-token passes. ``on_prompt(i)`` is called after
+    each prompt (return False to stop: raises Cancelled).
+    """
+    if not prompts:
+        return torch.zeros(0, len(rows), 0)
+    model = lm.model
+    arch = instrument(model)
+    rotary = getattr(model, "_iclviz_rotary", None)
+    label_ids = prompts[0].label_token_id_list()
+    ids_all = [p.input_ids for p in prompts]
+    prefix = common_prefix_length(ids_all) if len(ids_all) > 1 else len(ids_all[0]) - 1
+    prefix = min(prefix, min(len(i) for i in ids_all) - 1)
+    prefix_cache = None
+    if prefix > 0:
+        _, prefix_cache = _forward(model, torch.tensor([ids_all[0][:prefix]]), 0, None)
+    out = torch.zeros(len(prompts), len(rows), len(label_ids))
+    for i, p in enumerate(prompts):
+        ids = p.input_ids
+        n = len(ids)
+        cache = copy.deepcopy(prefix_cache) if prefix_cache is not None else None
+        if n - 1 > prefix:
+            _, cache = _forward(model, torch.tensor([ids[prefix:n - 1]]), prefix, cache)
+        for start in range(0, len(rows), chunk):
+            part = rows[start:start + chunk]
+            R = len(part)
+            iv = combine(knockout_rows([p.label_positions] * R, [r.knockout for r in part]),
+                         ablate_rows([r.ablate for r in part]))
+            state = _RunState(arch, iv, False, torch.zeros(R, dtype=torch.long), None, rotary)
+            c = _repeat(cache, R) if cache is not None else None
+            logits, _ = _forward(model, torch.tensor([[ids[-1]]] * R), n - 1, c, R, state)
+            out[i, start:start + R] = logits[:, label_ids].cpu()
+        _check_finite(out[i])
+        if on_prompt is not None and on_prompt(i + 1) is False:
+            raise Cancelled(f"stopped after {i + 1} of {len(prompts)} prompts")
+    return out
+
+
+@torch.no_grad()
+def full_ablation_logits(lm: LoadedModel, prompts, head_sets: list, chunk: int = 8,
+                         on_prompt: Callable[[int], bool | None] | None = None) -> torch.Tensor:
+    """[N, R, K] label-word logits with head set ``r`` removed at every position (row ``r``).
+
+    The shared prefix runs once per chunk of head sets (as rows of one batch, each its own
+    ablation), then each prompt's remaining tokens on top of its copy of that cache.
+    """
+    if not prompts:
+        return torch.zeros(0, len(head_sets), 0)
+    model = lm.model
+    arch = instrument(model)
+    rotary = getattr(model, "_iclviz_rotary", None)
+    label_ids = prompts[0].label_token_id_list()
+    ids_all = [p.input_ids for p in prompts]
+    prefix = common_prefix_length(ids_all) if len(ids_all) > 1 else len(ids_all[0]) - 1
+    out = torch.zeros(len(prompts), len(head_sets), len(label_ids))
+    sets = [frozenset((int(a), int(b)) for a, b in hs) for hs in head_sets]
+    done = 0
+    n_chunks = (len(sets) + chunk - 1) // chunk
+    for start in range(0, len(sets), chunk):
+        part = sets[start:start + chunk]
+        R = len(part)
+        iv = ablate_rows(part)
+        cache = None
+        if prefix > 0:
+            state = _RunState(arch, iv, False, torch.zeros(R, dtype=torch.long), None, rotary)
+            _, cache = _forward(model, torch.tensor([ids_all[0][:prefix]] * R), 0, None, R, state)
+        for i, p in enumerate(prompts):
+            ids = p.input_ids
+            state = _RunState(arch, iv, False, torch.zeros(R, dtype=torch.long), None, rotary)
+            c = copy.deepcopy(cache) if cache is not None else None
+            logits, _ = _forward(model, torch.tensor([ids[prefix:]] * R), prefix, c, R, state)
+            out[i, start:start + R] = logits[:, label_ids].cpu()
+        done += 1
+        if on_prompt is not None and on_prompt(done) is False:
+            raise Cancelled(f"stopped after {done} of {n_chunks} batches of head sets")
+    _check_finite(out)
+    return out
+
+
+def _check_finite(t: torch.Tensor) -> None:
+    if not torch.isfinite(t).all():
+        raise FloatingPointError("the model produced non-finite logits (corrupt weights, or a float16 overflow)")
+
+
+# ---------------------------------------------------------------- per-prompt outcomes
+
+def outcomes(logits: torch.Tensor, gold) -> dict[str, np.ndarray]:
+    """Per prompt and row: gold margin, gold probability (over the label words), correctness.
+
+    ``logits`` [N, R, K]; returns arrays [N, R].
+    """
+    lg = logits.double()
+    g = torch.as_tensor(list(gold), dtype=torch.long)
+    N, R, K = lg.shape
+    gi = g.view(N, 1, 1).expand(N, R, 1)
+    gold_logit = lg.gather(-1, gi)[..., 0]
+    other = lg.scatter(-1, gi, float("-inf")).max(-1).values
+    probs = torch.softmax(lg, -1).gather(-1, gi)[..., 0]
+    pred = lg.argmax(-1)
+    return {"margin": (gold_logit - other).numpy(), "p_gold": probs.numpy(),
+            "correct": (pred == g.view(N, 1)).numpy(), "pred": pred.numpy()}
+
+
+def _seed_prompts(lm, setup: EvalSetup):
+    for seed in setup.seeds:
+        prompts, gold = setup.prompts(lm, seed)
+        yield seed, prompts, gold
+
+
+def _progress_counter(progress: Progress | None, total: int, note: str):
+    state = {"done": 0, "t0": time.perf_counter()}
+
+    def on_prompt(_):
+        state["done"] += 1
+        if progress is None:
+            return True
+        return progress(state["done"], total, note)
+
+    return on_prompt
+
+
+def run_rows(lm: LoadedModel, setup: EvalSetup, rows: list[RowEdit], chunk: int = 64,
+             progress: Progress | None = None, note: str = "") -> tuple[torch.Tensor, list[int]]:
+    """[N, R, K] label logits over every seed's prompts under each row, and the gold labels."""
+    total = len(setup.seeds) * setup.n_test
+    on_prompt = _progress_counter(progress, total, note)
+    parts, gold_all = [], []
+    for _, prompts, gold in _seed_prompts(lm, setup):
+        parts.append(last_position_logits(lm, prompts, rows, chunk, on_prompt))
+        gold_all += gold
+    return torch.cat(parts), gold_all
+
+
+def run_full_ablation(lm: LoadedModel, setup: EvalSetup, head_sets: list, chunk: int = 8,
+                      progress: Progress | None = None, note: str = "") -> tuple[torch.Tensor, list[int]]:
+    """[N, R, K] label logits with each head set removed at every position (row r: head_sets[r])."""
+    n_chunks = (len(head_sets) + chunk - 1) // chunk
+    total = len(setup.seeds) * n_chunks
+    on_chunk = _progress_counter(progress, total, note)
+    parts, gold_all = [], []
+    for _, prompts, gold in _seed_prompts(lm, setup):
+        parts.append(full_ablation_logits(lm, prompts, head_sets, chunk, on_chunk))
+        gold_all += gold
+    return torch.cat(parts), gold_all
+
+
+# ---------------------------------------------------------------- the causal scan
+
+@dataclass
+class CausalScan:
+    """Each head intervened alone, averaged over a dataset sample.
+
+    ``table``: one row per (kind, layer, head) with ``effect`` (mean drop of the gold margin,
+    in logits; positive = the head supports the correct label), ``effect_<label>`` (the same on
+    prompts whose gold label is that word), ``label_effect`` (the larger of those),
+    ``supports`` (that label), ``vote`` (mean drop of logit(first label) - logit(second):
+    positive = the head pushes toward the first label), ``acc_drop`` and ``n``.
+    """
+
+    table: pd.DataFrame
+    base: dict  # accuracy, margin, p_gold without intervention
+    n_layers: int
+    n_heads: int
+    label_words: tuple[str, ...]
+    layers: list[int]
+    n_prompts: int
+    kinds: tuple[str, ...]
+    per_prompt: dict = field(default_factory=dict, repr=False)  # kind -> [N, R] margin drops
+
+    def ranked(self, kind: str = "knockout", by: str = "label_effect") -> pd.DataFrame:
+        df = self.table[self.table.kind == kind]
+        return df.sort_values(by, ascending=False).reset_index(drop=True)
+
+    def top(self, n: int, kind: str = "knockout", by: str = "label_effect") -> list[Head]:
+        return [(int(r.layer), int(r.head)) for r in self.ranked(kind, by).head(n).itertuples()]
+
+    def top_by_label(self, n: int, kind: str = "knockout", by: str = "label_effect") -> dict[str, list[Head]]:
+        df = self.ranked(kind, by).head(n)
+        return {w: [(int(r.layer), int(r.head)) for r in df[df.supports == w].itertuples()] for w in self.label_words}
+
+    def matrix(self, kind: str = "knockout", value: str = "effect") -> pd.DataFrame:
+        df = self.table[self.table.kind == kind]
+        return df.pivot(index="layer", columns="head", values=value).reindex(range(self.n_layers))
+
+
+def causal_scan(lm: LoadedModel, setup: EvalSetup, layers=None, kinds=("knockout", "ablate_t"),
+                full_ablation_heads=None, chunk: int = 64, progress: Progress | None = None) -> CausalScan:
+    """Every head of ``layers`` intervened alone (knockout and/or output removal at T), as rows of
+    single-token batches over each prompt's cache; plus full ablation of ``full_ablation_heads``
+    (whole passes, so only for chosen candidates)."""
+    layers = default_layers(lm.n_layers) if layers is None else sorted({int(x) for x in layers})
+    words = setup.words()
+    heads = [(layer, h) for layer in layers for h in range(lm.n_heads)]
+    last_kinds = [k for k in kinds if k in ("knockout", "ablate_t")]
+    rows = [RowEdit()] + [RowEdit.of(k, [hd]) for k in last_kinds for hd in heads]
+    logits, gold = run_rows(lm, setup, rows, chunk, progress, "causal scan")
+    blocks = {k: (logits[:, 1 + i * len(heads):1 + (i + 1) * len(heads)], heads) for i, k in enumerate(last_kinds)}
+    base_logits = logits[:, :1]
+    if full_ablation_heads:
+        fa = [(int(a), int(b)) for a, b in full_ablation_heads]
+        fl, _ = run_full_ablation(lm, setup, [[h] for h in fa], progress=progress, note="full ablation")
+        blocks["ablate"] = (fl, fa)
+    base = outcomes(base_logits, gold)
+    g = np.asarray(gold)
+    first_minus_second = (base_logits[:, 0, 0] - base_logits[:, 0, 1]).double().numpy()
+    records, per_prompt = [], {}
+    for kind, (lg, hs) in blocks.items():
+        o = outcomes(lg, gold)
+        drop = base["margin"][:, :1] - o["margin"]  # [N, R]
+        vote = first_minus_second[:, None] - (lg[..., 0] - lg[..., 1]).double().numpy()
+        per_prompt[kind] = drop
+        for r, (layer, head) in enumerate(hs):
+            rec = {"kind": kind, "layer": layer, "head": head, "effect": float(drop[:, r].mean()),
+                   "vote": float(vote[:, r].mean()),
+                   "acc_drop": float(base["correct"][:, 0].mean() - o["correct"][:, r].mean()),
+                   "p_gold_drop": float((base["p_gold"][:, 0] - o["p_gold"][:, r]).mean()), "n": len(g)}
+            per_label = {}
+            for k, w in enumerate(words):
+                sel = g == k
+                per_label[w] = float(drop[sel, r].mean()) if sel.any() else float("nan")
+                rec[f"effect_{w}"] = per_label[w]
+            best = max(per_label, key=lambda w: -np.inf if np.isnan(per_label[w]) else per_label[w])
+            rec["label_effect"] = per_label[best]
+            rec["supports"] = best
+            records.append(rec)
+    table = pd.DataFrame(records)
+    base_summary = {"accuracy": float(base["correct"][:, 0].mean()), "margin": float(base["margin"][:, 0].mean()),
+                    "p_gold": float(base["p_gold"][:, 0].mean()), "n": len(g)}
+    return CausalScan(table, base_summary, lm.n_layers, lm.n_heads, tuple(words), layers, len(g),
+                      tuple(blocks), per_prompt)
+
+
+def compare_rankings(importance_overall: pd.DataFrame, scan: CausalScan, kind: str = "knockout", n: int = 10,
+                     by: str = "label_effect") -> dict:
+    """Rank correlation (Spearman, over the scanned heads) and top-n overlap of the logit-lens
+    importance ranking and the causal ranking."""
+    from scipy.stats import spearmanr
+
+    causal = scan.table[scan.table.kind == kind][["layer", "head", by]]
+    merged = causal.merge(importance_overall[["layer", "head", "importance"]], on=["layer", "head"]).dropna()
+    rho = spearmanr(merged["importance"], merged[by]) if len(merged) > 2 else None
+    top_imp = {(int(r.layer), int(r.head)) for r in merged.sort_values("importance", ascending=False).head(n)
+               .itertuples()}
+    top_causal = {(int(r.layer), int(r.head)) for r in merged.sort_values(by, ascending=False).head(n).itertuples()}
+    return {"spearman": float(rho.statistic) if rho is not None else float("nan"),
+            "spearman_p": float(rho.pvalue) if rho is not None else float("nan"),
+            "top_n": n, "overlap": len(top_imp & top_causal), "heads": len(merged),
+            "both": sorted(top_imp & top_causal)}
+
+
+# ---------------------------------------------------------------- random-head null distribution
+
+@dataclass
+class NullTest:
+    """A head set's effect against as many random heads from the same layers, many draws."""
+
+    kind: str
+    heads: list[Head]
+    summary: pd.DataFrame  # one row per condition: none, in-context heads, random draw d
+    verdict: dict  # effect, null mean and 2.5/97.5 percentiles, empirical p and percentile, paired tests
+    per_prompt: pd.DataFrame  # prompt, gold, condition columns of margins
+
+    def null(self, column: str = "margin_drop") -> np.ndarray:
+        return self.summary[self.summary.condition == "random"][column].to_numpy()
+
+
+def null_distribution(lm: LoadedModel, setup: EvalSetup, heads, kind: str = "knockout", n_draws: int = 100,
+                      seed: int = 0, layers=None, chunk: int = 64, progress: Progress | None = None) -> NullTest:
+    """The effect of intervening on ``heads`` against ``n_draws`` random sets of as many heads from
+    the same layers, all on the same prompts. Knockout and output removal at T run every draw as a
+    row of one batch per prompt; full ablation (``kind="ablate"``) runs whole passes per draw."""
+    heads = [(int(a), int(b)) for a, b in heads]
+    if not heads:
+        raise ValueError("no heads to test")
+    layers = sorted({a for a, _ in heads}) if layers is None else list(layers)
+    draws = [random_heads(len(heads), layers, lm.n_heads, seed=seed + d, exclude=heads) for d in range(n_draws)]
+    if kind == "ablate":
+        logits, gold = run_full_ablation(lm, setup, [[]] + [heads] + draws, progress=progress, note="null (ablate)")
+    else:
+        rows = [RowEdit(), RowEdit.of(kind, heads)] + [RowEdit.of(kind, d) for d in draws]
+        logits, gold = run_rows(lm, setup, rows, chunk, progress, f"null ({kind})")
+    return summarize_null(logits, gold, kind, heads, draws)
+
+
+def summarize_null(logits: torch.Tensor, gold, kind: str, heads, draws) -> NullTest:
+    """Row 0: no intervention; row 1: the head set; rows 2..: random draws."""
+    o = outcomes(logits, gold)
+    N = len(gold)
+    rows = []
+    for r in range(logits.shape[1]):
+        cond = "none" if r == 0 else "in-context heads" if r == 1 else "random"
+        k = int(o["correct"][:, r].sum())
+        lo, hi = proportion_ci(k, N)
+        hs = [] if r == 0 else heads if r == 1 else draws[r - 2]
+        rows.append({"condition": cond, "draw": r - 2 if r >= 2 else -1,
+                     "head_set": " ".join(f"L{a}H{b}" for a, b in hs),
+                     "accuracy": k / N, "ci_low": lo, "ci_high": hi, "margin": float(o["margin"][:, r].mean()),
+                     "p_gold": float(o["p_gold"][:, r].mean()),
+                     "margin_drop": float((o["margin"][:, 0] - o["margin"][:, r]).mean()),
+                     "acc_drop": float((o["correct"][:, 0].astype(float) - o["correct"][:, r]).mean()), "n": N})
+    summary = pd.DataFrame(rows)
+    null_margin = summary[summary.condition == "random"]["margin_drop"].to_numpy()
+    null_acc = summary[summary.condition == "random"]["acc_drop"].to_numpy()
+    eff = summary.iloc[1]
+    diff = o["margin"][:, 0] - o["margin"][:, 1]
+    mean, lo, hi = paired_bootstrap(diff)
+    # the in-context heads against the median random draw, on the same prompts
+    med = 2 + int(np.argsort(null_margin)[len(null_margin) // 2]) if len(null_margin) else 1
+    ep = empirical_p(float(eff.margin_drop), null_margin)
+    epa = empirical_p(float(eff.acc_drop), null_acc)
+    verdict = {
+        "kind": kind, "heads": " ".join(f"L{a}H{b}" for a, b in heads), "n_prompts": N, "draws": len(null_margin),
+        "accuracy_none": float(summary.iloc[0].accuracy), "accuracy_heads": float(eff.accuracy),
+        "accuracy_random_mean": float(summary[summary.condition == "random"].accuracy.mean()),
+        "margin_drop": float(eff.margin_drop), "margin_drop_ci_low": lo, "margin_drop_ci_high": hi,
+        "null_margin_drop_mean": float(null_margin.mean()) if len(null_margin) else float("nan"),
+        "null_margin_drop_p2.5": float(np.percentile(null_margin, 2.5)) if len(null_margin) else float("nan"),
+        "null_margin_drop_p97.5": float(np.percentile(null_margin, 97.5)) if len(null_margin) else float("nan"),
+        "percentile": ep["percentile"], "p_empirical": ep["p"],
+        "acc_drop": float(eff.acc_drop), "acc_percentile": epa["percentile"], "acc_p_empirical": epa["p"],
+        "mcnemar_vs_none": mcnemar_exact(o["correct"][:, 0], o["correct"][:, 1]),
+        "mcnemar_vs_median_random": mcnemar_exact(o["correct"][:, med], o["correct"][:, 1]),
+    }
+    per_prompt = pd.DataFrame({"gold": list(gold), "margin_none": o["margin"][:, 0],
+                               "margin_heads": o["margin"][:, 1]})
+    return NullTest(kind, list(heads), summary, verdict, per_prompt)
+
+
+def verdict_line(v: dict, alpha: float = 0.05) -> str:
+    """One plain sentence reading a null test."""
+    if not v or v.get("draws", 0) == 0:
+        return "not measured"
+    if v["p_empirical"] <= alpha and v["margin_drop"] > 0:
+        word = "reproduced"
+    elif v["margin_drop"] > v["null_margin_drop_mean"] and v["percentile"] >= 80:
+        word = "partly"
+    else:
+        word = "not reproduced"
+    return (f"{word}: {KIND_TEXT[v['kind']]} in {v['heads']} lowers the gold margin by {v['margin_drop']:.2f} "
+            f"(95% CI {v['margin_drop_ci_low']:.2f} to {v['margin_drop_ci_high']:.2f}), at the "
+            f"{v['percentile']:.0f}th percentile of {v['draws']} random draws (empirical p = {v['p_empirical']:.3f}); "
+            f"accuracy {v['accuracy_none']:.1%} -> {v['accuracy_heads']:.1%} (random {v['accuracy_random_mean']:.1%}), "
+            f"n = {v['n_prompts']} prompts")
+
+
+# ---------------------------------------------------------------- label-specific heads
+
+def label_specific(lm: LoadedModel, setup: EvalSetup, heads_by_label: dict[str, list[Head]], kind: str = "knockout",
+                   n_draws: int = 50, seed: int = 0, chunk: int = 64, progress: Progress | None = None) -> NullTest:
+    """Knock out each label's heads on the prompts whose gold is that label (the foo heads on foo-gold
+    queries, the bar heads on bar-gold ones), against random sets of the same sizes and layers."""
+    words = setup.words()
+    sets = [[(int(a), int(b)) for a, b in heads_by_label.get(w, [])] for w in words]
+    all_heads = sorted({h for s in sets for h in s})
+    if not all_heads:
+        raise ValueError("no label-specific heads to test")
+    layers = sorted({a for a, _ in all_heads})
+    draws = [[random_heads(len(s), layers, lm.n_heads, seed=seed + 1000 * k + d, exclude=all_heads) if s else []
+              for k, s in enumerate(sets)] for d in range(n_draws)]
+    rows = [RowEdit()] + [RowEdit.of(kind, s) for s in sets] + [RowEdit.of(kind, s) for dr in draws for s in dr]
+    logits, gold = run_rows(lm, setup, rows, chunk, progress, "label-specific heads")
+    K = len(words)
+    g = torch.as_tensor(gold)
+    pick = torch.zeros(len(gold), 2 + n_draws, logits.shape[-1])
+    pick[:, 0] = logits[:, 0]
+    idx = torch.arange(len(gold))
+    pick[:, 1] = logits[idx, 1 + g]
+    for d in range(n_draws):
+        pick[:, 2 + d] = logits[idx, 1 + K + d * K + g]
+    flat_draws = [sorted({h for s in dr for h in s}) for dr in draws]
+    return summarize_null(pick, gold, kind, all_heads, flat_draws)

@@ -1,0 +1,150 @@
+"""The causal scan and the null distribution: batched rows equal the same interventions run alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from iclviz.causal import (
+    RowEdit,
+    causal_scan,
+    full_ablation_logits,
+    label_specific,
+    last_position_logits,
+    null_distribution,
+    outcomes,
+)
+from iclviz.data import load_dataset
+from iclviz.evaluation import EvalSetup
+from iclviz.interventions import NONE, ablate, knockout
+from iclviz.prompt import build_prompt
+from iclviz.stats import empirical_p, mcnemar_exact, paired_bootstrap, proportion_ci
+
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+def _prompts(lm, n=3):
+    demos = [("a wonderful film", "foo"), ("dull and boring", "bar"), ("I loved every minute", "foo"),
+             ("a waste of time", "bar")]
+    queries = ["great acting", "terrible plot and bad jokes", "fine"][:n]
+    return [build_prompt(lm.tokenizer, demos, q, ("foo", "bar")) for q in queries]
+
+
+def test_scan_rows_equal_each_intervention_run_alone(tiny):
+    """A single-head knockout (or output removal in the last layer) as a row of the batched scan
+    equals the same intervention in its own full pass, for every architecture."""
+    prompts = _prompts(tiny)
+    L, H = tiny.n_layers, tiny.n_heads
+    heads = [(0, 1), (L - 1, 0), (L - 1, H - 1)]
+    rows = [RowEdit()] + [RowEdit.of("knockout", [h]) for h in heads] + [RowEdit.of("ablate_t", [(L - 1, 2)]),
+                                                                        RowEdit.of("knockout", heads)]
+    batched = last_position_logits(tiny, prompts, rows, chunk=2)  # chunks smaller than the rows, on purpose
+    ids = prompts[0].label_token_id_list()
+    for i, p in enumerate(prompts):
+        alone = [tiny.run([p], NONE, capture=False).logits[0, ids]]
+        alone += [tiny.run([p], knockout([p.label_positions], heads=[h]), capture=False).logits[0, ids] for h in heads]
+        # in the last layer, removing a head's output at T is the same as removing it everywhere
+        alone += [tiny.run([p], ablate([(L - 1, 2)]), capture=False).logits[0, ids]]
+        alone += [tiny.run([p], knockout([p.label_positions], heads=heads), capture=False).logits[0, ids]]
+        torch.testing.assert_close(batched[i], torch.stack(alone), **TOL)
+    # the knockouts change something (the test could fail)
+    assert not torch.allclose(batched[:, 0], batched[:, -1], atol=1e-4)
+
+
+def test_full_ablation_rows_equal_ablation_alone(tiny):
+    prompts = _prompts(tiny)
+    sets = [[], [(0, 0)], [(1, 1), (0, 2)]]
+    batched = full_ablation_logits(tiny, prompts, sets, chunk=2)
+    ids = prompts[0].label_token_id_list()
+    for i, p in enumerate(prompts):
+        alone = torch.stack([tiny.run([p], ablate(s), capture=False).logits[0, ids] for s in sets])
+        torch.testing.assert_close(batched[i], alone, **TOL)
+    assert not torch.allclose(batched[:, 0], batched[:, 1], atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return EvalSetup(load_dataset("sst2"), k_per_label=2, n_test=6, seeds=(0,))
+
+
+def test_causal_scan_table_matches_its_rows(tiny_llama, setup):
+    lm = tiny_llama
+    scan = causal_scan(lm, setup, layers=[1, 2], kinds=("knockout", "ablate_t"), full_ablation_heads=[(2, 1)])
+    assert set(scan.table.kind) == {"knockout", "ablate_t", "ablate"}
+    assert len(scan.table[scan.table.kind == "knockout"]) == 2 * lm.n_heads
+    # the table's effect for one head is the mean margin drop of that head's knockout run alone
+    prompts, gold = setup.prompts(lm, 0)
+    h = (2, 3)
+    ids = prompts[0].label_token_id_list()
+    base = torch.stack([lm.run([p], NONE, capture=False).logits[0, ids] for p in prompts])
+    ko = torch.stack([lm.run([p], knockout([p.label_positions], heads=[h]), capture=False).logits[0, ids]
+                      for p in prompts])
+    o = outcomes(torch.stack([base, ko], 1), gold)
+    want = float((o["margin"][:, 0] - o["margin"][:, 1]).mean())
+    row = scan.table[(scan.table.kind == "knockout") & (scan.table.layer == 2) & (scan.table["head"] == 3)].iloc[0]
+    assert row.effect == pytest.approx(want, abs=1e-4)
+    # in the last layer, full ablation and output removal at T agree
+    fa = scan.table[(scan.table.kind == "ablate") & (scan.table.layer == 2) & (scan.table["head"] == 1)].iloc[0]
+    at = scan.table[(scan.table.kind == "ablate_t") & (scan.table.layer == 2) & (scan.table["head"] == 1)].iloc[0]
+    assert fa.effect == pytest.approx(at.effect, abs=1e-4)
+    # per-label effects average to the overall effect with the label counts as weights
+    g = np.asarray(gold)
+    w = [(g == k).mean() for k in range(2)]
+    assert row.effect == pytest.approx(w[0] * row.effect_foo + w[1] * row.effect_bar, abs=1e-5)
+    assert scan.top(3)[0] in {(int(a), int(b)) for a, b in zip(scan.table.layer, scan.table["head"])}
+
+
+def test_null_distribution_draws_and_percentile(tiny_llama, setup):
+    lm = tiny_llama
+    heads = [(2, 0), (2, 1)]
+    nt = null_distribution(lm, setup, heads, kind="knockout", n_draws=12, seed=3)
+    summary = nt.summary
+    assert (summary.condition == "random").sum() == 12
+    rnd = summary[summary.condition == "random"]
+    # every draw: as many heads, from the heads' layers, never the heads themselves
+    for hs in rnd.head_set:
+        names = hs.split()
+        assert len(names) == 2 and all(n.startswith("L2H") for n in names)
+        assert not set(names) & {"L2H0", "L2H1"}
+    # row 0 is the plain model: its drop is zero
+    assert summary.iloc[0].margin_drop == pytest.approx(0.0, abs=1e-9)
+    v = nt.verdict
+    assert v["draws"] == 12
+    assert v["p_empirical"] == pytest.approx(empirical_p(v["margin_drop"], rnd.margin_drop)["p"])
+    # the in-context row equals the same knockout run alone over the prompts
+    prompts, gold = setup.prompts(lm, 0)
+    ids = prompts[0].label_token_id_list()
+    ko = torch.stack([lm.run([p], knockout([p.label_positions], heads=heads), capture=False).logits[0, ids]
+                      for p in prompts])
+    acc = float((ko.argmax(-1) == torch.tensor(gold)).float().mean())
+    assert summary.iloc[1].accuracy == pytest.approx(acc)
+
+
+def test_label_specific_picks_the_gold_labels_heads(tiny_llama, setup):
+    lm = tiny_llama
+    nt = label_specific(lm, setup, {"foo": [(2, 0)], "bar": [(1, 3)]}, n_draws=5)
+    prompts, gold = setup.prompts(lm, 0)
+    ids = prompts[0].label_token_id_list()
+    want = []
+    for p, g in zip(prompts, gold):
+        hs = [(2, 0)] if g == 0 else [(1, 3)]
+        want.append(lm.run([p], knockout([p.label_positions], heads=hs), capture=False).logits[0, ids])
+    want = torch.stack(want)
+    o = outcomes(want[:, None], gold)
+    assert nt.summary.iloc[1].margin == pytest.approx(float(o["margin"][:, 0].mean()), abs=1e-4)
+
+
+def test_statistics_match_scipy_and_hand_counts():
+    lo, hi = proportion_ci(7, 10)
+    assert lo < 0.7 < hi and 0.39 < lo < 0.40  # Wilson: 0.397 .. 0.892
+    a = [True, True, False, True, False, True]
+    b = [False, True, False, False, True, True]
+    m = mcnemar_exact(a, b)
+    assert (m["a_only"], m["b_only"], m["discordant"]) == (2, 1, 3)
+    assert m["p"] == pytest.approx(1.0)
+    assert mcnemar_exact([True] * 12, [False] * 12)["p"] == pytest.approx(2 * 0.5 ** 12)
+    mean, lo, hi = paired_bootstrap(np.arange(20.0))
+    assert mean == pytest.approx(9.5) and lo < 9.5 < hi
+    e = empirical_p(5.0, [1, 2, 3, 6])
+    assert e["p"] == pytest.approx(2 / 5) and e["percentile"] == pytest.approx(75.0)

@@ -174,15 +174,15 @@ class _RunState:
         if not (self.capture or self.edits_row(layer) or ablate.any()):
             return out
         out = out.clone()
-        groups = H // key.shape[1]
-        k = key.repeat_interleave(groups, dim=1) if groups > 1 else key
-        v = value.repeat_interleave(groups, dim=1) if groups > 1 else value
+        KV = key.shape[1]
+        G = H // KV  # query heads per key-value head: computed grouped, never copied per head
         if self.capture or self.edits_row(layer):
             scale = scaling if scaling is not None else Dh ** -0.5
             q = query[:, :, -1, :]  # [B, H, Dh]
-            scores = torch.einsum("bhd,bhsd->bhs", q, k) * scale
+            scores = torch.einsum("bkgd,bksd->bkgs", q.reshape(B, KV, G, Dh), key).reshape(B, H, S) * scale
             dep = self.dep_mask[layer]
             if dep.any():
+                k = key.repeat_interleave(G, dim=1) if G > 1 else key
                 scores = self._depositional_scores(q, k, scores, dep, scale)
             if attention_mask is not None:
                 m = attention_mask[:, :, -1, :S]
@@ -196,7 +196,7 @@ class _RunState:
                 probs = probs * factor
                 if any(e.renormalize for e in self.iv.attention):
                     probs = probs / probs.sum(-1, keepdim=True).clamp_min(1e-30)
-            row = torch.einsum("bhs,bhsd->bhd", probs, v)
+            row = torch.einsum("bkgs,bksd->bkgd", probs.reshape(B, KV, G, S), value).reshape(B, H, Dh)
             out[:, -1] = row
         if ablate.any():
             out = out.masked_fill(ablate.to(out.device)[:, None, :, None], 0)
@@ -206,8 +206,9 @@ class _RunState:
             self.records["scores"][layer] = scores.float()
             self.records["head_out"][layer] = torch.einsum("bhd,hdm->bhm", out[:, -1], w_o).float()
             if self.value_positions is not None:
-                idx = self.value_positions.to(v.device)  # [B, P]
-                vv = torch.gather(v, 2, idx[:, None, :, None].expand(B, H, idx.shape[1], Dh))
+                idx = self.value_positions.to(value.device)  # [B, P]
+                vv = torch.gather(value, 2, idx[:, None, :, None].expand(B, KV, idx.shape[1], Dh))
+                vv = vv.repeat_interleave(G, dim=1) if G > 1 else vv  # [B, H, P, Dh]
                 self.records["value_out"][layer] = torch.einsum("bhpd,hdm->bhpm", vv, w_o).float()
         return out
 

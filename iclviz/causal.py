@@ -65,19 +65,33 @@ def _cache_kw(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _forward(model, ids, start: int, cache, rows: int = 1, state=None):
-    """Run token ids [rows, n] at positions start.. on top of ``cache``; returns (logits at last, cache)."""
+def _forward(model, ids, start: int, cache, rows: int = 1, state=None, label_ids=None):
+    """Run token ids [rows, n] at positions start.. on top of ``cache``.
+
+    Returns (label-word logits at the last position, or None without ``label_ids``; the cache).
+    The base model is called (no vocabulary-wide unembedding): only the label words' rows of
+    ``W_U`` are applied to the final hidden state.
+    """
     device = next(model.parameters()).device
     n = ids.shape[1]
-    kw = {_cache_kw(model): cache} if cache is not None else {}
+    base = model.base_model
+    kw = {_cache_kw(base): cache} if cache is not None else {}
     token = _ACTIVE.set(state)
     try:
-        out = model(input_ids=ids.to(device), position_ids=torch.arange(start, start + n, device=device)[None].expand(
-            rows, n), use_cache=True, logits_to_keep=1, **kw)
+        out = base(input_ids=ids.to(device), position_ids=torch.arange(start, start + n, device=device)[None].expand(
+            rows, n), use_cache=True, **kw)
     finally:
         _ACTIVE.reset(token)
     new_cache = getattr(out, "cache", None) or out.past_key_values
-    return out.logits[:, -1].float(), new_cache
+    if label_ids is None:
+        return None, new_cache
+    arch = model._iclviz_arch
+    w = arch.unembed_matrix()[label_ids]
+    logits = out.last_hidden_state[:, -1] @ w.T
+    b = arch.unembed_bias()
+    if b is not None:
+        logits = logits + b[label_ids]
+    return logits.float(), new_cache
 
 
 def _repeat(cache, rows: int):
@@ -122,8 +136,8 @@ def last_position_logits(lm: LoadedModel, prompts, rows: list[RowEdit], chunk: i
                          ablate_rows([r.ablate for r in part]))
             state = _RunState(arch, iv, False, torch.zeros(R, dtype=torch.long), None, rotary)
             c = _repeat(cache, R) if cache is not None else None
-            logits, _ = _forward(model, torch.tensor([[ids[-1]]] * R), n - 1, c, R, state)
-            out[i, start:start + R] = logits[:, label_ids].cpu()
+            logits, _ = _forward(model, torch.tensor([[ids[-1]]] * R), n - 1, c, R, state, label_ids)
+            out[i, start:start + R] = logits.cpu()
         _check_finite(out[i])
         if on_prompt is not None and on_prompt(i + 1) is False:
             raise Cancelled(f"stopped after {i + 1} of {len(prompts)} prompts")
@@ -162,8 +176,8 @@ def full_ablation_logits(lm: LoadedModel, prompts, head_sets: list, chunk: int =
             ids = p.input_ids
             state = _RunState(arch, iv, False, torch.zeros(R, dtype=torch.long), None, rotary)
             c = copy.deepcopy(cache) if cache is not None else None
-            logits, _ = _forward(model, torch.tensor([ids[prefix:]] * R), prefix, c, R, state)
-            out[i, start:start + R] = logits[:, label_ids].cpu()
+            logits, _ = _forward(model, torch.tensor([ids[prefix:]] * R), prefix, c, R, state, label_ids)
+            out[i, start:start + R] = logits.cpu()
         done += 1
         if on_prompt is not None and on_prompt(done) is False:
             raise Cancelled(f"stopped after {done} of {n_chunks} batches of head sets")

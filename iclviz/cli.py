@@ -75,6 +75,11 @@ def _common(p: argparse.ArgumentParser, dataset: bool = True):
         p.add_argument("--n-heads", type=int, default=None, help="how many located heads (default ~1%%, >=2)")
         p.add_argument("--scaling", default="final_scale", choices=["final_scale", "final_norm"])
         p.add_argument("--layers", type=int, nargs="+", default=None, help="layers to search (default deep half)")
+        p.add_argument("--rule", default="importance", choices=["importance", "causal"],
+                       help="without --heads, locate heads by logit-lens importance or by causal effect (knockout "
+                            "of each head's label attention, per label)")
+        p.add_argument("--locate-seed", type=int, default=100,
+                       help="demonstration seed of the prompts heads are located on (kept apart from --seeds)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("locate", "per-head importance (layer x head) and the top in-context heads"),
         ("interventions", "accuracy: none vs in-context heads vs random heads (ablation, knockout)"),
         ("causal", "accuracy drop when each of the top-N located heads is intervened alone"),
+        ("null", "the in-context heads' effect against a null distribution of random heads (many draws)"),
+        ("label-specific", "knock out the foo heads on foo-gold queries and the bar heads on bar-gold ones"),
         ("label-vectors", "value-output vectors at label positions for the first test prompt"),
         ("label-swap", "attention on foo vs bar positions before/after swapping labels"),
         ("two-towers", "query-key score vs query-demonstration similarity"),
@@ -104,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--checkpoint", default=None, help="JSONL to resume from / append to")
         if name in ("interventions",):
             p.add_argument("--draws", type=int, default=3)
+        if name == "locate":
+            p.add_argument("--method", default="importance", choices=["importance", "causal", "both"],
+                           help="logit-lens importance (one pass), causal effect of each head alone (knockout and "
+                                "output removal at T, batched), or both side by side")
+            p.add_argument("--kinds", nargs="+", default=["knockout", "ablate_t"], choices=["knockout", "ablate_t"])
+            p.add_argument("--full-ablation-top", type=int, default=0,
+                           help="also ablate (at every position) the top N heads of the causal ranking, alone")
+        if name in ("null", "label-specific"):
+            p.add_argument("--draws", type=int, default=100, help="random head sets (at least 50 recommended)")
+            p.add_argument("--kind", default="knockout", choices=["knockout", "ablate_t", "ablate"])
         if name == "causal":
             p.add_argument("--candidates", type=int, default=8, help="how many top located heads to test")
             p.add_argument("--intervention", default="ablate", choices=["ablate", "knockout"])
@@ -148,17 +165,41 @@ def _setup(args, lm):
                      label_words=tuple(args.labels) if args.labels else None, template=args.template)
 
 
+def _locate_setup(args, setup):
+    import dataclasses
+
+    return dataclasses.replace(setup, seeds=(args.locate_seed,))
+
+
 def _located_heads(args, lm, setup):
+    """The heads given with --heads, or the top located ones by --rule on the --locate-seed prompts."""
     heads = _heads(args.heads)
     if heads:
         return heads, None
-    from .locate import locate_heads
+    from .heads import default_top_n
 
-    bar = _Bar("locating heads")
-    scan = locate_heads(lm, setup, scaling=args.scaling, layers=args.layers, batch_size=args.batch_size,
-                        progress=bar)
-    bar.close()
-    return scan.top(args.n_heads), scan
+    n = args.n_heads or default_top_n(lm.n_layers * lm.n_heads)
+    bar = _Bar(f"locating heads ({args.rule})")
+    try:
+        if args.rule == "causal":
+            from .causal import causal_scan
+
+            scan = causal_scan(lm, _locate_setup(args, setup), layers=args.layers, kinds=("knockout",), progress=bar)
+            return scan.top(n), scan
+        from .locate import locate_heads
+
+        scan = locate_heads(lm, _locate_setup(args, setup), scaling=args.scaling, layers=args.layers,
+                            batch_size=args.batch_size, progress=bar)
+        return scan.top(n), scan
+    finally:
+        bar.close()
+
+
+def _heads_by_label(args, lm, setup) -> dict:
+    heads, scan = _located_heads(args, lm, setup)
+    if scan is None:
+        raise PromptError("label-specific needs located heads (their labels come from the scan): drop --heads")
+    return scan.top_by_label(len(heads))
 
 
 def _write(args, name: str, df=None, obj=None):
@@ -219,14 +260,62 @@ def run(args) -> int:
             _write(args, "evaluate", obj=res.summary())
         elif args.command == "locate":
             layers = args.layers or default_layers(lm.n_layers)
-            scan = locate.locate_heads(lm, setup, scaling=args.scaling, layers=layers, batch_size=args.batch_size,
-                                       progress=bar)
+            result = {"scaling": args.scaling, "layers": layers, "method": args.method}
+            scan = None
+            if args.method in ("importance", "both"):
+                scan = locate.locate_heads(lm, setup, scaling=args.scaling, layers=layers,
+                                           batch_size=args.batch_size, progress=bar)
+                bar.close()
+                _write(args, "head_importance", df=scan.table)
+                top = scan.top(args.n_heads)
+                result.update({"top": [f"L{a}H{b}" for a, b in top], "by_label": {
+                    w: [f"L{a}H{b}" for a, b in hs] for w, hs in scan.top_by_label(args.n_heads).items()},
+                    "prompts": scan.n_prompts})
+            if args.method in ("causal", "both"):
+                from .causal import causal_scan, compare_rankings
+                from .heads import default_top_n
+
+                cs = causal_scan(lm, setup, layers=layers, kinds=tuple(args.kinds), progress=bar)
+                bar.close()
+                if args.full_ablation_top:
+                    cands = cs.top(args.full_ablation_top, kind=args.kinds[0])
+                    cs = causal_scan(lm, setup, layers=layers, kinds=tuple(args.kinds), full_ablation_heads=cands,
+                                     progress=bar)
+                    bar.close()
+                _write(args, "causal_scan", df=cs.table)
+                n = args.n_heads or default_top_n(lm.n_layers * lm.n_heads)
+                kind = args.kinds[0]
+                result["causal"] = {"kind": kind, "base": cs.base, "prompts": cs.n_prompts,
+                                    "top_by_label_effect": [f"L{a}H{b}" for a, b in cs.top(n, kind)],
+                                    "top_by_mean_effect": [f"L{a}H{b}" for a, b in cs.top(n, kind, by="effect")],
+                                    "by_label": {w: [f"L{a}H{b}" for a, b in hs]
+                                                 for w, hs in cs.top_by_label(n, kind).items()}}
+                if scan is not None:
+                    result["rankings"] = {k: compare_rankings(scan.overall, cs, kind, n=m, by=by) for k, m, by in (
+                        ("label_effect_top10", 10, "label_effect"), ("mean_effect_top10", 10, "effect"))}
+                    for v in result["rankings"].values():
+                        v["both"] = [f"L{a}H{b}" for a, b in v["both"]]
+                    side = scan.overall.merge(cs.table[cs.table.kind == kind], on=["layer", "head"])
+                    side["rank_importance"] = side["importance"].rank(ascending=False)
+                    side["rank_causal"] = side["label_effect"].rank(ascending=False)
+                    _write(args, "rankings", df=side.sort_values("rank_causal").head(20)[
+                        ["layer", "head", "importance", "favours", "rank_importance", "effect", "label_effect",
+                         "supports", "vote", "rank_causal"]])
+            _write(args, "top_heads", obj=result)
+        elif args.command == "label-specific":
+            from .causal import label_specific, verdict_line
+
+            if args.kind == "ablate":
+                raise PromptError("label-specific acts at T on each prompt's heads: use --kind knockout or ablate_t")
+            by_label = _heads_by_label(args, lm, setup)
+            print("label heads: " + "; ".join(f"{w}: {' '.join(f'L{a}H{b}' for a, b in hs) or '-'}"
+                                               for w, hs in by_label.items()), file=sys.stderr)
+            nt = label_specific(lm, setup, by_label, kind=args.kind,
+                                n_draws=args.draws, progress=bar)
             bar.close()
-            _write(args, "head_importance", df=scan.table)
-            top = scan.top(args.n_heads)
-            _write(args, "top_heads", obj={"top": [f"L{a}H{b}" for a, b in top], "by_label": {
-                w: [f"L{a}H{b}" for a, b in hs] for w, hs in scan.top_by_label(args.n_heads).items()},
-                "scaling": args.scaling, "layers": layers, "prompts": scan.n_prompts})
+            _write(args, "label_specific_summary", df=nt.summary)
+            _write(args, "label_specific_verdict", obj=nt.verdict)
+            print(verdict_line(nt.verdict), file=sys.stderr)
         else:
             if args.command == "causal" and args.n_heads is None:
                 args.n_heads = args.candidates
@@ -242,6 +331,15 @@ def run(args) -> int:
                                         batch_size=args.batch_size, progress=bar)
                 bar.close()
                 _write(args, "causal", df=df)
+            elif args.command == "null":
+                from .causal import null_distribution, verdict_line
+
+                nt = null_distribution(lm, setup, heads, kind=args.kind, n_draws=args.draws, layers=args.layers,
+                                       progress=bar)
+                bar.close()
+                _write(args, "null_summary", df=nt.summary)
+                _write(args, "null_verdict", obj=nt.verdict)
+                print(verdict_line(nt.verdict), file=sys.stderr)
             elif args.command == "label-vectors":
                 prompts, _ = setup.prompts(lm, setup.seeds[0])
                 df = label_vectors.label_vector_table(lm, prompts[0], heads, args.scaling)

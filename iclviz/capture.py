@@ -167,7 +167,7 @@ class _RunState:
         B, H, _, Dh = query.shape
         S = key.shape[2]
         ablate = self.ablate_mask[layer][None].expand(B, H)
-        if self.row_ablate_mask is not None:
+        if self.row_ablate_mask is not None and self.row_ablate_mask[:, layer].any():
             if self.row_ablate_mask.shape[0] != B:
                 raise ValueError(f"per-row ablation for {self.row_ablate_mask.shape[0]} rows in a batch of {B}")
             ablate = ablate | self.row_ablate_mask[:, layer]

@@ -19,6 +19,7 @@ same prompts (paired).
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import inspect
 import time
@@ -94,6 +95,63 @@ def _forward(model, ids, start: int, cache, rows: int = 1, state=None, label_ids
     return logits.float(), new_cache
 
 
+def _rows_by_first_layer(rows: list[RowEdit], n_layers: int) -> list[tuple[int, list[int]]]:
+    """Row indices grouped by the first layer any of their edits touches (rows without edits
+    join the group of the deepest layer, or form their own)."""
+    groups: dict[int, list[int]] = {}
+    for j, r in enumerate(rows):
+        layers = [a for a, _ in r.knockout | r.ablate]
+        groups.setdefault(min(layers) if layers else n_layers - 1, []).append(j)
+    return sorted(groups.items())
+
+
+def _repeat_from(cache, rows: int, first: int):
+    """A copy of ``cache`` whose layers from ``first`` on hold ``rows`` copies of the one prompt."""
+    c = copy.deepcopy(cache)
+    if rows > 1:
+        for layer in c.layers[first:]:
+            layer.batch_repeat_interleave(rows)
+    return c
+
+
+_EXPAND: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("iclviz_expand", default=None)
+
+
+class _rows_from_layer:
+    """While active (in this context only), the residual stream entering layer ``first`` is
+    repeated into ``rows`` rows: the layers below run once for all rows, since no row differs
+    there. A forward pre-hook, removed on exit; other threads never see it."""
+
+    def __init__(self, arch, first: int, rows: int):
+        self.arch, self.first, self.rows = arch, first, rows
+
+    def __enter__(self):
+        self.token = _EXPAND.set((self.first, self.rows))
+        self.handle = self.arch.layers[self.first].register_forward_pre_hook(_expand_hook(self.first),
+                                                                             with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+        _EXPAND.reset(self.token)
+        return False
+
+
+def _expand_hook(first: int):
+    def hook(module, args, kwargs):
+        want = _EXPAND.get()
+        if want is None or want[0] != first or want[1] == 1:
+            return None
+        rows = want[1]
+        if args:
+            hidden = args[0]
+            return (hidden.expand(rows, *hidden.shape[1:]).contiguous(), *args[1:]), kwargs
+        hidden = kwargs["hidden_states"]
+        kwargs = dict(kwargs, hidden_states=hidden.expand(rows, *hidden.shape[1:]).contiguous())
+        return args, kwargs
+    return hook
+
+
 def _repeat(cache, rows: int):
     c = copy.deepcopy(cache)
     if rows > 1:
@@ -129,15 +187,18 @@ def last_position_logits(lm: LoadedModel, prompts, rows: list[RowEdit], chunk: i
         cache = copy.deepcopy(prefix_cache) if prefix_cache is not None else None
         if n - 1 > prefix:
             _, cache = _forward(model, torch.tensor([ids[prefix:n - 1]]), prefix, cache)
-        for start in range(0, len(rows), chunk):
-            part = rows[start:start + chunk]
-            R = len(part)
-            iv = combine(knockout_rows([p.label_positions] * R, [r.knockout for r in part]),
-                         ablate_rows([r.ablate for r in part]))
-            state = _RunState(arch, iv, False, torch.zeros(R, dtype=torch.long), None, rotary)
-            c = _repeat(cache, R) if cache is not None else None
-            logits, _ = _forward(model, torch.tensor([[ids[-1]]] * R), n - 1, c, R, state, label_ids)
-            out[i, start:start + R] = logits.cpu()
+        for first, idx in _rows_by_first_layer(rows, lm.n_layers):
+            for start in range(0, len(idx), chunk):
+                part_idx = idx[start:start + chunk]
+                part = [rows[j] for j in part_idx]
+                R = len(part)
+                iv = combine(knockout_rows([p.label_positions] * R, [r.knockout for r in part]),
+                             ablate_rows([r.ablate for r in part]))
+                state = _RunState(arch, iv, False, torch.zeros(R, dtype=torch.long), None, rotary)
+                c = _repeat_from(cache, R, first) if cache is not None else None
+                with _rows_from_layer(arch, first, R):
+                    logits, _ = _forward(model, torch.tensor([[ids[-1]]]), n - 1, c, 1, state, label_ids)
+                out[i, part_idx] = logits.cpu()
         _check_finite(out[i])
         if on_prompt is not None and on_prompt(i + 1) is False:
             raise Cancelled(f"stopped after {i + 1} of {len(prompts)} prompts")
@@ -477,3 +538,97 @@ def label_specific(lm: LoadedModel, setup: EvalSetup, heads_by_label: dict[str, 
         pick[:, 2 + d] = logits[idx, 1 + K + d * K + g]
     flat_draws = [sorted({h for s in dr for h in s}) for dr in draws]
     return summarize_null(pick, gold, kind, all_heads, flat_draws)
+
+
+# ---------------------------------------------------------------- one batched causal test
+
+@dataclass
+class CausalTest:
+    """Label logits ``[N, R, K]`` of every prompt under every named row, from one batched run.
+
+    Row names: ``none``; ``<kind>:<set>`` for each head set and kind; ``<kind>:random:<d>`` for
+    random draws (as many heads as the sets, from ``layers``); ``ls:<label>`` and
+    ``ls:random:<d>:<label>`` for the label-specific test.
+    """
+
+    logits: torch.Tensor
+    gold: list[int]
+    names: list[str]
+    head_sets: dict[str, list[Head]]
+    draws: list[list[Head]]
+    label_heads: dict[str, list[Head]]
+    ls_draws: list[dict[str, list[Head]]]
+    label_words: tuple[str, ...]
+
+    def _col(self, name: str) -> int:
+        return self.names.index(name)
+
+    def null(self, set_name: str, kind: str = "knockout") -> NullTest:
+        cols = [0, self._col(f"{kind}:{set_name}")]
+        cols += [self._col(f"{kind}:random:{d}") for d in range(len(self.draws)) if f"{kind}:random:{d}" in self.names]
+        drawn = self.draws if len(cols) > 2 else []
+        return summarize_null(self.logits[:, cols], self.gold, kind, self.head_sets[set_name], drawn)
+
+    def label_specific(self) -> NullTest:
+        g = torch.as_tensor(self.gold)
+        idx = torch.arange(len(self.gold))
+        K = len(self.label_words)
+        own = torch.tensor([self._col(f"ls:{w}") for w in self.label_words])
+        cols = [self.logits[:, 0], self.logits[idx, own[g]]]
+        for d in range(len(self.ls_draws)):
+            rc = torch.tensor([self._col(f"ls:random:{d}:{w}") for w in self.label_words])
+            cols.append(self.logits[idx, rc[g]])
+        assert K == len(own)
+        heads = sorted({h for hs in self.label_heads.values() for h in hs})
+        flat = [sorted({h for hs in dr.values() for h in hs}) for dr in self.ls_draws]
+        return summarize_null(torch.stack(cols, 1), self.gold, "knockout", heads, flat)
+
+    def save(self, path) -> None:
+        torch.save({k: getattr(self, k) for k in self.__dataclass_fields__}, path)
+
+    @staticmethod
+    def load(path) -> CausalTest:
+        return CausalTest(**torch.load(path, weights_only=False))
+
+
+def causal_test(lm: LoadedModel, setup: EvalSetup, head_sets: dict[str, list], layers=None,
+                kinds=("knockout", "ablate_t"), null_kinds=("knockout",), n_draws: int = 50,
+                label_heads: dict[str, list] | None = None, ls_draws: int = 25, seed: int = 0, chunk: int = 64,
+                progress: Progress | None = None) -> CausalTest:
+    """Every head set under every kind, ``n_draws`` random sets of the same size from ``layers``
+    (default: the deep half, where the sets were searched) under each null kind, and the
+    label-specific knockout, as rows of one batched run over the same prompts."""
+    sets = {k: [(int(a), int(b)) for a, b in v] for k, v in head_sets.items()}
+    sizes = {len(v) for v in sets.values()}
+    if len(sizes) != 1:
+        raise ValueError("the head sets compared against one null distribution need the same size")
+    size = sizes.pop()
+    layers = default_layers(lm.n_layers) if layers is None else sorted({int(x) for x in layers})
+    exclude = sorted({h for v in sets.values() for h in v})
+    draws = [random_heads(size, layers, lm.n_heads, seed=seed + d, exclude=exclude) for d in range(n_draws)]
+    names, rows = ["none"], [RowEdit()]
+    for kind in kinds:
+        for name, hs in sets.items():
+            names.append(f"{kind}:{name}")
+            rows.append(RowEdit.of(kind, hs))
+    for kind in null_kinds:
+        for d, hs in enumerate(draws):
+            names.append(f"{kind}:random:{d}")
+            rows.append(RowEdit.of(kind, hs))
+    words = setup.words()
+    lh = {w: [(int(a), int(b)) for a, b in (label_heads or {}).get(w, [])] for w in words} if label_heads else {}
+    lsd: list[dict[str, list[Head]]] = []
+    if lh and any(lh.values()):
+        all_lh = sorted({h for v in lh.values() for h in v})
+        for w in words:
+            names.append(f"ls:{w}")
+            rows.append(RowEdit.of("knockout", lh[w]))
+        for d in range(ls_draws):
+            dr = {w: random_heads(len(lh[w]), layers, lm.n_heads, seed=seed + 7919 + 31 * d + k, exclude=all_lh)
+                  if lh[w] else [] for k, w in enumerate(words)}
+            lsd.append(dr)
+            for w in words:
+                names.append(f"ls:random:{d}:{w}")
+                rows.append(RowEdit.of("knockout", dr[w]))
+    logits, gold = run_rows(lm, setup, rows, chunk, progress, f"causal test ({len(rows)} conditions)")
+    return CausalTest(logits, gold, names, sets, draws, lh, lsd, tuple(words))

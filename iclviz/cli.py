@@ -126,8 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--intervention", default="ablate", choices=["ablate", "knockout"])
         if name == "recency-bias":
             p.add_argument("--orders", type=int, default=3, help="random orders besides the label-last ones")
-    p = sub.add_parser("report", help="regenerate docs/results.md on several datasets")
-    p.add_argument("--model", default="default")
+    p = sub.add_parser("report", help="regenerate docs/results.md on several models and datasets")
+    p.add_argument("--models", nargs="+", default=["default", "qwen2.5-coder-1.5b"],
+                   help="offline model names, Hub names or folders")
+    p.add_argument("--classic-on", nargs="*", default=None,
+                   help="run the first report's analyses (label swap, two towers, biases) only on these models")
     p.add_argument("--datasets", nargs="+", default=["sst2", "amazon_polarity", "trec:3,4"])
     p.add_argument("--out", default="docs/results.md")
     p.add_argument("--work", default="docs/results_data", help="folder for the per-experiment CSVs (resumable)")
@@ -226,7 +229,9 @@ def run(args) -> int:
     if args.command == "report":
         from .report import make_report
 
-        make_report(args)
+        make_report(models=tuple(args.models), datasets=tuple(args.datasets), out=args.out, work=args.work,
+                    quick=args.quick, curve_on=args.curve_on, data_dir=args.data_dir,
+                    classic_on=tuple(args.classic_on) if args.classic_on is not None else None)
         return 0
     lm = _load(args)
     print(f"model: {lm.describe()}", file=sys.stderr)

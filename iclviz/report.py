@@ -7,6 +7,7 @@ measure again.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import platform
@@ -36,10 +37,10 @@ PAPER = {
 
 def _sizes(quick: bool) -> dict:
     if quick:
-        return dict(k=2, n_locate=8, n_eval=4, draws=1, n_orders=1, seeds=(0, 1), max_chars=300,
-                    curve=(1, 2), curve_draws=1)
-    return dict(k=4, n_locate=48, n_eval=32, draws=2, n_orders=1, seeds=(0, 1), max_chars=300,
-                curve=(1, 2, 4, 8), curve_draws=1)
+        return dict(k=2, n_locate=8, n_scan=4, n_eval=4, draws=1, n_orders=1, seeds=(0, 1), max_chars=300,
+                    curve=(1, 2), curve_draws=1, n_test=4, test_seeds=(0, 1), null_draws=8, ls_draws=4)
+    return dict(k=4, n_locate=48, n_scan=32, n_eval=32, draws=2, n_orders=1, seeds=(0, 1), max_chars=300,
+                curve=(1, 2, 4, 8), curve_draws=1, n_test=128, test_seeds=(0, 1), null_draws=50, ls_draws=20)
 
 
 def _dataset(spec: str, data_dir=None):
@@ -76,133 +77,355 @@ def _heads_str(heads) -> str:
     return " ".join(f"L{a}H{b}" for a, b in heads)
 
 
-def make_report(args) -> Path:
+def _model_tag(name: str) -> str:
+    return "default" if name in ("default", "") else "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+
+
+def _causal_section(lm, ds, spec: str, sizes: dict, d: Path, overall: pd.DataFrame, n_top: int) -> tuple[str, dict]:
+    """Both rankings, the batched causal test (null distribution, label-specific heads), full ablation."""
+    from . import causal
+    from .heads import default_layers
+    from .stats import mcnemar_exact, paired_bootstrap
+
+    layers = default_layers(lm.n_layers)
+    setup_scan = EvalSetup(ds, k_per_label=sizes["k"], n_test=sizes["n_scan"], seeds=(100,))
+    scan_path = d / "causal_scan.csv"
+    if scan_path.exists():
+        table = pd.read_csv(scan_path)
+        scan = causal.CausalScan(table, {}, lm.n_layers, lm.n_heads, tuple(setup_scan.words()), layers,
+                                 int(table.n.iloc[0]), tuple(table.kind.unique()))
+    else:
+        scan = causal.causal_scan(lm, setup_scan, layers=layers, kinds=("knockout",),
+                                  progress=_tqdm_progress(f"{spec}: causal scan"))
+        scan.table.to_csv(scan_path, index=False)
+    ranked_imp = overall.dropna(subset=["importance"]).sort_values("importance", ascending=False)
+    heads_imp = [(int(r.layer), int(r.head)) for r in ranked_imp.head(n_top).itertuples()]
+    heads_causal = scan.top(n_top)
+    by_label = scan.top_by_label(max(n_top, 4))
+    cmp = causal.compare_rankings(overall, scan, "knockout", n=10)
+    cmp_mean = causal.compare_rankings(overall, scan, "knockout", n=10, by="effect")
+    side = overall.merge(scan.table[scan.table.kind == "knockout"], on=["layer", "head"])
+    side["rank by importance"] = side["importance"].rank(ascending=False).astype(int)
+    side["rank by causal effect"] = side["label_effect"].rank(ascending=False).astype(int)
+    side = side.sort_values("rank by causal effect").head(10)
+    side.insert(0, "name", [f"L{a}H{b}" for a, b in zip(side.layer, side["head"])])
+    side = side[["name", "importance", "favours", "rank by importance", "effect", "effect_" + scan.label_words[0],
+                 "effect_" + scan.label_words[1], "label_effect", "supports", "rank by causal effect"]]
+    # the batched causal test on the evaluation prompts
+    setup_test = EvalSetup(ds, k_per_label=sizes["k"], n_test=sizes["n_test"], seeds=sizes["test_seeds"])
+    test_path = d / "causal_test.pt"
+    if test_path.exists():
+        ct = causal.CausalTest.load(test_path)
+    else:
+        ct = causal.causal_test(lm, setup_test, {"importance": heads_imp, "causal": heads_causal}, layers=layers,
+                                n_draws=sizes["null_draws"], label_heads=by_label, ls_draws=sizes["ls_draws"],
+                                progress=_tqdm_progress(f"{spec}: causal test"))
+        ct.save(test_path)
+    nulls = {(rule, kind): ct.null(rule, kind) for rule in ("importance", "causal") for kind in ("knockout",
+                                                                                                   "ablate_t")}
+    ls = ct.label_specific()
+    # the paper's ablation (every position) of both sets, on the same prompts
+    fa_path = d / "full_ablation.pt"
+    if fa_path.exists():
+        fa = torch.load(fa_path, weights_only=False)
+    else:
+        setup_fa = EvalSetup(ds, k_per_label=sizes["k"], n_test=sizes["n_test"], seeds=sizes["test_seeds"][:1])
+        logits, gold = causal.run_full_ablation(lm, setup_fa, [[], heads_imp, heads_causal], chunk=3,
+                                                progress=_tqdm_progress(f"{spec}: full ablation"))
+        fa = {"logits": logits, "gold": gold}
+        torch.save(fa, fa_path)
+    fo = causal.outcomes(fa["logits"], fa["gold"])
+    n = len(ct.gold)
+    rows = []
+    for rule, col in (("importance", 1), ("causal", 2)):
+        heads = heads_imp if rule == "importance" else heads_causal
+        for kind in ("knockout", "ablate_t"):
+            v = nulls[(rule, kind)].verdict
+            rows.append({"heads (rule)": f"{_heads_str(heads)} ({rule})", "intervention": kind,
+                         "acc none": v["accuracy_none"], "acc heads": v["accuracy_heads"],
+                         "acc random (mean)": v["accuracy_random_mean"] if kind == "knockout" else float("nan"),
+                         "margin drop": v["margin_drop"],
+                         "95% CI": f"{v['margin_drop_ci_low']:.2f} to {v['margin_drop_ci_high']:.2f}",
+                         "null mean [2.5, 97.5]": (f"{v['null_margin_drop_mean']:.2f} [{v['null_margin_drop_p2.5']:.2f}"
+                                                   f", {v['null_margin_drop_p97.5']:.2f}]") if v["draws"] else "-",
+                         "percentile": v["percentile"] if v["draws"] else float("nan"),
+                         "p (null)": v["p_empirical"] if v["draws"] else float("nan"),
+                         "McNemar p vs none": v["mcnemar_vs_none"]["p"]})
+        mean, lo, hi = paired_bootstrap(fo["margin"][:, 0] - fo["margin"][:, col])
+        rows.append({"heads (rule)": f"{_heads_str(heads)} ({rule})", "intervention": "ablate (every position)",
+                     "acc none": float(fo["correct"][:, 0].mean()), "acc heads": float(fo["correct"][:, col].mean()),
+                     "acc random (mean)": float("nan"), "margin drop": mean, "95% CI": f"{lo:.2f} to {hi:.2f}",
+                     "null mean [2.5, 97.5]": "-", "percentile": float("nan"), "p (null)": float("nan"),
+                     "McNemar p vs none": mcnemar_exact(fo["correct"][:, 0], fo["correct"][:, col])["p"]})
+    test_table = pd.DataFrame(rows)
+    lsv = ls.verdict
+    per_label = []
+    for rule in ("importance", "causal"):
+        pp = nulls[(rule, "knockout")].per_prompt
+        for k, w in enumerate(ct.label_words):
+            sel = pp.gold == k
+            per_label.append({"heads": rule, "gold label": w, "n": int(sel.sum()),
+                              "margin none": float(pp.margin_none[sel].mean()),
+                              "margin knocked out": float(pp.margin_heads[sel].mean())})
+    text = "\n\n".join([
+        "### Head location: logit-lens importance beside causal effect (issue 7)",
+        f"Causal scan: each head of layers {layers[0]}-{layers[-1]} alone, its attention from T to every label "
+        f"position knocked out, on {scan.n_prompts} prompts (demonstration seed 100, the location prompts). "
+        "`effect` = mean drop of the gold label's margin (logits); `effect_<label>` = the same on prompts whose gold "
+        "label is that word; `label_effect` = the larger one (a head that votes for one label helps only the "
+        "prompts of that label, so its mean effect can cancel out). Ranked by `label_effect`; the importance "
+        f"rank is of the same head among the {len(overall.dropna())} scanned.\n\n" + _fmt(side),
+        f"Rank correlation (Spearman, {cmp['heads']} heads) between importance and causal label effect: "
+        f"**{cmp['spearman']:.2f}** (p = {cmp['spearman_p']:.2g}); top-10 overlap {cmp['overlap']}/10 "
+        f"(against the mean causal effect: rho {cmp_mean['spearman']:.2f}, overlap {cmp_mean['overlap']}/10).\n\n"
+        f"Label heads by causal effect: " + "; ".join(f"{w}: {_heads_str(hs) or '-'}" for w, hs in by_label.items()),
+        f"### Do the in-context heads carry the decision? (issue 7)\n{n} prompts "
+        f"({sizes['n_test']} balanced test sentences x demonstration seeds {list(sizes['test_seeds'])}), every "
+        f"condition on the same prompts. Random control: {ct.draws and len(ct.draws)} draws of {n_top} heads from "
+        f"layers {layers[0]}-{layers[-1]} (excluding both sets); `percentile` = where the set's margin drop falls "
+        "among them, `p (null)` = (1 + draws at least as large) / (1 + draws). `knockout`: attention from T to "
+        "the label positions zeroed; `ablate_t`: the head's output at T removed (its null is not run: compare with "
+        "knockout's); `ablate (every position)`: the paper's ablation, whole passes, on the first demonstration "
+        f"seed's {len(fa['gold'])} prompts. Margin drop with a paired "
+        "bootstrap 95% interval; McNemar: exact test on the discordant prompts.\n\n" + _fmt(test_table),
+        "Per gold label (knockout): a shift to one label shows as one label's margin falling and the other's "
+        "rising.\n\n" + _fmt(pd.DataFrame(per_label)),
+        f"**Verdicts.** Importance heads: {causal.verdict_line(nulls[('importance', 'knockout')].verdict)}.\n\n"
+        f"Causal heads: {causal.verdict_line(nulls[('causal', 'knockout')].verdict)}.",
+        "### Label-specific heads (issue 7)\nEach label's heads (by causal effect, located on the seed-100 prompts) "
+        "knocked out on the prompts whose gold is that label, against random sets of the same sizes "
+        f"({len(ct.ls_draws)} draws).\n\n**Verdict.** {causal.verdict_line(lsv)}.",
+    ])
+    summary = {"model": lm.name.split(" (")[0], "params": sum(p.numel() for p in lm.model.parameters()),
+               "dataset": ds.name, "n": n, "accuracy": nulls[("causal", "knockout")].verdict["accuracy_none"]}
+    for rule in ("importance", "causal"):
+        v = nulls[(rule, "knockout")].verdict
+        summary.update({f"{rule} drop": v["margin_drop"], f"{rule} lo": v["margin_drop_ci_low"],
+                        f"{rule} hi": v["margin_drop_ci_high"], f"{rule} percentile": v["percentile"],
+                        f"{rule} p": v["p_empirical"], f"{rule} acc": v["accuracy_heads"]})
+    summary.update({"null mean": nulls[("causal", "knockout")].verdict["null_margin_drop_mean"],
+                    "null p97.5": nulls[("causal", "knockout")].verdict["null_margin_drop_p97.5"],
+                    "label-specific drop": lsv["margin_drop"], "label-specific p": lsv["p_empirical"],
+                    "verdict importance": causal.verdict_line(nulls[("importance", "knockout")].verdict).split(":")[0],
+                    "verdict causal": causal.verdict_line(nulls[("causal", "knockout")].verdict).split(":")[0],
+                    "verdict label-specific": causal.verdict_line(lsv).split(":")[0]})
+    return text, summary
+
+
+def _tqdm_progress(desc: str):
+    bar = {"b": None}
+
+    def cb(done, total, note=""):
+        if bar["b"] is None or bar["b"].total != total:
+            if bar["b"] is not None:
+                bar["b"].close()
+            bar["b"] = tqdm(total=total, desc=desc, file=sys.stderr, leave=False)
+        bar["b"].n = done
+        bar["b"].refresh()
+        if done >= total:
+            bar["b"].close()
+        return True
+
+    return cb
+
+
+def _classic_sections(lm, ds, spec, sizes, d, heads, control, ranked, curve_on) -> tuple[list[str], dict]:
+    """The first report's analyses (64 prompts, importance heads): interventions, label swap, two towers, biases."""
+    setup = EvalSetup(ds, k_per_label=sizes["k"], n_test=sizes["n_eval"], seeds=sizes["seeds"])
+    iv = _cached(d / "interventions.csv", lambda: locate.intervention_table(
+        lm, setup, heads, random_draws=sizes["draws"]))
+    ls = _cached(d / "label_swap.csv", lambda: label_swap.summarize_label_swap(
+        label_swap.label_swap_table(lm, setup, heads)))
+    tt = _cached(d / "two_towers.csv", lambda: two_towers.rank_correlations(
+        two_towers.two_towers_table(lm, setup, heads, control)))
+    mb = _cached(d / "majority_bias.csv", lambda: bias.majority_bias(lm, setup, heads).summary)
+    rb = _cached(d / "recency_bias.csv", lambda: bias.recency_bias(
+        lm, setup, heads, n_random_orders=sizes["n_orders"]).summary)
+    curve = None
+    if spec == curve_on:
+        curve = _cached(d / "top_n_curve.csv", lambda: locate.top_n_curve(
+            lm, setup, [(int(r.layer), int(r.head)) for r in ranked.head(max(sizes["curve"])).itertuples()],
+            ns=sizes["curve"], kind="knockout", random_draws=sizes["curve_draws"]))
+    iv_sum = locate.summarize_interventions(iv)
+    acc = {(r.heads, r.kind): r.accuracy for r in iv_sum.itertuples()}
+    n_small = sizes["n_eval"] * len(sizes["seeds"])
+    mred = float(mb.set_index("condition").loc["fix in-context heads", "reduction"])
+    rred = float(rb.set_index("condition").loc["fix in-context heads", "reduction"]) \
+        if "fix in-context heads" in set(rb.condition) else float("nan")
+    overview = {"ablate in-context": acc.get(("in-context heads", "ablate")),
+                "ablate random": acc.get(("random heads", "ablate")),
+                "majority bias reduction": mred, "recency bias reduction": rred}
+    sections = [
+        f"### Interventions, a first look (item 3)\nPaper: {PAPER['interventions']}.\n\n{n_small} prompts; random "
+        f"rows are the mean over {sizes['draws']} draws (`draw_sd` their spread): too few to separate the sets "
+        "(the causal test above has the null distribution).\n\n" + _fmt(iv_sum),
+        ("### Top-n curve\nLabel knockout in the top-n located heads (importance) vs n random heads of the same "
+         "layers.\n\n" + _fmt(curve.groupby(["n", "heads"]).agg(accuracy=("accuracy", "mean")).reset_index().pivot(
+             index="n", columns="heads", values="accuracy").reset_index())) if curve is not None else "",
+        f"### Label swap (item 5)\nPaper: {PAPER['label_swap']}.\n\n`attn_gold_word`: attention from T on the "
+        "positions labelled with the query's gold label word; `vo_agrees_with_label`: share of label positions "
+        "whose value-output vector ranks its own label word above the other; `pred_is_gold_word`: how often "
+        "the prediction is the gold label word (it should fall after the swap).\n\n" + _fmt(ls),
+        f"### Two towers (item 6)\nPaper: {PAPER['two_towers']}.\n\nSpearman correlation, within each prompt, "
+        "between the head's pre-softmax score at each label position and the cosine similarity of the query "
+        "and that demonstration (entering layer "
+        f"{two_towers.default_sim_layer(lm.n_layers)}), averaged over prompts.\n\n" + _fmt(tt),
+        f"### Majority label bias (item 7)\nPaper: {PAPER['majority']}.\n\n`bias` = accuracy(balanced) - "
+        "accuracy(one fewer of a label); reduction = 1 - fixed/unfixed (NaN when there is no positive bias). "
+        f"{n_small} prompts per arrangement: a reduction computed from a few flipped predictions; "
+        f"**verdict: {_bias_verdict(mb)}**.\n\n" + _fmt(mb),
+        f"### Recency bias (item 8)\nPaper: {PAPER['recency']}.\n\n`bias` = standard deviation of accuracy over "
+        f"orders (each all-of-one-label-last order plus {sizes['n_orders']} shuffle); "
+        f"**verdict: {_bias_verdict(rb)}**.\n\n" + _fmt(rb),
+    ]
+    return sections, overview
+
+
+def _bias_verdict(summary: pd.DataFrame) -> str:
+    s = summary.set_index("condition")
+    if "fix in-context heads" not in s.index or "no fix" not in s.index:
+        return "not measured"
+    fixed, ctrl = s.loc["fix in-context heads"], s.loc["fix random heads"] if "fix random heads" in s.index else None
+    base = float(s.loc["no fix", "bias"])
+    if not base > 0:
+        return f"not reproduced (no bias to reduce: {base:.3f})"
+    red = float(fixed["reduction"])
+    ctrl_red = float(ctrl["reduction"]) if ctrl is not None else float("nan")
+    if red > 0 and (not ctrl_red == ctrl_red or red > ctrl_red):
+        return f"partly (reduction {red:.0%} vs {ctrl_red:.0%} for random heads; too few prompts for an interval)"
+    return f"not reproduced (reduction {red:.0%}, random heads {ctrl_red:.0%})"
+
+
+def size_plot_svg(summaries: list[dict], path: Path) -> Path:
+    """Knockout effect (gold-margin drop, 95% CI) of the in-context heads against model size, with the
+    random-head null's 97.5th percentile, one panel per dataset. Plain SVG (no plotting package)."""
+    df = pd.DataFrame(summaries)
+    datasets = list(dict.fromkeys(df.dataset))
+    W, H, pad = 260, 220, 40
+    lo = min(0.0, float(df[["importance lo", "causal lo"]].min().min()))
+    hi = max(0.5, float(df[["importance hi", "causal hi", "null p97.5"]].max().max()))
+    models = list(dict.fromkeys(df.model))
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W * len(datasets) + 20}" height="{H + 70}" '
+           'font-family="sans-serif" font-size="11">']
+
+    def y(v):
+        return pad + (H - 2 * pad) * (1 - (v - lo) / (hi - lo))
+
+    for i, ds in enumerate(datasets):
+        x0 = 20 + i * W
+        out.append(f'<text x="{x0 + W / 2}" y="16" text-anchor="middle" font-weight="bold">{html.escape(ds)}</text>')
+        out.append(f'<line x1="{x0 + pad}" y1="{y(0)}" x2="{x0 + W - 10}" y2="{y(0)}" stroke="#999"/>')
+        for t in (lo, 0.0, hi / 2, hi):
+            out.append(f'<text x="{x0 + pad - 4}" y="{y(t) + 4}" text-anchor="end">{t:.1f}</text>')
+        sub = df[df.dataset == ds]
+        for j, m in enumerate(models):
+            r = sub[sub.model == m]
+            if r.empty:
+                continue
+            r = r.iloc[0]
+            xc = x0 + pad + (j + 0.5) * (W - pad - 10) / len(models)
+            out.append(f'<rect x="{xc - 22}" y="{y(r["null p97.5"])}" width="44" height="{y(0) - y(r["null p97.5"])}" '
+                       'fill="#ddd"><title>random heads, 97.5th percentile</title></rect>')
+            for dx, rule, color in ((-9, "importance", "#1f77b4"), (9, "causal", "#d62728")):
+                out.append(f'<line x1="{xc + dx}" y1="{y(r[rule + " lo"])}" x2="{xc + dx}" y2="{y(r[rule + " hi"])}" '
+                           f'stroke="{color}" stroke-width="2"/>')
+                out.append(f'<circle cx="{xc + dx}" cy="{y(r[rule + " drop"])}" r="4" fill="{color}"/>')
+            out.append(f'<text x="{xc}" y="{H - pad + 16}" text-anchor="middle">{html.escape(m.split("-Instruct")[0])}'
+                       '</text>')
+        out.append(f'<text x="{x0 + 12}" y="{H / 2}" transform="rotate(-90 {x0 + 12} {H / 2})" '
+                   'text-anchor="middle">gold-margin drop (logits)</text>')
+    ly = H + 30
+    out.append(f'<circle cx="30" cy="{ly}" r="4" fill="#1f77b4"/><text x="40" y="{ly + 4}">importance heads</text>'
+               f'<circle cx="160" cy="{ly}" r="4" fill="#d62728"/><text x="170" y="{ly + 4}">causal heads</text>'
+               f'<rect x="270" y="{ly - 6}" width="14" height="12" fill="#ddd"/>'
+               f'<text x="290" y="{ly + 4}">random heads up to the 97.5th percentile</text>'
+               f'<text x="30" y="{ly + 24}">knockout of the label attention from T; bars: 95% paired bootstrap '
+               'interval</text></svg>')
+    path.write_text("\n".join(out))
+    return path
+
+
+def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:3,4"), out="docs/results.md",
+                work="docs/results_data", quick: bool = False, curve_on: str = "sst2", data_dir=None,
+                classic_on: tuple[str, ...] | None = None) -> Path:
+    """Regenerate the results page over ``models`` x ``datasets``. Every experiment is cached in
+    ``work`` (per model, per dataset), so a rerun resumes; ``classic_on`` limits the first
+    report's analyses (label swap, two towers, biases) to those models (default: all)."""
     t_start = time.perf_counter()
-    sizes = _sizes(args.quick)
-    work = Path(args.work)
+    sizes = _sizes(quick)
+    work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    lm = load_model(args.model)
-    sections = []
-    overview = []
-    for spec in args.datasets:
-        ds = _dataset(spec, args.data_dir).short_demonstrations(sizes["max_chars"])
-        tag = spec.replace(":", "_").replace(",", "-")
-        d = work / tag
-        setup_loc = EvalSetup(ds, k_per_label=sizes["k"], n_test=sizes["n_locate"], seeds=(100,))
-        setup = EvalSetup(ds, k_per_label=sizes["k"], n_test=sizes["n_eval"], seeds=sizes["seeds"])
-        bar = tqdm(total=8, desc=f"report {spec}", file=sys.stderr)
-
-        def step(note, _bar=bar):
-            _bar.set_postfix_str(note)
-            _bar.update(1)
-
-        # 2. locate (on prompts disjoint in demonstration seed from the evaluation prompts)
-        scan_path = d / "head_importance.csv"
-        if scan_path.exists():
-            overall = pd.read_csv(d / "head_overall.csv")
-        else:
-            scan = locate.locate_heads(lm, setup_loc)
-            d.mkdir(parents=True, exist_ok=True)
-            scan.table.to_csv(scan_path, index=False)
-            scan.overall.to_csv(d / "head_overall.csv", index=False)
-            overall = scan.overall
-        ranked = overall.dropna(subset=["importance"]).sort_values("importance", ascending=False)
+    overview, summaries, parts, described = [], [], [], []
+    for model_name in models:
+        lm = load_model(model_name)
+        described.append(lm.describe())
+        tag = _model_tag(model_name)
         n_top = max(2, round(0.01 * lm.n_layers * lm.n_heads))
-        heads = [(int(r.layer), int(r.head)) for r in ranked.head(n_top).itertuples()]
-        top_table = ranked.head(max(n_top, 8))[["layer", "head", "importance", "favours"]]
-        step("located")
-        # 3. interventions
-        iv = _cached(d / "interventions.csv", lambda: locate.intervention_table(
-            lm, setup, heads, random_draws=sizes["draws"]))
-        step("interventions")
-        # 5. label swap
-        ls = _cached(d / "label_swap.csv", lambda: label_swap.summarize_label_swap(
-            label_swap.label_swap_table(lm, setup, heads)))
-        step("label swap")
-        # 6. two towers
-        control = random_heads(len(heads), sorted({a for a, _ in heads}), lm.n_heads, 0, exclude=heads)
-        tt = _cached(d / "two_towers.csv", lambda: two_towers.rank_correlations(
-            two_towers.two_towers_table(lm, setup, heads, control)))
-        step("two towers")
-        # 7. majority bias
-        mb = _cached(d / "majority_bias.csv", lambda: bias.majority_bias(lm, setup, heads).summary)
-        step("majority bias")
-        # 8. recency bias
-        rb = _cached(d / "recency_bias.csv", lambda: bias.recency_bias(
-            lm, setup, heads, n_random_orders=sizes["n_orders"]).summary)
-        step("recency bias")
-        # top-n curve against random-n (one dataset, --curve-on: it is the longest experiment)
-        curve = None
-        if spec == getattr(args, "curve_on", "sst2"):
-            curve = _cached(d / "top_n_curve.csv", lambda: locate.top_n_curve(
-                lm, setup, [(int(r.layer), int(r.head)) for r in ranked.head(max(sizes["curve"])).itertuples()],
-                ns=sizes["curve"], kind="knockout", random_draws=sizes["curve_draws"]))
-        step("top-n curve")
-        bar.close()
-        iv_sum = locate.summarize_interventions(iv)
-        acc = {(r.heads, r.kind): r.accuracy for r in iv_sum.itertuples()}
-        overview.append({
-            "dataset": ds.name, "no intervention": acc.get(("none", "none")),
-            "ablate in-context": acc.get(("in-context heads", "ablate")),
-            "ablate random": acc.get(("random heads", "ablate")),
-            "knockout in-context": acc.get(("in-context heads", "knockout")),
-            "knockout random": acc.get(("random heads", "knockout")),
-            "majority bias reduction": mb.set_index("condition").loc["fix in-context heads", "reduction"],
-            "recency bias reduction": rb.set_index("condition").loc["fix in-context heads", "reduction"]
-            if "fix in-context heads" in set(rb.condition) else float("nan"),
-        })
-        sections.append("\n\n".join([
-            f"## {ds.name}",
-            f"Labels: {', '.join(ds.labels)} -> {', '.join(setup.words())}; {sizes['k']} demonstrations per label "
-            f"(train sentences of at most {sizes['max_chars']} characters); "
-            f"heads located on {sizes['n_locate']} prompts (demonstration seed 100), everything else measured on "
-            f"{sizes['n_eval']} balanced test sentences for each demonstration seed in {list(sizes['seeds'])} "
-            f"({sizes['n_eval'] * len(sizes['seeds'])} prompts per condition).",
-            f"### Located heads (item 2)\nPaper: {PAPER['heads']}.\n\nScaling `final_scale`, deep half of the "
-            f"layers. In-context heads used below (top {n_top}, ~1%): **{_heads_str(heads)}**; random control "
-            f"heads (same layers): {_heads_str(control)}.\n\n" + _fmt(top_table),
-            f"### Interventions (item 3)\nPaper: {PAPER['interventions']}.\n\nRandom rows are the mean over "
-            f"{sizes['draws']} draws of as many random heads from the same layers (`draw_sd` their spread). "
-            f"Per-condition 95% Wilson intervals are in `{d}/interventions.csv`.\n\n" + _fmt(iv_sum),
-            ("### Top-n curve (item 3, continued)\nLabel knockout in the top-n located heads vs n random heads "
-             "of the same layers (mean over draws).\n\n" + _fmt(curve.groupby(["n", "heads"]).agg(
-                 accuracy=("accuracy", "mean"), draws=("accuracy", "size")).reset_index().pivot(
-                 index="n", columns="heads", values="accuracy").reset_index())) if curve is not None else "",
-            f"### Label swap (item 5)\nPaper: {PAPER['label_swap']}.\n\n`attn_gold_word`: attention from T on the "
-            "positions labelled with the query's gold label word; `vo_agrees_with_label`: share of label positions "
-            "whose value-output vector ranks its own label word above the other; `pred_is_gold_word`: how often "
-            "the prediction is the gold label word (it should fall after the swap).\n\n" + _fmt(ls),
-            f"### Two towers (item 6)\nPaper: {PAPER['two_towers']}.\n\nSpearman correlation, within each prompt, "
-            "between the head's pre-softmax score at each label position and the cosine similarity of the query "
-            "and that demonstration (mean residual over the sentence's tokens entering layer "
-            f"{two_towers.default_sim_layer(lm.n_layers)}), averaged over prompts.\n\n" + _fmt(tt),
-            f"### Majority label bias (item 7)\nPaper: {PAPER['majority']}.\n\n`bias` = accuracy(balanced) - "
-            "accuracy(one fewer of a label, averaged over the label removed); `prediction_shift` = how much less "
-            "often the minority label is predicted than with balanced demonstrations. Reduction = 1 - fixed/unfixed "
-            "(NaN when there is no positive bias to reduce).\n\n" + _fmt(mb),
-            f"### Recency bias (item 8)\nPaper: {PAPER['recency']}.\n\n`bias` = standard deviation of accuracy over "
-            f"orders (each all-of-one-label-last order plus {sizes['n_orders']} shuffle).\n\n" + _fmt(rb),
-        ]))
+        parts.append(f"# {lm.name.split(' (')[0]}\n\n{lm.describe()}.")
+        for spec in datasets:
+            ds = _dataset(spec, data_dir).short_demonstrations(sizes["max_chars"])
+            d = work / tag / spec.replace(":", "_").replace(",", "-")
+            d.mkdir(parents=True, exist_ok=True)
+            setup_loc = EvalSetup(ds, k_per_label=sizes["k"], n_test=sizes["n_locate"], seeds=(100,))
+            if (d / "head_overall.csv").exists():
+                overall = pd.read_csv(d / "head_overall.csv")
+            else:
+                scan = locate.locate_heads(lm, setup_loc, progress=_tqdm_progress(f"{spec}: importance"))
+                scan.table.to_csv(d / "head_importance.csv", index=False)
+                scan.overall.to_csv(d / "head_overall.csv", index=False)
+                overall = scan.overall
+            ranked = overall.dropna(subset=["importance"]).sort_values("importance", ascending=False)
+            heads = [(int(r.layer), int(r.head)) for r in ranked.head(n_top).itertuples()]
+            control = random_heads(len(heads), sorted({a for a, _ in heads}), lm.n_heads, 0, exclude=heads)
+            causal_text, summary = _causal_section(lm, ds, spec, sizes, d, overall, n_top)
+            summaries.append(summary)
+            row = {"model": summary["model"], "dataset": ds.name, "accuracy (n)": f"{summary['accuracy']:.3f} "
+                   f"({summary['n']})", "importance heads: margin drop, percentile": (
+                       f"{summary['importance drop']:.2f}, {summary['importance percentile']:.0f}th"),
+                   "causal heads: margin drop, percentile": (
+                       f"{summary['causal drop']:.2f}, {summary['causal percentile']:.0f}th"),
+                   "label-specific: drop (p)": f"{summary['label-specific drop']:.2f} "
+                   f"({summary['label-specific p']:.3f})"}
+            sections = [f"## {ds.name} ({lm.name.split(' (')[0]})",
+                        f"Labels: {', '.join(ds.labels)} -> {', '.join(setup_loc.words())}; {sizes['k']} "
+                        f"demonstrations per label (train sentences of at most {sizes['max_chars']} characters). "
+                        f"In-context heads (top {n_top}, ~1%): by importance **{_heads_str(heads)}** (located on "
+                        f"{sizes['n_locate']} prompts, demonstration seed 100, scaling `final_scale`, deep half).",
+                        causal_text]
+            if classic_on is None or model_name in classic_on:
+                classic, ov = _classic_sections(lm, ds, spec, sizes, d, heads, control, ranked, curve_on)
+                sections += classic
+                row.update({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in ov.items()})
+            overview.append(row)
+            parts.append("\n\n".join(s for s in sections if s))
+        del lm
     elapsed = time.perf_counter() - t_start
-    cmd = "python -m iclviz report"
-    if sys.argv[1:2] == ["report"]:
-        cmd += " " + " ".join(sys.argv[2:])
+    plot = size_plot_svg(summaries, Path(out).parent / "effect_by_model_size.svg")
     header = [
-        "# Results: the paper's analyses on the default model",
-        "Generated by `" + cmd + "`" + f" on {time.strftime('%Y-%m-%d')}, in {elapsed / 60:.1f} min "
-        f"(experiments already in `{work}` are reused; delete it to measure again).",
-        f"Model: {lm.describe()}. Machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"torch {torch.__version__}, Python {platform.python_version()}.",
-        f"This is a measurement, not an advertisement: with {sizes['n_eval'] * len(sizes['seeds'])} prompts per "
-        "condition one accuracy has a standard error of up to "
-        f"{50 / (sizes['n_eval'] * len(sizes['seeds'])) ** 0.5:.0f} points, so small differences are not separated.",
+        "# Results: the paper's analyses on the offline models",
+        "Generated by `python -m iclviz report` (" + ", ".join(f"`{m}`" for m in models) + f") on "
+        f"{time.strftime('%Y-%m-%d')}; this run took {elapsed / 60:.1f} min (experiments already in `{work}` are "
+        "reused; delete a folder to measure it again).",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, Python "
+        f"{platform.python_version()}. Models: " + "; ".join(described) + ".",
+        "This is a measurement, not an advertisement. The causal test runs every condition on the same "
+        f"{sizes['n_test'] * len(sizes['test_seeds'])} prompts per dataset (paired), reports the gold label's "
+        "margin beside accuracy, and places the in-context heads' effect in a null distribution of "
+        f"{sizes['null_draws']} random head sets. The older sections use "
+        f"{sizes['n_eval'] * len(sizes['seeds'])} prompts per condition and say so.",
         "## Overview\n\n" + _fmt(pd.DataFrame(overview)),
+        f"![Effect against model size]({plot.name})\n\n*Knockout of the in-context heads' attention from T to the "
+        "label positions: drop of the gold label's margin (dots, 95% paired bootstrap interval) against the random "
+        "heads' null (grey, up to its 97.5th percentile), per model and dataset. Add a model with "
+        "`python -m iclviz report --models default qwen2.5-coder-1.5b YOUR/MODEL`.*",
         "Paper (Llama-7B, GPT-J-6B): " + "; ".join(f"{k}: {v}" for k, v in PAPER.items()) + ".",
     ]
-    out = Path(args.out)
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n\n".join(header + sections) + "\n")
+    out.write_text("\n\n".join(header + parts) + "\n")
     (work / "report_meta.json").write_text(json.dumps({"sizes": {k: list(v) if isinstance(v, tuple) else v
-                                                                 for k, v in sizes.items()}, "minutes": elapsed / 60}))
+                                                                 for k, v in sizes.items()}, "minutes": elapsed / 60,
+                                                       "models": list(models)}))
+    pd.DataFrame(summaries).to_csv(work / "summary.csv", index=False)
     print(f"wrote {out}", file=sys.stderr)
     return out

@@ -148,3 +148,24 @@ def test_statistics_match_scipy_and_hand_counts():
     assert mean == pytest.approx(9.5) and lo < 9.5 < hi
     e = empirical_p(5.0, [1, 2, 3, 6])
     assert e["p"] == pytest.approx(2 / 5) and e["percentile"] == pytest.approx(75.0)
+
+
+def test_one_batched_causal_test_equals_the_separate_tests(tiny_llama, setup, tmp_path):
+    from iclviz.causal import CausalTest, causal_test
+
+    lm = tiny_llama
+    heads = [(2, 0), (2, 1)]
+    ct = causal_test(lm, setup, {"located": heads}, layers=[2], n_draws=2, seed=3,
+                     label_heads={"foo": [(2, 0)], "bar": [(1, 3)]}, ls_draws=2)
+    alone = null_distribution(lm, setup, heads, kind="knockout", n_draws=2, seed=3, layers=[2])
+    got = ct.null("located", "knockout")
+    np.testing.assert_allclose(got.summary[["accuracy", "margin", "margin_drop"]].to_numpy(),
+                               alone.summary[["accuracy", "margin", "margin_drop"]].to_numpy(), atol=1e-4)
+    assert got.summary.head_set.tolist() == alone.summary.head_set.tolist()
+    # output removal at T of the same set, paired against the same base row
+    assert ct.null("located", "ablate_t").summary.iloc[0].margin == pytest.approx(got.summary.iloc[0].margin)
+    ls = label_specific(lm, setup, {"foo": [(2, 0)], "bar": [(1, 3)]}, n_draws=1)
+    assert ct.label_specific().summary.iloc[1].margin == pytest.approx(ls.summary.iloc[1].margin, abs=1e-4)
+    ct.save(tmp_path / "t.pt")
+    again = CausalTest.load(tmp_path / "t.pt")
+    assert again.names == ct.names and torch.equal(again.logits, ct.logits)

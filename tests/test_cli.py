@@ -63,3 +63,21 @@ def test_hub_dataset_without_the_package_or_network_is_a_message(model_dir, caps
     assert main(["evaluate", "--model", model_dir, "--dataset", "hub:no-such/dataset", "--n-test", "2"]) == 2
     err = capsys.readouterr().err
     assert "datasets" in err or "no-such/dataset" in err
+
+
+def test_report_quick_on_a_tiny_model(model_dir, tmp_path):
+    out = tmp_path / "results.md"
+    assert main(["report", "--models", model_dir, "--datasets", "sst2", "--quick", "--out", str(out),
+                 "--work", str(tmp_path / "work"), "--classic-on"]) == 0
+    text = out.read_text()
+    assert "Head location: logit-lens importance beside causal effect" in text
+    assert "**Verdicts.** Importance heads: " in text and "percentile of 8 random draws" in text
+    assert (tmp_path / "effect_by_model_size.svg").read_text().startswith("<svg")
+    summary = pd.read_csv(tmp_path / "work" / "summary.csv")
+    assert len(summary) == 1 and summary["n"].iloc[0] == 8
+    # a rerun reuses every experiment
+    mtime = (tmp_path / "work").stat().st_mtime
+    assert main(["report", "--models", model_dir, "--datasets", "sst2", "--quick", "--out", str(out),
+                 "--work", str(tmp_path / "work"), "--classic-on"]) == 0
+    assert out.read_text().split("## Overview")[1] == text.split("## Overview")[1]
+    assert mtime <= (tmp_path / "work").stat().st_mtime

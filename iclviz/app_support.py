@@ -23,7 +23,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .models import DEFAULT_MODEL_LABEL
 from .prompt import DEFAULT_LABEL_WORDS, DEFAULT_TEMPLATE, TEMPLATES, BuiltPrompt
 
 Head = tuple[int, int]
@@ -36,8 +35,6 @@ START_DEMOS: list[tuple[str, str]] = [
 ]
 START_QUERY = "I loved every minute of it"
 
-# The documented top heads of the default model (authors' scaling, layers 12-23; see issue 3).
-DEFAULT_MODEL_HEADS: list[Head] = [(21, 1), (20, 10), (21, 8), (20, 11), (16, 12)]
 TINY_MODELS = ("tiny-llama", "tiny-gpt2", "tiny-qwen2")
 MAX_DEMOS = 64
 MAX_TEXT = 2000
@@ -62,11 +59,15 @@ def parse_head(text: str) -> Head:
         raise ValueError(f"{text!r} is not a head; write it like L21H1") from None
 
 
-def default_heads(model_name: str, n_layers: int, n_heads: int) -> list[Head]:
-    """A sensible head set before any scan: the documented heads for the default model,
-    else the first heads of the last layer(s) (about 1% of all heads, at least 2)."""
-    if model_name == DEFAULT_MODEL_LABEL and n_layers == 24 and n_heads == 14:
-        return list(DEFAULT_MODEL_HEADS)
+def default_heads(model_name: str, n_layers: int, n_heads: int, rule: str = "importance") -> list[Head]:
+    """A head set before any scan: the heads the report located on this model by ``rule`` (on its
+    SST-2 location sample; ``heads.located_heads``), else the first heads of the last layer(s)
+    (about 1% of all heads, at least 2)."""
+    from .heads import located_heads
+
+    found = located_heads(model_name, rule)
+    if found and all(0 <= a < n_layers and 0 <= b < n_heads for a, b in found["heads"]):
+        return list(found["heads"])
     n = max(2, round(0.01 * n_layers * n_heads))
     out = []
     layer = n_layers - 1

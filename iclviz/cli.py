@@ -231,7 +231,8 @@ def run(args) -> int:
 
         make_report(models=tuple(args.models), datasets=tuple(args.datasets), out=args.out, work=args.work,
                     quick=args.quick, curve_on=args.curve_on, data_dir=args.data_dir,
-                    classic_on=tuple(args.classic_on) if args.classic_on is not None else None)
+                    classic_on=tuple(args.classic_on) if args.classic_on is not None else None,
+                    record_heads=not args.quick)
         return 0
     lm = _load(args)
     print(f"model: {lm.describe()}", file=sys.stderr)

@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -124,3 +126,45 @@ def random_heads(n: int, layers, n_heads: int, seed: int, exclude=()) -> list[tu
 
 def layers_of(heads) -> list[int]:
     return sorted({layer for layer, _ in heads})
+
+
+# ---------------------------------------------------------------- heads located by the report
+
+LOCATED_HEADS_FILE = Path(__file__).with_name("located_heads.json")
+HEAD_RULES = {
+    "importance": "logit-lens importance (the paper's attribution, one pass)",
+    "causal": "causal effect (each head's label attention from T knocked out alone, per label)",
+}
+
+
+def model_key(model_name: str) -> str:
+    """A model's short name, as the report records it ('Qwen2.5-Coder-0.5B-Instruct')."""
+    return str(model_name).split(" (")[0]
+
+
+def located_heads(model_name: str, rule: str = "importance", dataset: str = "sst2", path: Path | None = None
+                  ) -> dict | None:
+    """The heads ``python -m iclviz report`` located on a model, by ``rule``, with how they were found:
+    ``{"heads": [(l, h), ...], "n_prompts": ..., "dataset": ..., "rule": ..., "seed": ...}`` or None."""
+    path = path or LOCATED_HEADS_FILE
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    entry = data.get(model_key(model_name), {}).get(dataset, {}).get(rule)
+    if not entry:
+        return None
+    return dict(entry, heads=[(int(a), int(b)) for a, b in entry["heads"]], dataset=dataset, rule=rule)
+
+
+def record_located_heads(model_name: str, dataset: str, entries: dict, path: Path | None = None) -> None:
+    """Add a model's located heads (per rule) to the file the app reads its default heads from."""
+    path = path or LOCATED_HEADS_FILE
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        data = {}
+    data.setdefault(model_key(model_name), {})[dataset] = entries
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)

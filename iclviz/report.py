@@ -22,7 +22,7 @@ from tqdm import tqdm
 from . import bias, label_swap, locate, two_towers
 from .data import load_dataset
 from .evaluation import EvalSetup
-from .heads import random_heads
+from .heads import random_heads, record_located_heads
 from .models import load_model
 
 PAPER = {
@@ -38,9 +38,12 @@ PAPER = {
 def _sizes(quick: bool) -> dict:
     if quick:
         return dict(k=2, n_locate=8, n_scan=4, n_eval=4, draws=1, n_orders=1, seeds=(0, 1), max_chars=300,
-                    curve=(1, 2), curve_draws=1, n_test=4, test_seeds=(0, 1), null_draws=8, ls_draws=4)
+                    curve=(1, 2), curve_draws=1, n_test=4, test_seeds=(0, 1), null_draws=8, ls_draws=4,
+                    other_n_scan=2, other_n_test=2)
+    # the first dataset gets the full causal sizes (256 test prompts); the others half (time on 2 CPU cores)
     return dict(k=4, n_locate=48, n_scan=32, n_eval=32, draws=2, n_orders=1, seeds=(0, 1), max_chars=300,
-                curve=(1, 2, 4, 8), curve_draws=1, n_test=128, test_seeds=(0, 1), null_draws=50, ls_draws=20)
+                curve=(1, 2, 4, 8), curve_draws=1, n_test=128, test_seeds=(0, 1), null_draws=50, ls_draws=20,
+                other_n_scan=16, other_n_test=64)
 
 
 def _dataset(spec: str, data_dir=None):
@@ -196,7 +199,19 @@ def _causal_section(lm, ds, spec: str, sizes: dict, d: Path, overall: pd.DataFra
         "knocked out on the prompts whose gold is that label, against random sets of the same sizes "
         f"({len(ct.ls_draws)} draws).\n\n**Verdict.** {causal.verdict_line(lsv)}.",
     ])
-    summary = {"model": lm.name.split(" (")[0], "params": sum(p.numel() for p in lm.model.parameters()),
+    located = {}
+    for rule, heads in (("importance", heads_imp), ("causal", heads_causal)):
+        v = nulls[(rule, "knockout")].verdict
+        located[rule] = {"heads": [list(h) for h in heads], "seed": 100,
+                         "n_prompts": int(sizes["n_locate"] if rule == "importance" else scan.n_prompts),
+                         "test": {k: v[k] for k in ("n_prompts", "draws", "accuracy_none", "accuracy_heads",
+                                                    "accuracy_random_mean", "margin_drop", "margin_drop_ci_low",
+                                                    "margin_drop_ci_high", "null_margin_drop_mean", "percentile",
+                                                    "p_empirical")},
+                         "verdict": causal.verdict_line(v)}
+    located["causal"]["by_label"] = {w: [list(h) for h in hs] for w, hs in by_label.items()}
+    summary = {"located": located, "model": lm.name.split(" (")[0],
+               "params": sum(p.numel() for p in lm.model.parameters()),
                "dataset": ds.name, "n": n, "accuracy": nulls[("causal", "knockout")].verdict["accuracy_none"]}
     for rule in ("importance", "causal"):
         v = nulls[(rule, "knockout")].verdict
@@ -347,10 +362,12 @@ def size_plot_svg(summaries: list[dict], path: Path) -> Path:
 
 def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:3,4"), out="docs/results.md",
                 work="docs/results_data", quick: bool = False, curve_on: str = "sst2", data_dir=None,
-                classic_on: tuple[str, ...] | None = None) -> Path:
+                classic_on: tuple[str, ...] | None = None, record_heads: bool = True) -> Path:
     """Regenerate the results page over ``models`` x ``datasets``. Every experiment is cached in
     ``work`` (per model, per dataset), so a rerun resumes; ``classic_on`` limits the first
-    report's analyses (label swap, two towers, biases) to those models (default: all)."""
+    report's analyses (label swap, two towers, biases) to those models (default: all). With
+    ``record_heads`` the located heads and their test go to ``heads.LOCATED_HEADS_FILE``, where the
+    app takes its default in-context heads from."""
     t_start = time.perf_counter()
     sizes = _sizes(quick)
     work = Path(work)
@@ -362,8 +379,10 @@ def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:
         tag = _model_tag(model_name)
         n_top = max(2, round(0.01 * lm.n_layers * lm.n_heads))
         parts.append(f"# {lm.name.split(' (')[0]}\n\n{lm.describe()}.")
-        for spec in datasets:
+        for i_ds, spec in enumerate(datasets):
             ds = _dataset(spec, data_dir).short_demonstrations(sizes["max_chars"])
+            sizes = _sizes(quick) if i_ds == 0 else dict(_sizes(quick), n_scan=_sizes(quick)["other_n_scan"],
+                                                          n_test=_sizes(quick)["other_n_test"])
             d = work / tag / spec.replace(":", "_").replace(",", "-")
             d.mkdir(parents=True, exist_ok=True)
             setup_loc = EvalSetup(ds, k_per_label=sizes["k"], n_test=sizes["n_locate"], seeds=(100,))
@@ -378,6 +397,10 @@ def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:
             heads = [(int(r.layer), int(r.head)) for r in ranked.head(n_top).itertuples()]
             control = random_heads(len(heads), sorted({a for a, _ in heads}), lm.n_heads, 0, exclude=heads)
             causal_text, summary = _causal_section(lm, ds, spec, sizes, d, overall, n_top)
+            if record_heads:
+                record_located_heads(lm.name, spec, summary.pop("located"))
+            else:
+                summary.pop("located")
             summaries.append(summary)
             row = {"model": summary["model"], "dataset": ds.name, "accuracy (n)": f"{summary['accuracy']:.3f} "
                    f"({summary['n']})", "importance heads: margin drop, percentile": (
@@ -400,6 +423,7 @@ def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:
             parts.append("\n\n".join(s for s in sections if s))
         del lm
     elapsed = time.perf_counter() - t_start
+    sizes = _sizes(quick)
     plot = size_plot_svg(summaries, Path(out).parent / "effect_by_model_size.svg")
     header = [
         "# Results: the paper's analyses on the offline models",
@@ -409,7 +433,8 @@ def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, Python "
         f"{platform.python_version()}. Models: " + "; ".join(described) + ".",
         "This is a measurement, not an advertisement. The causal test runs every condition on the same "
-        f"{sizes['n_test'] * len(sizes['test_seeds'])} prompts per dataset (paired), reports the gold label's "
+        f"prompts (paired: {sizes['n_test'] * len(sizes['test_seeds'])} on {datasets[0]}, "
+        f"{sizes['other_n_test'] * len(sizes['test_seeds'])} on the other datasets), reports the gold label's "
         "margin beside accuracy, and places the in-context heads' effect in a null distribution of "
         f"{sizes['null_draws']} random head sets. The older sections use "
         f"{sizes['n_eval'] * len(sizes['seeds'])} prompts per condition and say so.",

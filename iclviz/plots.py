@@ -143,3 +143,37 @@ def tokens_html(tokens: pd.DataFrame, label_words) -> str:
 def figure_html(fig: go.Figure) -> str:
     """A standalone HTML file of a figure (plotly.js from its CDN)."""
     return fig.to_html(include_plotlyjs="cdn", full_html=True)
+
+
+def effect_heatmap(matrix: pd.DataFrame, title: str, quantity: str, chosen=()) -> go.Figure:
+    """layer x head matrix of a causal effect (rows: only the scanned layers); chosen heads outlined."""
+    m = matrix.dropna(how="all")
+    z = m.to_numpy(dtype=float)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[int(c) for c in m.columns], y=[int(i) for i in m.index], colorscale="RdBu_r", zmid=0,
+        colorbar=dict(title=dict(text=quantity, side="right")),
+        hovertemplate="layer %{y}, head %{x}<br>" + html.escape(quantity) + " %{z:.3f}<extra></extra>"))
+    rows, cols = m.shape
+    fig.add_trace(go.Scatter(
+        x=[int(c) for _ in range(rows) for c in m.columns], y=[int(i) for i in m.index for _ in range(cols)],
+        mode="markers", marker=dict(size=18, opacity=0.01, color="black"), showlegend=False, hoverinfo="skip",
+        name="cells"))
+    for layer, head in chosen:
+        if layer in set(m.index):
+            fig.add_shape(type="rect", x0=head - 0.5, x1=head + 0.5, y0=layer - 0.5, y1=layer + 0.5,
+                          line=dict(color="black", width=2))
+    fig.update_layout(title=html.escape(title), xaxis_title="head", yaxis_title="layer",
+                      height=max(260, 34 * rows + 120), margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_yaxes(dtick=1)
+    fig.update_xaxes(dtick=1)
+    return fig
+
+
+def null_histogram(null_values, observed: float, quantity: str = "gold-margin drop (logits)") -> go.Figure:
+    """The random-head null distribution with the chosen heads' value marked."""
+    fig = go.Figure(go.Histogram(x=list(null_values), nbinsx=30, marker_color="#bbbbbb", name="random head sets"))
+    fig.add_vline(x=observed, line=dict(color="black", width=3),
+                  annotation_text="chosen heads", annotation_position="top")
+    fig.update_layout(height=280, margin=dict(l=10, r=10, t=30, b=10), xaxis_title=quantity,
+                      yaxis_title="random head sets", showlegend=False)
+    return fig

@@ -26,9 +26,11 @@ from iclviz.app_support import (
 from iclviz.data import DataError, dataset_from_table, list_datasets, load_dataset, read_table
 from iclviz.evaluation import predict_prompt
 from iclviz.interventions import Plan
-from iclviz.models import DEFAULT_MODEL, ModelLoadError, load_model
+from iclviz.models import DEFAULT_MODEL, OFFLINE_MODELS, ModelLoadError, load_model, offline_model
 from iclviz.prompt import PromptError, build_prompt
 
+APP_MODEL = DEFAULT_MODEL  # the offline model the app opens with (README: why)
+DEFAULT_HEAD_RULE = "importance"  # how the default in-context heads were located (the Head finder switches it)
 CITATION = ("Yu & Ananiadou, *How do Large Language Models Learn In-Context? Query and Key Matrices of "
             "In-Context Heads are Two Towers for Metric Learning*, EMNLP 2024 "
             "([arXiv 2402.02872](https://arxiv.org/abs/2402.02872))")
@@ -79,7 +81,7 @@ def _load(name: str, device: str, dtype: str, trust_remote_code: bool):
 
 
 def model_spec() -> tuple[str, str, str, bool]:
-    return st.session_state.setdefault("model_spec", (test_model_name() or DEFAULT_MODEL, "auto", "auto", False))
+    return st.session_state.setdefault("model_spec", (test_model_name() or APP_MODEL, "auto", "auto", False))
 
 
 def model_key() -> str:
@@ -103,12 +105,12 @@ def sidebar() -> None:
     with st.sidebar:
         st.subheader("Model")
         name, device, dtype, trust = model_spec()
-        sources = ["Offline default", "Hugging Face Hub name", "Local folder"]
+        sources = ["Offline model", "Hugging Face Hub name", "Local folder"]
         if test_model_name():
             sources.append("Tiny test model")
         if name in TINY_MODELS:
             current = "Tiny test model" if "Tiny test model" in sources else sources[0]
-        elif name == DEFAULT_MODEL:
+        elif offline_model(name) is not None:
             current = sources[0]
         elif name.startswith("/") or name.startswith("."):
             current = sources[2]
@@ -125,7 +127,10 @@ def sidebar() -> None:
         elif src == "Tiny test model":
             typed = st.selectbox("Test model", TINY_MODELS, key="w_model_tiny")
         else:
-            typed = DEFAULT_MODEL
+            names = list(dict.fromkeys(m.name for m in OFFLINE_MODELS.values()))
+            now = offline_model(name).name if offline_model(name) is not None else APP_MODEL
+            typed = st.selectbox("Offline model", names, index=names.index(now), key="w_model_offline",
+                                 format_func=lambda n: OFFLINE_MODELS[n].label.split(" (")[0])
         with st.expander("Device and dtype"):
             dev = st.selectbox("Device", ["auto", "cpu", "cuda"], index=["auto", "cpu", "cuda"].index(device),
                                key="w_device")
@@ -211,8 +216,9 @@ def chosen_heads(lm) -> list[tuple[int, int]]:
     ss = st.session_state
     heads = ss.get("heads")
     if heads is None or (ss.get("heads_model") != lm.name and not ss.get("heads_from_user")):
-        heads = default_heads(lm.name, lm.n_layers, lm.n_heads)
-    heads = valid_heads(heads, lm.n_layers, lm.n_heads) or default_heads(lm.name, lm.n_layers, lm.n_heads)
+        heads = default_heads(lm.name, lm.n_layers, lm.n_heads, ss.get("head_rule", DEFAULT_HEAD_RULE))
+    heads = valid_heads(heads, lm.n_layers, lm.n_heads) or default_heads(lm.name, lm.n_layers, lm.n_heads,
+                                                                         ss.get("head_rule", DEFAULT_HEAD_RULE))
     ss.heads = heads
     ss.heads_model = lm.name
     return heads

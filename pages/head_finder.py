@@ -3,10 +3,11 @@
 import streamlit as st
 
 from iclviz.app_support import head_name
+from iclviz.causal import KIND_TEXT, causal_scan, compare_rankings, null_distribution, verdict_line
 from iclviz.evaluation import Cancelled, EvalSetup
-from iclviz.heads import default_layers, default_top_n
+from iclviz.heads import HEAD_RULES, default_layers, default_top_n, located_heads
 from iclviz.lens import SCALINGS
-from iclviz.plots import figure_html, importance_heatmap, intervention_bars
+from iclviz.plots import effect_heatmap, figure_html, importance_heatmap, intervention_bars, null_histogram
 from pages import common
 
 ss = st.session_state
@@ -23,6 +24,31 @@ if lm is None:
     st.stop()
 heads = common.chosen_heads(lm)
 is_tiny = lm.n_layers * lm.n_heads < 50
+
+with st.container(border=True):
+    st.markdown("**Default in-context heads: which rule chose them**")
+    r1, r2 = st.columns([1, 2])
+    rule = r1.radio("Rule", list(HEAD_RULES), format_func=lambda r: HEAD_RULES[r].split(" (")[0], key="w_head_rule",
+                    index=list(HEAD_RULES).index(ss.get("head_rule", "importance")))
+    found = located_heads(lm.name, rule)
+    if found:
+        t = found.get("test", {})
+        r2.markdown(
+            f"{HEAD_RULES[rule]}: **{', '.join(map(head_name, found['heads']))}**, located by `python -m iclviz "
+            f"report` on {found['n_prompts']} SST-2 prompts (demonstration seed {found['seed']}).")
+        if t:
+            r2.caption(
+                f"Measured on this model, {t['n_prompts']} other SST-2 prompts: knocking out their label attention "
+                f"moves accuracy {t['accuracy_none']:.1%} -> {t['accuracy_heads']:.1%} (as many random heads: "
+                f"{t['accuracy_random_mean']:.1%}); gold-margin drop {t['margin_drop']:.2f} (95% CI "
+                f"{t['margin_drop_ci_low']:.2f} to {t['margin_drop_ci_high']:.2f}), "
+                f"{t['percentile']:.0f}th percentile of {t['draws']} random draws (p = {t['p_empirical']:.3f}).")
+        if r2.button("Use these heads", key="w_use_rule_heads"):
+            ss.head_rule = rule
+            common.set_heads(found["heads"])
+            st.rerun()
+    else:
+        r2.caption("The report has not located heads on this model: run a scan below (importance or causal).")
 
 ds = common.dataset_picker("w_hf_dataset")
 with st.form("scan_form"):
@@ -152,3 +178,101 @@ if table is not None:
     st.plotly_chart(intervention_bars(view), key="fig_iv")
     st.dataframe(table, key="tbl_iv")
     common.csv_download(table, "intervention_table.csv")
+
+
+st.subheader("Causal effect of each head")
+st.caption("Each head of the chosen layers intervened **alone**, on the dataset sample above: its attention from T to "
+           "every label position knocked out, or its output at T removed. All heads run as rows of one batch over each "
+           "prompt's cache, so the scan costs about as much as a few forward passes per prompt. The effect is the drop "
+           "of the correct label's margin (logit of the gold label word minus the other's); a head that votes for one "
+           "label helps only that label's prompts, so the ranking uses the larger per-label effect.")
+with st.form("causal_form"):
+    q1, q2 = st.columns([2, 1])
+    cs_kinds = q1.multiselect("Interventions", ["knockout", "ablate_t"], default=["knockout"], key="w_cs_kinds",
+                              format_func=lambda k: KIND_TEXT[k])
+    cs_size = q2.radio("Size", ["quick: 4 prompts", "the sample above"], key="w_cs_size")
+    go_cs = st.form_submit_button("Run the causal scan")
+if go_cs and ds is not None and cs_kinds:
+    setup = _setup()
+    if cs_size.startswith("quick"):
+        setup = EvalSetup(ds, k_per_label=int(k), n_test=4, seeds=seeds[:1], template=ss.template)
+    st.button("Stop", key="w_stop_cs")
+    bar, cb = _progress_bar("Causal scan (prompts)")
+    try:
+        ss.causal_scan = causal_scan(lm, setup, layers=list(range(layer_range[0], layer_range[1] + 1)),
+                                     kinds=tuple(cs_kinds), progress=cb)
+    except Cancelled as exc:
+        st.warning(str(exc))
+    except (ValueError, RuntimeError) as exc:
+        st.error(f"The causal scan failed: {exc}")
+    bar.empty()
+cs = ss.get("causal_scan")
+if cs is not None and (cs.n_layers, cs.n_heads) == (lm.n_layers, lm.n_heads):
+    st.caption(f"Causal scan over {cs.n_prompts} prompts; without intervention: accuracy {cs.base['accuracy']:.1%}, "
+               f"mean gold margin {cs.base['margin']:.2f}.")
+    kind_tabs = st.tabs([KIND_TEXT[k] for k in cs.kinds])
+    for tab, kind in zip(kind_tabs, cs.kinds):
+        with tab:
+            st.plotly_chart(effect_heatmap(cs.matrix(kind, "label_effect"), f"{kind}: larger per-label effect",
+                                           "gold-margin drop (logits)", heads), key=f"fig_cs_{kind}")
+            ranked = cs.ranked(kind).head(10).copy()
+            ranked.insert(0, "name", [head_name((a, b)) for a, b in zip(ranked.layer, ranked["head"])])
+            st.dataframe(ranked.drop(columns=["kind"]), key=f"tbl_cs_{kind}", hide_index=True)
+    kind0 = cs.kinds[0]
+    scan_imp = ss.get("scan")
+    if scan_imp is not None and (scan_imp.n_layers, scan_imp.n_heads) == (lm.n_layers, lm.n_heads):
+        cmp = compare_rankings(scan_imp.overall, cs, kind0, n=10)
+        m1, m2 = st.columns(2)
+        m1.metric("Rank correlation with importance (Spearman)", f"{cmp['spearman']:.2f}",
+                  help=f"over {cmp['heads']} heads scanned by both")
+        m2.metric("Top-10 overlap with importance", f"{cmp['overlap']} / 10")
+    else:
+        st.caption("Run the importance scan above to compare the two rankings.")
+    n_cs = default_top_n(lm.n_layers * lm.n_heads)
+    by_label = cs.top_by_label(max(n_cs, 4), kind0)
+    st.markdown(" · ".join(f"{w} heads: {', '.join(map(head_name, hs)) or 'none'}" for w, hs in by_label.items()))
+    cs_n = st.number_input("Top N by causal effect", 1, lm.n_layers * lm.n_heads, n_cs, key="w_cs_topn")
+    if st.button("Use the top N by causal effect", key="w_use_causal"):
+        ss.head_rule = "causal"
+        common.set_heads(cs.top(int(cs_n), kind0))
+        st.rerun()
+    common.csv_download(cs.table, "causal_scan.csv", "Causal scan (CSV)", key="dl_cs")
+
+st.subheader("The chosen heads against random heads")
+st.caption(f"The chosen heads ({', '.join(map(head_name, heads))}) intervened together, against many random sets of as "
+           "many heads from the chosen layers, every set on the same prompts. Where the chosen heads' effect falls in "
+           "that distribution (its percentile, an empirical p-value) says whether they matter more than any heads do.")
+with st.form("null_form"):
+    n1, n2, n3 = st.columns(3)
+    null_kind = n1.selectbox("Intervention", ["knockout", "ablate_t", "ablate"], key="w_null_kind",
+                             format_func=lambda k: KIND_TEXT[k])
+    null_draws = n2.number_input("Random draws", 10, 500, 50, key="w_null_draws",
+                                 help="at least 50 for a percentile worth reading")
+    null_size = n3.radio("Size", ["quick: 4 prompts", "the sample above"], key="w_null_size")
+    go_null = st.form_submit_button("Test against random heads")
+if go_null and ds is not None:
+    setup = _setup()
+    if null_size.startswith("quick"):
+        setup = EvalSetup(ds, k_per_label=int(k), n_test=4, seeds=seeds[:1], template=ss.template)
+    st.button("Stop", key="w_stop_null")
+    bar, cb = _progress_bar("Null distribution")
+    try:
+        ss.null_test = null_distribution(lm, setup, heads, kind=null_kind, n_draws=int(null_draws),
+                                         layers=list(range(layer_range[0], layer_range[1] + 1)), progress=cb)
+    except Cancelled as exc:
+        st.warning(str(exc))
+    except (ValueError, RuntimeError) as exc:
+        st.error(f"The test failed: {exc}")
+    bar.empty()
+nt = ss.get("null_test")
+if nt is not None and all(0 <= a < lm.n_layers and 0 <= b < lm.n_heads for a, b in nt.heads):
+    v = nt.verdict
+    s1, s2, s3, s4 = st.columns(4)
+    s1.metric("Accuracy", f"{v['accuracy_heads']:.1%}", f"{v['accuracy_heads'] - v['accuracy_none']:+.1%} vs none")
+    s2.metric("Gold-margin drop", f"{v['margin_drop']:.2f}",
+              help=f"95% CI {v['margin_drop_ci_low']:.2f} to {v['margin_drop_ci_high']:.2f} (paired bootstrap)")
+    s3.metric("Percentile among random", f"{v['percentile']:.0f}", help=f"{v['draws']} draws")
+    s4.metric("Empirical p", f"{v['p_empirical']:.3f}")
+    st.markdown(f"**{verdict_line(v)}.**")
+    st.plotly_chart(null_histogram(nt.null(), v["margin_drop"]), key="fig_null")
+    common.csv_download(nt.summary, "null_distribution.csv", "Null distribution (CSV)", key="dl_null")

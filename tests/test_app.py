@@ -337,3 +337,23 @@ def test_bias_lab_paper_metrics_run_with_controls(at):
     assert not at.exception and not at.error
     rec = at.session_state["recency_result"]
     assert "no fix" in set(rec.summary["condition"]) and len(rec.rows) > 0
+
+
+def test_head_finder_causal_scan_and_null_distribution(at):
+    goto(at, "head_finder")
+    at.number_input(key="w_hf_n").set_value(4).run()
+    [b for b in at.button if b.label == "Run the causal scan"][0].click().run()
+    assert not at.exception and not at.error
+    cs = at.session_state["causal_scan"]
+    lo, hi = at.slider(key="w_hf_layers").value
+    assert len(cs.table) == (hi - lo + 1) * 4 and set(cs.table.kind) == {"knockout"}
+    at.number_input(key="w_cs_topn").set_value(2).run()
+    at.button(key="w_use_causal").click().run()
+    assert at.session_state["heads"] == cs.top(2) and at.session_state["head_rule"] == "causal"
+    [b for b in at.button if b.label == "Test against random heads"][0].click().run()
+    assert not at.exception and not at.error
+    nt = at.session_state["null_test"]
+    assert nt.heads == cs.top(2) and nt.verdict["draws"] == 50
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Percentile among random"] == f"{nt.verdict['percentile']:.0f}"
+    assert any(verdict.value.startswith("**") and "random draws" in verdict.value for verdict in at.markdown)

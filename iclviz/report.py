@@ -42,7 +42,7 @@ def _sizes(quick: bool) -> dict:
                     other_n_scan=2, other_n_test=2)
     # the first dataset gets the full causal sizes (256 test prompts); the others half (time on 2 CPU cores)
     return dict(k=4, n_locate=48, n_scan=32, n_eval=32, draws=2, n_orders=1, seeds=(0, 1), max_chars=300,
-                curve=(1, 2, 4, 8), curve_draws=1, n_test=128, test_seeds=(0, 1), null_draws=50, ls_draws=20,
+                curve=(1, 2, 4, 8), curve_draws=1, n_test=128, test_seeds=(0, 1), null_draws=50, ls_draws=10,
                 other_n_scan=16, other_n_test=64)
 
 

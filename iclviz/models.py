@@ -297,6 +297,16 @@ class LoadedModel:
                        interventions=interventions, capture=capture, value_positions=value_positions,
                        pad_id=self.pad_id, hidden_layer=hidden_layer)
 
+    def prompt(self, demonstrations, query: str, label_words=None, template: str | None = None):
+        """Build a prompt for this model (its tokenizer and context length): ``demonstrations`` are
+        ``(sentence, label word)`` pairs; label words default to the demonstrations' own, in order."""
+        from .prompt import DEFAULT_TEMPLATE, build_prompt
+
+        demos = [tuple(d) for d in demonstrations]
+        words = tuple(label_words) if label_words else tuple(dict.fromkeys(label for _, label in demos))
+        return build_prompt(self.tokenizer, demos, query, words, template or DEFAULT_TEMPLATE,
+                            max_tokens=self.context_length)
+
     def describe(self) -> str:
         return (f"{self.name}: {self.n_layers} layers x {self.n_heads} heads "
                 f"({self.arch.n_kv_heads} key-value heads), {self.arch.positional} positions, "

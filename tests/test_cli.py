@@ -81,3 +81,19 @@ def test_report_quick_on_a_tiny_model(model_dir, tmp_path):
                  "--work", str(tmp_path / "work"), "--classic-on"]) == 0
     assert out.read_text().split("## Overview")[1] == text.split("## Overview")[1]
     assert mtime <= (tmp_path / "work").stat().st_mtime
+
+
+def test_locate_both_rankings_and_null_distribution(model_dir, tmp_path):
+    args = ["--model", model_dir, "--dataset", "sst2", "--k", "1", "--n-test", "4", "--out", str(tmp_path)]
+    assert main(["locate", "--method", "both", *args]) == 0
+    top = json.loads((tmp_path / "top_heads.json").read_text())
+    scan = pd.read_csv(tmp_path / "causal_scan.csv")
+    assert len(scan) == 2 * 4 * 2  # layers 1-2 x 4 heads x (knockout, ablate_t)
+    assert len(top["causal"]["top_by_label_effect"]) == 2 and "spearman" in top["rankings"]["label_effect_top10"]
+    assert main(["null", "--rule", "causal", "--draws", "12", *args]) == 0
+    verdict = json.loads((tmp_path / "null_verdict.json").read_text())
+    summary = pd.read_csv(tmp_path / "null_summary.csv")
+    assert verdict["draws"] == 12 and (summary.condition == "random").sum() == 12
+    assert 0 < verdict["p_empirical"] <= 1
+    assert main(["label-specific", "--draws", "5", *args]) == 0
+    assert (tmp_path / "label_specific_summary.csv").exists()

@@ -94,9 +94,12 @@ def test_sessions_do_not_share_ablations():
 
 def test_demonstration_editor_add_move_delete(at):
     n = len(at.session_state["demos"])
+    shown = predictions(at)
     at.button(key="w_add_demo").click().run()
     assert len(at.session_state["demos"]) == n + 1
-    assert "has no text" in errors(at)  # the new, empty demonstration is reported, not a crash
+    # The new, empty row is skipped (and said so): the prediction stays on screen, unchanged.
+    assert not at.error and predictions(at) == shown
+    assert any(f"demonstration(s) {n + 1} are skipped" in c.value for c in at.caption)
     last = at.session_state["demos"][-1]["id"]
     at.text_input(key=f"dt_{last}").set_value("an utterly charming surprise").run()
     assert not at.error
@@ -337,3 +340,51 @@ def test_bias_lab_paper_metrics_run_with_controls(at):
     assert not at.exception and not at.error
     rec = at.session_state["recency_result"]
     assert "no fix" in set(rec.summary["condition"]) and len(rec.rows) > 0
+
+
+def metrics(at) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_prompt_lab_shows_live_paired_effect_and_top_n(at):
+    from iclviz.app_support import tiny_model
+    from iclviz.prompt import build_prompt
+    from iclviz.readout import paired_effect
+
+    m = metrics(at)
+    icl = [v for k, v in m.items() if k.startswith("Margin change") and "in-context" in k]
+    rnd = [k for k in m if k.startswith("Margin change, random heads") and "n = " in k]
+    assert icl and rnd
+    # The same number the library computes on the same prompt.
+    lm = tiny_model("tiny-llama")
+    ss = at.session_state
+    prompt = build_prompt(lm.tokenizer, [(d["text"], d["label"]) for d in ss["demos"]], ss["query"],
+                          tuple(ss["label_words"]), ss["template"])
+    eff = paired_effect(lm, prompt, ss["heads"], "ablate", 3)
+    assert icl[0] == f"{eff.icl_change:+.2f}"
+    assert any(eff.sentence() == md.value for md in at.markdown)
+    # Top N: a slider, the curve, and where (if anywhere) the prediction gives way.
+    assert not [c for c in at.checkbox if c.key and c.key.startswith("w_tick_")]  # ticks only in "ticked heads"
+    at.radio(key="w_mode").set_value("top N in-context heads").run()
+    assert at.slider(key="w_topn") is not None
+    assert any("gives way" in c.value for c in at.caption)
+    at.radio(key="w_mode").set_value("ticked heads").run()
+    assert [c for c in at.checkbox if c.key and c.key.startswith("w_tick_")]
+
+
+def test_ablated_heads_are_marked_attention_unchanged(at):
+    at.radio(key="w_mode").set_value("all in-context heads").run()
+    assert any("output removed, attention unchanged" in c.value for c in at.caption)
+    at.selectbox(key="w_kind").set_value("knockout").run()
+    assert not any("output removed, attention unchanged" in c.value for c in at.caption)
+
+
+def test_shared_url_keeps_the_intervention_mode(at):
+    at.radio(key="w_mode").set_value("random heads (control)").run()
+    at.button(key="w_side_url").click().run()
+    params = {k: (v[0] if isinstance(v, list) else v) for k, v in at.query_params.items()}
+    assert params["mode"] == "random heads (control)"
+    other = AppTest.from_file(APP, default_timeout=120)
+    other.query_params.update(params)
+    other.run()
+    assert other.radio(key="w_mode").value == "random heads (control)" and len(predictions(other)) == 2

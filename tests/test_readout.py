@@ -1,0 +1,90 @@
+"""The readouts pages show beside their claims: live paired effects, progress estimates, intervals, readings."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from iclviz.app_support import tiny_model
+from iclviz.bias import BiasResult
+from iclviz.lesson import LESSON_STATE, STEPS, step_result
+from iclviz.prompt import build_prompt
+from iclviz.readout import (
+    EffectReadout,
+    bias_reading,
+    first_flip,
+    paired_effect,
+    progress_text,
+    ratio_reading,
+    top_n_margins,
+)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_model("tiny-llama")
+
+
+def test_progress_text_counts_and_estimates():
+    assert progress_text("Scan", 0, 10, 0.0).startswith("Scan: 0/10 done")
+    t = progress_text("Scan", 5, 20, 10.0, now=0)
+    assert "5/20 done" in t and "about 30 s left" in t
+    assert "left" not in progress_text("Scan", 20, 20, 40.0)
+
+
+def test_effect_verdicts():
+    e = EffectReadout("ablate", [(1, 1)], ("foo", "bar"), 2.0, "foo", -1.0, "bar", [1.8, 2.1], ["foo", "foo"])
+    assert e.icl_change == -3.0 and e.verdict == "effect" and "shows the effect" in e.sentence()
+    e.random_margins = [-2.0, 2.0]
+    assert e.verdict == "control-like"
+    e.icl_margin = 2.5
+    assert e.verdict == "none" and "does not show" in e.sentence()
+
+
+def test_paired_effect_and_top_n_on_a_prompt(lm):
+    s = LESSON_STATE
+    p = build_prompt(lm.tokenizer, s.demos, s.query, s.label_words, s.template)
+    heads = [(2, 0), (2, 1), (1, 3)]
+    eff = paired_effect(lm, p, heads, "ablate", draws=3)
+    assert eff.n_draws >= 1 and all(set(r).isdisjoint(heads) for r in eff.random_heads)
+    curve = top_n_margins(lm, p, heads, "ablate")
+    assert list(curve["n"]) == [0, 1, 2, 3]
+    assert curve["margin"].iloc[0] == pytest.approx(eff.before_margin, abs=1e-5)
+    assert curve["margin"].iloc[3] == pytest.approx(eff.icl_margin, abs=1e-5)
+    flip = first_flip(curve)
+    assert flip is None or curve.set_index("n").loc[flip, "predicted"] != curve["predicted"].iloc[0]
+
+
+def test_ratio_reading_says_when_the_result_reverses_majority_bias():
+    t = pd.DataFrame([
+        {"condition": "no fix", "quantity": "predicted foo", "n": 24, "value": 0.08, "ci_low": 0.02, "ci_high": 0.26},
+        {"condition": "no fix", "quantity": "predicted bar", "n": 24, "value": 0.92, "ci_low": 0.74, "ci_high": 0.98},
+        {"condition": "no fix", "quantity": "accuracy", "n": 24, "value": 0.5, "ci_low": 0.3, "ci_high": 0.7}])
+    text, warning = ratio_reading(t, {"foo": 3, "bar": 1})
+    assert "predicted bar for 92% of 24" in text and "reverse of majority bias" in text
+    assert warning and "24 test sentences" in warning
+    text, warning = ratio_reading(t.assign(n=400), {"foo": 1, "bar": 3})
+    assert "as majority bias predicts" in text and warning is None
+
+
+def test_bias_reading_refuses_a_reduction_from_a_tiny_sample():
+    rows = pd.DataFrame([
+        {"condition": c, "arrangement": a, "accuracy": acc, "n": 4}
+        for c, accs in (("no fix", (0.75, 0.5, 0.5)), ("fix in-context heads", (0.75, 1.0, 1.0)))
+        for a, acc in zip(("balanced", "one fewer foo", "one fewer bar"), accs)])
+    summary = pd.DataFrame({"condition": ["no fix", "fix in-context heads"], "reduction": [0.0, 2.0]})
+    text, warning, table = bias_reading(BiasResult("majority", rows, summary))
+    assert "cannot be read" in text and warning and "200%" in warning
+    assert (table["ci_low"] < 0).all()
+
+
+def test_every_lesson_step_has_a_live_result(lm):
+    s = LESSON_STATE
+    heads = [(2, 0), (2, 1)]
+    for i in range(len(STEPS)):
+        r = step_result(lm, i, s.demos, s.query, s.label_words, s.template, heads)
+        assert r.sentence and r.metrics
+    swapped = step_result(lm, 3, s.demos, s.query, s.label_words, s.template, heads)
+    assert "swapped labels" in swapped.sentence
+    with pytest.raises(ValueError):
+        step_result(lm, len(STEPS), s.demos, s.query, s.label_words, s.template, heads)

@@ -379,7 +379,9 @@ class ProgressRun:
         self.stop_slot.button("Stop", key=f"{self.key}_stop", icon=":material/stop_circle:")
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and exc_type.__name__ in ("RerunException", "StopException"):
+            return False  # Stop was clicked (or the page left): the flag stays set, the next run says so
         st.session_state[f"{self.key}_running"] = False
         self.stop_slot.empty()
         self.bar.empty()

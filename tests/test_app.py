@@ -244,6 +244,7 @@ def test_bias_lab_current_prompt_and_label_ratio(at):
     goto(at, "bias_lab")
     assert not at.exception
     assert any("Demonstrations per label" in m.value for m in at.markdown)
+    at.radio(key="w_bias_size").set_value("custom").run()
     at.number_input(key="w_bias_n").set_value(4).run()
     at.slider(key="w_ratio_first").set_value(1).run()
     at.button(key="w_ratio_go").click().run()
@@ -253,11 +254,32 @@ def test_bias_lab_current_prompt_and_label_ratio(at):
     r2 = at.session_state["ratio_table"]
     assert set(r1["condition"]) == {"no fix", "majority fix"}
     assert not r1["value"].round(6).equals(r2["value"].round(6))
-    at.text_input(key=f"w_order_{len(at.session_state['demos'])}").set_value("4, 3, 2, 1").run()
-    assert not at.error
+    # Reorder with arrows: each click moves once (nothing re-applies itself on the next click or rerun).
     texts = [d["text"] for d in at.session_state["demos"]]
-    at.button(key="w_apply_order").click().run()
-    assert [d["text"] for d in at.session_state["demos"]] == list(reversed(texts))
+    first_id = at.session_state["demos"][0]["id"]
+    at.button(key=f"bias_order_down_{first_id}").click().run()
+    assert [d["text"] for d in at.session_state["demos"]] == [texts[1], texts[0], *texts[2:]]
+    at.button(key=f"bias_order_down_{first_id}").click().run()
+    assert [d["text"] for d in at.session_state["demos"]] == [texts[1], texts[2], texts[0], *texts[3:]]
+    at.run()
+    assert [d["text"] for d in at.session_state["demos"]] == [texts[1], texts[2], texts[0], *texts[3:]]
+    assert not at.error
+
+
+def test_bias_lab_label_ratio_reads_its_result_with_n_and_intervals(at):
+    goto(at, "bias_lab")
+    at.radio(key="w_bias_size").set_value("custom").run()
+    at.number_input(key="w_bias_n").set_value(4).run()
+    at.number_input(key="w_ratio_total").set_value(4).run()
+    at.slider(key="w_ratio_first").set_value(3).run()
+    at.button(key="w_ratio_go").click().run()
+    t = at.session_state["ratio_table"]
+    assert {"n", "ci_low", "ci_high"} <= set(t.columns) and (t["n"] == 4).all()
+    md = " ".join(m.value for m in at.markdown)
+    assert "of 4 test sentences (95% interval" in md
+    assert "With 3 foo / 1 bar" in md and "majority bias" in md  # the reading says which way the result goes
+    assert any("Only 4 test sentences" in w.value for w in at.warning)
+    assert not [b for b in at.button if b.key == "ratio_stop"]  # no Stop left on screen after the run
 
 
 def test_attention_page_draws_bertviz_for_chosen_layers(at):
@@ -330,12 +352,15 @@ def test_sidebar_share_puts_the_current_prompt_in_the_url(at):
 
 def test_bias_lab_paper_metrics_run_with_controls(at):
     goto(at, "bias_lab")
+    at.radio(key="w_bias_size").set_value("custom").run()
     at.number_input(key="w_bias_n").set_value(4).run()
     at.button(key="w_majority_go").click().run()
     assert not at.exception and not at.error
     res = at.session_state["majority_result"]
     assert {"no fix", "fix in-context heads", "fix random heads"} <= set(res.summary["condition"])
-    assert any("reduction" in m.value.lower() for m in at.markdown)
+    md = " ".join(m.value for m in at.markdown)
+    assert "sentences per arrangement" in md and "95% interval" in md
+    assert {"ci_low", "ci_high"} <= set(at.dataframe[0].value.columns)
     at.button(key="w_recency_go").click().run()
     assert not at.exception and not at.error
     rec = at.session_state["recency_result"]

@@ -168,6 +168,19 @@ def importance_heatmap(matrix: pd.DataFrame, title: str = "", chosen=(),
     return fig
 
 
+def heatmap_selection(event) -> list[tuple[int, int]]:
+    """The (layer, head) cells a heatmap selection event reports (clicks or box selection on the cell markers)."""
+    sel = getattr(event, "selection", None) if event is not None else None
+    if sel is None and isinstance(event, dict):
+        sel = event.get("selection")
+    points = (sel.get("points") if isinstance(sel, dict) else getattr(sel, "points", None)) or []
+    out = []
+    for pt in points:
+        if pt.get("curve_number", 1) == 1 and "x" in pt and "y" in pt:
+            out.append((int(round(float(pt["y"]))), int(round(float(pt["x"])))))
+    return out
+
+
 def intervention_bars(table: pd.DataFrame) -> go.Figure:
     """table: columns condition (or plan), accuracy, optional ci_low/ci_high."""
     cond = "condition" if "condition" in table.columns else "plan"

@@ -6,7 +6,7 @@ from iclviz.app_support import head_name
 from iclviz.evaluation import Cancelled, EvalSetup
 from iclviz.heads import default_layers, default_top_n
 from iclviz.lens import SCALINGS
-from iclviz.plots import figure_html, importance_heatmap, intervention_bars
+from iclviz.plots import figure_html, heatmap_selection, importance_heatmap, intervention_bars
 from pages import common
 
 ss = st.session_state
@@ -93,9 +93,7 @@ else:
             fig = importance_heatmap(scan.matrix(label), "importance" + (f" for {label}" if label else ""), heads)
             event = st.plotly_chart(fig, key=f"fig_heat_{label}", on_select="rerun",
                                     selection_mode=("points", "box"))
-            for pt in (event.selection.points if event and event.selection else []):
-                if pt.get("curve_number", 1) == 1 and "x" in pt and "y" in pt:
-                    clicked.append((int(pt["y"]), int(pt["x"])))
+            clicked += heatmap_selection(event)
             st.download_button("Heatmap (HTML)", figure_html(fig).encode(), file_name=f"importance_{label}.html",
                                mime="text/html", key=f"dl_heat_{label}")
     common.csv_download(scan.table, "head_importance.csv", "Importance per head and label (CSV)")

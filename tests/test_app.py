@@ -413,3 +413,31 @@ def test_shared_url_keeps_the_intervention_mode(at):
     other.query_params.update(params)
     other.run()
     assert other.radio(key="w_mode").value == "random heads (control)" and len(predictions(other)) == 2
+
+
+def test_guided_lesson_walks_five_steps_and_resets(at):
+    from iclviz.lesson import LESSON_STATE, STEPS
+
+    goto(at, "lesson")
+    assert not at.error
+    assert [d["text"] for d in at.session_state["demos"]] == [t for t, _ in LESSON_STATE.demos]
+    seen = []
+    for i, step in enumerate(STEPS):
+        assert any(h.value == f"{i + 1}. {step.title}" for h in at.header)
+        assert any(step.explanation in m.value for m in at.markdown)
+        assert at.metric  # a live result in large type
+        seen.append(tuple(m.value for m in at.metric))
+        if i < len(STEPS) - 1:
+            at.button(key="w_lesson_next").click().run()
+            assert not at.exception and not at.error
+    assert len(set(seen)) == len(STEPS)  # each step shows its own result
+    # Edit the prompt elsewhere, come back: the lesson measures the edited prompt; Reset restores the prepared one.
+    goto(at, "prompt_lab")
+    at.text_input(key="w_query").set_value("a dull and tedious film").run()
+    goto(at, "lesson")
+    assert at.session_state["query"] == "a dull and tedious film"
+    at.button(key="w_lesson_reset").click().run()
+    assert at.session_state["query"] == LESSON_STATE.query and at.session_state["lesson_step"] == 0
+    assert any(h.value == f"1. {STEPS[0].title}" for h in at.header)
+    goto(at, "prompt_lab")
+    assert at.text_input(key="w_query").value == LESSON_STATE.query

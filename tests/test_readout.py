@@ -88,3 +88,23 @@ def test_every_lesson_step_has_a_live_result(lm):
     assert "swapped labels" in swapped.sentence
     with pytest.raises(ValueError):
         step_result(lm, len(STEPS), s.demos, s.query, s.label_words, s.template, heads)
+
+
+def test_heatmap_draws_scanned_layers_with_clickable_cells_and_a_titled_colour_bar():
+    import numpy as np
+
+    from iclviz.plots import heatmap_selection, importance_heatmap
+
+    m = pd.DataFrame(np.nan, index=range(6), columns=range(4))
+    m.loc[3:5] = np.arange(12).reshape(3, 4) / 10
+    fig = importance_heatmap(m, "importance", chosen=[(4, 1), (0, 0)])
+    heat, cells = fig.data
+    assert list(heat.y) == [3, 4, 5]  # only the scanned layers
+    assert "nats" in heat.colorbar.title.text
+    assert heat.hoverinfo == "skip" and cells.hoverinfo != "skip"  # clicks land on the cell markers
+    assert len(cells.x) == 12 and fig.layout.clickmode == "event+select"
+    assert fig.layout.height >= 30 * 3
+    assert len(fig.layout.shapes) == 1  # the chosen head outside the scanned layers is not drawn
+    event = {"selection": {"points": [{"curve_number": 1, "x": 2, "y": 4}, {"curve_number": 0, "x": 1, "y": 3}]}}
+    assert heatmap_selection(event) == [(4, 2)]
+    assert heatmap_selection(None) == []

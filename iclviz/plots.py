@@ -146,7 +146,7 @@ def importance_heatmap(matrix: pd.DataFrame, title: str = "", chosen=(),
     rows, cols = matrix.shape
     fig = go.Figure(go.Heatmap(
         z=z, x=xs, y=ys, colorscale="RdBu_r", zmid=0, hoverinfo="skip",
-        colorbar=dict(title=dict(text=quantity.replace(" (", "<br>("), side="right"))))
+        colorbar=dict(title=dict(text=quantity.replace(" (", "<br>(").replace(", ", ",<br>"), side="top"))))
     row_px = 30
     height = max(300, row_px * rows + 130)
     cell_px = max(8, min(row_px, int(700 / max(cols, 1))) - 4)
@@ -161,8 +161,10 @@ def importance_heatmap(matrix: pd.DataFrame, title: str = "", chosen=(),
         if layer in ys:
             fig.add_shape(type="rect", x0=head - 0.5, x1=head + 0.5, y0=layer - 0.5, y1=layer + 0.5,
                           line=dict(color="black", width=2))
-    fig.update_layout(title=title, xaxis_title="head", yaxis_title="layer", height=height, clickmode="event+select",
-                      margin=dict(l=10, r=10, t=40, b=10), dragmode="select")
+    # No dragmode or clickmode here: Streamlit turns clicks into selections only while the drag mode is not
+    # "select" (box select stays in the toolbar).
+    fig.update_layout(title=title, xaxis_title="head", yaxis_title="layer", height=height, hoverdistance=-1,
+                      margin=dict(l=10, r=10, t=40, b=10))
     fig.update_xaxes(dtick=1, range=[min(xs) - 0.5, max(xs) + 0.5])
     fig.update_yaxes(dtick=1, range=[min(ys) - 0.5, max(ys) + 0.5])
     return fig

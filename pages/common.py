@@ -418,7 +418,7 @@ def order_editor(prefix: str) -> None:
     for i, d in enumerate(st.session_state.demos):
         c0, c1, c2 = st.columns([12, 1, 1], vertical_alignment="center")
         text = d["text"] if len(d["text"]) <= 90 else d["text"][:87] + "…"
-        c0.markdown(f"{i + 1}. `{d['label']}` {text or '*(empty)*'}")
+        c0.markdown(f"#{i + 1} · `{d['label']}` {text or '*(empty)*'}")
         c1.button("", icon=":material/arrow_upward:", key=f"{prefix}_up_{d['id']}", on_click=move_demo,
                   args=(i, -1), disabled=i == 0, help=f"move demonstration {i + 1} up")
         c2.button("", icon=":material/arrow_downward:", key=f"{prefix}_down_{d['id']}", on_click=move_demo,

@@ -231,6 +231,11 @@ def test_two_towers_page_swap_and_similarity(at):
     swap = at.dataframe[0].value
     assert set(swap["condition"]) == {"original", "swapped"}
     sims1 = at.dataframe[-1].value["similarity"].round(6).tolist()
+    at.checkbox(key="w_tt_ctrl").check().run()
+    corr = [d.value for d in at.dataframe if "group" in d.value.columns and "head" in d.value.columns][0]
+    assert set(corr["group"]) == {"in-context", "random (control)"} and "sd" not in corr.columns
+    assert corr.iloc[:, -1].notna().all()
+    at.checkbox(key="w_tt_ctrl").uncheck().run()
     at.slider(key="w_tt_layer").set_value(2).run()
     sims2 = at.dataframe[-1].value["similarity"].round(6).tolist()
     assert sims1 != sims2

@@ -108,3 +108,27 @@ def test_heatmap_draws_scanned_layers_with_clickable_cells_and_a_titled_colour_b
     event = {"selection": {"points": [{"curve_number": 1, "x": 2, "y": 4}, {"curve_number": 0, "x": 1, "y": 3}]}}
     assert heatmap_selection(event) == [(4, 2)]
     assert heatmap_selection(None) == []
+
+
+def test_figures_use_label_colours_for_labels_only_plain_legends_and_one_axis_title():
+    from iclviz.plots import LABEL_COLORS, bias_bars, label_vector_bars, score_similarity_scatter, swap_bars
+
+    t = pd.DataFrame({"condition": ["no fix", "majority fix", "recency fix"] * 2, "label": ["foo"] * 3 + ["bar"] * 3,
+                      "probability": [0.1, 0.2, 0.3, 0.9, 0.8, 0.7]})
+    fig = bias_bars(t, "label", "probability")
+    assert not {tr.marker.color for tr in fig.data} & set(LABEL_COLORS)
+    wide = pd.DataFrame({"head_name": ["L1H1"], "vo_logit_minus_first (swapped)": [1.0]})
+    fig = swap_bars(wide, ["vo_logit_minus_first (swapped)"], "head_name",
+                    names={"vo_logit_minus_first (swapped)": "at foo positions, labels swapped"})
+    assert [tr.name for tr in fig.data] == ["at foo positions, labels swapped"]
+    lv = pd.DataFrame({"demo": [1, 2] * 3, "label": ["foo", "bar"] * 3, "position": [3, 7] * 3,
+                       "head_name": ["L1H1"] * 2 + ["L1H2"] * 2 + ["L2H0"] * 2, "weighted_logit_minus": range(6),
+                       "attention": [0.1] * 6, "logit_minus": [1.0] * 6, "top_tokens": ["x"] * 6})
+    fig = label_vector_bars(lv, ("foo", "bar"))
+    assert all(not ax.title.text for k, ax in fig.layout.to_plotly_json().items() if k.startswith("yaxis")
+               for ax in [fig.layout[k]])
+    assert sum("logit" in (a.text or "") for a in fig.layout.annotations) == 1
+    sc = pd.DataFrame({"similarity": [0.1, 0.2, 0.3, 0.4], "score": [1.0, 2.0, 100.0, 200.0], "label": ["foo"] * 4,
+                       "head": ["L1H1", "L1H1", "L2H2", "L2H2"]})
+    fig = score_similarity_scatter(sc, ("foo", "bar"))
+    assert fig.layout.yaxis2.matches is None  # each head its own score axis

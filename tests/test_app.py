@@ -288,19 +288,31 @@ def test_bias_lab_label_ratio_reads_its_result_with_n_and_intervals(at):
 
 
 def test_attention_page_draws_bertviz_for_chosen_layers(at):
+    import re
+
     goto(at, "attention")
     assert not at.error
-    html1 = at.get("iframe")[0].proto.srcdoc
+    frames = at.get("iframe")
+    html1 = frames[0].proto.srcdoc
     assert "cdnjs.cloudflare.com/ajax/libs/require.js" not in html1  # works offline: d3/jQuery inlined
     assert "d3js.org" in html1 and "jQuery" in html1
+    heads = at.session_state["heads"]
+    layer = sorted({a for a, _ in heads})[0]
+    # Real layer numbers, and the in-context heads of that layer preselected (head view).
+    assert re.search(rf'"include_layers": \[{layer}\]', html1)
+    assert re.search(r'"heads": \[' + ", ".join(str(b) for a, b in sorted(heads) if a == layer) + r"\]", html1)
+    n_tokens = len(re.search(r'"left_text": (\[.*?\])', html1).group(1).split('", "'))
+    at.checkbox(key="w_att_sink").check().run()
+    assert len(re.search(r'"left_text": (\[.*?\])', at.get("iframe")[0].proto.srcdoc).group(1).split('", "')) \
+        == n_tokens - 1
     at.checkbox(key="w_att_only").uncheck().run()
     html2 = at.get("iframe")[0].proto.srcdoc
-    assert html2 != html1  # all heads of the layer instead of the in-context ones
+    assert html2 != html1
     at.multiselect(key="w_att_layers").set_value([0, 1]).run()
-    html3 = at.get("iframe")[0].proto.srcdoc
-    assert html3 != html2
+    assert len(at.get("iframe")) == 2  # one view per chosen layer, each with its own heads
     at.radio(key="w_att_view").set_value("model").run()
-    assert not at.exception and at.get("iframe")[0].proto.srcdoc != html3
+    html4 = at.get("iframe")[1].proto.srcdoc
+    assert not at.exception and re.search(r'"include_layers": \[1\]', html4)
 
 
 def test_every_page_survives_a_broken_prompt(at):

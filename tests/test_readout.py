@@ -132,3 +132,19 @@ def test_figures_use_label_colours_for_labels_only_plain_legends_and_one_axis_ti
                        "head": ["L1H1", "L1H1", "L2H2", "L2H2"]})
     fig = score_similarity_scatter(sc, ("foo", "bar"))
     assert fig.layout.yaxis2.matches is None  # each head its own score axis
+
+
+def test_bertviz_inputs_keep_real_numbers_and_frames_fit_their_content():
+    import torch
+
+    from iclviz.app_support import bertviz_height, bertviz_layer_inputs
+
+    att = {2: torch.rand(4, 5, 5)}
+    tup, toks = bertviz_layer_inputs(att, 3, 2, list("abcde"), only_from_t=True)
+    assert len(tup) == 3 and tup[2].shape == (1, 4, 5, 5)  # every layer slot, so layer 2 is drawn as "2"
+    assert tup[2][0, :, :-1].abs().sum() == 0 and torch.equal(tup[2][0, :, -1], att[2][:, -1])
+    tup, toks = bertviz_layer_inputs(att, 3, 2, list("abcde"), hide_first=True)
+    assert toks == list("bcde") and tup[2].shape == (1, 4, 4, 4)
+    # bertviz's head view draws 22.5 px per token below a 30 px top: 70 tokens need > 1,600 px, not 600.
+    assert bertviz_height("head", 70, 14) >= 22.5 * 70 + 30
+    assert bertviz_height("model", 70, 3, 1) >= 70 * 18 + 55

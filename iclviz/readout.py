@@ -109,11 +109,14 @@ class EffectReadout:
         return text
 
 
-def paired_effect(lm, prompt: BuiltPrompt, heads, kind: str = "ablate", draws: int = 5, seed: int = 0
-                  ) -> EffectReadout:
-    """The in-context heads against ``draws`` random head sets of the same size and layers, on one prompt."""
+def paired_effect(lm, prompt: BuiltPrompt, heads, kind: str = "ablate", draws: int = 5, seed: int = 0,
+                  before=None) -> EffectReadout:
+    """The in-context heads against ``draws`` random head sets of the same size and layers, on one prompt.
+
+    ``before``: the prompt's prediction without intervention, when already computed (saves a pass).
+    """
     heads = [tuple(h) for h in heads]
-    before = predict_prompt(lm, prompt, Plan(), capture=False)
+    before = before if before is not None else predict_prompt(lm, prompt, Plan(), capture=False)
     icl = predict_prompt(lm, prompt, Plan(kind, tuple(heads)), capture=False)
     out = EffectReadout(kind, heads, prompt.label_words, before.margin, before.predicted, icl.margin, icl.predicted)
     seen = set()

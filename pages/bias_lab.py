@@ -26,38 +26,47 @@ heads = common.chosen_heads(lm)
 prompt = common.current_prompt(lm)
 rotary = lm.arch.positional == "rotary"
 
-st.subheader("The current prompt")
-if prompt is not None:
-    words = prompt.label_words
-    counts = {w: prompt.demo_labels.count(w) for w in words}
-    st.markdown("Demonstrations per label: " + ", ".join(f"{w}: {n}" for w, n in counts.items())
-                + f" · last demonstration's label: `{prompt.demo_labels[-1]}`")
-    plans = [("no fix", "none"), ("majority fix", "majority_fix")]
-    if rotary:
-        plans.append(("recency fix", "recency_fix"))
-    rows = []
-    for name, kind in plans:
-        pred = common.predict_current(lm, kind, heads)
-        mass = label_mass(prompt, pred.capture, heads)
-        for w in words:
-            rows.append({"condition": name, "label": w, "probability": pred.probs[w], "attention_mass": mass[w],
-                         "predicted": pred.predicted})
-    cur = pd.DataFrame(rows)
-    c1, c2 = st.columns(2)
-    c1.plotly_chart(bias_bars(cur, "label", "probability", y_title="probability of the label word",
-                              x_title="label word"), key="fig_bias_prob")
-    c2.plotly_chart(bias_bars(cur, "label", "attention_mass", y_title="attention from T on its positions "
-                              "(in-context heads)", x_title="label word"), key="fig_bias_mass")
-    st.caption("One prompt: an illustration, not a measurement (n = 1). The dataset runs below give n and "
-               "intervals.")
-    st.markdown(" · ".join(f"{c}: `{p}`" for c, p in cur.groupby("condition", sort=False)["predicted"].first().items()))
-    if not rotary:
-        st.info(f"{lm.name} has {lm.arch.positional} positions: the recency fix needs a rotary model.")
-    st.markdown("**Reorder the demonstrations** (the same arrows as the Prompt lab; the readout above follows)")
-    common.order_editor("bias_order")
-    st.button("Reverse the order", key="w_bias_reverse", on_click=lambda: ss.demos.reverse())
-else:
-    st.info("Fix the prompt on the Prompt lab page to see its readout here.")
+
+@st.fragment
+def current_prompt_readout():
+    """Reordering reruns only this section (the dataset runs below do not depend on it)."""
+    prompt = common.current_prompt(lm, show_errors=False)
+    st.subheader("The current prompt")
+    if prompt is not None:
+        words = prompt.label_words
+        counts = {w: prompt.demo_labels.count(w) for w in words}
+        st.markdown("Demonstrations per label: " + ", ".join(f"{w}: {n}" for w, n in counts.items())
+                    + f" · last demonstration's label: `{prompt.demo_labels[-1]}`")
+        plans = [("no fix", "none"), ("majority fix", "majority_fix")]
+        if rotary:
+            plans.append(("recency fix", "recency_fix"))
+        rows = []
+        for name, kind in plans:
+            pred = common.predict_current(lm, kind, heads)
+            mass = label_mass(prompt, pred.capture, heads)
+            for w in words:
+                rows.append({"condition": name, "label": w, "probability": pred.probs[w], "attention_mass": mass[w],
+                             "predicted": pred.predicted})
+        cur = pd.DataFrame(rows)
+        c1, c2 = st.columns(2)
+        c1.plotly_chart(bias_bars(cur, "label", "probability", y_title="probability of the label word",
+                                  x_title="label word"), key="fig_bias_prob")
+        c2.plotly_chart(bias_bars(cur, "label", "attention_mass", y_title="attention from T on its positions "
+                                  "(in-context heads)", x_title="label word"), key="fig_bias_mass")
+        st.caption("One prompt: an illustration, not a measurement (n = 1). The dataset runs below give n and "
+                   "intervals.")
+        firsts = cur.groupby("condition", sort=False)["predicted"].first()
+        st.markdown(" · ".join(f"{c}: `{p}`" for c, p in firsts.items()))
+        if not rotary:
+            st.info(f"{lm.name} has {lm.arch.positional} positions: the recency fix needs a rotary model.")
+        st.markdown("**Reorder the demonstrations** (the same arrows as the Prompt lab; the readout above follows)")
+        common.order_editor("bias_order")
+        st.button("Reverse the order", key="w_bias_reverse", on_click=lambda: ss.demos.reverse())
+    else:
+        st.info("Fix the prompt on the Prompt lab page to see its readout here.")
+
+
+current_prompt_readout()
 
 st.subheader("Over a dataset sample")
 is_tiny = lm.n_layers * lm.n_heads < 50

@@ -327,7 +327,8 @@ def _paired_effect(_lm, key: str, demos, query: str, words, template: str, heads
     from iclviz.readout import paired_effect
 
     prompt = build_prompt(_lm.tokenizer, list(demos), query, tuple(words), template, max_tokens=_lm.context_length)
-    return paired_effect(_lm, prompt, list(heads), kind, draws)
+    before = _predict(_lm, key, demos, query, words, template, "none", ())  # cached: the page has it already
+    return paired_effect(_lm, prompt, list(heads), kind, draws, before=before)
 
 
 def paired_effect_current(lm, heads, kind: str = "ablate", draws: int = 3):

@@ -294,7 +294,9 @@ def intervention_panel():
         st.caption("One prompt is an example, not a measurement: the Head finder's intervention table measures "
                    "the same comparison over a dataset sample, with intervals.")
 
-    with st.expander("Full chart: attention from T to each label position, per head, before and after"):
+    # Drawn only when asked for: five figures and a table make every rerun of this panel slower.
+    if st.toggle("Full chart: attention from T to each label position, per head, before and after",
+                 key="w_full_chart"):
         fig = label_attention_bars(att, words, ablated)
         st.plotly_chart(fig, key="fig_attention")
         sums = label_sums(att)

@@ -54,27 +54,33 @@ if table is not None:
     st.dataframe(table, key="tbl_swap")
     common.downloads(table, "label_swap.csv", fig, "label_swap.html", "Attention figure (HTML)")
 
-st.subheader("Query-key score vs query-demonstration similarity")
-c1, c2 = st.columns(2)
-default_layer = max(1, lm.n_layers // 4)
-sim_layer = c1.slider("Similarity layer (mean hidden states entering it, cosine)", 0, lm.n_layers - 1,
-                      default_layer, key="w_tt_layer")
-with_control = c2.checkbox("Add as many random heads (control)", key="w_tt_ctrl")
-use = list(heads) + (control_heads(heads, lm.n_layers, lm.n_heads, 0) if with_control else [])
-df = common.prompt_analysis(lm, "two_towers", "score_similarity", tuple(map(tuple, use)), int(sim_layer)).copy()
-df["head"] = df["head_name"]
-icl_names = {f"L{a}H{b}" for a, b in heads}
-df["group"] = ["in-context" if h in icl_names else "random (control)" for h in df["head_name"]]
-fig2 = score_similarity_scatter(df, words)
-st.plotly_chart(fig2, key="fig_tt")
-if len(prompt.label_positions) >= 3:
-    corr = rank_correlations(df.assign(prompt=0))
-    if not corr.empty:  # one prompt: one correlation per head, no spread to show
-        corr = corr[["group", "head_name", "mean_rho"]].rename(
-            columns={"head_name": "head", "mean_rho": "Spearman ρ, score vs similarity (this prompt)"})
-    st.dataframe(corr, key="tbl_tt_corr", hide_index=True)
-st.dataframe(df, key="tbl_tt")
-common.downloads(df, "score_similarity.csv", fig2, "score_similarity.html", "Scatter (HTML)")
+@st.fragment
+def score_vs_similarity():
+    """Its layer slider and control checkbox rerun only this section."""
+    st.subheader("Query-key score vs query-demonstration similarity")
+    c1, c2 = st.columns(2)
+    default_layer = max(1, lm.n_layers // 4)
+    sim_layer = c1.slider("Similarity layer (mean hidden states entering it, cosine)", 0, lm.n_layers - 1,
+                          default_layer, key="w_tt_layer")
+    with_control = c2.checkbox("Add as many random heads (control)", key="w_tt_ctrl")
+    use = list(heads) + (control_heads(heads, lm.n_layers, lm.n_heads, 0) if with_control else [])
+    df = common.prompt_analysis(lm, "two_towers", "score_similarity", tuple(map(tuple, use)), int(sim_layer)).copy()
+    df["head"] = df["head_name"]
+    icl_names = {f"L{a}H{b}" for a, b in heads}
+    df["group"] = ["in-context" if h in icl_names else "random (control)" for h in df["head_name"]]
+    fig2 = score_similarity_scatter(df, words)
+    st.plotly_chart(fig2, key="fig_tt")
+    if len(prompt.label_positions) >= 3:
+        corr = rank_correlations(df.assign(prompt=0))
+        if not corr.empty:  # one prompt: one correlation per head, no spread to show
+            corr = corr[["group", "head_name", "mean_rho"]].rename(
+                columns={"head_name": "head", "mean_rho": "Spearman ρ, score vs similarity (this prompt)"})
+        st.dataframe(corr, key="tbl_tt_corr", hide_index=True)
+    st.dataframe(df, key="tbl_tt")
+    common.downloads(df, "score_similarity.csv", fig2, "score_similarity.html", "Scatter (HTML)")
+
+
+score_vs_similarity()
 
 st.subheader("Over a dataset sample")
 st.caption("The same two comparisons averaged over test sentences of a dataset, with as many random heads of the same "

@@ -52,6 +52,8 @@ def test_prompt_lab_renders_prediction_tokens_and_attention(at):
     assert len(predictions(at)) == 1
     assert "p(foo)=" in predictions(at)[0] and "p(bar)=" in predictions(at)[0]
     assert "T=" in " ".join(m.value for m in at.markdown)  # the last position is marked
+    assert not any(m.value.startswith("All chosen heads:") for m in at.markdown)  # the full chart on request
+    at.toggle(key="w_full_chart").set_value(True).run()
     assert any(m.value.startswith("All chosen heads:") for m in at.markdown)
     assert not at.error
 

@@ -206,7 +206,9 @@ def test_guided_lesson_walk_and_screenshot(app_url, browser):
     ctx = browser.new_context(viewport={"width": 1500, "height": 1000})
     page = ctx.new_page()
     try:
-        page.goto(f"{app_url}/lesson")
+        # From the app's front page through the navigation (a deep link shows Streamlit's raw pages-folder list).
+        page.goto(app_url)
+        page.get_by_role("link", name="Guided lesson").click()
         expect(page.get_by_role("heading", name="1. Demonstrations and label positions")).to_be_visible(timeout=120_000)
         expect(page.locator("[data-testid='stMetric']").first).to_be_visible(timeout=120_000)
         _settle(page)

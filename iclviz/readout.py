@@ -110,14 +110,15 @@ class EffectReadout:
 
 
 def paired_effect(lm, prompt: BuiltPrompt, heads, kind: str = "ablate", draws: int = 5, seed: int = 0,
-                  before=None) -> EffectReadout:
+                  before=None, icl=None) -> EffectReadout:
     """The in-context heads against ``draws`` random head sets of the same size and layers, on one prompt.
 
-    ``before``: the prompt's prediction without intervention, when already computed (saves a pass).
+    ``before`` / ``icl``: the prompt's predictions without intervention and with the in-context heads
+    intervened, when already computed (each saves a pass).
     """
     heads = [tuple(h) for h in heads]
     before = before if before is not None else predict_prompt(lm, prompt, Plan(), capture=False)
-    icl = predict_prompt(lm, prompt, Plan(kind, tuple(heads)), capture=False)
+    icl = icl if icl is not None else predict_prompt(lm, prompt, Plan(kind, tuple(heads)), capture=False)
     out = EffectReadout(kind, heads, prompt.label_words, before.margin, before.predicted, icl.margin, icl.predicted)
     seen = set()
     for i in range(draws):

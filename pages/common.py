@@ -328,7 +328,9 @@ def _paired_effect(_lm, key: str, demos, query: str, words, template: str, heads
 
     prompt = build_prompt(_lm.tokenizer, list(demos), query, tuple(words), template, max_tokens=_lm.context_length)
     before = _predict(_lm, key, demos, query, words, template, "none", ())  # cached: the page has it already
-    return paired_effect(_lm, prompt, list(heads), kind, draws, before=before)
+    # The same cached pass the page shows for "all in-context heads" (computed once, shared both ways).
+    icl = _predict(_lm, key, demos, query, words, template, kind, tuple(sorted(tuple(h) for h in heads)))
+    return paired_effect(_lm, prompt, list(heads), kind, draws, before=before, icl=icl)
 
 
 def paired_effect_current(lm, heads, kind: str = "ablate", draws: int = 3):

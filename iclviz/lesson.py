@@ -100,8 +100,8 @@ def step_result(lm, step: int, demos, query: str, label_words, template: str, he
         eff = paired_effect(lm, prompt, heads, "ablate", draws=draws)
         lo, hi = eff.random_range
         return StepResult(eff.sentence(), [
-            ("Margin change, in-context heads", f"{eff.icl_change:+.2f}", None),
-            (f"Margin change, random heads (mean of {eff.n_draws})", f"{eff.random_mean:+.2f}",
+            ("Δ margin, in-context heads", f"{eff.icl_change:+.2f}", None),
+            (f"Δ margin, random heads (mean of {eff.n_draws})", f"{eff.random_mean:+.2f}",
              f"range {lo:+.2f} to {hi:+.2f}")])
     if step == 3:
         swapped = _rebuild([(d.text, d.label) for d in swap_labels(demos, words)])

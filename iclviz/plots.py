@@ -70,37 +70,40 @@ def label_attention_bars(table: pd.DataFrame, label_words, ablated=(), title: st
 
 def label_attention_compact(table: pd.DataFrame, label_words, ablated=()) -> go.Figure:
     """A compact view beside the prediction: one row per head, one column per label position,
-    a dot whose size is the attention from T and whose colour is the position's label; "after" as rings."""
+    a dot whose size is the attention from T and whose colour is the position's label; "after" as rings.
+    Ablated heads are starred (their output is removed; their attention is unchanged by design)."""
     colors = label_color_map(label_words)
     fig = go.Figure()
-    slots = list(dict.fromkeys(table["slot"]))
-    heads = list(dict.fromkeys(table["head"]))
-    conds = list(dict.fromkeys(table["condition"])) if "condition" in table else [""]
-    vmax = max(float(table["attention"].max()), 1e-6)
+    ablated = set(ablated)
+    df = table.copy()
+    df["row"] = [f"{h} *" if h in ablated else h for h in df["head"]]
+    slots = list(dict.fromkeys(df["slot"]))
+    rows = list(dict.fromkeys(df["row"]))
+    conds = list(dict.fromkeys(df["condition"])) if "condition" in df else [""]
+    vmax = max(float(df["attention"].max()), 1e-6)
     for cond in conds:
-        part = table[table["condition"] == cond] if "condition" in table else table
+        part = df[df["condition"] == cond] if "condition" in df else df
         after = cond == "after"
         for w in label_words:
             d = part[part["label"] == w]
             if d.empty:
                 continue
             fig.add_trace(go.Scatter(
-                x=d["slot"], y=d["head"], mode="markers",
-                name=f"{w} positions" + (" (after)" if after else ""),
-                marker=dict(size=[6 + 34 * a / vmax for a in d["attention"]], color="rgba(0,0,0,0)" if after
+                x=d["slot"], y=d["row"], mode="markers",
+                name=f"{w} positions" + (", after" if after else (", before" if len(conds) > 1 else "")),
+                marker=dict(size=[6 + 30 * a / vmax for a in d["attention"]], color="rgba(0,0,0,0)" if after
                             else colors.get(w, "#999"), line=dict(color=colors.get(w, "#999"), width=2 if after else 0),
                             sizemode="diameter"),
                 customdata=d[["attention", "position"]].to_numpy(),
                 hovertemplate="%{y} → %{x}<br>attention from T %{customdata[0]:.3f}" + (" (after)" if after else "")
                               + "<extra></extra>"))
-    ylabels = [f"{h} (ablated: attention unchanged)" if h in set(ablated) else h for h in heads]
-    fig.update_layout(height=90 + 34 * len(heads), margin=dict(l=10, r=10, t=30, b=10),
-                      title=dict(text="Attention from T (dot size), per head", font=dict(size=13)),
-                      legend=dict(orientation="h", y=-0.25, title_text=""), plot_bgcolor="white")
-    fig.update_xaxes(title_text="label position (# demonstration, label @ token)", categoryorder="array",
-                     categoryarray=slots, showgrid=True, gridcolor="#eee", tickangle=-30)
-    fig.update_yaxes(title_text="head", categoryorder="array", categoryarray=heads[::-1], tickvals=heads,
-                     ticktext=ylabels, showgrid=True, gridcolor="#eee")
+    fig.update_layout(height=150 + 36 * len(rows), margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0, title_text="", font=dict(size=11)),
+                      plot_bgcolor="white")
+    fig.update_xaxes(title_text="label position (#demonstration label @token)", categoryorder="array",
+                     categoryarray=slots, showgrid=True, gridcolor="#eee", tickangle=-30, title_font=dict(size=12))
+    fig.update_yaxes(title_text="head" + (" (* ablated)" if ablated else ""), categoryorder="array",
+                     categoryarray=rows[::-1], showgrid=True, gridcolor="#eee", title_font=dict(size=12))
     return fig
 
 

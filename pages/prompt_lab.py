@@ -264,7 +264,8 @@ def intervention_panel():
     if after is not None:
         att = pd.concat([att, label_attention_table(prompt, after.capture, heads, "after")], ignore_index=True)
     ablated = [head_name(h) for h in iv_heads if h in heads] if kind == "ablate" and after is not None else []
-    c1, c2 = st.columns([3, 2])
+    c1, c2 = st.columns([5, 2])
+    c1.markdown("**Attention from T to each label position** (dot size), per chosen head")
     c1.plotly_chart(label_attention_compact(att, words, ablated), key="fig_compact")
     probs = pd.DataFrame([{"condition": c, "label": w, "probability": p.probs[w]}
                           for c, p in (("before", before), ("after", after)) if p is not None for w in words])
@@ -281,8 +282,8 @@ def intervention_panel():
             eff = common.paired_effect_current(lm, heads, kind, draws)
         lo, hi = eff.random_range
         m1, m2 = st.columns(2)
-        m1.metric(f"Margin change, {len(heads)} in-context heads", f"{eff.icl_change:+.2f}")
-        m2.metric(f"Margin change, random heads (mean, n = {eff.n_draws})", f"{eff.random_mean:+.2f}",
+        m1.metric(f"Δ margin, {len(heads)} in-context heads", f"{eff.icl_change:+.2f}")
+        m2.metric(f"Δ margin, random (mean, n = {eff.n_draws})", f"{eff.random_mean:+.2f}",
                   f"range {lo:+.2f} to {hi:+.2f}", delta_color="off")
         st.markdown(eff.sentence())
         if mode == "top N in-context heads":

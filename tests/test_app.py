@@ -396,8 +396,8 @@ def test_prompt_lab_shows_live_paired_effect_and_top_n(at):
     from iclviz.readout import paired_effect
 
     m = metrics(at)
-    icl = [v for k, v in m.items() if k.startswith("Margin change") and "in-context" in k]
-    rnd = [k for k in m if k.startswith("Margin change, random heads") and "n = " in k]
+    icl = [v for k, v in m.items() if k.startswith("Δ margin") and "in-context" in k]
+    rnd = [k for k in m if k.startswith("Δ margin, random") and "n = " in k]
     assert icl and rnd
     # The same number the library computes on the same prompt.
     lm = tiny_model("tiny-llama")

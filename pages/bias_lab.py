@@ -33,6 +33,10 @@ def current_prompt_readout():
     prompt = common.current_prompt(lm, show_errors=False)
     st.subheader("The current prompt")
     if prompt is not None:
+        with st.expander("**Reorder the demonstrations** (the Prompt lab's arrows; the readout below follows)",
+                         expanded=True):
+            common.order_editor("bias_order")
+            st.button("Reverse the order", key="w_bias_reverse", on_click=lambda: ss.demos.reverse())
         words = prompt.label_words
         counts = {w: prompt.demo_labels.count(w) for w in words}
         st.markdown("Demonstrations per label: " + ", ".join(f"{w}: {n}" for w, n in counts.items())
@@ -42,7 +46,8 @@ def current_prompt_readout():
             plans.append(("recency fix", "recency_fix"))
         rows = []
         for name, kind in plans:
-            pred = common.predict_current(lm, kind, heads)
+            with st.spinner(f"Running the prompt ({name})"):
+                pred = common.predict_current(lm, kind, heads)
             mass = label_mass(prompt, pred.capture, heads)
             for w in words:
                 rows.append({"condition": name, "label": w, "probability": pred.probs[w], "attention_mass": mass[w],
@@ -59,9 +64,6 @@ def current_prompt_readout():
         st.markdown(" · ".join(f"{c}: `{p}`" for c, p in firsts.items()))
         if not rotary:
             st.info(f"{lm.name} has {lm.arch.positional} positions: the recency fix needs a rotary model.")
-        st.markdown("**Reorder the demonstrations** (the same arrows as the Prompt lab; the readout above follows)")
-        common.order_editor("bias_order")
-        st.button("Reverse the order", key="w_bias_reverse", on_click=lambda: ss.demos.reverse())
     else:
         st.info("Fix the prompt on the Prompt lab page to see its readout here.")
 

@@ -281,13 +281,13 @@ def test_bias_lab_reorders_twice(app_url, browser):
         page.locator(".st-key-bias_order_down_1 button").first.click()
         page.wait_for_function("""t => [...document.querySelectorAll("[data-testid='stMarkdownContainer'] p")]
             .some(p => p.innerText.startsWith('#2 · ') && p.innerText.endsWith(t))""", arg=first[0][-20:],
-                               timeout=60_000)
+                               timeout=240_000)
         _settle(page)
         assert order()[:3] == [first[1], first[0], first[2]]
         page.locator(".st-key-bias_order_down_1 button").first.click()
         page.wait_for_function("""t => [...document.querySelectorAll("[data-testid='stMarkdownContainer'] p")]
             .some(p => p.innerText.startsWith('#3 · ') && p.innerText.endsWith(t))""", arg=first[0][-20:],
-                               timeout=60_000)
+                               timeout=240_000)
         _settle(page)
         assert order()[:3] == [first[1], first[2], first[0]]
     finally:

@@ -1,5 +1,7 @@
 """Prompt lab: edit an ICL prompt and watch the prediction and the in-context heads' label attention."""
 
+import time
+
 import pandas as pd
 import streamlit as st
 
@@ -264,16 +266,16 @@ def intervention_panel():
     if after is not None:
         att = pd.concat([att, label_attention_table(prompt, after.capture, heads, "after")], ignore_index=True)
     ablated = [head_name(h) for h in iv_heads if h in heads] if kind == "ablate" and after is not None else []
-    c1, c2 = st.columns([5, 2])
-    c1.markdown("**Attention from T to each label position** (dot size), per chosen head")
-    c1.plotly_chart(label_attention_compact(att, words, ablated), key="fig_compact")
+    st.markdown("**Attention from T to each label position** (dot size), per chosen head")
+    st.plotly_chart(label_attention_compact(att, words, ablated), key="fig_compact")
     probs = pd.DataFrame([{"condition": c, "label": w, "probability": p.probs[w]}
                           for c, p in (("before", before), ("after", after)) if p is not None for w in words])
-    c2.plotly_chart(probability_bars(probs, words), key="fig_probs")
     if ablated:
         st.caption(f"Ablated heads ({', '.join(ablated)}): output removed, attention unchanged — their attention "
                    "is the same before and after by design; what changes is what they add to T.")
 
+    # Let the server send the prediction to the browser before the live check's passes hold the interpreter.
+    time.sleep(0.1)
     with st.container(border=True):
         st.markdown("**Does this model show the effect on this prompt?** (live, paired: the same prompt with the "
                     "in-context heads or as many random heads intervened)")
@@ -298,6 +300,7 @@ def intervention_panel():
     # Drawn only when asked for: five figures and a table make every rerun of this panel slower.
     if st.toggle("Full chart: attention from T to each label position, per head, before and after",
                  key="w_full_chart"):
+        st.plotly_chart(probability_bars(probs, words), key="fig_probs")
         fig = label_attention_bars(att, words, ablated)
         st.plotly_chart(fig, key="fig_attention")
         sums = label_sums(att)

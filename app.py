@@ -19,6 +19,7 @@ from pages import common  # noqa: E402
 st.set_page_config(page_title="iclviz: in-context heads", layout="wide")
 
 PAGES = [
+    st.Page("pages/lesson.py", title="Guided lesson", icon=":material/school:"),
     st.Page("pages/prompt_lab.py", title="Prompt lab", icon=":material/science:", default=True),
     st.Page("pages/head_finder.py", title="Head finder", icon=":material/grid_on:"),
     st.Page("pages/label_vectors.py", title="Label vectors", icon=":material/label:"),

@@ -7,6 +7,15 @@ demonstration, without and with an ablation (which needs a second, intervened pa
 Prints medians and the ratio re-render / plain pass (goal: <= 2x). Never fails.
 
     python benchmarks/bench_app.py [--repeats 5] [--model default]
+
+``--browser`` measures edit-to-result in a real browser instead (headless Chromium, the real
+Streamlit server, fragments included, which AppTest always reruns as a whole page): the time from
+an edit to the new prediction on screen, and to the page settling (every result drawn). With
+``--compare-dir DIR`` (an export of an earlier commit) both versions run side by side, measured in
+turns, so that load from other processes hits both alike:
+
+    git archive BASE | tar -x -C /tmp/base
+    python benchmarks/bench_app.py --browser --compare-dir /tmp/base --repeats 3
 """
 
 from __future__ import annotations
@@ -28,7 +37,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--model", default="default", help="default, or tiny-llama for a quick check")
+    ap.add_argument("--browser", action="store_true", help="edit-to-result in headless Chromium (real server)")
+    ap.add_argument("--compare-dir", default=None, help="with --browser: also measure the app in this folder")
     args = ap.parse_args()
+    if args.browser:
+        browser_bench(args)
+        return
     if args.model.startswith("tiny-"):
         os.environ["ICLVIZ_TEST_MODEL"] = args.model
     else:
@@ -138,6 +152,114 @@ def main() -> None:
         print(f"{name:62s} {sec * 1000:7.0f} ms  {sec / plain_s:.2f}x")
     print(f"plain pass spread: {min(plains) * 1000:.0f}-{max(plains) * 1000:.0f} ms over {len(plains)} runs "
           "(a wide spread means other processes competed for the cores)")
+
+
+def _start_server(app_dir: Path, model: str):
+    import socket
+    import subprocess
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+    env.pop("ICLVIZ_TEST_MODEL", None)
+    if model.startswith("tiny-"):
+        env["ICLVIZ_TEST_MODEL"] = model
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                             "--server.port", str(port), "--server.address", "127.0.0.1",
+                             "--server.fileWatcherType", "none"], cwd=app_dir, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
+                return proc, url
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise SystemExit(f"streamlit did not start in {app_dir}")
+
+
+def browser_bench(args) -> None:
+    from playwright.sync_api import sync_playwright
+
+    dirs = [("this tree", ROOT)] + ([("compare", Path(args.compare_dir).resolve())] if args.compare_dir else [])
+    servers = [(name, *_start_server(d, args.model)) for name, d in dirs]
+    load_before = open("/proc/loadavg").read().split()[:3]
+    results: dict[tuple[str, str], list[float]] = {}
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                        args=["--no-sandbox", "--disable-gpu"])
+            pages = {}
+            for name, _, url in servers:
+                page = browser.new_page(viewport={"width": 1500, "height": 1100})
+                page.goto(url)
+                page.locator("code", has_text="Prediction:").first.wait_for(timeout=600_000)
+                _idle(page)
+                pages[name] = page
+            counter = iter(range(10_000))
+            for _ in range(args.repeats):
+                for name, _, _ in servers:
+                    page = pages[name]
+                    preds = page.locator("code", has_text="Prediction:")
+                    # 1. edit the query (a new text each time: nothing cached)
+                    old = preds.first.inner_text()
+                    q = page.get_by_label("Query")
+                    q.fill(f"I loved every minute of it {next(counter)}")
+                    t0 = time.perf_counter()
+                    q.press("Enter")
+                    _until(lambda preds=preds, old=old: preds.first.inner_text() != old)
+                    results.setdefault((name, "edit query: new prediction shown"), []).append(
+                        time.perf_counter() - t0)
+                    _idle(page)
+                    results.setdefault((name, "edit query: page settled"), []).append(time.perf_counter() - t0)
+                    # 2. change the intervention mode (the prompt is cached; the after pass is new)
+                    page.get_by_label("Random-heads seed").fill(str(next(counter)))  # a new random set each time
+                    page.get_by_label("Random-heads seed").press("Enter")
+                    _idle(page)
+                    t0 = time.perf_counter()
+                    page.get_by_text("random heads (control)", exact=True).click()
+                    _until(lambda preds=preds: preds.count() == 2)
+                    results.setdefault((name, "change mode: after-prediction shown"), []).append(
+                        time.perf_counter() - t0)
+                    _idle(page)
+                    results.setdefault((name, "change mode: page settled"), []).append(time.perf_counter() - t0)
+                    page.get_by_text("none", exact=True).first.click()
+                    _until(lambda preds=preds: preds.count() == 1)
+                    _idle(page)
+            browser.close()
+    finally:
+        for _, proc, _ in servers:
+            proc.terminate()
+    print(f"load average before/after: {load_before} / {open('/proc/loadavg').read().split()[:3]}")
+    print(f"edit-to-result in headless Chromium, model {args.model}, median of {args.repeats} (min-max)")
+    for (name, case), v in results.items():
+        print(f"{name:10s} {case:42s} {statistics.median(v):6.2f} s  ({min(v):.2f}-{max(v):.2f})")
+
+
+def _until(cond, timeout: float = 600.0) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise TimeoutError("the page did not show the result")
+
+
+def _idle(page, quiet: float = 0.8, timeout: float = 600.0) -> None:
+    """Until no script (or fragment) run is in progress for ``quiet`` seconds."""
+    end = time.time() + timeout
+    page.wait_for_timeout(150)
+    since = time.time()
+    while time.time() < end:
+        if page.locator("[data-testid='stStatusWidgetRunningIcon']").count():
+            since = time.time()
+        elif time.time() - since > quiet:
+            return
+        time.sleep(0.05)
+    raise TimeoutError("the app did not settle")
 
 
 if __name__ == "__main__":

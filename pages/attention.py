@@ -1,8 +1,8 @@
-"""Attention: bertviz head and model views of the current prompt, limited to chosen layers and heads."""
+"""Attention: bertviz head and model views of the current prompt, for chosen layers and heads (real numbers)."""
 
 import streamlit as st
 
-from iclviz.app_support import full_attention, head_name, offline_bertviz_html
+from iclviz.app_support import bertviz_height, bertviz_layer_inputs, full_attention, head_name, offline_bertviz_html
 from pages import common
 
 ss = st.session_state
@@ -15,11 +15,16 @@ common.help_text(
 
 lm, heads, prompt = common.model_heads_prompt()
 default_layers = sorted({a for a, _ in heads})[:3]
-c1, c2, c3 = st.columns([2, 2, 1])
+c1, c2 = st.columns([3, 1])
 layers = c1.multiselect("Layers (at most 4)", list(range(lm.n_layers)), default=default_layers, max_selections=4,
                         key="w_att_layers")
-only_chosen = c2.checkbox("Only the in-context heads of these layers", value=True, key="w_att_only")
-view = c3.radio("View", ["head", "model"], key="w_att_view")
+view = c2.radio("View", ["head", "model"], key="w_att_view", horizontal=True)
+o1, o2, o3 = st.columns(3)
+only_chosen = o1.checkbox("Only the in-context heads of each layer", value=True, key="w_att_only")
+only_t = o2.checkbox("Only attention from T (the last position)", value=True, key="w_att_only_t",
+                     help="what the in-context heads use; untick to see every position's attention")
+hide_first = o3.checkbox("Hide the first token (attention sink)", value=False, key="w_att_sink",
+                         help="many heads park most of their attention on the first token; hiding it shows the rest")
 if not layers:
     st.info("Choose at least one layer.")
     st.stop()
@@ -32,30 +37,42 @@ def _attention(_lm, key, ids, layers):
     return full_attention(_lm, prompt, list(layers))
 
 
-att = _attention(lm, common.model_key(), tuple(prompt.input_ids), tuple(sorted(layers)))
-head_sel = sorted({b for a, b in heads if a in layers}) if only_chosen else list(range(lm.n_heads))
-if not head_sel:
-    head_sel = list(range(lm.n_heads))
-st.caption(f"Heads drawn: {', '.join(str(h) for h in head_sel)} in layers {', '.join(map(str, sorted(layers)))}; "
-           f"chosen in-context heads: {', '.join(map(head_name, heads))}. T is the last token.")
+with st.spinner("Computing full attention"):
+    att = _attention(lm, common.model_key(), tuple(prompt.input_ids), tuple(sorted(layers)))
 # Tokens come from user text and are inlined in a script: keep them free of markup characters.
 tokens = [(lm.tokenizer.decode([t]).replace("\n", "\\n").replace("<", "‹").replace(">", "›")
            .replace("&", "＆")) or "·" for t in prompt.input_ids]
-layer_list = sorted(layers)
-attn_tuple = tuple(att[a][None, head_sel] for a in layer_list)
+tokens[-1] = f"{tokens[-1]} [T]"
+st.caption(f"Chosen in-context heads: {', '.join(map(head_name, heads))}. Layer and head numbers are the model's own; "
+           "T is the last token, marked [T]." + (" Rows other than T's are blank." if only_t else ""))
 try:
     from bertviz import head_view, model_view
-
-    if view == "head":
-        html = head_view(attn_tuple, tokens, html_action="return").data
-    else:
-        html = model_view(attn_tuple, tokens, html_action="return", display_mode="light").data
-    html = offline_bertviz_html(html)
-except Exception as exc:  # noqa: BLE001 - bertviz problems become a message
-    st.error(f"bertviz could not draw this view: {exc}")
+except ImportError as exc:
+    st.error(f"bertviz is not available: {exc}")
     st.stop()
-st.caption("bertviz numbers layers and heads from 0 within the selection: layer i is the i-th chosen layer "
-           f"({layer_list}), head j the j-th drawn head ({head_sel}).")
-height = 600 if view == "head" else 220 * len(layer_list) + 200
-st.iframe(html, height=height)
-st.download_button("This view (HTML)", html.encode(), file_name=f"attention_{view}_view.html", mime="text/html")
+
+for layer in sorted(layers):
+    in_layer = [b for a, b in heads if a == layer]
+    st.subheader(f"Layer {layer}")
+    hsel = st.multiselect(f"Heads of layer {layer}", list(range(lm.n_heads)),
+                          default=in_layer if (only_chosen and in_layer) else list(range(lm.n_heads)),
+                          key=f"w_att_heads_{layer}_{only_chosen}",
+                          help="the in-context heads of this layer are chosen by default")
+    if not hsel:
+        st.info("Choose at least one head of this layer.")
+        continue
+    attn, toks = bertviz_layer_inputs(att, lm.n_layers, layer, tokens, only_t, hide_first)
+    try:
+        if view == "head":
+            html = head_view(attn, toks, layer=layer, heads=sorted(hsel), include_layers=[layer],
+                             html_action="return").data
+        else:
+            html = model_view(attn, toks, include_layers=[layer], include_heads=sorted(hsel), display_mode="light",
+                              html_action="return").data
+        html = offline_bertviz_html(html)
+    except Exception as exc:  # noqa: BLE001 - bertviz problems become a message
+        st.error(f"bertviz could not draw layer {layer}: {exc}")
+        continue
+    st.iframe(html, height=bertviz_height(view, len(toks), len(hsel) if view == "model" else lm.n_heads))
+    st.download_button(f"Layer {layer}, this view (HTML)", html.encode(), file_name=f"attention_L{layer}_{view}.html",
+                       mime="text/html", key=f"dl_att_{layer}_{view}")

@@ -167,6 +167,7 @@ def sidebar() -> None:
                                mime="application/json", key="w_side_json")
             if st.button("Put them in the page address", key="w_side_url"):
                 st.query_params["s"] = state.to_query_param()
+                st.query_params["mode"] = st.session_state.get("w_mode", "none")
                 st.caption("Done: copy the address from the browser's address bar; opening it restores them.")
 
 
@@ -180,6 +181,9 @@ def init_state() -> None:
     ss._initialised = True
     ss.demo_counter = 0
     apply_state(LabState())
+    mode = st.query_params.get("mode")
+    if mode in INTERVENTION_MODES:
+        ss.w_mode = mode
     shared = st.query_params.get("s")
     if shared:
         try:
@@ -236,7 +240,14 @@ def heads_from_text(text: str) -> list[tuple[int, int]]:
 # ---------------------------------------------------------------- prompts and cached runs
 
 def demo_tuple() -> tuple[tuple[str, str], ...]:
-    return tuple((d["text"], d["label"]) for d in st.session_state.demos)
+    """The session's demonstrations; empty rows (just added, not yet filled) are skipped and listed in
+    ``skipped_demos`` so that the page can say so instead of blanking the prediction."""
+    ss = st.session_state
+    ss.skipped_demos = [i + 1 for i, d in enumerate(ss.demos) if not str(d["text"]).strip()]
+    if len(ss.skipped_demos) == len(ss.demos):  # nothing filled: let build_prompt report it
+        ss.skipped_demos = []
+        return tuple((d["text"], d["label"]) for d in ss.demos)
+    return tuple((d["text"], d["label"]) for d in ss.demos if str(d["text"]).strip())
 
 
 def current_prompt(lm, show_errors: bool = True):
@@ -311,6 +322,116 @@ def downloads(df: pd.DataFrame, csv_name: str, fig, html_name: str, html_label: 
         csv_download(df, csv_name)
     with d2:
         st.download_button(html_label, figure_html(fig).encode(), file_name=html_name, mime="text/html")
+
+
+INTERVENTION_MODES = ["none", "all in-context heads", "top N in-context heads", "ticked heads",
+                      "random heads (control)"]
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _paired_effect(_lm, key: str, demos, query: str, words, template: str, heads, kind: str, draws: int):
+    from iclviz.readout import paired_effect
+
+    prompt = build_prompt(_lm.tokenizer, list(demos), query, tuple(words), template, max_tokens=_lm.context_length)
+    before = _predict(_lm, key, demos, query, words, template, "none", ())  # cached: the page has it already
+    # The same cached pass the page shows for "all in-context heads" (computed once, shared both ways).
+    icl = _predict(_lm, key, demos, query, words, template, kind, tuple(sorted(tuple(h) for h in heads)))
+    return paired_effect(_lm, prompt, list(heads), kind, draws, before=before, icl=icl)
+
+
+def paired_effect_current(lm, heads, kind: str = "ablate", draws: int = 3):
+    """iclviz.readout.paired_effect on the session's prompt; cached by its inputs."""
+    ss = st.session_state
+    return _paired_effect(lm, model_key(), demo_tuple(), ss.query, tuple(ss.label_words), ss.template,
+                          tuple(map(tuple, heads)), kind, int(draws))
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _top_n(_lm, key: str, demos, query: str, words, template: str, heads, kind: str):
+    from iclviz.readout import top_n_margins
+
+    prompt = build_prompt(_lm.tokenizer, list(demos), query, tuple(words), template, max_tokens=_lm.context_length)
+    return top_n_margins(_lm, prompt, list(heads), kind)
+
+
+def top_n_current(lm, heads, kind: str = "ablate"):
+    """iclviz.readout.top_n_margins on the session's prompt (heads in their listed order); cached."""
+    ss = st.session_state
+    return _top_n(lm, model_key(), demo_tuple(), ss.query, tuple(ss.label_words), ss.template,
+                  tuple(map(tuple, heads)), kind)
+
+
+class ProgressRun:
+    """A long run's progress bar with done/total, elapsed time and a finish estimate, and a Stop button
+    that disappears when the run ends. Use ``with ProgressRun("Scanning heads", key) as cb: fn(progress=cb)``.
+
+    Stop works the way Streamlit works: the click starts a new script run, which ends this one at its
+    next progress update; ``stopped_key`` in the session says so on that next run.
+    """
+
+    def __init__(self, label: str, key: str):
+        import time
+
+        self.label, self.key, self._time = label, key, time
+        self.stop_slot = st.empty()
+        self.bar = st.progress(0.0, text=f"{label}: starting")
+        self.t0 = time.perf_counter()
+
+    def __call__(self, done, total, note=""):
+        from iclviz.readout import progress_text
+
+        self.bar.progress(min(1.0, done / max(total, 1)),
+                          text=progress_text(self.label, done, total, self._time.perf_counter() - self.t0, str(note)))
+
+    def __enter__(self):
+        st.session_state[f"{self.key}_running"] = True
+        self.stop_slot.button("Stop", key=f"{self.key}_stop", icon=":material/stop_circle:")
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and exc_type.__name__ in ("RerunException", "StopException"):
+            return False  # Stop was clicked (or the page left): the flag stays set, the next run says so
+        st.session_state[f"{self.key}_running"] = False
+        self.stop_slot.empty()
+        self.bar.empty()
+        return False
+
+
+def was_stopped(key: str) -> bool:
+    """True (once) when the last run under ``key`` ended without finishing (Stop, or the page was left)."""
+    return bool(st.session_state.pop(f"{key}_running", False))
+
+
+def run_size(key: str, quick: int, full: int, label: str = "Test sentences") -> int:
+    """A quick / full size choice, with a custom number; returns the number of test sentences."""
+    c1, c2 = st.columns([2, 1])
+    size = c1.radio("Run size", [f"quick ({quick})", f"full ({full})", "custom"], horizontal=True,
+                    key=f"{key}_size", help="quick: a first look in seconds to a minute; full: enough sentences to "
+                                            "resolve a 15-20 point difference")
+    if size == "custom":
+        return int(c2.number_input(label, 2, 1000, quick, key=f"{key}_n"))
+    return quick if size.startswith("quick") else full
+
+
+def move_demo(i: int, step: int) -> None:
+    """Move demonstration i up (step -1) or down (+1): a button callback shared by the pages."""
+    sync_from_widgets()
+    demos = st.session_state.demos
+    j = i + step
+    if 0 <= i < len(demos) and 0 <= j < len(demos):
+        demos[i], demos[j] = demos[j], demos[i]
+
+
+def order_editor(prefix: str) -> None:
+    """The demonstrations in order, each with up/down arrows (the same moves as the Prompt lab's)."""
+    for i, d in enumerate(st.session_state.demos):
+        c0, c1, c2 = st.columns([12, 1, 1], vertical_alignment="center")
+        text = d["text"] if len(d["text"]) <= 90 else d["text"][:87] + "…"
+        c0.markdown(f"#{i + 1} · `{d['label']}` {text or '*(empty)*'}")
+        c1.button("", icon=":material/arrow_upward:", key=f"{prefix}_up_{d['id']}", on_click=move_demo,
+                  args=(i, -1), disabled=i == 0, help=f"move demonstration {i + 1} up")
+        c2.button("", icon=":material/arrow_downward:", key=f"{prefix}_down_{d['id']}", on_click=move_demo,
+                  args=(i, 1), disabled=i == len(st.session_state.demos) - 1, help=f"move demonstration {i + 1} down")
 
 
 def show_page_error(exc: BaseException) -> None:

@@ -7,7 +7,13 @@ from iclviz.causal import KIND_TEXT, causal_scan, compare_rankings, null_distrib
 from iclviz.evaluation import Cancelled, EvalSetup
 from iclviz.heads import HEAD_RULES, default_layers, default_top_n, located_heads
 from iclviz.lens import SCALINGS
-from iclviz.plots import effect_heatmap, figure_html, importance_heatmap, intervention_bars, null_histogram
+from iclviz.plots import (
+    figure_html,
+    heatmap_selection,
+    importance_heatmap,
+    intervention_bars,
+    null_histogram,
+)
 from pages import common
 
 ss = st.session_state
@@ -79,32 +85,19 @@ def _setup():
     return EvalSetup(ds, k_per_label=int(k), n_test=int(n_test), seeds=seeds, template=ss.template)
 
 
-def _progress_bar(label):
-    bar = st.progress(0.0, text=label)
-
-    def cb(done, total, note):
-        bar.progress(min(1.0, done / max(total, 1)), text=f"{label}: {done}/{total} {note}")
-
-    return bar, cb
-
-
-if ss.pop("scan_running", False):
+if common.was_stopped("run_scan"):
     st.warning("The last scan was stopped before it finished.")
 if go and ds is not None:
-    ss.scan_running = True
-    st.button("Stop", key="w_stop_scan")
-    bar, cb = _progress_bar("Scanning heads")
     try:
-        scan = common.locate_heads(lm, _setup(), scaling, list(range(layer_range[0], layer_range[1] + 1)),
-                                   int(batch), cb)
+        with common.ProgressRun("Scanning heads (prompts)", "run_scan") as cb:
+            scan = common.locate_heads(lm, _setup(), scaling, list(range(layer_range[0], layer_range[1] + 1)),
+                                       int(batch), cb)
         ss.scan = scan
         ss.scan_inputs = f"{ds.name}, {k}/label, {n_test} sentences x {len(seeds)} seeds, {scaling}"
     except Cancelled as exc:
         st.warning(str(exc))
     except (ValueError, RuntimeError) as exc:
         st.error(f"The scan failed: {exc}")
-    ss.scan_running = False
-    bar.empty()
 
 scan = ss.get("scan")
 if scan is None or (scan.n_layers, scan.n_heads) != (lm.n_layers, lm.n_heads):
@@ -119,9 +112,7 @@ else:
             fig = importance_heatmap(scan.matrix(label), "importance" + (f" for {label}" if label else ""), heads)
             event = st.plotly_chart(fig, key=f"fig_heat_{label}", on_select="rerun",
                                     selection_mode=("points", "box"))
-            for pt in (event.selection.points if event and event.selection else []):
-                if pt.get("curve_number", 1) == 1 and "x" in pt and "y" in pt:
-                    clicked.append((int(pt["y"]), int(pt["x"])))
+            clicked += heatmap_selection(event)
             st.download_button("Heatmap (HTML)", figure_html(fig).encode(), file_name=f"importance_{label}.html",
                                mime="text/html", key=f"dl_heat_{label}")
     common.csv_download(scan.table, "head_importance.csv", "Importance per head and label (CSV)")
@@ -161,16 +152,16 @@ with st.form("iv_form"):
     kinds = i1.multiselect("Interventions", ["ablate", "knockout"], default=["ablate", "knockout"], key="w_iv_kinds")
     draws = i2.number_input("Random draws", 1, 10, 2 if is_tiny else 3, key="w_iv_draws")
     go_iv = st.form_submit_button("Run the intervention table")
+if common.was_stopped("run_iv"):
+    st.warning("The last intervention table was stopped before it finished.")
 if go_iv and ds is not None and kinds:
-    st.button("Stop", key="w_stop_iv")
-    bar, cb = _progress_bar("Evaluating")
     try:
-        ss.iv_table = common.intervention_table(lm, _setup(), heads, tuple(kinds), int(draws), 0, int(batch), cb)
+        with common.ProgressRun("Evaluating (conditions)", "run_iv") as cb:
+            ss.iv_table = common.intervention_table(lm, _setup(), heads, tuple(kinds), int(draws), 0, int(batch), cb)
     except Cancelled as exc:
         st.warning(str(exc))
     except (ValueError, RuntimeError) as exc:
         st.error(f"The evaluation failed: {exc}")
-    bar.empty()
 table = ss.get("iv_table")
 if table is not None:
     view = table.copy()
@@ -196,16 +187,16 @@ if go_cs and ds is not None and cs_kinds:
     setup = _setup()
     if cs_size.startswith("quick"):
         setup = EvalSetup(ds, k_per_label=int(k), n_test=4, seeds=seeds[:1], template=ss.template)
-    st.button("Stop", key="w_stop_cs")
-    bar, cb = _progress_bar("Causal scan (prompts)")
     try:
-        ss.causal_scan = causal_scan(lm, setup, layers=list(range(layer_range[0], layer_range[1] + 1)),
-                                     kinds=tuple(cs_kinds), progress=cb)
+        with common.ProgressRun("Causal scan (prompts)", "run_cs") as cb:
+            ss.causal_scan = causal_scan(lm, setup, layers=list(range(layer_range[0], layer_range[1] + 1)),
+                                         kinds=tuple(cs_kinds), progress=cb)
     except Cancelled as exc:
         st.warning(str(exc))
     except (ValueError, RuntimeError) as exc:
         st.error(f"The causal scan failed: {exc}")
-    bar.empty()
+elif common.was_stopped("run_cs"):
+    st.warning("The last causal scan was stopped before it finished.")
 cs = ss.get("causal_scan")
 if cs is not None and (cs.n_layers, cs.n_heads) == (lm.n_layers, lm.n_heads):
     st.caption(f"Causal scan over {cs.n_prompts} prompts; without intervention: accuracy {cs.base['accuracy']:.1%}, "
@@ -213,8 +204,16 @@ if cs is not None and (cs.n_layers, cs.n_heads) == (lm.n_layers, lm.n_heads):
     kind_tabs = st.tabs([KIND_TEXT[k] for k in cs.kinds])
     for tab, kind in zip(kind_tabs, cs.kinds):
         with tab:
-            st.plotly_chart(effect_heatmap(cs.matrix(kind, "label_effect"), f"{kind}: larger per-label effect",
-                                           "gold-margin drop (logits)", heads), key=f"fig_cs_{kind}")
+            event = st.plotly_chart(
+                importance_heatmap(cs.matrix(kind, "label_effect"), f"{KIND_TEXT[kind]}: larger per-label effect",
+                                   heads, quantity="gold-margin drop (logits)"),
+                key=f"fig_cs_{kind}", on_select="rerun", selection_mode=("points", "box"))
+            cs_clicked = sorted(set(heatmap_selection(event)))
+            if cs_clicked:
+                st.markdown("Selected cells: " + ", ".join(map(head_name, cs_clicked)))
+                if st.button("Use the selected cells as the in-context heads", key=f"w_use_cs_clicked_{kind}"):
+                    common.set_heads(cs_clicked)
+                    st.rerun()
             ranked = cs.ranked(kind).head(10).copy()
             ranked.insert(0, "name", [head_name((a, b)) for a, b in zip(ranked.layer, ranked["head"])])
             st.dataframe(ranked.drop(columns=["kind"]), key=f"tbl_cs_{kind}", hide_index=True)
@@ -254,16 +253,16 @@ if go_null and ds is not None:
     setup = _setup()
     if null_size.startswith("quick"):
         setup = EvalSetup(ds, k_per_label=int(k), n_test=4, seeds=seeds[:1], template=ss.template)
-    st.button("Stop", key="w_stop_null")
-    bar, cb = _progress_bar("Null distribution")
     try:
-        ss.null_test = null_distribution(lm, setup, heads, kind=null_kind, n_draws=int(null_draws),
-                                         layers=list(range(layer_range[0], layer_range[1] + 1)), progress=cb)
+        with common.ProgressRun("Null distribution (prompts)", "run_null") as cb:
+            ss.null_test = null_distribution(lm, setup, heads, kind=null_kind, n_draws=int(null_draws),
+                                             layers=list(range(layer_range[0], layer_range[1] + 1)), progress=cb)
     except Cancelled as exc:
         st.warning(str(exc))
     except (ValueError, RuntimeError) as exc:
         st.error(f"The test failed: {exc}")
-    bar.empty()
+elif common.was_stopped("run_null"):
+    st.warning("The last test against random heads was stopped before it finished.")
 nt = ss.get("null_test")
 if nt is not None and all(0 <= a < lm.n_layers and 0 <= b < lm.n_heads for a, b in nt.heads):
     v = nt.verdict

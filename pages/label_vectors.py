@@ -17,22 +17,29 @@ common.help_text(
     "logit(second label) of that projection.")
 
 lm, heads, prompt = common.model_heads_prompt()
-c1, c2 = st.columns(2)
-scaling = c1.selectbox("Vocabulary projection", SCALINGS, key="w_lv_scaling")
-value = c2.radio("Bar height", ["weighted_logit_minus", "logit_minus", "attention"], horizontal=True, key="w_lv_val")
-pred = common.predict_current(lm)
-st.markdown(f"Current prompt: **{len(prompt.label_positions)} label positions**, prediction "
-            f"`{pred.predicted}` ({', '.join(f'p({w})={p:.3f}' for w, p in pred.probs.items())}).")
-table = label_vector_table(lm, prompt, heads, scaling, capture=pred.capture)
-fig = label_vector_bars(table, prompt.label_words, value)
-st.plotly_chart(fig, key="fig_lv")
-own_first = (table["own_label_rank"] <= table[[f"rank_{w}" for w in prompt.label_words]].min(axis=1))
-st.markdown(f"Own label ranked above the other label words at **{own_first.mean():.0%}** of "
-            f"{len(table)} (head, position) pairs.")
-st.dataframe(label_vector_summary(table), key="tbl_lv_summary")
-st.dataframe(table, key="tbl_lv")
-d1, d2 = st.columns(2)
-with d1:
-    common.csv_download(table, "label_vectors.csv")
-with d2:
-    st.download_button("Figure (HTML)", figure_html(fig).encode(), file_name="label_vectors.html", mime="text/html")
+@st.fragment
+def label_vectors():
+    """The projection and bar-height controls rerun only this section."""
+    c1, c2 = st.columns(2)
+    scaling = c1.selectbox("Vocabulary projection", SCALINGS, key="w_lv_scaling")
+    value = c2.radio("Bar height", ["weighted_logit_minus", "logit_minus", "attention"], horizontal=True,
+                     key="w_lv_val")
+    pred = common.predict_current(lm)
+    st.markdown(f"Current prompt: **{len(prompt.label_positions)} label positions**, prediction "
+                f"`{pred.predicted}` ({', '.join(f'p({w})={p:.3f}' for w, p in pred.probs.items())}).")
+    table = label_vector_table(lm, prompt, heads, scaling, capture=pred.capture)
+    fig = label_vector_bars(table, prompt.label_words, value)
+    st.plotly_chart(fig, key="fig_lv")
+    own_first = (table["own_label_rank"] <= table[[f"rank_{w}" for w in prompt.label_words]].min(axis=1))
+    st.markdown(f"Own label ranked above the other label words at **{own_first.mean():.0%}** of "
+                f"{len(table)} (head, position) pairs.")
+    st.dataframe(label_vector_summary(table), key="tbl_lv_summary")
+    st.dataframe(table, key="tbl_lv")
+    d1, d2 = st.columns(2)
+    with d1:
+        common.csv_download(table, "label_vectors.csv")
+    with d2:
+        st.download_button("Figure (HTML)", figure_html(fig).encode(), file_name="label_vectors.html", mime="text/html")
+
+
+label_vectors()

@@ -1,5 +1,7 @@
 """Prompt lab: edit an ICL prompt and watch the prediction and the in-context heads' label attention."""
 
+import time
+
 import pandas as pd
 import streamlit as st
 
@@ -12,8 +14,17 @@ from iclviz.app_support import (
     token_table,
 )
 from iclviz.data import DataError, label_words_for, sample_demonstrations, sample_test
-from iclviz.plots import figure_html, label_attention_bars, label_sum_bars, probability_bars, tokens_html
+from iclviz.plots import (
+    figure_html,
+    label_attention_bars,
+    label_attention_compact,
+    label_sum_bars,
+    probability_bars,
+    tokens_html,
+    top_n_figure,
+)
 from iclviz.prompt import TEMPLATES
+from iclviz.readout import first_flip
 from pages import common
 
 ss = st.session_state
@@ -23,7 +34,8 @@ common.help_text(
     "Demonstrations are sentences with arbitrary label words (foo/bar); the model predicts the query's label at "
     "the last position T, and a few deep in-context heads carry that decision by attending from T to the label "
     "positions and copying the label they find there. Ablate those heads (or as many random heads, the control) "
-    "and compare the prediction and the attention before and after.")
+    "and compare the prediction and the attention before and after; the panel on the right says, with live "
+    "numbers, whether this model shows the effect on this prompt.")
 
 msg = ss.pop("share_message", None)
 if msg:
@@ -170,12 +182,20 @@ with left:
                 st.error(f"Could not load {up.name}: {exc}")
         if st.button("Put the prompt and heads in the URL", key="w_share_url"):
             st.query_params["s"] = state.to_query_param()
+            st.query_params["mode"] = ss.get("w_mode", "none")
             st.success("The page address now holds this prompt and head set: copy it from the address bar.")
 
 prompt = common.current_prompt(lm)
 heads = common.chosen_heads(lm)
+if ss.get("skipped_demos"):
+    left.caption(f"Empty demonstration(s) {', '.join(map(str, ss.skipped_demos))} are skipped until you fill them.")
 
-with right:
+MODES = common.INTERVENTION_MODES
+
+
+@st.fragment
+def intervention_panel():
+    """Controls and results of the intervention: changing them reruns only this panel."""
     st.subheader("Intervention")
     h_text = st.text_input("In-context heads (shared by all pages)", value=", ".join(map(head_name, heads)),
                            key=f"w_heads_{'_'.join(map(head_name, heads))}",
@@ -192,20 +212,22 @@ with right:
                 st.rerun()
     except ValueError as exc:
         st.error(str(exc))
-    modes = ["none", "all in-context heads", "ticked heads", "random heads (control)"]
-    mode = st.radio("Intervene on", modes, horizontal=True, key="w_mode")
+    mode = st.radio("Intervene on", MODES, horizontal=True, key="w_mode")
     i1, i2 = st.columns(2)
     kind = i1.selectbox("How", ["ablate", "knockout"], key="w_kind",
                         format_func=lambda k: {"ablate": "ablate (remove the head's output)",
                                                "knockout": "knock out attention from T to label positions"}[k])
     rseed = i2.number_input("Random-heads seed", 0, 10_000, 0, key="w_rseed")
-    tick_cols = st.columns(min(len(heads), 6) or 1)
-    ticked = [h for i, h in enumerate(heads)
-              if tick_cols[i % len(tick_cols)].checkbox(head_name(h), key=f"w_tick_{head_name(h)}")]
     if mode == "all in-context heads":
         iv_heads = heads
     elif mode == "ticked heads":
-        iv_heads = ticked
+        tick_cols = st.columns(min(len(heads), 6) or 1)
+        iv_heads = [h for i, h in enumerate(heads)
+                    if tick_cols[i % len(tick_cols)].checkbox(head_name(h), key=f"w_tick_{head_name(h)}")]
+    elif mode == "top N in-context heads":
+        n_top = st.slider("N (the heads in their listed order, best first)", 1, max(1, len(heads)),
+                          min(len(heads), max(1, len(heads) // 2)), key="w_topn")
+        iv_heads = heads[:n_top]
     elif mode == "random heads (control)":
         iv_heads = control_heads(heads, lm.n_layers, lm.n_heads, int(rseed))
     else:
@@ -214,9 +236,11 @@ with right:
         st.caption(f"{kind} on {len(iv_heads)} heads: " + (", ".join(map(head_name, iv_heads)) or "none ticked"))
 
     if prompt is None:
-        st.stop()
-    before = common.predict_current(lm)
-    after = common.predict_current(lm, kind, iv_heads) if iv_heads else None
+        return
+    slot = st.empty()
+    with slot, st.spinner("Running the model on this prompt"):
+        before = common.predict_current(lm)
+        after = common.predict_current(lm, kind, iv_heads) if iv_heads else None
     words = prompt.label_words
 
     st.subheader("Prediction")
@@ -232,39 +256,77 @@ with right:
         p2.markdown(f"`{_pred_text(after)}`")
         flip = " — the prediction flipped" if after.predicted != before.predicted else ""
         p2.caption(f"margin {words[0]}−{words[1]}: {before.margin:+.3f} → {after.margin:+.3f}{flip}")
+        p1.metric(f"Margin {words[0]}−{words[1]} before", f"{before.margin:+.2f}")
+        p2.metric(f"Margin after ({mode})", f"{after.margin:+.2f}", f"{after.margin - before.margin:+.2f}",
+                  delta_color="off")
     else:
         p2.markdown("`—`")
+
+    att = label_attention_table(prompt, before.capture, heads, "before")
+    if after is not None:
+        att = pd.concat([att, label_attention_table(prompt, after.capture, heads, "after")], ignore_index=True)
+    ablated = [head_name(h) for h in iv_heads if h in heads] if kind == "ablate" and after is not None else []
+    st.markdown("**Attention from T to each label position** (dot size), per chosen head")
+    st.plotly_chart(label_attention_compact(att, words, ablated), key="fig_compact")
     probs = pd.DataFrame([{"condition": c, "label": w, "probability": p.probs[w]}
                           for c, p in (("before", before), ("after", after)) if p is not None for w in words])
-    st.plotly_chart(probability_bars(probs, words), key="fig_probs")
+    if ablated:
+        st.caption(f"Ablated heads ({', '.join(ablated)}): output removed, attention unchanged — their attention "
+                   "is the same before and after by design; what changes is what they add to T.")
 
+    # Let the server send the prediction to the browser before the live check's passes hold the interpreter.
+    time.sleep(0.1)
+    with st.container(border=True):
+        st.markdown("**Does this model show the effect on this prompt?** (live, paired: the same prompt with the "
+                    "in-context heads or as many random heads intervened)")
+        draws = 3
+        with st.spinner(f"Measuring the in-context heads against {draws} random head sets"):
+            eff = common.paired_effect_current(lm, heads, kind, draws)
+        lo, hi = eff.random_range
+        m1, m2 = st.columns(2)
+        m1.metric(f"Δ margin, {len(heads)} in-context heads", f"{eff.icl_change:+.2f}")
+        m2.metric(f"Δ margin, random (mean, n = {eff.n_draws})", f"{eff.random_mean:+.2f}",
+                  f"range {lo:+.2f} to {hi:+.2f}", delta_color="off")
+        st.markdown(eff.sentence())
+        if mode == "top N in-context heads":
+            curve = common.top_n_current(lm, heads, kind)
+            st.plotly_chart(top_n_figure(curve, words), key="fig_topn")
+            n_flip = first_flip(curve)
+            st.caption("The prediction gives way at the top " + (f"**{n_flip}** heads." if n_flip else
+                       f"— nowhere: even all {len(heads)} heads do not flip it on this prompt."))
+        st.caption("One prompt is an example, not a measurement: the Head finder's intervention table measures "
+                   "the same comparison over a dataset sample, with intervals.")
+
+    # Drawn only when asked for: five figures and a table make every rerun of this panel slower.
+    if st.toggle("Full chart: attention from T to each label position, per head, before and after",
+                 key="w_full_chart"):
+        st.plotly_chart(probability_bars(probs, words), key="fig_probs")
+        fig = label_attention_bars(att, words, ablated)
+        st.plotly_chart(fig, key="fig_attention")
+        sums = label_sums(att)
+        st.markdown("**Attention summed per label**")
+        sum_table = sums.pivot_table(index="head", columns=["condition", "label"], values="attention", sort=False)
+        sum_table.columns = [f"{c} {w}" for c, w in sum_table.columns]
+        total = sums.groupby(["condition", "label"], sort=False)["attention"].sum()
+        st.dataframe(sum_table.style.format("{:.3f}"), key="tbl_sums")
+        st.markdown("All chosen heads: " + "; ".join(f"{c} {w} = {v:.3f}" for (c, w), v in total.items()))
+        st.plotly_chart(label_sum_bars(sums, words), key="fig_sums")
+        d1, d2 = st.columns(2)
+        with d1:
+            common.csv_download(att, "label_attention.csv", "Attention table (CSV)")
+        with d2:
+            st.download_button("Attention figure (HTML)", figure_html(fig).encode(), file_name="label_attention.html",
+                               mime="text/html", key="dl_att_html")
+
+
+with right:
+    intervention_panel()
+
+if prompt is None:
+    st.stop()
 tokens = token_table(lm.tokenizer, prompt)
 st.subheader("Tokens")
 st.caption("Label positions are coloured by their label (subscript: position); the last position T is dark. "
            f"{prompt.n_tokens} tokens.")
-st.markdown(tokens_html(tokens, words), unsafe_allow_html=True)
-
-st.subheader("Attention from T to each label position, in the in-context heads")
-att = label_attention_table(prompt, before.capture, heads, "before")
-if after is not None:
-    att = pd.concat([att, label_attention_table(prompt, after.capture, heads, "after")], ignore_index=True)
-sums = label_sums(att)
-fig = label_attention_bars(att, words)
-a1, a2 = st.columns([3, 2])
-a1.plotly_chart(fig, key="fig_attention")
-with a2:
-    st.markdown("**Attention summed per label**")
-    sum_table = sums.pivot_table(index="head", columns=["condition", "label"], values="attention", sort=False)
-    sum_table.columns = [f"{c} {w}" for c, w in sum_table.columns]
-    total = sums.groupby(["condition", "label"], sort=False)["attention"].sum()
-    st.dataframe(sum_table.style.format("{:.3f}"), key="tbl_sums")
-    st.markdown("All chosen heads: " + "; ".join(f"{c} {w} = {v:.3f}" for (c, w), v in total.items()))
-    st.plotly_chart(label_sum_bars(sums, words), key="fig_sums")
-d1, d2, d3 = st.columns(3)
-with d1:
-    common.csv_download(att, "label_attention.csv", "Attention table (CSV)")
-with d2:
-    common.csv_download(tokens, "tokens.csv", "Tokens (CSV)")
-with d3:
-    st.download_button("Attention figure (HTML)", figure_html(fig).encode(), file_name="label_attention.html",
-                       mime="text/html", key="dl_att_html")
+st.markdown(tokens_html(tokens, prompt.label_words), unsafe_allow_html=True)
+common.csv_download(tokens, "tokens.csv", "Tokens (CSV)")

@@ -32,58 +32,81 @@ if table is not None:
     preds = table.groupby("condition")["pred"].first()
     st.markdown("Prediction: " + " → ".join(f"{c}: `{p}`" for c, p in preds.items()))
     cols = [c for c in wide.columns if c.startswith("attn_")]
-    fig = swap_bars(wide, cols, id_col="head_name")
+    cond_words = {"original": "original labels", "swapped": "labels swapped"}
+
+    def _name(col):
+        q, cond = col.rsplit(" (", 1)
+        cond = cond_words.get(cond.rstrip(")"), cond.rstrip(")"))
+        if q.startswith("attn_"):
+            return f"on {q[5:]} positions, {cond}"
+        at = words[0] if q.endswith("first") else words[1]
+        return f"at {at} positions, {cond}"
+
+    names = {c: _name(c) for c in wide.columns if c != "head_name"}
+    fig = swap_bars(wide, cols, id_col="head_name", names=names, y_title="attention from T")
     s1, s2 = st.columns(2)
     s1.markdown("**Attention from T on each label's positions**")
     s1.plotly_chart(fig, key="fig_swap_attn")
     vo_cols = [c for c in wide.columns if c.startswith("vo_")]
     s2.markdown(f"**Value-output logit minus ({words[0]}−{words[1]}) at {words[0]} / {words[1]} positions**")
-    s2.plotly_chart(swap_bars(wide, vo_cols, id_col="head_name"), key="fig_swap_vo")
+    s2.plotly_chart(swap_bars(wide, vo_cols, id_col="head_name", names=names,
+                              y_title=f"logit {words[0]} − logit {words[1]}"), key="fig_swap_vo")
     st.dataframe(table, key="tbl_swap")
     common.downloads(table, "label_swap.csv", fig, "label_swap.html", "Attention figure (HTML)")
 
-st.subheader("Query-key score vs query-demonstration similarity")
-c1, c2 = st.columns(2)
-default_layer = max(1, lm.n_layers // 4)
-sim_layer = c1.slider("Similarity layer (mean hidden states entering it, cosine)", 0, lm.n_layers - 1,
-                      default_layer, key="w_tt_layer")
-with_control = c2.checkbox("Add as many random heads (control)", key="w_tt_ctrl")
-use = list(heads) + (control_heads(heads, lm.n_layers, lm.n_heads, 0) if with_control else [])
-df = common.prompt_analysis(lm, "two_towers", "score_similarity", tuple(map(tuple, use)), int(sim_layer)).copy()
-df["head"] = df["head_name"]
-fig2 = score_similarity_scatter(df, words)
-st.plotly_chart(fig2, key="fig_tt")
-if len(prompt.label_positions) >= 3:
-    st.dataframe(rank_correlations(df.assign(prompt=0)), key="tbl_tt_corr")
-st.dataframe(df, key="tbl_tt")
-common.downloads(df, "score_similarity.csv", fig2, "score_similarity.html", "Scatter (HTML)")
+@st.fragment
+def score_vs_similarity():
+    """Its layer slider and control checkbox rerun only this section."""
+    st.subheader("Query-key score vs query-demonstration similarity")
+    c1, c2 = st.columns(2)
+    default_layer = max(1, lm.n_layers // 4)
+    sim_layer = c1.slider("Similarity layer (mean hidden states entering it, cosine)", 0, lm.n_layers - 1,
+                          default_layer, key="w_tt_layer")
+    with_control = c2.checkbox("Add as many random heads (control)", key="w_tt_ctrl")
+    use = list(heads) + (control_heads(heads, lm.n_layers, lm.n_heads, 0) if with_control else [])
+    df = common.prompt_analysis(lm, "two_towers", "score_similarity", tuple(map(tuple, use)), int(sim_layer)).copy()
+    df["head"] = df["head_name"]
+    icl_names = {f"L{a}H{b}" for a, b in heads}
+    df["group"] = ["in-context" if h in icl_names else "random (control)" for h in df["head_name"]]
+    fig2 = score_similarity_scatter(df, words)
+    st.plotly_chart(fig2, key="fig_tt")
+    if len(prompt.label_positions) >= 3:
+        corr = rank_correlations(df.assign(prompt=0))
+        if not corr.empty:  # one prompt: one correlation per head, no spread to show
+            corr = corr[["group", "head_name", "mean_rho"]].rename(
+                columns={"head_name": "head", "mean_rho": "Spearman ρ, score vs similarity (this prompt)"})
+        st.dataframe(corr, key="tbl_tt_corr", hide_index=True)
+    st.dataframe(df, key="tbl_tt")
+    common.downloads(df, "score_similarity.csv", fig2, "score_similarity.html", "Scatter (HTML)")
+
+
+score_vs_similarity()
 
 st.subheader("Over a dataset sample")
 st.caption("The same two comparisons averaged over test sentences of a dataset, with as many random heads of the same "
            "layers as the control for the score-similarity correlation.")
 ds = common.dataset_picker("w_tt_dataset")
-n1, n2, n3 = st.columns(3)
+n1, n3 = st.columns(2)
 is_tiny = lm.n_layers * lm.n_heads < 50
 k_tt = n1.number_input("Demonstrations per label", 1, 16, 3 if is_tiny else 4, key="w_tt_k")
-n_tt = n2.number_input("Test sentences", 2, 1000, 4 if is_tiny else 16, key="w_tt_n")
 seed_tt = n3.number_input("Seed", 0, 10_000, 0, key="w_tt_seed")
+n_tt = common.run_size("w_tt", 4 if is_tiny else 16, 8 if is_tiny else 100)
+if common.was_stopped("tt"):
+    st.warning("The last run over the sample was stopped before it finished.")
 if ds is not None and st.button("Run over the sample", key="w_tt_go"):
     setup = EvalSetup(ds, k_per_label=int(k_tt), n_test=int(n_tt), seeds=(int(seed_tt),), template=ss.template)
-    st.button("Stop", key="w_tt_stop")
-    bar = st.progress(0.0, text="label swap and two towers")
-
-    def cb(done, total, note):
-        bar.progress(min(1.0, done / max(total, 1)), text=f"{note}: {done}/{total}")
-
     try:
-        ss.tt_swap = summarize_label_swap(label_swap_table(lm, setup, heads, progress=cb))
-        control = control_heads(heads, lm.n_layers, lm.n_heads, 0)
-        ss.tt_corr = rank_correlations(two_towers_table(lm, setup, heads, control, progress=cb))
+        with common.ProgressRun("Label swap and two towers", "tt") as run:
+            # label swap: 2 conditions x n prompts, then two towers: n prompts
+            ss.tt_swap = summarize_label_swap(label_swap_table(
+                lm, setup, heads, progress=lambda d, t, note: run(d + (t if "swapped" in note else 0), 3 * t, note)))
+            control = control_heads(heads, lm.n_layers, lm.n_heads, 0)
+            ss.tt_corr = rank_correlations(two_towers_table(
+                lm, setup, heads, control, progress=lambda d, t, note: run(2 * t + d, 3 * t, note)))
     except Cancelled as exc:
         st.warning(str(exc))
     except (ValueError, RuntimeError) as exc:
         st.error(f"The run failed: {exc}")
-    bar.empty()
 if ss.get("tt_swap") is not None:
     st.markdown("**Label swap over the sample** (attention on the gold word's positions, value-output agreement)")
     st.dataframe(ss.tt_swap, key="tbl_tt_swap_sample")

@@ -52,6 +52,8 @@ def test_prompt_lab_renders_prediction_tokens_and_attention(at):
     assert len(predictions(at)) == 1
     assert "p(foo)=" in predictions(at)[0] and "p(bar)=" in predictions(at)[0]
     assert "T=" in " ".join(m.value for m in at.markdown)  # the last position is marked
+    assert not any(m.value.startswith("All chosen heads:") for m in at.markdown)  # the full chart on request
+    at.toggle(key="w_full_chart").set_value(True).run()
     assert any(m.value.startswith("All chosen heads:") for m in at.markdown)
     assert not at.error
 
@@ -94,9 +96,12 @@ def test_sessions_do_not_share_ablations():
 
 def test_demonstration_editor_add_move_delete(at):
     n = len(at.session_state["demos"])
+    shown = predictions(at)
     at.button(key="w_add_demo").click().run()
     assert len(at.session_state["demos"]) == n + 1
-    assert "has no text" in errors(at)  # the new, empty demonstration is reported, not a crash
+    # The new, empty row is skipped (and said so): the prediction stays on screen, unchanged.
+    assert not at.error and predictions(at) == shown
+    assert any(f"demonstration(s) {n + 1} are skipped" in c.value for c in at.caption)
     last = at.session_state["demos"][-1]["id"]
     at.text_input(key=f"dt_{last}").set_value("an utterly charming surprise").run()
     assert not at.error
@@ -228,6 +233,11 @@ def test_two_towers_page_swap_and_similarity(at):
     swap = at.dataframe[0].value
     assert set(swap["condition"]) == {"original", "swapped"}
     sims1 = at.dataframe[-1].value["similarity"].round(6).tolist()
+    at.checkbox(key="w_tt_ctrl").check().run()
+    corr = [d.value for d in at.dataframe if "group" in d.value.columns and "head" in d.value.columns][0]
+    assert set(corr["group"]) == {"in-context", "random (control)"} and "sd" not in corr.columns
+    assert corr.iloc[:, -1].notna().all()
+    at.checkbox(key="w_tt_ctrl").uncheck().run()
     at.slider(key="w_tt_layer").set_value(2).run()
     sims2 = at.dataframe[-1].value["similarity"].round(6).tolist()
     assert sims1 != sims2
@@ -241,6 +251,7 @@ def test_bias_lab_current_prompt_and_label_ratio(at):
     goto(at, "bias_lab")
     assert not at.exception
     assert any("Demonstrations per label" in m.value for m in at.markdown)
+    at.radio(key="w_bias_size").set_value("custom").run()
     at.number_input(key="w_bias_n").set_value(4).run()
     at.slider(key="w_ratio_first").set_value(1).run()
     at.button(key="w_ratio_go").click().run()
@@ -250,27 +261,60 @@ def test_bias_lab_current_prompt_and_label_ratio(at):
     r2 = at.session_state["ratio_table"]
     assert set(r1["condition"]) == {"no fix", "majority fix"}
     assert not r1["value"].round(6).equals(r2["value"].round(6))
-    at.text_input(key=f"w_order_{len(at.session_state['demos'])}").set_value("4, 3, 2, 1").run()
-    assert not at.error
+    # Reorder with arrows: each click moves once (nothing re-applies itself on the next click or rerun).
     texts = [d["text"] for d in at.session_state["demos"]]
-    at.button(key="w_apply_order").click().run()
-    assert [d["text"] for d in at.session_state["demos"]] == list(reversed(texts))
+    first_id = at.session_state["demos"][0]["id"]
+    at.button(key=f"bias_order_down_{first_id}").click().run()
+    assert [d["text"] for d in at.session_state["demos"]] == [texts[1], texts[0], *texts[2:]]
+    at.button(key=f"bias_order_down_{first_id}").click().run()
+    assert [d["text"] for d in at.session_state["demos"]] == [texts[1], texts[2], texts[0], *texts[3:]]
+    at.run()
+    assert [d["text"] for d in at.session_state["demos"]] == [texts[1], texts[2], texts[0], *texts[3:]]
+    assert not at.error
+
+
+def test_bias_lab_label_ratio_reads_its_result_with_n_and_intervals(at):
+    goto(at, "bias_lab")
+    at.radio(key="w_bias_size").set_value("custom").run()
+    at.number_input(key="w_bias_n").set_value(4).run()
+    at.number_input(key="w_ratio_total").set_value(4).run()
+    at.slider(key="w_ratio_first").set_value(3).run()
+    at.button(key="w_ratio_go").click().run()
+    t = at.session_state["ratio_table"]
+    assert {"n", "ci_low", "ci_high"} <= set(t.columns) and (t["n"] == 4).all()
+    md = " ".join(m.value for m in at.markdown)
+    assert "of 4 test sentences (95% interval" in md
+    assert "With 3 foo / 1 bar" in md and "majority bias" in md  # the reading says which way the result goes
+    assert any("Only 4 test sentences" in w.value for w in at.warning)
+    assert not [b for b in at.button if b.key == "ratio_stop"]  # no Stop left on screen after the run
 
 
 def test_attention_page_draws_bertviz_for_chosen_layers(at):
+    import re
+
     goto(at, "attention")
     assert not at.error
-    html1 = at.get("iframe")[0].proto.srcdoc
+    frames = at.get("iframe")
+    html1 = frames[0].proto.srcdoc
     assert "cdnjs.cloudflare.com/ajax/libs/require.js" not in html1  # works offline: d3/jQuery inlined
     assert "d3js.org" in html1 and "jQuery" in html1
+    heads = at.session_state["heads"]
+    layer = sorted({a for a, _ in heads})[0]
+    # Real layer numbers, and the in-context heads of that layer preselected (head view).
+    assert re.search(rf'"include_layers": \[{layer}\]', html1)
+    assert re.search(r'"heads": \[' + ", ".join(str(b) for a, b in sorted(heads) if a == layer) + r"\]", html1)
+    n_tokens = len(re.search(r'"left_text": (\[.*?\])', html1).group(1).split('", "'))
+    at.checkbox(key="w_att_sink").check().run()
+    assert len(re.search(r'"left_text": (\[.*?\])', at.get("iframe")[0].proto.srcdoc).group(1).split('", "')) \
+        == n_tokens - 1
     at.checkbox(key="w_att_only").uncheck().run()
     html2 = at.get("iframe")[0].proto.srcdoc
-    assert html2 != html1  # all heads of the layer instead of the in-context ones
+    assert html2 != html1
     at.multiselect(key="w_att_layers").set_value([0, 1]).run()
-    html3 = at.get("iframe")[0].proto.srcdoc
-    assert html3 != html2
+    assert len(at.get("iframe")) == 2  # one view per chosen layer, each with its own heads
     at.radio(key="w_att_view").set_value("model").run()
-    assert not at.exception and at.get("iframe")[0].proto.srcdoc != html3
+    html4 = at.get("iframe")[1].proto.srcdoc
+    assert not at.exception and re.search(r'"include_layers": \[1\]', html4)
 
 
 def test_every_page_survives_a_broken_prompt(at):
@@ -327,12 +371,15 @@ def test_sidebar_share_puts_the_current_prompt_in_the_url(at):
 
 def test_bias_lab_paper_metrics_run_with_controls(at):
     goto(at, "bias_lab")
+    at.radio(key="w_bias_size").set_value("custom").run()
     at.number_input(key="w_bias_n").set_value(4).run()
     at.button(key="w_majority_go").click().run()
     assert not at.exception and not at.error
     res = at.session_state["majority_result"]
     assert {"no fix", "fix in-context heads", "fix random heads"} <= set(res.summary["condition"])
-    assert any("reduction" in m.value.lower() for m in at.markdown)
+    md = " ".join(m.value for m in at.markdown)
+    assert "sentences per arrangement" in md and "95% interval" in md
+    assert {"ci_low", "ci_high"} <= set(at.dataframe[0].value.columns)
     at.button(key="w_recency_go").click().run()
     assert not at.exception and not at.error
     rec = at.session_state["recency_result"]
@@ -357,3 +404,79 @@ def test_head_finder_causal_scan_and_null_distribution(at):
     shown = {m.label: m.value for m in at.metric}
     assert shown["Percentile among random"] == f"{nt.verdict['percentile']:.0f}"
     assert any(verdict.value.startswith("**") and "random draws" in verdict.value for verdict in at.markdown)
+
+
+def metrics(at) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_prompt_lab_shows_live_paired_effect_and_top_n(at):
+    from iclviz.app_support import tiny_model
+    from iclviz.prompt import build_prompt
+    from iclviz.readout import paired_effect
+
+    m = metrics(at)
+    icl = [v for k, v in m.items() if k.startswith("Δ margin") and "in-context" in k]
+    rnd = [k for k in m if k.startswith("Δ margin, random") and "n = " in k]
+    assert icl and rnd
+    # The same number the library computes on the same prompt.
+    lm = tiny_model("tiny-llama")
+    ss = at.session_state
+    prompt = build_prompt(lm.tokenizer, [(d["text"], d["label"]) for d in ss["demos"]], ss["query"],
+                          tuple(ss["label_words"]), ss["template"])
+    eff = paired_effect(lm, prompt, ss["heads"], "ablate", 3)
+    assert icl[0] == f"{eff.icl_change:+.2f}"
+    assert any(eff.sentence() == md.value for md in at.markdown)
+    # Top N: a slider, the curve, and where (if anywhere) the prediction gives way.
+    assert not [c for c in at.checkbox if c.key and c.key.startswith("w_tick_")]  # ticks only in "ticked heads"
+    at.radio(key="w_mode").set_value("top N in-context heads").run()
+    assert at.slider(key="w_topn") is not None
+    assert any("gives way" in c.value for c in at.caption)
+    at.radio(key="w_mode").set_value("ticked heads").run()
+    assert [c for c in at.checkbox if c.key and c.key.startswith("w_tick_")]
+
+
+def test_ablated_heads_are_marked_attention_unchanged(at):
+    at.radio(key="w_mode").set_value("all in-context heads").run()
+    assert any("output removed, attention unchanged" in c.value for c in at.caption)
+    at.selectbox(key="w_kind").set_value("knockout").run()
+    assert not any("output removed, attention unchanged" in c.value for c in at.caption)
+
+
+def test_shared_url_keeps_the_intervention_mode(at):
+    at.radio(key="w_mode").set_value("random heads (control)").run()
+    at.button(key="w_side_url").click().run()
+    params = {k: (v[0] if isinstance(v, list) else v) for k, v in at.query_params.items()}
+    assert params["mode"] == "random heads (control)"
+    other = AppTest.from_file(APP, default_timeout=120)
+    other.query_params.update(params)
+    other.run()
+    assert other.radio(key="w_mode").value == "random heads (control)" and len(predictions(other)) == 2
+
+
+def test_guided_lesson_walks_five_steps_and_resets(at):
+    from iclviz.lesson import LESSON_STATE, STEPS
+
+    goto(at, "lesson")
+    assert not at.error
+    assert [d["text"] for d in at.session_state["demos"]] == [t for t, _ in LESSON_STATE.demos]
+    seen = []
+    for i, step in enumerate(STEPS):
+        assert any(h.value == f"{i + 1}. {step.title}" for h in at.header)
+        assert any(step.explanation in m.value for m in at.markdown)
+        assert at.metric  # a live result in large type
+        seen.append(tuple(m.value for m in at.metric))
+        if i < len(STEPS) - 1:
+            at.button(key="w_lesson_next").click().run()
+            assert not at.exception and not at.error
+    assert len(set(seen)) == len(STEPS)  # each step shows its own result
+    # Edit the prompt elsewhere, come back: the lesson measures the edited prompt; Reset restores the prepared one.
+    goto(at, "prompt_lab")
+    at.text_input(key="w_query").set_value("a dull and tedious film").run()
+    goto(at, "lesson")
+    assert at.session_state["query"] == "a dull and tedious film"
+    at.button(key="w_lesson_reset").click().run()
+    assert at.session_state["query"] == LESSON_STATE.query and at.session_state["lesson_step"] == 0
+    assert any(h.value == f"1. {STEPS[0].title}" for h in at.header)
+    goto(at, "prompt_lab")
+    assert at.text_input(key="w_query").value == LESSON_STATE.query

@@ -12,6 +12,7 @@ or =tiny forces one.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -179,3 +180,115 @@ def test_edit_ablate_screenshot_and_session_isolation(app_url, browser):
     finally:
         ctx_a.close()
         ctx_b.close()
+
+
+LESSON_SHOT = ROOT / "assets" / "lesson.png"
+
+
+def _settle(page, timeout=120_000):
+    """Wait until no script run is in progress for a second."""
+    deadline = time.time() + timeout / 1000
+    quiet_since = time.time()
+    page.wait_for_timeout(300)
+    while time.time() < deadline:
+        if page.locator("[data-testid='stStatusWidgetRunningIcon']").count() or \
+                page.locator("[data-testid='stSpinner']").count():
+            quiet_since = time.time()
+        elif time.time() - quiet_since > 1.2:
+            return
+        page.wait_for_timeout(200)
+    raise AssertionError("the app did not settle")
+
+
+def test_guided_lesson_walk_and_screenshot(app_url, browser):
+    from playwright.sync_api import expect
+
+    ctx = browser.new_context(viewport={"width": 1500, "height": 1000})
+    page = ctx.new_page()
+    try:
+        # From the app's front page through the navigation (a deep link shows Streamlit's raw pages-folder list).
+        page.goto(app_url)
+        page.get_by_role("link", name="Guided lesson").click()
+        expect(page.get_by_role("heading", name="1. Demonstrations and label positions")).to_be_visible(timeout=120_000)
+        expect(page.locator("[data-testid='stMetric']").first).to_be_visible(timeout=120_000)
+        _settle(page)
+        page.screenshot(path=str(LESSON_SHOT))
+        assert LESSON_SHOT.stat().st_size > 10_000
+        titles = ["2. Attention from T", "3. Ablation against random heads", "4. The label swap", "5. The two biases"]
+        for title in titles:
+            page.get_by_role("button", name="Next").click()
+            expect(page.get_by_role("heading", name=title)).to_be_visible(timeout=180_000)
+            expect(page.locator("[data-testid='stMetric']").first).to_be_visible(timeout=180_000)
+            _settle(page, 240_000)
+        assert page.get_by_role("button", name="Next").is_disabled()
+        page.get_by_role("button", name="Reset the lesson").click()
+        expect(page.get_by_role("heading", name="1. Demonstrations and label positions")).to_be_visible(timeout=60_000)
+    finally:
+        ctx.close()
+
+
+def test_heatmap_cell_click_chooses_the_head(app_url, browser):
+    from playwright.sync_api import expect
+
+    ctx = browser.new_context(viewport={"width": 1500, "height": 1100})
+    page = ctx.new_page()
+    try:
+        page.goto(f"{app_url}/head_finder")
+        expect(page.get_by_role("button", name="Scan heads")).to_be_visible(timeout=120_000)
+        n = page.get_by_label("Test sentences per seed")
+        n.fill("2")
+        n.press("Tab")
+        page.get_by_label("Demonstrations per label").fill("1")
+        page.get_by_role("button", name="Scan heads").click()
+        chart = page.locator("[data-testid='stPlotlyChart']").first
+        chart.wait_for(timeout=240_000)
+        _settle(page)
+        chart.scroll_into_view_if_needed()
+        # Where cell (layer, head) is on screen, from plotly's own axes.
+        layer, head, px, py = chart.locator(".js-plotly-plot").evaluate("""gd => {
+            const fl = gd._fullLayout, cells = gd._fullData[1];
+            const i = Math.floor(cells.x.length / 2) + 1;
+            return [cells.y[i], cells.x[i], fl._size.l + fl.xaxis.l2p(cells.x[i]),
+                    fl._size.t + fl.yaxis.l2p(cells.y[i])];
+        }""")
+        box = chart.locator(".js-plotly-plot").bounding_box()
+        page.mouse.move(box["x"] + px, box["y"] + py)
+        page.wait_for_timeout(300)
+        page.mouse.click(box["x"] + px, box["y"] + py)
+        name = f"L{layer}H{head}"
+        expect(page.get_by_text(f"Selected cells: {name}")).to_be_visible(timeout=60_000)
+        page.get_by_role("button", name="Use the selected cells as the in-context heads").click()
+        expect(page.get_by_text(f"(shared by all pages): {name}")).to_be_visible(timeout=60_000)
+    finally:
+        ctx.close()
+
+
+def test_bias_lab_reorders_twice(app_url, browser):
+    ctx = browser.new_context(viewport={"width": 1500, "height": 1100})
+    page = ctx.new_page()
+    try:
+        page.goto(f"{app_url}/bias_lab")
+        page.get_by_text("Reorder the demonstrations").wait_for(timeout=120_000)
+        _settle(page)
+
+        def order():
+            items = page.locator("[data-testid='stMarkdownContainer'] p", has_text=re.compile(r"^#\d · "))
+            return [re.sub(r"^#\d · ", "", t) for t in items.all_inner_texts()]
+
+        first = order()
+        assert len(first) >= 3
+        # The first demonstration (id 1 in a fresh session) moves down twice.
+        page.locator(".st-key-bias_order_down_1 button").first.click()
+        page.wait_for_function("""t => [...document.querySelectorAll("[data-testid='stMarkdownContainer'] p")]
+            .some(p => p.innerText.startsWith('#2 · ') && p.innerText.endsWith(t))""", arg=first[0][-20:],
+                               timeout=240_000)
+        _settle(page)
+        assert order()[:3] == [first[1], first[0], first[2]]
+        page.locator(".st-key-bias_order_down_1 button").first.click()
+        page.wait_for_function("""t => [...document.querySelectorAll("[data-testid='stMarkdownContainer'] p")]
+            .some(p => p.innerText.startsWith('#3 · ') && p.innerText.endsWith(t))""", arg=first[0][-20:],
+                               timeout=240_000)
+        _settle(page)
+        assert order()[:3] == [first[1], first[2], first[0]]
+    finally:
+        ctx.close()

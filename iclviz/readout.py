@@ -1,0 +1,301 @@
+"""What a page can honestly say about what it shows: live paired effects, intervals, plain readings.
+
+No streamlit here. The app's pages call these functions; tests call the same ones.
+
+- ``paired_effect``: on one prompt, the margin change from intervening on the in-context heads
+  beside the changes from several random head sets of the same size and layers (the control),
+  with a one-sentence verdict.
+- ``top_n_margins``: the margin after intervening on the top 1, 2, ..., N heads, to see where
+  (if anywhere) the prediction gives way.
+- ``progress_text``: done/total, elapsed and a finish estimate for long runs.
+- ``ratio_reading`` and ``bias_reading``: sample sizes, Wilson/normal intervals, a warning when
+  the sample cannot resolve the effect, and one plain sentence reading the result.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .app_support import control_heads, head_name
+from .evaluation import predict_prompt, wilson_interval
+from .interventions import Plan
+from .prompt import BuiltPrompt
+
+Z95 = 1.96
+
+
+def _pct(x: float) -> str:
+    return "not defined" if x != x else f"{x:.0%}"
+
+
+# ---------------------------------------------------------------- live effect on one prompt
+
+@dataclass
+class EffectReadout:
+    """Margin (logit first label - logit second label) before and after intervening."""
+
+    kind: str
+    heads: list[tuple[int, int]]
+    label_words: tuple[str, ...]
+    before_margin: float
+    before_pred: str
+    icl_margin: float
+    icl_pred: str
+    random_margins: list[float] = field(default_factory=list)
+    random_preds: list[str] = field(default_factory=list)
+    random_heads: list[list[tuple[int, int]]] = field(default_factory=list)
+
+    @property
+    def icl_change(self) -> float:
+        return self.icl_margin - self.before_margin
+
+    @property
+    def random_changes(self) -> list[float]:
+        return [m - self.before_margin for m in self.random_margins]
+
+    @property
+    def n_draws(self) -> int:
+        return len(self.random_margins)
+
+    @property
+    def random_mean(self) -> float:
+        return float(np.mean(self.random_changes)) if self.random_margins else float("nan")
+
+    @property
+    def random_range(self) -> tuple[float, float]:
+        ch = self.random_changes
+        return (float(min(ch)), float(max(ch))) if ch else (float("nan"), float("nan"))
+
+    def _towards_other(self, change: float) -> float:
+        """Positive when the change moves the margin towards the label not predicted before."""
+        return -change if self.before_margin >= 0 else change
+
+    @property
+    def verdict(self) -> str:
+        """'effect', 'control-like' or 'none' for this prompt."""
+        own = self._towards_other(self.icl_change)
+        if own <= 0:
+            return "none"
+        if not self.random_margins or own > max(self._towards_other(c) for c in self.random_changes):
+            return "effect"
+        return "control-like"
+
+    def sentence(self) -> str:
+        w = self.label_words
+        verb = {"ablate": "Removing the output of", "knockout": "Knocking out attention from T to the labels in"}.get(
+            self.kind, f"{self.kind} on")
+        lo, hi = self.random_range
+        flips = sum(p != self.before_pred for p in self.random_preds)
+        text = (f"{verb} the {len(self.heads)} in-context heads changes the margin {w[0]}−{w[1]} by "
+                f"{self.icl_change:+.2f} (prediction {self.before_pred} → {self.icl_pred}); "
+                f"{self.n_draws} random sets of {len(self.heads)} heads change it by {self.random_mean:+.2f} "
+                "on average "
+                f"(range {lo:+.2f} to {hi:+.2f}, {flips} of {self.n_draws} flip the prediction). ")
+        v = self.verdict
+        if v == "effect":
+            text += ("The in-context heads move the prediction towards the other label more than every random set: "
+                     "on this prompt this model shows the effect.")
+        elif v == "control-like":
+            text += ("Some random set moves it as much or more: on this prompt the in-context heads cannot be told "
+                     "apart from the control.")
+        else:
+            text += ("The in-context heads do not move the prediction towards the other label: on this prompt this "
+                     "model does not show the effect.")
+        return text
+
+
+def paired_effect(lm, prompt: BuiltPrompt, heads, kind: str = "ablate", draws: int = 5, seed: int = 0,
+                  before=None, icl=None) -> EffectReadout:
+    """The in-context heads against ``draws`` random head sets of the same size and layers, on one prompt.
+
+    ``before`` / ``icl``: the prompt's predictions without intervention and with the in-context heads
+    intervened, when already computed (each saves a pass).
+    """
+    heads = [tuple(h) for h in heads]
+    before = before if before is not None else predict_prompt(lm, prompt, Plan(), capture=False)
+    icl = icl if icl is not None else predict_prompt(lm, prompt, Plan(kind, tuple(heads)), capture=False)
+    out = EffectReadout(kind, heads, prompt.label_words, before.margin, before.predicted, icl.margin, icl.predicted)
+    seen = set()
+    for i in range(draws):
+        rnd = control_heads(heads, lm.n_layers, lm.n_heads, seed + i)
+        if tuple(rnd) in seen:
+            continue
+        seen.add(tuple(rnd))
+        r = predict_prompt(lm, prompt, Plan(kind, tuple(rnd)), capture=False)
+        out.random_margins.append(r.margin)
+        out.random_preds.append(r.predicted)
+        out.random_heads.append(rnd)
+    return out
+
+
+def top_n_margins(lm, prompt: BuiltPrompt, ranked_heads, kind: str = "ablate", max_n: int | None = None
+                  ) -> pd.DataFrame:
+    """Margin and prediction after intervening on the top n heads, n = 0..max_n (ranked order)."""
+    ranked = [tuple(h) for h in ranked_heads]
+    max_n = len(ranked) if max_n is None else min(int(max_n), len(ranked))
+    rows = []
+    base = None
+    for n in range(max_n + 1):
+        pred = predict_prompt(lm, prompt, Plan(kind if n else "none", tuple(ranked[:n])), capture=False)
+        base = pred.predicted if base is None else base
+        rows.append({"n": n, "heads": ", ".join(map(head_name, ranked[:n])) or "none", "margin": pred.margin,
+                     "predicted": pred.predicted, "flipped": pred.predicted != base,
+                     **{f"p_{w}": p for w, p in pred.probs.items()}})
+    return pd.DataFrame(rows)
+
+
+def first_flip(curve: pd.DataFrame) -> int | None:
+    """The smallest n at which the prediction gives way, or None."""
+    f = curve[curve["flipped"]]
+    return int(f["n"].iloc[0]) if len(f) else None
+
+
+# ---------------------------------------------------------------- progress
+
+def format_seconds(s: float) -> str:
+    s = max(0.0, float(s))
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 3600 * 1.5:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def progress_text(label: str, done: int, total: int, elapsed: float, note: str = "", now: float | None = None) -> str:
+    """'label: 3/24 done · 12 s so far · about 40 s left (done at 14:05)'; no estimate before the first step."""
+    total = max(int(total), 1)
+    done = min(max(int(done), 0), total)
+    text = f"{label}: {done}/{total} done · {format_seconds(elapsed)} so far"
+    if 0 < done < total:
+        left = elapsed / done * (total - done)
+        at = time.strftime("%H:%M:%S", time.localtime((now if now is not None else time.time()) + left))
+        text += f" · about {format_seconds(left)} left (done at {at})"
+    elif done == 0:
+        text += " · estimating the time left after the first step"
+    return text + (f" · {note}" if note else "")
+
+
+# ---------------------------------------------------------------- intervals and plain readings
+
+def resolvable_difference(n: int, p: float = 0.5) -> float:
+    """The smallest difference between two proportions from n prompts each that a 95% interval resolves."""
+    return Z95 * math.sqrt(2 * p * (1 - p) / n) if n > 0 else float("inf")
+
+
+def share_table(rows: pd.DataFrame, words) -> pd.DataFrame:
+    """Per-prompt rows (pred index, correct) -> per label: n, share predicted, 95% Wilson interval."""
+    n = len(rows)
+    out = []
+    for i, w in enumerate(words):
+        k = int((rows["pred"] == i).sum())
+        lo, hi = wilson_interval(k, n)
+        out.append({"quantity": f"predicted {w}", "n": n, "value": k / n if n else float("nan"), "ci_low": lo,
+                    "ci_high": hi})
+    k = int(rows["correct"].sum())
+    lo, hi = wilson_interval(k, n)
+    out.append({"quantity": "accuracy", "n": n, "value": k / n if n else float("nan"), "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(out)
+
+
+def ratio_reading(table: pd.DataFrame, counts: dict[str, int]) -> tuple[str, str | None]:
+    """One sentence reading a label-ratio run, and a warning when the sample is too small.
+
+    ``table``: condition, quantity ('predicted <w>' / 'accuracy'), n, value, ci_low, ci_high;
+    ``counts``: demonstrations per label word.
+    """
+    base = table[table["condition"] == "no fix"].set_index("quantity")
+    n = int(base["n"].iloc[0])
+    words = list(counts)
+    parts = " / ".join(f"{c} {w}" for w, c in counts.items())
+    top = max(words, key=lambda w: base.loc[f"predicted {w}", "value"])
+    r = base.loc[f"predicted {top}"]
+    text = (f"With {parts}, the model predicted {top} for {r['value']:.0%} of {n} test sentences "
+            f"(95% interval {r['ci_low']:.0%}–{r['ci_high']:.0%}).")
+    if len(set(counts.values())) > 1:
+        majority = max(counts, key=counts.get)
+        if top == majority:
+            text += f" That leans towards the majority label {majority}, as majority bias predicts."
+        else:
+            text += (f" That is the reverse of majority bias: the majority label is {majority}, yet {top} is "
+                     "predicted more often.")
+    else:
+        text += " The demonstrations are balanced, so there is no majority label."
+    if "majority fix" in set(table["condition"]):
+        fix = table[table["condition"] == "majority fix"].set_index("quantity").loc[f"predicted {top}"]
+        text += (f" With the majority fix in the in-context heads: {fix['value']:.0%} "
+                 f"({fix['ci_low']:.0%}–{fix['ci_high']:.0%}).")
+    warning = None
+    d = resolvable_difference(n)
+    if d > 0.15:
+        warning = (f"Only {n} test sentences: differences smaller than about {d:.0%} between conditions are within "
+                   "sampling noise (95%). Use the full size for a reading you can trust.")
+    return text, warning
+
+
+def majority_intervals(res) -> pd.DataFrame:
+    """Per condition of a majority-bias result: bias (accuracy balanced - one fewer) with a 95% interval."""
+    rows = []
+    for cond, d in res.rows.groupby("condition", sort=False):
+        bal = d[d.arrangement == "balanced"].iloc[0]
+        unb = d[d.arrangement != "balanced"]
+        k = len(unb)
+        var = bal.accuracy * (1 - bal.accuracy) / bal.n + sum(
+            r.accuracy * (1 - r.accuracy) / r.n for r in unb.itertuples()) / (k * k)
+        bias = float(bal.accuracy - unb.accuracy.mean())
+        h = Z95 * math.sqrt(var)
+        rows.append({"condition": cond, "n per arrangement": int(bal.n), "bias": bias, "ci_low": bias - h,
+                     "ci_high": bias + h})
+    return pd.DataFrame(rows)
+
+
+def recency_noise(res) -> pd.DataFrame:
+    """Per condition of a recency-bias result: the sd of accuracy over orders beside the sd that
+    sampling noise alone gives (mean binomial sd of each order's accuracy)."""
+    rows = []
+    for cond, d in res.rows.groupby("condition", sort=False):
+        noise = float(np.mean([math.sqrt(max(a * (1 - a), 1e-9) / n) for a, n in zip(d.accuracy, d.n)]))
+        rows.append({"condition": cond, "n per order": int(d.n.iloc[0]), "orders": len(d),
+                     "bias (sd over orders)": float(np.std(d.accuracy, ddof=0)), "noise sd": noise})
+    return pd.DataFrame(rows)
+
+
+def bias_reading(res) -> tuple[str, str | None, pd.DataFrame]:
+    """A sentence, a warning (or None) and the interval table for a BiasResult."""
+    if res.kind == "majority":
+        t = majority_intervals(res)
+        base = t.set_index("condition").loc["no fix"]
+        n = int(base["n per arrangement"])
+        text = (f"Without a fix, one fewer demonstration of a label changes accuracy by {-base.bias:+.0%} "
+                f"(95% interval {-base.ci_high:+.0%} to {-base.ci_low:+.0%}, {n} sentences per arrangement).")
+        resolved = base.ci_low > 0
+        if resolved:
+            fix = t.set_index("condition").loc["fix in-context heads"]
+            text += (f" Fixing the in-context heads leaves a bias of {fix.bias:.0%} ({fix.ci_low:+.0%} to "
+                     f"{fix.ci_high:+.0%}); reduction {_pct(res.reduction())}.")
+        else:
+            text += " The interval includes no bias, so a reduction cannot be read from this sample."
+        warning = None if resolved else (
+            f"With {n} sentences per arrangement the bias is not resolved: the reduction "
+            f"({_pct(res.reduction())})" + " means little here. Use more test sentences.")
+        return text, warning, t
+    t = recency_noise(res)
+    base = t.set_index("condition").loc["no fix"]
+    n = int(base["n per order"])
+    b, noise = base["bias (sd over orders)"], base["noise sd"]
+    text = (f"Without a fix, accuracy varies by {b:.0%} (sd) over {int(base.orders)} demonstration orders; sampling "
+            f"noise alone with {n} sentences per order gives about {noise:.0%}.")
+    resolved = b > 2 * noise
+    if resolved and "fix in-context heads" in set(t["condition"]):
+        fix = t.set_index("condition").loc["fix in-context heads"]
+        text += f" Fixing the in-context heads: {fix['bias (sd over orders)']:.0%}; reduction {_pct(res.reduction())}."
+    elif not resolved:
+        text += " That is within noise, so a reduction cannot be read from this sample."
+    warning = None if resolved else (
+        f"With {n} sentences per order the recency bias is within sampling noise; the reduction "
+        f"({_pct(res.reduction())}) means little here. Use more test sentences.")
+    return text, warning, t

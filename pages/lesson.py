@@ -1,0 +1,92 @@
+"""Guided lesson: the paper in five steps on a prepared prompt, each with one sentence and a live result."""
+
+import streamlit as st
+
+from iclviz.app_support import default_heads, token_table
+from iclviz.lesson import LESSON_STATE, STEPS, step_result
+from iclviz.plots import label_attention_compact, tokens_html
+from iclviz.prompt import PromptError
+from pages import common
+
+ss = st.session_state
+common.page_setup()
+st.title("Guided lesson: how a language model learns in context")
+common.help_text("Five steps through the paper on a prepared prompt. Each step says in one sentence what to look for "
+                 "and shows what this model does, measured live; edit the prompt on the Prompt lab page and come "
+                 "back, or press Reset to restore the prepared prompt.")
+
+lm = common.get_model()
+if lm is None:
+    st.stop()
+
+
+def _reset():
+    common.apply_state(LESSON_STATE)
+    for key in ("w_query", "w_label_words", "w_template"):
+        ss.pop(key, None)
+    ss.heads = default_heads(lm.name, lm.n_layers, lm.n_heads)
+    ss.heads_from_user = False
+    ss.heads_model = lm.name
+    ss.lesson_step = 0
+    ss.lesson_loaded = True
+
+
+def _go(step):
+    ss.lesson_step = max(0, min(len(STEPS) - 1, step))
+
+
+if not ss.get("lesson_loaded"):
+    _reset()
+    st.toast("The lesson loaded its prepared prompt.")
+step = int(ss.get("lesson_step", 0))
+
+nav = st.columns([1, 1, 6, 2], vertical_alignment="center")
+nav[0].button("Back", icon=":material/arrow_back:", key="w_lesson_back", on_click=_go, args=(step - 1,),
+              disabled=step == 0)
+nav[1].button("Next", icon=":material/arrow_forward:", key="w_lesson_next", on_click=_go, args=(step + 1,),
+              disabled=step == len(STEPS) - 1, type="primary")
+nav[2].progress((step + 1) / len(STEPS), text=f"Step {step + 1} of {len(STEPS)}")
+nav[3].button("Reset the lesson", icon=":material/restart_alt:", key="w_lesson_reset", on_click=_reset,
+              help="restore the prepared prompt and the default in-context heads")
+
+s = STEPS[step]
+st.header(f"{step + 1}. {s.title}")
+st.markdown(f"#### {s.explanation}")
+
+heads = common.chosen_heads(lm)
+prompt = common.current_prompt(lm)
+if prompt is None:
+    st.info("Fix the prompt on the Prompt lab page, or press Reset.")
+    st.stop()
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _result(_lm, key, step, demos, query, words, template, heads):
+    return step_result(_lm, step, list(demos), query, words, template, list(heads))
+
+
+with st.spinner("Measuring on this model"):
+    try:
+        res = _result(lm, common.model_key(), step, common.demo_tuple(), ss.query, tuple(ss.label_words), ss.template,
+                      tuple(map(tuple, heads)))
+    except PromptError as exc:
+        st.error(f"The prompt cannot be run: {exc}")
+        st.stop()
+
+with st.container(border=True):
+    st.markdown("**What this model does, measured now**")
+    cols = st.columns(len(res.metrics))
+    for c, (label, value, note) in zip(cols, res.metrics):
+        c.metric(label, value, note, delta_color="off")
+    st.markdown(res.sentence)
+
+if step == 0:
+    st.markdown(tokens_html(token_table(lm.tokenizer, prompt), prompt.label_words), unsafe_allow_html=True)
+    st.caption("Label positions are coloured by their label (subscript: token position); T, the last position, "
+               "is dark.")
+elif step == 1 and res.table is not None:
+    st.plotly_chart(label_attention_compact(res.table, prompt.label_words), key="fig_lesson_att")
+elif step == 4 and res.table is not None:
+    st.dataframe(res.table, key="tbl_lesson_bias", hide_index=True)
+st.caption(f"Model: {lm.name}; in-context heads: {', '.join(f'L{a}H{b}' for a, b in heads)}. "
+           "Go deeper: Prompt lab (steps 1-3), Two towers (step 4), Bias lab (step 5).")

@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="docs/results.md")
     p.add_argument("--work", default="docs/results_data", help="folder for the per-experiment CSVs (resumable)")
     p.add_argument("--quick", action="store_true", help="tiny sample sizes (a smoke run)")
+    p.add_argument("--n-test", type=int, default=None,
+                   help="test sentences per demonstration seed in the causal test (default 128 on the first dataset, "
+                        "64 on the others)")
     p.add_argument("--cached-only", action="store_true",
                    help="write the page from the finished experiments in --work only (the rest: 'not measured')")
     p.add_argument("--curve-on", default="sst2", help="the dataset that gets the top-n curve")
@@ -234,7 +237,8 @@ def run(args) -> int:
         make_report(models=tuple(args.models), datasets=tuple(args.datasets), out=args.out, work=args.work,
                     quick=args.quick, curve_on=args.curve_on, data_dir=args.data_dir,
                     classic_on=tuple(args.classic_on) if args.classic_on is not None else None,
-                    record_heads=not args.quick, cached_only=args.cached_only)
+                    record_heads=not args.quick, cached_only=args.cached_only,
+                    n_test=args.n_test)
         return 0
     lm = _load(args)
     print(f"model: {lm.describe()}", file=sys.stderr)

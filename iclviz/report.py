@@ -35,7 +35,14 @@ PAPER = {
 }
 
 
+_SIZE_OVERRIDES: dict = {}
+
+
 def _sizes(quick: bool) -> dict:
+    return dict(_base_sizes(quick), **_SIZE_OVERRIDES)
+
+
+def _base_sizes(quick: bool) -> dict:
     if quick:
         return dict(k=2, n_locate=8, n_scan=4, n_eval=4, draws=1, n_orders=1, seeds=(0, 1), max_chars=300,
                     curve=(1, 2), curve_draws=1, n_test=4, test_seeds=(0, 1), null_draws=8, ls_draws=4,
@@ -183,7 +190,8 @@ def _causal_section(lm, ds, spec: str, sizes: dict, d: Path, overall: pd.DataFra
         f"(against the mean causal effect: rho {cmp_mean['spearman']:.2f}, overlap {cmp_mean['overlap']}/10).\n\n"
         f"Label heads by causal effect: " + "; ".join(f"{w}: {_heads_str(hs) or '-'}" for w, hs in by_label.items()),
         f"### Do the in-context heads carry the decision? (issue 7)\n{n} prompts "
-        f"({sizes['n_test']} balanced test sentences x demonstration seeds {list(sizes['test_seeds'])}), every "
+        f"({n // len(sizes['test_seeds'])} balanced test sentences x demonstration seeds {list(sizes['test_seeds'])}), "
+        "every "
         f"condition on the same prompts. Random control: {ct.draws and len(ct.draws)} draws of {n_top} heads from "
         f"layers {layers[0]}-{layers[-1]} (excluding both sets); `percentile` = where the set's margin drop falls "
         "among them, `p (null)` = (1 + draws at least as large) / (1 + draws). `knockout`: attention from T to "
@@ -363,7 +371,7 @@ def size_plot_svg(summaries: list[dict], path: Path) -> Path:
 def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:3,4"), out="docs/results.md",
                 work="docs/results_data", quick: bool = False, curve_on: str = "sst2", data_dir=None,
                 classic_on: tuple[str, ...] | None = None, record_heads: bool = True,
-                cached_only: bool = False) -> Path:
+                cached_only: bool = False, n_test: int | None = None) -> Path:
     """Regenerate the results page over ``models`` x ``datasets``. Every experiment is cached in
     ``work`` (per model, per dataset), so a rerun resumes; ``classic_on`` limits the first
     report's analyses (label swap, two towers, biases) to those models (default: all). With
@@ -372,6 +380,9 @@ def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:
     experiments only, marking the rest as not measured."""
     t_start = time.perf_counter()
     sizes = _sizes(quick)
+    _SIZE_OVERRIDES.clear()
+    if n_test:  # test sentences per demonstration seed in the causal test, every dataset
+        _SIZE_OVERRIDES.update(n_test=n_test, other_n_test=n_test)
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     overview, summaries, parts, described = [], [], [], []
@@ -439,8 +450,7 @@ def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, Python "
         f"{platform.python_version()}. Models: " + "; ".join(described) + ".",
         "This is a measurement, not an advertisement. The causal test runs every condition on the same "
-        f"prompts (paired: {sizes['n_test'] * len(sizes['test_seeds'])} on {datasets[0]}, "
-        f"{sizes['other_n_test'] * len(sizes['test_seeds'])} on the other datasets), reports the gold label's "
+        "prompts (paired; how many is said in each section and in the overview), reports the gold label's "
         "margin beside accuracy, and places the in-context heads' effect in a null distribution of "
         f"{sizes['null_draws']} random head sets. The older sections use "
         f"{sizes['n_eval'] * len(sizes['seeds'])} prompts per condition and say so.",

@@ -25,6 +25,7 @@ import torch
 
 from .models import DEFAULT_MODEL_LABEL
 from .prompt import DEFAULT_LABEL_WORDS, DEFAULT_TEMPLATE, TEMPLATES, BuiltPrompt
+from .validation import MAX_DEMOS, MAX_TEXT, head_name, load_json_limited, parse_head, parse_shared_state
 
 Head = tuple[int, int]
 
@@ -39,27 +40,7 @@ START_QUERY = "I loved every minute of it"
 # The documented top heads of the default model (authors' scaling, layers 12-23; see issue 3).
 DEFAULT_MODEL_HEADS: list[Head] = [(21, 1), (20, 10), (21, 8), (20, 11), (16, 12)]
 TINY_MODELS = ("tiny-llama", "tiny-gpt2", "tiny-qwen2")
-MAX_DEMOS = 64
-MAX_TEXT = 2000
-
-
-def head_name(head: Head) -> str:
-    return f"L{int(head[0])}H{int(head[1])}"
-
-
-def parse_head(text: str) -> Head:
-    """'L21H1' or '21.1' or '21,1' -> (21, 1)."""
-    t = str(text).strip().upper().replace(" ", "")
-    try:
-        if t.startswith("L") and "H" in t:
-            a, b = t[1:].split("H", 1)
-        elif "." in t:
-            a, b = t.split(".", 1)
-        else:
-            a, b = t.split(",", 1)
-        return int(a), int(b)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a head; write it like L21H1") from None
+__all__ = ["MAX_DEMOS", "MAX_TEXT", "head_name", "parse_head"]  # re-exported for the pages
 
 
 def default_heads(model_name: str, n_layers: int, n_heads: int) -> list[Head]:
@@ -119,56 +100,17 @@ class LabState:
 
 def state_from_dict(d) -> LabState:
     """Validate untrusted data (an upload or a URL) into a LabState; ValueError with a clear message."""
-    if not isinstance(d, dict):
-        raise ValueError("the file must hold a JSON object with 'demonstrations' and 'query'")
-    demos_raw = d.get("demonstrations", d.get("demos"))
-    if not isinstance(demos_raw, list):
-        raise ValueError("'demonstrations' must be a list of {\"text\": ..., \"label\": ...}")
-    if len(demos_raw) > MAX_DEMOS:
-        raise ValueError(f"at most {MAX_DEMOS} demonstrations")
-    demos = []
-    for i, item in enumerate(demos_raw):
-        if isinstance(item, dict):
-            text, label = item.get("text"), item.get("label")
-        elif isinstance(item, (list, tuple)) and len(item) == 2:
-            text, label = item
-        else:
-            raise ValueError(f"demonstration {i + 1} must be {{\"text\": ..., \"label\": ...}}")
-        if not isinstance(text, str) or not isinstance(label, str):
-            raise ValueError(f"demonstration {i + 1}: text and label must be strings")
-        demos.append((text[:MAX_TEXT], label[:50]))
-    query = d.get("query", "")
-    if not isinstance(query, str):
-        raise ValueError("'query' must be a string")
-    words = d.get("label_words", list(DEFAULT_LABEL_WORDS))
-    if not isinstance(words, list) or not all(isinstance(w, str) for w in words) or not 2 <= len(words) <= 8:
-        raise ValueError("'label_words' must be a list of 2 to 8 strings")
-    template = d.get("template", DEFAULT_TEMPLATE)
-    if template not in TEMPLATES:
-        raise ValueError(f"unknown template {template!r}; choose one of {', '.join(TEMPLATES)}")
-    heads_raw = d.get("heads", [])
-    if not isinstance(heads_raw, list) or len(heads_raw) > 256:
-        raise ValueError("'heads' must be a list like [\"L21H1\", \"L20H10\"]")
-    heads = [parse_head(h) if isinstance(h, str) else parse_head(f"{h[0]},{h[1]}") for h in heads_raw]
-    return LabState(demos, query[:MAX_TEXT], tuple(w[:50] for w in words), template, heads)
+    v = parse_shared_state(d, TEMPLATES)
+    return LabState(v["demos"], v["query"], v["label_words"], v["template"], v["heads"])
 
 
 def state_from_json(text: str | bytes) -> LabState:
-    if isinstance(text, bytes):
-        if len(text) > 1_000_000:
-            raise ValueError("the file is larger than 1 MB")
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ValueError("the file is not UTF-8 text") from None
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON: {exc.msg} (line {exc.lineno})") from None
-    return state_from_dict(d)
+    return state_from_dict(load_json_limited(text))
 
 
 def state_from_query_param(value: str) -> LabState:
+    if not isinstance(value, str) or len(value) > 200_000:
+        raise ValueError("the shared link is damaged or too long")
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
     except (ValueError, TypeError):

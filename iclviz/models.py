@@ -44,10 +44,20 @@ class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message says why, for the app to show."""
 
 
+class NonFiniteOutput(ModelLoadError):
+    """The model produced NaN or infinite logits: its weights are damaged or the dtype overflows."""
+
+
 def cache_dir() -> Path:
     root = os.environ.get("ICLVIZ_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "iclviz"
     path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelLoadError(f"the model cache {str(path)!r} (ICLVIZ_CACHE) cannot be used as a folder: "
+                             f"{exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK):
+        raise ModelLoadError(f"the model cache {str(path)!r} (ICLVIZ_CACHE) is not writable")
     return path
 
 
@@ -111,11 +121,70 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def default_model_dir(progress=None) -> Path:
-    """The float32 safetensors folder of the default model, built on first use."""
+WEIGHTS_FILE = "model.safetensors"
+COMPLETE_FILE = "iclviz-complete.json"
+
+
+def _weights_record(folder: Path) -> dict:
+    w = folder / WEIGHTS_FILE
+    st = w.stat()
+    return {"file": WEIGHTS_FILE, "size": st.st_size, "sha256": _sha256(w), "mtime_ns": st.st_mtime_ns}
+
+
+def check_model_cache(folder: Path) -> str | None:
+    """Why the converted cache in ``folder`` cannot be trusted, or None when it is intact.
+
+    The size is checked on every load; the sha256 whenever the file's size or modification time
+    differs from the recorded ones (a cache built before the record existed is hashed once and
+    its record added).
+    """
+    marker = folder / COMPLETE_FILE
+    w = folder / WEIGHTS_FILE
+    if not marker.is_file():
+        return "the cache is incomplete"
+    if not w.is_file():
+        return f"{WEIGHTS_FILE} is missing"
+    try:
+        meta = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return f"{COMPLETE_FILE} is damaged"
+    rec = meta.get("weights") if isinstance(meta, dict) else None
+    st = w.stat()
+    if not isinstance(rec, dict):  # an older cache: record its weights now
+        if st.st_size == 0:
+            return f"{WEIGHTS_FILE} is empty"
+        meta = meta if isinstance(meta, dict) else {}
+        meta["weights"] = _weights_record(folder)
+        marker.write_text(json.dumps(meta))
+        return None
+    if st.st_size != rec.get("size"):
+        return f"{WEIGHTS_FILE} is {st.st_size:,} bytes, expected {rec.get('size', 0):,}"
+    if st.st_mtime_ns != rec.get("mtime_ns") and _sha256(w) != rec.get("sha256"):
+        return f"{WEIGHTS_FILE} does not match its recorded sha256"
+    return None
+
+
+def weights_sha256(folder: Path) -> str:
+    """The recorded sha256 of a converted cache's weights ('' when unknown)."""
+    try:
+        return json.loads((folder / COMPLETE_FILE).read_text()).get("weights", {}).get("sha256", "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def default_model_dir(progress=None, rebuild: bool = False) -> Path:
+    """The float32 safetensors folder of the default model, built on first use.
+
+    A cache whose weights do not match their recorded size and sha256 is rebuilt from the GGUF file.
+    """
     folder = cache_dir() / "models" / F32_DIR_NAME
-    if (folder / "iclviz-complete.json").exists():
-        return folder
+    if (folder / COMPLETE_FILE).exists() and not rebuild:
+        problem = check_model_cache(folder)
+        if problem is None:
+            return folder
+        log.warning("the default model's cache is damaged (%s): rebuilding it from the GGUF file", problem)
+        if progress:
+            progress(0.0, f"the cached model is damaged ({problem}); rebuilding it")
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     gguf = assemble_gguf(progress=progress)
@@ -140,8 +209,9 @@ def default_model_dir(progress=None) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / "iclviz-complete.json").write_text(json.dumps({
+    (tmp / COMPLETE_FILE).write_text(json.dumps({
         "source": GGUF_NAME, "sha256": GGUF_SHA256, "dequantize_seconds": round(t_dequant, 1),
+        "weights": _weights_record(tmp),
     }))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
@@ -165,6 +235,7 @@ class LoadedModel:
     load_seconds: float = 0.0
     reuse_prefix: bool = True  # compute a batch's shared demonstrations once (KV cache)
     notes: list[str] = field(default_factory=list)
+    weights_sha256: str = ""  # the default model's recorded weights hash (checkpoints record it)
 
     @property
     def n_layers(self) -> int:
@@ -201,17 +272,29 @@ class LoadedModel:
         prefix = common_prefix_length(ids) if len(ids) > 1 and hidden_layer is None and self.reuse_prefix else 0
         if prefix >= 16 and prefix >= 0.5 * min(len(p) for p in ids):
             # the prompts share their demonstrations: compute them once (KV cache), then each query
-            return run_ids_shared_prefix(self.model, ids, prompts[0].label_token_id_list(), prefix,
-                                         interventions=interventions, capture=capture,
-                                         value_positions=value_positions)
-        return run_ids(self.model, ids, prompts[0].label_token_id_list(),
-                       interventions=interventions, capture=capture, value_positions=value_positions,
-                       pad_id=self.pad_id, hidden_layer=hidden_layer)
+            res = run_ids_shared_prefix(self.model, ids, prompts[0].label_token_id_list(), prefix,
+                                        interventions=interventions, capture=capture,
+                                        value_positions=value_positions)
+        else:
+            res = run_ids(self.model, ids, prompts[0].label_token_id_list(),
+                          interventions=interventions, capture=capture, value_positions=value_positions,
+                          pad_id=self.pad_id, hidden_layer=hidden_layer)
+        check_finite(res, self.name)
+        return res
 
     def describe(self) -> str:
         return (f"{self.name}: {self.n_layers} layers x {self.n_heads} heads "
                 f"({self.arch.n_kv_heads} key-value heads), {self.arch.positional} positions, "
                 f"{self.device}, {str(self.dtype).replace('torch.', '')}")
+
+
+def check_finite(res: RunResult, name: str = "the model") -> None:
+    """Raise NonFiniteOutput when a pass produced NaN or infinite label logits (never print garbage)."""
+    logits = res.label_logits
+    if logits is not None and not bool(torch.isfinite(logits).all()):
+        raise NonFiniteOutput(f"{name} produced NaN or infinite logits: its weights are damaged (for the default "
+                              "model, delete ~/.cache/iclviz/models to rebuild it) or the dtype overflows "
+                              "(try float32)")
 
 
 def choose_device_and_dtype(device: str | None = None, dtype: str | None = None) -> tuple[str, torch.dtype]:
@@ -297,9 +380,19 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: str 
     if device_map:
         kwargs["device_map"] = device_map
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code,
-                                                  local_files_only=kwargs.get("local_files_only", False))
-        model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code,
+                                                      local_files_only=kwargs.get("local_files_only", False))
+            model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - a damaged default cache is rebuilt once
+            if kind != "default" or isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+                raise
+            log.warning("the default model's cache could not be loaded (%s): rebuilding it", exc)
+            if progress:
+                progress(0.0, "the cached model could not be loaded; rebuilding it from the GGUF file")
+            where = str(default_model_dir(progress=progress, rebuild=True))
+            tokenizer = AutoTokenizer.from_pretrained(where)
+            model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as exc:
         text = str(exc)
         if kind == "hub" and ("offline" in text.lower() or "connect" in text.lower() or "resolve" in text.lower()
@@ -322,8 +415,11 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: str 
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     ctx = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
     label = DEFAULT_MODEL_LABEL if kind == "default" else name
-    return LoadedModel(name=label, model=model, tokenizer=tokenizer, arch=arch, device=str(device), dtype=torch_dtype,
-                       context_length=int(ctx), load_seconds=time.perf_counter() - t0)
+    lm = LoadedModel(name=label, model=model, tokenizer=tokenizer, arch=arch, device=str(device), dtype=torch_dtype,
+                     context_length=int(ctx), load_seconds=time.perf_counter() - t0)
+    if kind == "default":
+        lm.weights_sha256 = weights_sha256(Path(where))
+    return lm
 
 
 def wrap_model(model, tokenizer, name: str = "model") -> LoadedModel:

@@ -245,14 +245,55 @@ def eager_copy(lm) -> torch.nn.Module:
         return _EAGER[lm.model]
 
 
+class _Enough(Exception):
+    """Raised by the last chosen layer's hook: the layers above it need not run."""
+
+
 @torch.no_grad()
-def full_attention(lm, prompt: BuiltPrompt, layers: list[int]) -> dict[int, torch.Tensor]:
-    """{layer: [H, S, S]} full attention probabilities of the prompt for the chosen layers."""
+def full_attention(lm, prompt: BuiltPrompt, layers: list[int], heads: list[int] | None = None,
+                   max_tokens: int | None = None) -> dict[int, torch.Tensor]:
+    """{layer: [len(heads), S, S]} full attention probabilities of the prompt, for the chosen layers only.
+
+    Only the chosen layers' (and heads') matrices are kept (hooks on their attention modules); the pass
+    stops after the last chosen layer. Memory: one layer's matrices at a time plus what is returned.
+    A prompt longer than ``max_tokens`` is refused before the pass.
+    """
+    from .architecture import describe
+    from .validation import ValidationError, check_layers, check_prompt_size
+
+    if max_tokens is not None:
+        check_prompt_size(prompt.n_tokens, max_tokens, "the attention view's limit")
+    layers = check_layers(layers, lm.n_layers)
+    heads = list(range(lm.n_heads)) if heads is None else [int(h) for h in heads]
+    if not heads or any(not 0 <= h < lm.n_heads for h in heads):
+        raise ValidationError(f"heads must be between 0 and {lm.n_heads - 1}")
     model = eager_copy(lm)
+    attn_modules = describe(model).attentions
     device = next(model.parameters()).device
     ids = torch.tensor([prompt.input_ids], device=device)
-    out = model(input_ids=ids, output_attentions=True)
-    return {int(layer): out.attentions[layer][0].float().cpu() for layer in layers}
+    out: dict[int, torch.Tensor] = {}
+    last = max(layers)
+    idx = torch.tensor(heads)
+
+    def hook_for(layer):
+        def hook(module, args, output):
+            weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+            if weights is None:
+                raise RuntimeError("the eager attention did not return its weights")
+            out[layer] = weights[0].index_select(0, idx.to(weights.device)).float().cpu()
+            if layer == last:
+                raise _Enough
+        return hook
+
+    handles = [attn_modules[a].register_forward_hook(hook_for(a)) for a in layers]
+    try:
+        model(input_ids=ids, use_cache=False)
+    except _Enough:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return out
 
 
 VENDOR_DIR = Path(__file__).resolve().parents[1] / "assets" / "vendor"
@@ -273,3 +314,33 @@ def offline_bertviz_html(html: str) -> str:
         return html
     head = f"<script>{jq}</script>\n<script>{d3}</script>\n<script>{_SHIM}</script>\n"
     return head + _REQUIRE_TAG.sub("", html)
+
+
+# ---------------------------------------------------------------- what the app's caches hold
+
+@dataclass
+class LabelCapture:
+    """The part of a capture the pages draw: attention from T at the label positions, [L, H, P].
+
+    The app caches predictions with this instead of the full capture (value-output vectors and
+    residuals of every head), so a cached result is kilobytes, not megabytes.
+    """
+
+    label_attn: torch.Tensor
+    positions: tuple[int, ...]
+    value_out = None  # analyses that need vectors run their own pass
+
+    def attention_at(self, b: int, positions) -> torch.Tensor:
+        idx = [self.positions.index(int(p)) for p in positions]
+        return self.label_attn[..., idx]
+
+
+def slim_prediction(pred):
+    """A Prediction whose capture is only the label attention (what the pages show)."""
+    from .evaluation import Prediction
+
+    cap = None
+    if pred.capture is not None:
+        positions = tuple(pred.prompt.label_positions)
+        cap = LabelCapture(pred.capture.attention_at(0, positions).detach().float().cpu().clone(), positions)
+    return Prediction(pred.prompt, dict(pred.probs), dict(pred.logits), pred.predicted, cap)

@@ -298,8 +298,10 @@ def parse_shared_state(d, templates) -> dict:
             or not 2 <= len(words) <= MAX_LABEL_WORDS):
         raise ValidationError(f"'label_words' must be a list of 2 to {MAX_LABEL_WORDS} strings")
     template = d.get("template", "review")
-    if not isinstance(template, str) or template not in templates:
-        raise ValidationError(f"'template' must be one of {', '.join(templates)}")
+    if not isinstance(template, str):
+        raise ValidationError(f"'template' must be a name, one of {', '.join(templates)}")
+    if template not in templates:
+        raise ValidationError(f"unknown template {template[:40]!r}; choose one of {', '.join(templates)}")
     heads_raw = d.get("heads", [])
     if not isinstance(heads_raw, list):
         raise ValidationError("'heads' must be a list like [\"L21H1\", \"L20H10\"]")
@@ -320,7 +322,7 @@ def parse_shared_state(d, templates) -> dict:
 
 # ---------------------------------------------------------------- markdown
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~$:])")
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]()<>#!|~$])")
 
 
 def escape_markdown(text) -> str:

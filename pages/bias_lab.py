@@ -29,8 +29,8 @@ st.subheader("The current prompt")
 if prompt is not None:
     words = prompt.label_words
     counts = {w: prompt.demo_labels.count(w) for w in words}
-    st.markdown("Demonstrations per label: " + ", ".join(f"{w}: {n}" for w, n in counts.items())
-                + f" · last demonstration's label: `{prompt.demo_labels[-1]}`")
+    st.markdown("Demonstrations per label: " + common.safe(", ".join(f"{w}: {n}" for w, n in counts.items()))
+                + f" · last demonstration's label: `{prompt.demo_labels[-1].replace('`', 'ˋ')}`")
     plans = [("no fix", "none"), ("majority fix", "majority_fix")]
     if rotary:
         plans.append(("recency fix", "recency_fix"))
@@ -45,7 +45,8 @@ if prompt is not None:
     c1, c2 = st.columns(2)
     c1.plotly_chart(bias_bars(cur, "label", "probability"), key="fig_bias_prob")
     c2.plotly_chart(bias_bars(cur, "label", "attention_mass"), key="fig_bias_mass")
-    st.markdown(" · ".join(f"{c}: `{p}`" for c, p in cur.groupby("condition", sort=False)["predicted"].first().items()))
+    shown = cur.groupby("condition", sort=False)["predicted"].first().items()
+    st.markdown(" · ".join(f"{c}: `{str(p).replace('`', 'ˋ')}`" for c, p in shown))
     if not rotary:
         st.info(f"{lm.name} has {lm.arch.positional} positions: the recency fix needs a rotary model.")
     n = len(ss.demos)
@@ -98,7 +99,7 @@ with tab1:
             ss.ratio_table = pd.DataFrame(rows)
             ss.ratio_inputs = f"{n_first} {setup_words[0]} / {total - n_first} {setup_words[1]}"
         except (ValueError, RuntimeError) as exc:
-            st.error(str(exc))
+            st.error(common.safe(exc))
     if ss.get("ratio_table") is not None:
         st.caption(f"Demonstrations: {ss.ratio_inputs}")
         fig = bias_bars(ss.ratio_table, "quantity", "value")
@@ -117,9 +118,9 @@ for tab, kind, fn_name in ((tab2, "majority", "majority_bias"), (tab3, "recency"
                 try:
                     ss[f"{kind}_result"] = fn(lm, setup, heads, progress=cb)
                 except Cancelled as exc:
-                    st.warning(str(exc))
+                    st.warning(common.safe(exc))
                 except (ValueError, RuntimeError, TypeError) as exc:
-                    st.error(f"The measurement failed: {exc}")
+                    st.error(common.safe(f"The measurement failed: {exc}"))
                 bar.empty()
         res = ss.get(f"{kind}_result")
         if res is not None:

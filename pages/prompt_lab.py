@@ -14,6 +14,7 @@ from iclviz.app_support import (
 from iclviz.data import DataError, label_words_for, sample_demonstrations, sample_test
 from iclviz.plots import figure_html, label_attention_bars, label_sum_bars, probability_bars, tokens_html
 from iclviz.prompt import TEMPLATES
+from iclviz.validation import ValidationError, check_demo_count, check_heads
 from pages import common
 
 ss = st.session_state
@@ -80,15 +81,22 @@ def _words_changed():
 
 def _sample(ds, k, seed):
     _sync_demos()
-    words = label_words_for(len(ds.labels)) if len(ds.labels) != len(ss.label_words) else tuple(ss.label_words)
-    demos = sample_demonstrations(ds, int(k), int(seed))
+    try:  # a callback's exception would escape the page: keep the prompt and say why instead
+        words = label_words_for(len(ds.labels)) if len(ds.labels) != len(ss.label_words) else tuple(ss.label_words)
+        demos = sample_demonstrations(ds, int(k), int(seed))
+        check_demo_count(len(demos), common.settings().max_demos)
+        query = sample_test(ds, len(ds.labels), seed=int(seed))[0][0]
+    except (DataError, ValidationError, IndexError) as exc:
+        ss.sample_error = f"Could not sample from {ds.name}: {exc}"
+        return
+    ss.pop("sample_error", None)
     ss.demos = []
     for text, y in demos:
         ss.demo_counter += 1
         ss.demos.append({"id": ss.demo_counter, "text": text, "label": words[y]})
     ss.label_words = list(words)
     ss.w_label_words = ", ".join(words)
-    ss.query = sample_test(ds, len(ds.labels), seed=int(seed))[0][0]
+    ss.query = query
     ss.w_query = ss.query
 
 
@@ -133,7 +141,9 @@ with left:
                        help=f"delete demonstration {i + 1}")
     _sync_demos()
     b1, b2 = st.columns(2)
-    b1.button("Add demonstration", on_click=_add, key="w_add_demo")
+    full = len(ss.demos) >= common.settings().max_demos
+    b1.button("Add demonstration", on_click=_add, key="w_add_demo", disabled=full,
+              help=f"at most {common.settings().max_demos} demonstrations on this server" if full else None)
     b2.button("Reverse order", on_click=_reverse, key="w_reverse")
 
     _bind("w_query", ss.query)
@@ -146,11 +156,9 @@ with left:
         k = s1.number_input("Demonstrations per label", 1, 16, 2, key="w_lab_k")
         seed = s2.number_input("Seed", 0, 10_000, 0, key="w_lab_seed")
         if ds is not None:
-            try:
-                st.button("Sample demonstrations and a query", on_click=_sample, args=(ds, k, seed),
-                          key="w_sample")
-            except DataError as exc:
-                st.error(str(exc))
+            st.button("Sample demonstrations and a query", on_click=_sample, args=(ds, k, seed), key="w_sample")
+        if ss.get("sample_error"):
+            st.error(common.safe(ss.sample_error))
 
     with st.expander("Load / save / share"):
         state = common.current_state()
@@ -167,7 +175,7 @@ with left:
                 ss.share_message = ("success", f"Loaded {up.name}.")
                 st.rerun()
             except ValueError as exc:
-                st.error(f"Could not load {up.name}: {exc}")
+                st.error(common.safe(f"Could not load {up.name}: {exc}"))
         if st.button("Put the prompt and heads in the URL", key="w_share_url"):
             st.query_params["s"] = state.to_query_param()
             st.success("The page address now holds this prompt and head set: copy it from the address bar.")
@@ -183,15 +191,10 @@ with right:
     try:
         typed = common.heads_from_text(h_text)
         if typed and typed != heads:
-            bad = [h for h in typed if not (0 <= h[0] < lm.n_layers and 0 <= h[1] < lm.n_heads)]
-            if bad:
-                st.error(f"{', '.join(map(head_name, bad))} not in this model ({lm.n_layers} layers x "
-                         f"{lm.n_heads} heads)")
-            else:
-                common.set_heads(typed)
-                st.rerun()
+            common.set_heads(check_heads(typed, lm.n_layers, lm.n_heads))
+            st.rerun()
     except ValueError as exc:
-        st.error(str(exc))
+        st.error(common.safe(exc))
     modes = ["none", "all in-context heads", "ticked heads", "random heads (control)"]
     mode = st.radio("Intervene on", modes, horizontal=True, key="w_mode")
     i1, i2 = st.columns(2)
@@ -222,8 +225,9 @@ with right:
     st.subheader("Prediction")
     p1, p2 = st.columns(2)
 
-    def _pred_text(pred):
-        return f"Prediction: {pred.predicted} — " + " · ".join(f"p({w})={pred.probs[w]:.3f}" for w in words)
+    def _pred_text(pred):  # shown in a code span: a backtick in a label word must not close it
+        return (f"Prediction: {pred.predicted} — " + " · ".join(f"p({w})={pred.probs[w]:.3f}" for w in words)
+                ).replace("`", "ˋ")
 
     p1.markdown("**Before** (no intervention)")
     p1.markdown(f"`{_pred_text(before)}`")
@@ -231,7 +235,7 @@ with right:
     if after is not None:
         p2.markdown(f"`{_pred_text(after)}`")
         flip = " — the prediction flipped" if after.predicted != before.predicted else ""
-        p2.caption(f"margin {words[0]}−{words[1]}: {before.margin:+.3f} → {after.margin:+.3f}{flip}")
+        p2.caption(common.safe(f"margin {words[0]}−{words[1]}: {before.margin:+.3f} → {after.margin:+.3f}{flip}"))
     else:
         p2.markdown("`—`")
     probs = pd.DataFrame([{"condition": c, "label": w, "probability": p.probs[w]}
@@ -258,7 +262,7 @@ with a2:
     sum_table.columns = [f"{c} {w}" for c, w in sum_table.columns]
     total = sums.groupby(["condition", "label"], sort=False)["attention"].sum()
     st.dataframe(sum_table.style.format("{:.3f}"), key="tbl_sums")
-    st.markdown("All chosen heads: " + "; ".join(f"{c} {w} = {v:.3f}" for (c, w), v in total.items()))
+    st.markdown("All chosen heads: " + common.safe("; ".join(f"{c} {w} = {v:.3f}" for (c, w), v in total.items())))
     st.plotly_chart(label_sum_bars(sums, words), key="fig_sums")
 d1, d2, d3 = st.columns(3)
 with d1:

@@ -185,6 +185,12 @@ def default_model_dir(progress=None, rebuild: bool = False) -> Path:
         log.warning("the default model's cache is damaged (%s): rebuilding it from the GGUF file", problem)
         if progress:
             progress(0.0, f"the cached model is damaged ({problem}); rebuilding it")
+    build_default_cache(folder, progress)
+    return folder
+
+
+def build_default_cache(folder: Path, progress=None) -> None:
+    """Assemble and dequantize the GGUF file into ``folder`` (float32 safetensors with a weights record)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     gguf = assemble_gguf(progress=progress)
@@ -216,7 +222,6 @@ def default_model_dir(progress=None, rebuild: bool = False) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     del gguf_model, plain
-    return folder
 
 
 # ---------------------------------------------------------------- loading any model

@@ -26,8 +26,8 @@ MAX_LABEL_CHARS = 50
 MAX_LABEL_WORDS = 8
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
-_HEAD = re.compile(r"^L(\d{1,4})H(\d{1,4})$")
-_HEAD_DOT = re.compile(r"^(\d{1,4})\.(\d{1,4})$")
+_HEAD = re.compile(r"^L([0-9]{1,4})H([0-9]{1,4})$")
+_HEAD_DOT = re.compile(r"^([0-9]{1,4})\.([0-9]{1,4})$")
 
 
 class ValidationError(ValueError):

@@ -59,6 +59,16 @@ def _heads(text: str | None):
     return parse_heads(text) or None if text else None
 
 
+MAX_TOKENS = 4096  # longest prompt the CLI runs unless --max-tokens says otherwise
+
+
+def check_prompt_tokens(prompts, limit: int) -> None:
+    """Refuse, before the forward pass, a prompt longer than ``limit`` tokens (saying how long it is)."""
+    longest = max((p.n_tokens for p in prompts), default=0)
+    if longest > limit:
+        raise ValidationError(f"a prompt is {longest:,} tokens; --max-tokens is {limit:,} (raise it if you mean it)")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse whose errors are one line (exit status 2), like the library's errors."""
 
@@ -124,6 +134,8 @@ def _common(p: argparse.ArgumentParser, dataset: bool = True):
     p.add_argument("--labels", nargs="+", default=None, help="label words (default foo bar ...)")
     p.add_argument("--out", default=None, help="folder for CSV/JSON output")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the trace of an error")
+    p.add_argument("--max-tokens", type=int_type(16, 10_000_000), default=MAX_TOKENS,
+                   help=f"refuse prompts longer than this, before any forward pass (default {MAX_TOKENS})")
     if dataset:
         p.add_argument("--dataset", default="sst2", help="shipped name, a name in --data-dir, or hub:NAME")
         p.add_argument("--data-dir", default=None, help="folder with more datasets (e.g. ethos)")
@@ -246,7 +258,7 @@ def _write(args, name: str, df=None, obj=None):
 
 def run(args) -> int:
     from . import bias, label_swap, label_vectors, locate, two_towers
-    from .evaluation import evaluate, predict
+    from .evaluation import evaluate
     from .heads import default_layers, random_heads
     from .interventions import Plan
 
@@ -270,14 +282,21 @@ def run(args) -> int:
         if len(words) < 2:
             raise PromptError("give demonstrations of at least two labels, or name the label words with --labels")
         plan = Plan("ablate", tuple(_heads(args.ablate))) if args.ablate else Plan()
+        from .evaluation import predict_prompt
+        from .prompt import build_prompt
+
+        prompt = build_prompt(lm.tokenizer, demos, args.query, words, args.template, max_tokens=lm.context_length)
+        check_prompt_tokens([prompt], args.max_tokens)
         t0 = time.perf_counter()
-        pred = predict(lm, demos, args.query, words, args.template, plan, capture=False)
+        pred = predict_prompt(lm, prompt, plan, capture=False)
         obj = {"prediction": pred.predicted, "probabilities": pred.probs, "logits": pred.logits,
                "tokens": pred.prompt.n_tokens, "seconds": round(time.perf_counter() - t0, 3),
                "intervention": plan.label(), "warnings": pred.prompt.warnings}
         _write(args, "predict", obj=obj)
         return 0
     setup = _setup(args, lm)
+    for seed in setup.seeds:  # tokenizing is cheap; a pass over a too-long prompt is not
+        check_prompt_tokens(setup.prompts(lm, seed)[0], args.max_tokens)
     bar = _Bar(args.command)
     try:
         if args.command == "evaluate":

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from iclviz.cli import main
-from iclviz.validation import ValidationError, head_name, json_depth, parse_heads
+from iclviz.validation import ValidationError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,6 +82,13 @@ CLI_CASES = [
     ("labels fewer than classes", EVAL + ["--labels", "foo"], "label words"),
     ("unknown dataset", ["evaluate", "--dataset", "nope"], "no dataset 'nope'"),
     ("dataset path", ["evaluate", "--dataset", "../../etc"], "not a dataset name"),
+    ("long query", ["predict", "--demo", "a=foo", "--demo", "b=bar", "--query", "wonderful " * 40,
+                    "--max-tokens", "100"], "--max-tokens is 100"),
+    ("300 demonstrations", ["predict", "--query", "q", "--max-tokens", "1000"]
+     + [x for i in range(300) for x in ("--demo", f"sentence {i}={'foo' if i % 2 else 'bar'}")],
+     "is 4697 tokens, longer than the model's context of 1024"),
+    ("dataset prompts too long", EVAL + ["--max-tokens", "20"], "--max-tokens is 20"),
+    ("max tokens too small", EVAL + ["--max-tokens", "3"], "at least 16"),
 ]
 
 
@@ -149,7 +156,7 @@ def _rows(ck: Path) -> list[dict]:
     (["--k", "2"], "k_per_label"),
     (["--dataset", "agnews"], "dataset"),
     (["--template", "paper"], "template"),
-    (["--labels", "baz", "qux"], "label_words"),
+    (["--labels", "bar", "foo"], "label_words"),
     (["--intervention", "ablate", "--heads", "L2H1 L1H1"], "plan"),
 ])
 def test_resume_with_other_settings_is_refused(model_dir, capsys, tmp_path, change, field):
@@ -337,88 +344,3 @@ def test_non_finite_logits_raise_instead_of_a_prediction(tiny_llama, capsys, mod
 
     with pytest.raises(NonFiniteOutput):
         predict(load_model(str(path)), [("good", "foo"), ("bad", "bar")], "fine")
-
-
-# ---------------------------------------------------------------- heads and shared state (property-based)
-
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from iclviz.app_support import LabState, state_from_dict, state_from_json, state_from_query_param  # noqa: E402
-
-
-@given(st.integers(0, 9999), st.integers(0, 9999))
-def test_head_name_round_trip(layer, head):
-    assert parse_heads(head_name((layer, head))) == [(layer, head)]
-    assert parse_heads(f"l{layer}h{head}, {layer}.{head}") == [(layer, head)]
-
-
-@given(st.text(max_size=40))
-def test_parse_heads_gives_heads_or_a_validation_error(text):
-    try:
-        heads = parse_heads(text, 24, 14)
-    except ValidationError:
-        return
-    assert all(0 <= a < 24 and 0 <= b < 14 for a, b in heads)
-
-
-def test_parse_heads_table():
-    assert parse_heads("L21H1 L20H10, l21h1") == [(21, 1), (20, 10)]
-    for bad in ["L1H-1", "L-1H1", "LxHy", "L1H2H3", "21", "L21", "H1", "L1.5H2", "L１H1"]:
-        with pytest.raises(ValidationError):
-            parse_heads(bad)
-    with pytest.raises(ValidationError, match="L24H0 not in this model"):
-        parse_heads("L24H0", 24, 14)
-    with pytest.raises(ValidationError, match="at most"):
-        parse_heads(" ".join(f"L{i}H0" for i in range(300)))
-
-
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-                           lambda children: st.lists(children, max_size=4)
-                           | st.dictionaries(st.text(max_size=8), children, max_size=4), max_leaves=20)
-state_like = st.fixed_dictionaries({}, optional={
-    "demonstrations": st.lists(st.fixed_dictionaries({"text": json_values, "label": json_values}) | json_values,
-                               max_size=4) | json_values,
-    "query": st.text(max_size=20) | json_values,
-    "label_words": st.lists(st.text(max_size=5), max_size=10) | json_values,
-    "template": st.sampled_from(["paper", "review", "sentence", "../x"]) | json_values,
-    "heads": st.lists(st.text(max_size=6) | st.lists(st.integers(-3, 30), max_size=3) | json_values, max_size=4)
-    | json_values,
-})
-
-
-@settings(max_examples=300, deadline=None)
-@given(state_like)
-def test_shared_state_parser_gives_a_state_or_a_value_error(d):
-    try:
-        s = state_from_dict(d)
-    except ValueError:
-        return
-    assert all(isinstance(t, str) and isinstance(w, str) for t, w in s.demos)
-    assert isinstance(s.query, str) and 2 <= len(s.label_words) <= 8 and s.template in ("paper", "review", "sentence")
-    assert all(isinstance(a, int) and isinstance(b, int) and a >= 0 and b >= 0 for a, b in s.heads)
-    assert state_from_json(s.to_json()) == s  # what was accepted round-trips
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.text(max_size=200) | st.binary(max_size=200).map(lambda b: b.decode("latin-1")))
-def test_shared_link_parser_never_raises_anything_but_value_error(value):
-    try:
-        state_from_query_param(value)
-    except ValueError:
-        pass
-
-
-@given(st.integers(1, 50_000))
-def test_deep_json_is_refused_before_parsing(depth):
-    text = "[" * depth + "]" * depth
-    assert json_depth(text) == depth
-    if depth > 6:
-        with pytest.raises(ValueError, match="nested"):
-            state_from_json(text)
-
-
-def test_state_round_trips_through_a_link():
-    s = LabState(demos=[("a", "foo"), ("b [x](y)", "bar")], query="q", heads=[(1, 2), (0, 3)])
-    assert state_from_query_param(s.to_query_param()) == s

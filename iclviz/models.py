@@ -155,13 +155,23 @@ def check_model_cache(folder: Path) -> str | None:
             return f"{WEIGHTS_FILE} is empty"
         meta = meta if isinstance(meta, dict) else {}
         meta["weights"] = _weights_record(folder)
-        marker.write_text(json.dumps(meta))
+        _write_quietly(marker, meta)
         return None
     if st.st_size != rec.get("size"):
         return f"{WEIGHTS_FILE} is {st.st_size:,} bytes, expected {rec.get('size', 0):,}"
-    if st.st_mtime_ns != rec.get("mtime_ns") and _sha256(w) != rec.get("sha256"):
-        return f"{WEIGHTS_FILE} does not match its recorded sha256"
+    if st.st_mtime_ns != rec.get("mtime_ns"):
+        if _sha256(w) != rec.get("sha256"):
+            return f"{WEIGHTS_FILE} does not match its recorded sha256"
+        rec["mtime_ns"] = st.st_mtime_ns  # touched but intact: no need to hash it again
+        _write_quietly(marker, meta)
     return None
+
+
+def _write_quietly(path: Path, obj) -> None:
+    try:
+        path.write_text(json.dumps(obj))
+    except OSError:  # a read-only cache still loads; it is only checked again next time
+        pass
 
 
 def weights_sha256(folder: Path) -> str:

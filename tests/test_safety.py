@@ -344,3 +344,14 @@ def test_non_finite_logits_raise_instead_of_a_prediction(tiny_llama, capsys, mod
 
     with pytest.raises(NonFiniteOutput):
         predict(load_model(str(path)), [("good", "foo"), ("bad", "bar")], "fine")
+
+
+def test_touched_but_intact_cache_is_kept_and_not_hashed_again(fake_cache, monkeypatch):
+    from iclviz import models
+
+    folder, builds = fake_cache
+    w = folder / models.WEIGHTS_FILE
+    os.utime(w, ns=(w.stat().st_atime_ns, w.stat().st_mtime_ns + 10**9))
+    assert models.check_model_cache(folder) is None
+    monkeypatch.setattr(models, "_sha256", lambda path: pytest.fail("hashed again"))
+    assert models.check_model_cache(folder) is None and models.default_model_dir() == folder and len(builds) == 1

@@ -193,12 +193,23 @@ def test_settings_refuse_what_the_operator_did_not_allow():
 
 def test_a_tampered_session_cannot_load_a_folder(monkeypatch, tmp_path):
     """Even with the spec forced into the session, the loader refuses what the operator did not allow."""
-    (tmp_path / "config.json").write_text("{}")
+    marker = tmp_path / "code-ran"
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "evil", "auto_map": {"AutoConfig": "configuration_evil.EvilConfig"}}))
+    (tmp_path / "configuration_evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('x')\nfrom transformers import PretrainedConfig\n"
+        "class EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n")
     at = AppTest.from_file(APP, default_timeout=120)
     at.session_state["model_spec"] = (str(tmp_path), "auto", "auto", True)
     at.run()
     assert not at.exception
     assert "turned off on this server" in errors(at)
+    assert not marker.exists()  # the folder's code never ran
+    # and a visitor cannot even learn whether the folder exists: same message for a path that does not
+    at2 = AppTest.from_file(APP, default_timeout=120)
+    at2.session_state["model_spec"] = (str(tmp_path / "nope"), "auto", "auto", False)
+    at2.run()
+    assert "model folders is turned off" in errors(at2) and "not a folder" not in errors(at2)
 
 
 def test_token_and_demonstration_limits_are_the_operators(monkeypatch):

@@ -93,12 +93,21 @@ class Session(threading.Thread):
     def _texts(self, page):
         return tuple(page.locator("code", has_text="Prediction:").all_inner_texts())
 
-    def _settle(self, page, old, want: int, timeout=120.0):
+    def _settle(self, page, old, want: int, timeout=300.0):
+        """Wait for the rerun's new prediction; a new query whose rounded numbers equal the old ones is
+        accepted after the app has been idle for 5 s (on an overloaded machine a run can take long)."""
         deadline = time.time() + timeout
+        idle_since = None
         while time.time() < deadline:
             running = page.locator("[data-testid='stStatusWidgetRunningIcon']").count() > 0
             now = self._texts(page)
             if not running and len(now) == want and now != old:
+                return now
+            if running or len(now) != want:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.time()
+            elif time.time() - idle_since > 5.0:
                 return now
             page.wait_for_timeout(30)
         raise TimeoutError(f"session {self.index}: no new prediction after {timeout:.0f} s")

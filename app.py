@@ -14,7 +14,10 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from iclviz.memory import limit_heap_growth, release_memory  # noqa: E402
 from pages import common  # noqa: E402
+
+limit_heap_growth()  # a server's memory stays flat over reruns (see iclviz/memory.py)
 
 st.set_page_config(page_title="iclviz: in-context heads", layout="wide")
 
@@ -32,3 +35,5 @@ try:
     page.run()
 except Exception as exc:  # noqa: BLE001 - an error on one page is shown there; the others keep working
     common.show_page_error(exc)
+finally:
+    release_memory()

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from .prompt import DEFAULT_LABEL_WORDS, DEFAULT_TEMPLATE, TEMPLATES, BuiltPrompt
+from .validation import MAX_DEMOS, MAX_TEXT, head_name, load_json_limited, parse_head, parse_shared_state
 
 Head = tuple[int, int]
 
@@ -36,27 +37,7 @@ START_DEMOS: list[tuple[str, str]] = [
 START_QUERY = "I loved every minute of it"
 
 TINY_MODELS = ("tiny-llama", "tiny-gpt2", "tiny-qwen2")
-MAX_DEMOS = 64
-MAX_TEXT = 2000
-
-
-def head_name(head: Head) -> str:
-    return f"L{int(head[0])}H{int(head[1])}"
-
-
-def parse_head(text: str) -> Head:
-    """'L21H1' or '21.1' or '21,1' -> (21, 1)."""
-    t = str(text).strip().upper().replace(" ", "")
-    try:
-        if t.startswith("L") and "H" in t:
-            a, b = t[1:].split("H", 1)
-        elif "." in t:
-            a, b = t.split(".", 1)
-        else:
-            a, b = t.split(",", 1)
-        return int(a), int(b)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a head; write it like L21H1") from None
+__all__ = ["MAX_DEMOS", "MAX_TEXT", "head_name", "parse_head"]  # re-exported for the pages
 
 
 def default_heads(model_name: str, n_layers: int, n_heads: int, rule: str = "importance") -> list[Head]:
@@ -120,56 +101,17 @@ class LabState:
 
 def state_from_dict(d) -> LabState:
     """Validate untrusted data (an upload or a URL) into a LabState; ValueError with a clear message."""
-    if not isinstance(d, dict):
-        raise ValueError("the file must hold a JSON object with 'demonstrations' and 'query'")
-    demos_raw = d.get("demonstrations", d.get("demos"))
-    if not isinstance(demos_raw, list):
-        raise ValueError("'demonstrations' must be a list of {\"text\": ..., \"label\": ...}")
-    if len(demos_raw) > MAX_DEMOS:
-        raise ValueError(f"at most {MAX_DEMOS} demonstrations")
-    demos = []
-    for i, item in enumerate(demos_raw):
-        if isinstance(item, dict):
-            text, label = item.get("text"), item.get("label")
-        elif isinstance(item, (list, tuple)) and len(item) == 2:
-            text, label = item
-        else:
-            raise ValueError(f"demonstration {i + 1} must be {{\"text\": ..., \"label\": ...}}")
-        if not isinstance(text, str) or not isinstance(label, str):
-            raise ValueError(f"demonstration {i + 1}: text and label must be strings")
-        demos.append((text[:MAX_TEXT], label[:50]))
-    query = d.get("query", "")
-    if not isinstance(query, str):
-        raise ValueError("'query' must be a string")
-    words = d.get("label_words", list(DEFAULT_LABEL_WORDS))
-    if not isinstance(words, list) or not all(isinstance(w, str) for w in words) or not 2 <= len(words) <= 8:
-        raise ValueError("'label_words' must be a list of 2 to 8 strings")
-    template = d.get("template", DEFAULT_TEMPLATE)
-    if template not in TEMPLATES:
-        raise ValueError(f"unknown template {template!r}; choose one of {', '.join(TEMPLATES)}")
-    heads_raw = d.get("heads", [])
-    if not isinstance(heads_raw, list) or len(heads_raw) > 256:
-        raise ValueError("'heads' must be a list like [\"L21H1\", \"L20H10\"]")
-    heads = [parse_head(h) if isinstance(h, str) else parse_head(f"{h[0]},{h[1]}") for h in heads_raw]
-    return LabState(demos, query[:MAX_TEXT], tuple(w[:50] for w in words), template, heads)
+    v = parse_shared_state(d, TEMPLATES)
+    return LabState(v["demos"], v["query"], v["label_words"], v["template"], v["heads"])
 
 
 def state_from_json(text: str | bytes) -> LabState:
-    if isinstance(text, bytes):
-        if len(text) > 1_000_000:
-            raise ValueError("the file is larger than 1 MB")
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ValueError("the file is not UTF-8 text") from None
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON: {exc.msg} (line {exc.lineno})") from None
-    return state_from_dict(d)
+    return state_from_dict(load_json_limited(text))
 
 
 def state_from_query_param(value: str) -> LabState:
+    if not isinstance(value, str) or len(value) > 200_000:
+        raise ValueError("the shared link is damaged or too long")
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
     except (ValueError, TypeError):
@@ -304,14 +246,55 @@ def eager_copy(lm) -> torch.nn.Module:
         return _EAGER[lm.model]
 
 
+class _Enough(Exception):
+    """Raised by the last chosen layer's hook: the layers above it need not run."""
+
+
 @torch.no_grad()
-def full_attention(lm, prompt: BuiltPrompt, layers: list[int]) -> dict[int, torch.Tensor]:
-    """{layer: [H, S, S]} full attention probabilities of the prompt for the chosen layers."""
+def full_attention(lm, prompt: BuiltPrompt, layers: list[int], heads: list[int] | None = None,
+                   max_tokens: int | None = None) -> dict[int, torch.Tensor]:
+    """{layer: [len(heads), S, S]} full attention probabilities of the prompt, for the chosen layers only.
+
+    Only the chosen layers' (and heads') matrices are kept (hooks on their attention modules); the pass
+    stops after the last chosen layer. Memory: one layer's matrices at a time plus what is returned.
+    A prompt longer than ``max_tokens`` is refused before the pass.
+    """
+    from .architecture import describe
+    from .validation import ValidationError, check_layers, check_prompt_size
+
+    if max_tokens is not None:
+        check_prompt_size(prompt.n_tokens, max_tokens, "the attention view's limit")
+    layers = check_layers(layers, lm.n_layers)
+    heads = list(range(lm.n_heads)) if heads is None else [int(h) for h in heads]
+    if not heads or any(not 0 <= h < lm.n_heads for h in heads):
+        raise ValidationError(f"heads must be between 0 and {lm.n_heads - 1}")
     model = eager_copy(lm)
+    attn_modules = describe(model).attentions
     device = next(model.parameters()).device
     ids = torch.tensor([prompt.input_ids], device=device)
-    out = model(input_ids=ids, output_attentions=True)
-    return {int(layer): out.attentions[layer][0].float().cpu() for layer in layers}
+    out: dict[int, torch.Tensor] = {}
+    last = max(layers)
+    idx = torch.tensor(heads)
+
+    def hook_for(layer):
+        def hook(module, args, output):
+            weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+            if weights is None:
+                raise RuntimeError("the eager attention did not return its weights")
+            out[layer] = weights[0].index_select(0, idx.to(weights.device)).float().cpu()
+            if layer == last:
+                raise _Enough
+        return hook
+
+    handles = [attn_modules[a].register_forward_hook(hook_for(a)) for a in layers]
+    try:
+        model(input_ids=ids, use_cache=False)
+    except _Enough:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return out
 
 
 VENDOR_DIR = Path(__file__).resolve().parents[1] / "assets" / "vendor"
@@ -367,3 +350,33 @@ def bertviz_height(view: str, n_tokens: int, total_heads: int, n_layers_drawn: i
     thumb = n_tokens * box + 10
     detail = n_tokens * 18 + 2 * 15 + 25
     return int(max(n_layers_drawn * thumb + 38, detail) + 120)
+
+
+# ---------------------------------------------------------------- what the app's caches hold
+
+@dataclass
+class LabelCapture:
+    """The part of a capture the pages draw: attention from T at the label positions, [L, H, P].
+
+    The app caches predictions with this instead of the full capture (value-output vectors and
+    residuals of every head), so a cached result is kilobytes, not megabytes.
+    """
+
+    label_attn: torch.Tensor
+    positions: tuple[int, ...]
+    value_out = None  # analyses that need vectors run their own pass
+
+    def attention_at(self, b: int, positions) -> torch.Tensor:
+        idx = [self.positions.index(int(p)) for p in positions]
+        return self.label_attn[..., idx]
+
+
+def slim_prediction(pred):
+    """A Prediction whose capture is only the label attention (what the pages show)."""
+    from .evaluation import Prediction
+
+    cap = None
+    if pred.capture is not None:
+        positions = tuple(pred.prompt.label_positions)
+        cap = LabelCapture(pred.capture.attention_at(0, positions).detach().float().cpu().clone(), positions)
+    return Prediction(pred.prompt, dict(pred.probs), dict(pred.logits), pred.predicted, cap)

@@ -18,6 +18,19 @@ from tqdm import tqdm
 
 from .data import DataError, load_dataset
 from .prompt import DEFAULT_TEMPLATE, TEMPLATES, PromptError
+from .validation import (
+    DEVICES,
+    ValidationError,
+    atomic_write,
+    check_device,
+    check_file_target,
+    check_heads,
+    check_layers,
+    check_output_dir,
+    head_name,
+    int_type,
+    parse_heads,
+)
 
 
 class _Bar:
@@ -43,54 +56,118 @@ class _Bar:
 
 
 def _heads(text: str | None):
-    if not text:
-        return None
-    out = []
-    for part in text.replace(",", " ").split():
-        part = part.upper()
-        if not part.startswith("L") or "H" not in part:
-            raise SystemExit(f"heads are written like L21H1; got {part!r}")
-        a, b = part[1:].split("H")
-        out.append((int(a), int(b)))
-    return out
+    return parse_heads(text) or None if text else None
+
+
+MAX_TOKENS = 4096  # longest prompt the CLI runs unless --max-tokens says otherwise
+
+
+def check_prompt_tokens(prompts, limit: int) -> None:
+    """Refuse, before the forward pass, a prompt longer than ``limit`` tokens (saying how long it is)."""
+    longest = max((p.n_tokens for p in prompts), default=0)
+    if longest > limit:
+        raise ValidationError(f"a prompt is {longest:,} tokens; --max-tokens is {limit:,} (raise it if you mean it)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (exit status 2), like the library's errors."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _device_type(text: str) -> str:
+    t = text.strip().lower()
+    if t not in DEVICES and not (t.startswith("cuda:") and t[5:].isdigit()):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; choose auto, cpu, cuda, cuda:N or mps")
+    return t
+
+
+def _heads_type(text: str) -> str:
+    try:
+        parse_heads(text)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def validate_args(args) -> None:
+    """Checks that need no model: devices that exist here, writable outputs, the checkpoint path.
+
+    Run before the model is loaded, so that nothing is computed for output that cannot be written.
+    """
+    if getattr(args, "device", None):
+        args.device = check_device(args.device)
+    if getattr(args, "out", None) and args.command != "report":
+        check_output_dir(args.out)
+    if getattr(args, "checkpoint", None):
+        check_file_target(args.checkpoint, "--checkpoint")
+
+
+def validate_against_model(args, lm) -> None:
+    """Checks against the loaded model: heads and layers exist, head counts fit."""
+    total = lm.n_layers * lm.n_heads
+    for opt in ("heads", "ablate"):
+        text = getattr(args, opt, None)
+        if text:
+            try:
+                check_heads(parse_heads(text), lm.n_layers, lm.n_heads)
+            except ValidationError as exc:
+                raise ValidationError(f"--{opt}: {exc}") from None
+    if getattr(args, "layers", None) is not None:
+        try:
+            args.layers = check_layers(args.layers, lm.n_layers)
+        except ValidationError as exc:
+            raise ValidationError(f"--layers: {exc}") from None
+    for opt in ("n_heads", "candidates"):
+        n = getattr(args, opt, None)
+        if n is not None and n > total:
+            raise ValidationError(f"--{opt.replace('_', '-')} {n}: the model has {total} heads")
 
 
 def _common(p: argparse.ArgumentParser, dataset: bool = True):
     p.add_argument("--model", default="default", help="'default' (offline Qwen2.5-Coder-0.5B), a Hub name or a folder")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", type=_device_type, help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--template", default=DEFAULT_TEMPLATE, choices=sorted(TEMPLATES))
     p.add_argument("--labels", nargs="+", default=None, help="label words (default foo bar ...)")
     p.add_argument("--out", default=None, help="folder for CSV/JSON output")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the trace of an error")
+    p.add_argument("--max-tokens", type=int_type(16, 10_000_000), default=MAX_TOKENS,
+                   help=f"refuse prompts longer than this, before any forward pass (default {MAX_TOKENS})")
     if dataset:
         p.add_argument("--dataset", default="sst2", help="shipped name, a name in --data-dir, or hub:NAME")
         p.add_argument("--data-dir", default=None, help="folder with more datasets (e.g. ethos)")
-        p.add_argument("--classes", type=int, nargs="+", default=None, help="keep these class indices")
-        p.add_argument("--k", type=int, default=4, help="demonstrations per label")
-        p.add_argument("--n-test", type=int, default=48)
-        p.add_argument("--seeds", type=int, nargs="+", default=[0])
-        p.add_argument("--batch-size", type=int, default=8)
-        p.add_argument("--heads", default=None, help="in-context heads, e.g. 'L21H1 L20H10'; default: located")
-        p.add_argument("--n-heads", type=int, default=None, help="how many located heads (default ~1%%, >=2)")
+        p.add_argument("--classes", type=int_type(0, 10_000), nargs="+", default=None,
+                       help="keep these class indices")
+        p.add_argument("--k", type=int_type(1, 1000), default=4, help="demonstrations per label")
+        p.add_argument("--n-test", type=int_type(1, 1_000_000), default=48)
+        p.add_argument("--seeds", type=int_type(0, 2**32 - 1), nargs="+", default=[0])
+        p.add_argument("--batch-size", type=int_type(1, 4096), default=8)
+        p.add_argument("--heads", default=None, type=_heads_type,
+                       help="in-context heads, e.g. 'L21H1 L20H10'; default: located")
+        p.add_argument("--n-heads", type=int_type(1, 100_000), default=None,
+                       help="how many located heads (default ~1%%, >=2)")
         p.add_argument("--scaling", default="final_scale", choices=["final_scale", "final_norm"])
-        p.add_argument("--layers", type=int, nargs="+", default=None, help="layers to search (default deep half)")
+        p.add_argument("--layers", type=int_type(0, 100_000), nargs="+", default=None,
+                       help="layers to search (default deep half)")
         p.add_argument("--rule", default="importance", choices=["importance", "causal"],
                        help="without --heads, locate heads by logit-lens importance or by causal effect (knockout "
                             "of each head's label attention, per label)")
-        p.add_argument("--locate-seed", type=int, default=100,
+        p.add_argument("--locate-seed", type=int_type(0, 2**32 - 1), default=100,
                        help="demonstration seed of the prompts heads are located on (kept apart from --seeds)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m iclviz", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _Parser(prog="python -m iclviz", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--debug", action="store_true", help="show the trace of an error")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("predict", help="label probabilities for one prompt")
     _common(p, dataset=False)
     p.add_argument("--demo", action="append", default=[], help="'sentence=label' (repeat)")
     p.add_argument("--query", required=True)
-    p.add_argument("--ablate", default=None, help="heads to ablate, e.g. 'L21H1 L20H10'")
+    p.add_argument("--ablate", default=None, type=_heads_type, help="heads to ablate, e.g. 'L21H1 L20H10'")
     for name, helptext in [
         ("evaluate", "accuracy over test sentences, seeds, with an interval"),
         ("locate", "per-head importance (layer x head) and the top in-context heads"),
@@ -110,22 +187,25 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--intervention", default="none", choices=["none", "ablate", "knockout"])
             p.add_argument("--checkpoint", default=None, help="JSONL to resume from / append to")
         if name in ("interventions",):
-            p.add_argument("--draws", type=int, default=3)
+            p.add_argument("--draws", type=int_type(1, 1000), default=3)
         if name == "locate":
             p.add_argument("--method", default="importance", choices=["importance", "causal", "both"],
                            help="logit-lens importance (one pass), causal effect of each head alone (knockout and "
                                 "output removal at T, batched), or both side by side")
             p.add_argument("--kinds", nargs="+", default=["knockout", "ablate_t"], choices=["knockout", "ablate_t"])
-            p.add_argument("--full-ablation-top", type=int, default=0,
+            p.add_argument("--full-ablation-top", type=int_type(0, 100_000), default=0,
                            help="also ablate (at every position) the top N heads of the causal ranking, alone")
         if name in ("null", "label-specific"):
-            p.add_argument("--draws", type=int, default=100, help="random head sets (at least 50 recommended)")
+            p.add_argument("--draws", type=int_type(1, 10_000), default=100,
+                           help="random head sets (at least 50 recommended)")
             p.add_argument("--kind", default="knockout", choices=["knockout", "ablate_t", "ablate"])
         if name == "causal":
-            p.add_argument("--candidates", type=int, default=8, help="how many top located heads to test")
+            p.add_argument("--candidates", type=int_type(1, 100_000), default=8,
+                           help="how many top located heads to test")
             p.add_argument("--intervention", default="ablate", choices=["ablate", "knockout"])
         if name == "recency-bias":
-            p.add_argument("--orders", type=int, default=3, help="random orders besides the label-last ones")
+            p.add_argument("--orders", type=int_type(0, 1000), default=3,
+                           help="random orders besides the label-last ones")
     p = sub.add_parser("report", help="regenerate docs/results.md on several models and datasets")
     p.add_argument("--models", nargs="+", default=["default", "qwen2.5-coder-1.5b"],
                    help="offline model names, Hub names or folders")
@@ -142,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the page from the finished experiments in --work only (the rest: 'not measured')")
     p.add_argument("--curve-on", default="sst2", help="the dataset that gets the top-n curve")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the trace of an error")
     return ap
 
 
@@ -219,15 +300,15 @@ def _write(args, name: str, df=None, obj=None):
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         if df is not None:
-            df.to_csv(out / f"{name}.csv", index=False)
+            atomic_write(out / f"{name}.csv", df.to_csv(index=False))
         if obj is not None:
-            (out / f"{name}.json").write_text(json.dumps(obj, indent=2))
+            atomic_write(out / f"{name}.json", json.dumps(obj, indent=2))
         print(f"wrote {out}/{name}.*", file=sys.stderr)
 
 
 def run(args) -> int:
     from . import bias, label_swap, label_vectors, locate, two_towers
-    from .evaluation import evaluate, predict
+    from .evaluation import evaluate
     from .heads import default_layers, random_heads
     from .interventions import Plan
 
@@ -240,8 +321,10 @@ def run(args) -> int:
                     record_heads=not args.quick, cached_only=args.cached_only,
                     n_test=args.n_test)
         return 0
+    validate_args(args)
     lm = _load(args)
     print(f"model: {lm.describe()}", file=sys.stderr)
+    validate_against_model(args, lm)
     if args.command == "predict":
         demos = []
         for d in args.demo:
@@ -253,14 +336,21 @@ def run(args) -> int:
         if len(words) < 2:
             raise PromptError("give demonstrations of at least two labels, or name the label words with --labels")
         plan = Plan("ablate", tuple(_heads(args.ablate))) if args.ablate else Plan()
+        from .evaluation import predict_prompt
+        from .prompt import build_prompt
+
+        prompt = build_prompt(lm.tokenizer, demos, args.query, words, args.template, max_tokens=lm.context_length)
+        check_prompt_tokens([prompt], args.max_tokens)
         t0 = time.perf_counter()
-        pred = predict(lm, demos, args.query, words, args.template, plan, capture=False)
+        pred = predict_prompt(lm, prompt, plan, capture=False)
         obj = {"prediction": pred.predicted, "probabilities": pred.probs, "logits": pred.logits,
                "tokens": pred.prompt.n_tokens, "seconds": round(time.perf_counter() - t0, 3),
                "intervention": plan.label(), "warnings": pred.prompt.warnings}
         _write(args, "predict", obj=obj)
         return 0
     setup = _setup(args, lm)
+    for seed in setup.seeds:  # tokenizing is cheap; a pass over a too-long prompt is not
+        check_prompt_tokens(setup.prompts(lm, seed)[0], args.max_tokens)
     bar = _Bar(args.command)
     try:
         if args.command == "evaluate":
@@ -268,6 +358,8 @@ def run(args) -> int:
             plan = Plan(args.intervention, tuple(heads)) if args.intervention != "none" else Plan()
             res = evaluate(lm, setup, plan, batch_size=args.batch_size, progress=bar, checkpoint=args.checkpoint)
             bar.close()
+            for w in res.extras.get("warnings", []):
+                print(f"warning: {w}", file=sys.stderr)
             _write(args, "evaluate_rows", df=res.rows)
             _write(args, "evaluate", obj=res.summary())
         elif args.command == "locate":
@@ -280,8 +372,8 @@ def run(args) -> int:
                 bar.close()
                 _write(args, "head_importance", df=scan.table)
                 top = scan.top(args.n_heads)
-                result.update({"top": [f"L{a}H{b}" for a, b in top], "by_label": {
-                    w: [f"L{a}H{b}" for a, b in hs] for w, hs in scan.top_by_label(args.n_heads).items()},
+                result.update({"top": [head_name((a, b)) for a, b in top], "by_label": {
+                    w: [head_name((a, b)) for a, b in hs] for w, hs in scan.top_by_label(args.n_heads).items()},
                     "prompts": scan.n_prompts})
             if args.method in ("causal", "both"):
                 from .causal import causal_scan, compare_rankings
@@ -298,15 +390,15 @@ def run(args) -> int:
                 n = args.n_heads or default_top_n(lm.n_layers * lm.n_heads)
                 kind = args.kinds[0]
                 result["causal"] = {"kind": kind, "base": cs.base, "prompts": cs.n_prompts,
-                                    "top_by_label_effect": [f"L{a}H{b}" for a, b in cs.top(n, kind)],
-                                    "top_by_mean_effect": [f"L{a}H{b}" for a, b in cs.top(n, kind, by="effect")],
-                                    "by_label": {w: [f"L{a}H{b}" for a, b in hs]
+                                    "top_by_label_effect": [head_name((a, b)) for a, b in cs.top(n, kind)],
+                                    "top_by_mean_effect": [head_name((a, b)) for a, b in cs.top(n, kind, by="effect")],
+                                    "by_label": {w: [head_name((a, b)) for a, b in hs]
                                                  for w, hs in cs.top_by_label(n, kind).items()}}
                 if scan is not None:
                     result["rankings"] = {k: compare_rankings(scan.overall, cs, kind, n=m, by=by) for k, m, by in (
                         ("label_effect_top10", 10, "label_effect"), ("mean_effect_top10", 10, "effect"))}
                     for v in result["rankings"].values():
-                        v["both"] = [f"L{a}H{b}" for a, b in v["both"]]
+                        v["both"] = [head_name((a, b)) for a, b in v["both"]]
                     side = scan.overall.merge(cs.table[cs.table.kind == kind], on=["layer", "head"])
                     side["rank_importance"] = side["importance"].rank(ascending=False)
                     side["rank_causal"] = side["label_effect"].rank(ascending=False)
@@ -332,7 +424,7 @@ def run(args) -> int:
             if args.command == "causal" and args.n_heads is None:
                 args.n_heads = args.candidates
             heads, _ = _located_heads(args, lm, setup)
-            print(f"in-context heads: {' '.join(f'L{a}H{b}' for a, b in heads)}", file=sys.stderr)
+            print(f"in-context heads: {' '.join(map(head_name, heads))}", file=sys.stderr)
             if args.command == "interventions":
                 df = locate.intervention_table(lm, setup, heads, random_draws=args.draws, batch_size=args.batch_size,
                                                progress=bar)
@@ -389,11 +481,29 @@ def main(argv=None) -> int:
     from .evaluation import Cancelled
     from .models import ModelLoadError
 
+    debug = getattr(args, "debug", False)
     try:
         return run(args)
-    except (PromptError, DataError, ModelLoadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (PromptError, DataError, ModelLoadError, ValidationError) as exc:
+        if debug:
+            raise
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except (Cancelled, KeyboardInterrupt) as exc:
         print(f"stopped: {exc}", file=sys.stderr)
         return 130
+    except (OSError, MemoryError) as exc:  # the machine refused: disk, permissions, memory
+        if debug:
+            raise
+        print(f"error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - a bug: one line; --debug shows the trace
+        if debug:
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {_one_line(exc)} (run with --debug for the trace)",
+              file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:500]

@@ -15,6 +15,7 @@ from .data import Dataset, label_words_for, sample_demonstrations, sample_test
 from .interventions import NONE, Interventions, Plan
 from .models import LoadedModel
 from .prompt import DEFAULT_LABEL_WORDS, DEFAULT_TEMPLATE, BuiltPrompt, build_prompt
+from .validation import ValidationError
 
 Progress = Callable[[int, int, str], bool | None]  # return False to stop
 
@@ -155,11 +156,9 @@ def evaluate(lm: LoadedModel, setup: EvalSetup, plan: Plan = Plan(), batch_size:
     words = setup.words()
     done: dict[tuple[int, int], dict] = {}
     ck = Path(checkpoint) if checkpoint else None
-    if ck and ck.exists():
-        for line in ck.read_text().splitlines():
-            r = json.loads(line)
-            if r.get("plan") == plan.label():
-                done[(r["seed"], r["index"])] = r
+    warnings: list[str] = []
+    if ck:
+        done = open_checkpoint(ck, run_identity(lm, setup, plan), warnings)
     rows = []
     total = len(setup.seeds) * setup.n_test
     finished = 0
@@ -183,7 +182,107 @@ def evaluate(lm: LoadedModel, setup: EvalSetup, plan: Plan = Plan(), batch_size:
                 raise Cancelled(f"stopped after {finished} of {total} prompts")
     df = pd.DataFrame(rows).sort_values(["seed", "index"]).reset_index(drop=True) if rows else pd.DataFrame(
         columns=["seed", "index", "gold", "pred", "correct", "margin"])
-    return EvalResult(df, words, plan.label())
+    return EvalResult(df, words, plan.label(), extras={"warnings": warnings})
+
+
+# ---------------------------------------------------------------- checkpoints
+
+CHECKPOINT_FORMAT = 2
+
+
+class CheckpointMismatch(ValidationError):
+    """A checkpoint belongs to another run (other model, data or settings) or is not a checkpoint."""
+
+
+def model_fingerprint(lm: LoadedModel) -> str:
+    """The weights' recorded sha256 (default model), else a hash of every parameter's name, shape and a sample."""
+    if getattr(lm, "weights_sha256", ""):
+        return "sha256:" + lm.weights_sha256
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in lm.model.state_dict().items():
+        flat = t.detach().reshape(-1)
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(torch.cat([flat[:64], flat[-64:]]).float().cpu().numpy().tobytes())
+    return "sample:" + h.hexdigest()[:32]
+
+
+def _frame_hash(df: pd.DataFrame) -> str:
+    import hashlib
+
+    return hashlib.sha256(pd.util.hash_pandas_object(df, index=False).values.tobytes()).hexdigest()[:16]
+
+
+def run_identity(lm: LoadedModel, setup: EvalSetup, plan: Plan) -> dict:
+    """Everything that defines an evaluation's rows (seeds are recorded per row, so more seeds may be added)."""
+    from . import __version__
+
+    tr = setup.demo_transform
+    return {
+        "model": lm.name, "weights": model_fingerprint(lm), "dtype": str(lm.dtype).replace("torch.", ""),
+        "dataset": setup.dataset.name, "classes": list(setup.dataset.labels),
+        "data": {"train": _frame_hash(setup.dataset.train), "test": _frame_hash(setup.dataset.test)},
+        "k_per_label": setup.k_per_label if isinstance(setup.k_per_label, int) else list(setup.k_per_label),
+        "n_test": setup.n_test, "template": setup.template, "label_words": list(setup.words()),
+        "order": setup.order, "demo_transform": getattr(tr, "__qualname__", repr(tr)) if tr else None,
+        "plan": {"kind": plan.kind, "heads": [list(map(int, h)) for h in sorted(plan.heads)]},
+        "version": __version__,
+    }
+
+
+def open_checkpoint(path: Path, identity: dict, warnings: list[str]) -> dict[tuple[int, int], dict]:
+    """Read a checkpoint's finished rows, or start one with ``identity`` as its first line.
+
+    A checkpoint of another run is refused (CheckpointMismatch, nothing is changed); a cut-off last
+    line (the process was killed while writing it) is dropped with a warning and cut from the file.
+    """
+    header = {"iclviz_checkpoint": CHECKPOINT_FORMAT, "run": identity}
+    if not path.exists() or path.stat().st_size == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(header) + "\n")
+        return {}
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    complete, tail = lines[:-1], lines[-1]
+    if tail.strip():  # no newline after the last line: it was cut off while being written
+        try:
+            json.loads(tail)
+            complete.append(tail)  # a whole record whose newline was lost
+            with open(path, "ab") as f:
+                f.write(b"\n")
+        except ValueError:
+            warnings.append(f"{path}: dropped a cut-off last line ({len(tail)} bytes); it will be computed again")
+            with open(path, "r+b") as f:
+                f.truncate(len(raw) - len(tail))
+    try:
+        first = json.loads(complete[0]) if complete else None
+    except ValueError:
+        first = None
+    if not isinstance(first, dict) or "iclviz_checkpoint" not in first:
+        raise CheckpointMismatch(f"{path} is not an iclviz checkpoint of this version (no header line); "
+                                 "give another --checkpoint file or delete it")
+    old = first.get("run", {})
+    if old != identity:
+        diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+        detail = "; ".join(f"{k}: {_short(old.get(k))} in the file, {_short(identity.get(k))} now" for k in diff[:4])
+        raise CheckpointMismatch(f"{path} belongs to another run ({detail}); resume with the same settings, "
+                                 "or give another --checkpoint file")
+    done: dict[tuple[int, int], dict] = {}
+    for n, line in enumerate(complete[1:], start=2):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            done[(int(r["seed"]), int(r["index"]))] = r
+        except (ValueError, KeyError, TypeError):
+            raise CheckpointMismatch(f"{path} line {n} is damaged; delete the checkpoint to start again") from None
+    return done
+
+
+def _short(v) -> str:
+    text = json.dumps(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _rows(seed, idx, gold, res, words, plan_label) -> list[dict]:

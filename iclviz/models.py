@@ -85,10 +85,20 @@ class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message says why, for the app to show."""
 
 
+class NonFiniteOutput(ModelLoadError):
+    """The model produced NaN or infinite logits: its weights are damaged or the dtype overflows."""
+
+
 def cache_dir() -> Path:
     root = os.environ.get("ICLVIZ_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "iclviz"
     path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelLoadError(f"the model cache {str(path)!r} (ICLVIZ_CACHE) cannot be used as a folder: "
+                             f"{exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK):
+        raise ModelLoadError(f"the model cache {str(path)!r} (ICLVIZ_CACHE) is not writable")
     return path
 
 
@@ -158,20 +168,124 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def default_model_dir(progress=None) -> Path:
+WEIGHTS_FILE = "model.safetensors"  # a one-file cache; larger models are written in shards
+COMPLETE_FILE = "iclviz-complete.json"
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.safetensors"))
+
+
+def _weights_record(folder: Path) -> dict:
+    """Size, sha256 and modification time of every weights file in ``folder``."""
+    files = {}
+    for w in _weight_files(folder):
+        st = w.stat()
+        files[w.name] = {"size": st.st_size, "sha256": _sha256(w), "mtime_ns": st.st_mtime_ns}
+    return {"files": files}
+
+
+def check_model_cache(folder: Path) -> str | None:
+    """Why the converted cache in ``folder`` cannot be trusted, or None when it is intact.
+
+    Sizes are checked on every load; a file's sha256 whenever its size or modification time
+    differs from the recorded ones (a cache built before the record existed is hashed once and
+    its record added).
+    """
+    marker = folder / COMPLETE_FILE
+    if not marker.is_file():
+        return "the cache is incomplete"
+    try:
+        meta = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return f"{COMPLETE_FILE} is damaged"
+    meta = meta if isinstance(meta, dict) else {}
+    rec = meta.get("weights")
+    if not isinstance(rec, dict) or not isinstance(rec.get("files"), dict):  # an older cache: record it now
+        files = _weight_files(folder)
+        if not files:
+            return "no weights file"
+        empty = [w.name for w in files if w.stat().st_size == 0]
+        if empty:
+            return f"{empty[0]} is empty"
+        meta["weights"] = _weights_record(folder)
+        _write_quietly(marker, meta)
+        return None
+    changed = False
+    for name, r in rec["files"].items():
+        w = folder / name
+        if not w.is_file():
+            return f"{name} is missing"
+        st = w.stat()
+        if st.st_size != r.get("size"):
+            return f"{name} is {st.st_size:,} bytes, expected {r.get('size', 0):,}"
+        if st.st_mtime_ns != r.get("mtime_ns"):
+            if _sha256(w) != r.get("sha256"):
+                return f"{name} does not match its recorded sha256"
+            r["mtime_ns"] = st.st_mtime_ns  # touched but intact: no need to hash it again
+            changed = True
+    if changed:
+        _write_quietly(marker, meta)
+    return None
+
+
+def _write_quietly(path: Path, obj) -> None:
+    try:
+        path.write_text(json.dumps(obj))
+    except OSError:  # a read-only cache still loads; it is only checked again next time
+        pass
+
+
+def weights_sha256(folder: Path) -> str:
+    """The recorded sha256 of a converted cache's weights: the file's own for one file, else the
+    sha256 of the files' hashes in name order ('' when unknown)."""
+    try:
+        files = json.loads((folder / COMPLETE_FILE).read_text()).get("weights", {}).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if not files:
+        return ""
+    if len(files) == 1:
+        return next(iter(files.values())).get("sha256", "")
+    return hashlib.sha256("".join(files[k].get("sha256", "") for k in sorted(files)).encode()).hexdigest()
+
+
+def default_model_dir(progress=None, rebuild: bool = False) -> Path:
     """The float32 safetensors folder of the default model, built on first use."""
-    return offline_model_dir(QWEN_05B, progress)
+    return offline_model_dir(QWEN_05B, progress, rebuild=rebuild)
 
 
-def offline_model_dir(spec: OfflineModel, progress=None, shard_bytes: int = 1 << 30) -> Path:
+def offline_model_dir(spec: OfflineModel, progress=None, rebuild: bool = False) -> Path:
     """The float32 safetensors folder of an offline model, built on first use.
+
+    A cache whose weights do not match their recorded sizes and sha256 is rebuilt from the GGUF file.
+    """
+    folder = cache_dir() / "models" / spec.f32_dir
+    if (folder / COMPLETE_FILE).exists() and not rebuild:
+        problem = check_model_cache(folder)
+        if problem is None:
+            return folder
+        log.warning("the cache of %s is damaged (%s): rebuilding it from the GGUF file", spec.name, problem)
+        if progress:
+            progress(0.0, f"the cached model is damaged ({problem}); rebuilding it")
+    if spec is QWEN_05B:
+        build_default_cache(folder, progress)
+    else:
+        build_offline_cache(spec, folder, progress)
+    return folder
+
+
+def build_default_cache(folder: Path, progress=None) -> None:
+    """Assemble and dequantize the default model's GGUF file into ``folder``."""
+    build_offline_cache(QWEN_05B, folder, progress)
+
+
+def build_offline_cache(spec: OfflineModel, folder: Path, progress=None, shard_bytes: int = 1 << 30) -> None:
+    """Assemble and dequantize a GGUF file into ``folder`` (float32 safetensors and a weights record).
 
     The GGUF file is dequantized once by transformers; its weights are written in shards
     straight from the dequantized model (no second copy of the model in memory).
     """
-    folder = cache_dir() / "models" / spec.f32_dir
-    if (folder / "iclviz-complete.json").exists():
-        return folder
     from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -217,12 +331,12 @@ def offline_model_dir(spec: OfflineModel, progress=None, shard_bytes: int = 1 <<
     missing = _check_folder(tmp)
     if missing:
         raise ModelLoadError(f"converting the GGUF model failed: missing weights {missing[:3]}")
-    (tmp / "iclviz-complete.json").write_text(json.dumps({
+    (tmp / COMPLETE_FILE).write_text(json.dumps({
         "source": spec.gguf_name, "sha256": spec.sha256, "dequantize_seconds": round(t_dequant, 1),
+        "weights": _weights_record(tmp),
     }))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
-    return folder
 
 
 def _check_folder(folder: Path) -> list[str]:
@@ -253,6 +367,7 @@ class LoadedModel:
     load_seconds: float = 0.0
     reuse_prefix: bool = True  # compute a batch's shared demonstrations once (KV cache)
     notes: list[str] = field(default_factory=list)
+    weights_sha256: str = ""  # the default model's recorded weights hash (checkpoints record it)
 
     @property
     def n_layers(self) -> int:
@@ -290,12 +405,15 @@ class LoadedModel:
                                               and not interventions.has_rows()) else 0
         if prefix >= 16 and prefix >= 0.5 * min(len(p) for p in ids):
             # the prompts share their demonstrations: compute them once (KV cache), then each query
-            return run_ids_shared_prefix(self.model, ids, prompts[0].label_token_id_list(), prefix,
-                                         interventions=interventions, capture=capture,
-                                         value_positions=value_positions)
-        return run_ids(self.model, ids, prompts[0].label_token_id_list(),
-                       interventions=interventions, capture=capture, value_positions=value_positions,
-                       pad_id=self.pad_id, hidden_layer=hidden_layer)
+            res = run_ids_shared_prefix(self.model, ids, prompts[0].label_token_id_list(), prefix,
+                                        interventions=interventions, capture=capture,
+                                        value_positions=value_positions)
+        else:
+            res = run_ids(self.model, ids, prompts[0].label_token_id_list(),
+                          interventions=interventions, capture=capture, value_positions=value_positions,
+                          pad_id=self.pad_id, hidden_layer=hidden_layer)
+        check_finite(res, self.name)
+        return res
 
     def prompt(self, demonstrations, query: str, label_words=None, template: str | None = None):
         """Build a prompt for this model (its tokenizer and context length): ``demonstrations`` are
@@ -311,6 +429,15 @@ class LoadedModel:
         return (f"{self.name}: {self.n_layers} layers x {self.n_heads} heads "
                 f"({self.arch.n_kv_heads} key-value heads), {self.arch.positional} positions, "
                 f"{self.device}, {str(self.dtype).replace('torch.', '')}")
+
+
+def check_finite(res: RunResult, name: str = "the model") -> None:
+    """Raise NonFiniteOutput when a pass produced NaN or infinite label logits (never print garbage)."""
+    logits = res.label_logits
+    if logits is not None and not bool(torch.isfinite(logits).all()):
+        raise NonFiniteOutput(f"{name} produced NaN or infinite logits: its weights are damaged (for the default "
+                              "model, delete ~/.cache/iclviz/models to rebuild it) or the dtype overflows "
+                              "(try float32)")
 
 
 def choose_device_and_dtype(device: str | None = None, dtype: str | None = None) -> tuple[str, torch.dtype]:
@@ -397,9 +524,19 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: str 
     if device_map:
         kwargs["device_map"] = device_map
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code,
-                                                  local_files_only=kwargs.get("local_files_only", False))
-        model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code,
+                                                      local_files_only=kwargs.get("local_files_only", False))
+            model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - a damaged default cache is rebuilt once
+            if spec is None or isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+                raise
+            log.warning("the cache of %s could not be loaded (%s): rebuilding it", spec.name, exc)
+            if progress:
+                progress(0.0, "the cached model could not be loaded; rebuilding it from the GGUF file")
+            where = str(offline_model_dir(spec, progress=progress, rebuild=True))
+            tokenizer = AutoTokenizer.from_pretrained(where)
+            model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as exc:
         text = str(exc)
         if kind == "hub" and ("offline" in text.lower() or "connect" in text.lower() or "resolve" in text.lower()
@@ -422,8 +559,11 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: str 
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     ctx = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
     label = spec.label if spec is not None else name
-    return LoadedModel(name=label, model=model, tokenizer=tokenizer, arch=arch, device=str(device), dtype=torch_dtype,
-                       context_length=int(ctx), load_seconds=time.perf_counter() - t0)
+    lm = LoadedModel(name=label, model=model, tokenizer=tokenizer, arch=arch, device=str(device), dtype=torch_dtype,
+                     context_length=int(ctx), load_seconds=time.perf_counter() - t0)
+    if spec is not None:
+        lm.weights_sha256 = weights_sha256(Path(where))
+    return lm
 
 
 def wrap_model(model, tokenizer, name: str = "model") -> LoadedModel:

@@ -441,6 +441,7 @@ def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:
         del lm
     elapsed = time.perf_counter() - t_start
     sizes = _sizes(quick)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     plot = size_plot_svg(summaries, Path(out).parent / "effect_by_model_size.svg")
     header = [
         "# Results: the paper's analyses on the offline models",

@@ -28,13 +28,17 @@ hide_first = o3.checkbox("Hide the first token (attention sink)", value=False, k
 if not layers:
     st.info("Choose at least one layer.")
     st.stop()
-if prompt.n_tokens > 400:
-    st.warning(f"The prompt has {prompt.n_tokens} tokens; the view may be slow.")
+limit = common.settings().max_attention_tokens
+if prompt.n_tokens > limit:
+    st.error(f"The prompt has {prompt.n_tokens:,} tokens; this page draws prompts of at most {limit:,} tokens "
+             "(ICLVIZ_MAX_ATTENTION_TOKENS). Shorten the prompt on the Prompt lab page.")
+    st.stop()
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
+# Only the chosen layers are computed (the pass stops after the last one) and cached: few entries, a time to live.
+@st.cache_resource(show_spinner=False, max_entries=4, ttl=common.settings().cache_ttl)
 def _attention(_lm, key, ids, layers):
-    return full_attention(_lm, prompt, list(layers))
+    return full_attention(_lm, prompt, list(layers), max_tokens=limit)
 
 
 with st.spinner("Computing full attention"):
@@ -71,7 +75,7 @@ for layer in sorted(layers):
                               html_action="return").data
         html = offline_bertviz_html(html)
     except Exception as exc:  # noqa: BLE001 - bertviz problems become a message
-        st.error(f"bertviz could not draw layer {layer}: {exc}")
+        st.error(common.safe(f"bertviz could not draw layer {layer}: {exc}"))
         continue
     st.iframe(html, height=bertviz_height(view, len(toks), len(hsel) if view == "model" else lm.n_heads))
     st.download_button(f"Layer {layer}, this view (HTML)", html.encode(), file_name=f"attention_L{layer}_{view}.html",

@@ -39,8 +39,8 @@ def current_prompt_readout():
             st.button("Reverse the order", key="w_bias_reverse", on_click=lambda: ss.demos.reverse())
         words = prompt.label_words
         counts = {w: prompt.demo_labels.count(w) for w in words}
-        st.markdown("Demonstrations per label: " + ", ".join(f"{w}: {n}" for w, n in counts.items())
-                    + f" · last demonstration's label: `{prompt.demo_labels[-1]}`")
+        st.markdown("Demonstrations per label: " + common.safe(", ".join(f"{w}: {n}" for w, n in counts.items()))
+                    + f" · last demonstration's label: `{prompt.demo_labels[-1].replace('`', 'ˋ')}`")
         plans = [("no fix", "none"), ("majority fix", "majority_fix")]
         if rotary:
             plans.append(("recency fix", "recency_fix"))
@@ -61,7 +61,7 @@ def current_prompt_readout():
         st.caption("One prompt: an illustration, not a measurement (n = 1). The dataset runs below give n and "
                    "intervals.")
         firsts = cur.groupby("condition", sort=False)["predicted"].first()
-        st.markdown(" · ".join(f"{c}: `{p}`" for c, p in firsts.items()))
+        st.markdown(" · ".join(f"{c}: `{str(p).replace('`', 'ˋ')}`" for c, p in firsts.items()))
         if not rotary:
             st.info(f"{lm.name} has {lm.arch.positional} positions: the recency fix needs a rotary model.")
     else:
@@ -112,7 +112,7 @@ with tab1:
         except Cancelled as exc:
             st.warning(str(exc))
         except (ValueError, RuntimeError) as exc:
-            st.error(str(exc))
+            st.error(common.safe(exc))
     if ss.get("ratio_table") is not None:
         counts = ss.ratio_counts
         st.caption("Demonstrations: " + " / ".join(f"{c} {w}" for w, c in counts.items())
@@ -136,9 +136,9 @@ for tab, kind, fn_name in ((tab2, "majority", "majority_bias"), (tab3, "recency"
                     with common.ProgressRun(f"{kind} bias", kind) as run:
                         ss[f"{kind}_result"] = fn(lm, setup, heads, progress=run)
                 except Cancelled as exc:
-                    st.warning(str(exc))
+                    st.warning(common.safe(exc))
                 except (ValueError, RuntimeError, TypeError) as exc:
-                    st.error(f"The measurement failed: {exc}")
+                    st.error(common.safe(f"The measurement failed: {exc}"))
         elif common.was_stopped(kind):
             st.warning(f"The last {kind}-bias run was stopped before it finished.")
         res = ss.get(f"{kind}_result")

@@ -18,7 +18,7 @@ from iclviz.app_support import (
     LabState,
     default_heads,
     head_name,
-    parse_head,
+    slim_prediction,
     state_from_query_param,
     tiny_model,
     valid_heads,
@@ -28,12 +28,40 @@ from iclviz.evaluation import predict_prompt
 from iclviz.interventions import Plan
 from iclviz.models import DEFAULT_MODEL, OFFLINE_MODELS, ModelLoadError, load_model, offline_model
 from iclviz.prompt import PromptError, build_prompt
+from iclviz.settings import Settings, load_settings
+from iclviz.validation import (
+    ValidationError,
+    check_demo_count,
+    check_device,
+    check_prompt_size,
+    escape_markdown,
+    parse_heads,
+)
 
 APP_MODEL = DEFAULT_MODEL  # the offline model the app opens with (README: why)
 DEFAULT_HEAD_RULE = "importance"  # how the default in-context heads were located (the Head finder switches it)
 CITATION = ("Yu & Ananiadou, *How do Large Language Models Learn In-Context? Query and Key Matrices of "
             "In-Context Heads are Two Towers for Metric Learning*, EMNLP 2024 "
             "([arXiv 2402.02872](https://arxiv.org/abs/2402.02872))")
+
+
+def safe(text) -> str:
+    """User-supplied text (words, file names, messages quoting them) made inert for markdown."""
+    return escape_markdown(text)
+
+
+def _settings() -> tuple[Settings, str]:  # read on every run: a few environment variables
+    try:
+        return load_settings(), ""
+    except ValidationError as exc:  # a bad operator setting: safe defaults, and say so
+        return Settings(), f"Ignoring the operator settings: {exc}"
+
+
+def settings() -> Settings:
+    s, problem = _settings()
+    if problem:
+        st.error(safe(problem))
+    return s
 
 
 def sync_from_widgets() -> None:
@@ -74,8 +102,11 @@ def test_model_name() -> str | None:
 
 @st.cache_resource(show_spinner=False, max_entries=2)
 def _load(name: str, device: str, dtype: str, trust_remote_code: bool):
-    if name in TINY_MODELS:
+    if name in TINY_MODELS and test_model_name():
         return tiny_model(name)
+    settings().check_model(name, trust_remote_code)  # what visitors may load: the operator's choice
+    if device != "auto":
+        check_device(device)
     return load_model(name, device=None if device == "auto" else device, dtype=None if dtype == "auto" else dtype,
                       trust_remote_code=trust_remote_code)
 
@@ -94,10 +125,10 @@ def get_model():
     try:
         with st.spinner(f"Loading {spec[0]} (the first load of the default model builds its cache, ~1 minute)"):
             return _load(*spec)
-    except ModelLoadError as exc:
-        st.error(f"The model could not be loaded: {exc}")
+    except (ModelLoadError, ValidationError) as exc:
+        st.error(safe(f"The model could not be loaded: {exc}"))
     except Exception as exc:  # noqa: BLE001 - anything else becomes a message, not a crash
-        st.error(f"The model could not be loaded ({type(exc).__name__}): {str(exc)[:300]}")
+        st.error(safe(f"The model could not be loaded ({type(exc).__name__}): {str(exc)[:300]}"))
     return None
 
 
@@ -105,7 +136,8 @@ def sidebar() -> None:
     with st.sidebar:
         st.subheader("Model")
         name, device, dtype, trust = model_spec()
-        sources = ["Offline model", "Hugging Face Hub name", "Local folder"]
+        cfg = settings()
+        sources = cfg.model_sources
         if test_model_name():
             sources.append("Tiny test model")
         if name in TINY_MODELS:
@@ -113,14 +145,22 @@ def sidebar() -> None:
         elif offline_model(name) is not None:
             current = sources[0]
         elif name.startswith("/") or name.startswith("."):
-            current = sources[2]
+            current = "Local folder"
         else:
-            current = sources[1]
+            current = "Hugging Face Hub name"
+        if current not in sources:
+            current = sources[0]
         src = st.radio("Source", sources, index=sources.index(current), key="w_model_source")
         typed = name
-        if src == "Hugging Face Hub name":
+        if src == "Hugging Face Hub name" and not cfg.allow_hub:  # only the operator's list
+            allowed = [m for m in cfg.allowed_models if not m.startswith(("/", ".", "~"))]
+            typed = st.selectbox("Model name (allowed on this server)", allowed, key="w_model_hub_pick")
+        elif src == "Hugging Face Hub name":
             typed = st.text_input("Model name", value="" if current != src else name, placeholder="gpt2",
                                   key="w_model_hub")
+        elif src == "Local folder" and not cfg.allow_local:
+            allowed = [m for m in cfg.allowed_models if m.startswith(("/", ".", "~"))]
+            typed = st.selectbox("Folder (allowed on this server)", allowed, key="w_model_dir_pick")
         elif src == "Local folder":
             typed = st.text_input("Folder (absolute path)", value="" if current != src else name,
                                   placeholder="/path/to/model", key="w_model_dir")
@@ -136,25 +176,28 @@ def sidebar() -> None:
                                key="w_device")
             dt = st.selectbox("dtype", ["auto", "float32", "bfloat16", "float16"],
                               index=["auto", "float32", "bfloat16", "float16"].index(dtype), key="w_dtype")
-            tr = st.checkbox("trust_remote_code (runs the model repository's code)", value=trust, key="w_trust")
-        new = ((typed or "").strip() or DEFAULT_MODEL, dev, dt, tr)
+            tr = False
+            if cfg.allow_remote_code:
+                tr = st.checkbox("trust_remote_code (runs the model repository's code)", value=trust, key="w_trust")
+        new = ((typed or "").strip() or APP_MODEL, dev, dt, tr)
         if new != model_spec() and st.button("Load model", type="primary", key="w_load_model"):
             # Loaded here, once per click: a failure keeps the previous model and is not retried on every rerun.
             try:
+                cfg.check_model(new[0], new[3])
                 with st.spinner(f"Loading {new[0]}"):
                     _load(*new)
                 st.session_state.model_spec = new
                 st.session_state.pop("model_error", None)
-            except ModelLoadError as exc:
+            except (ModelLoadError, ValidationError) as exc:
                 st.session_state.model_error = f"{new[0]!r} could not be loaded: {exc}"
             except Exception as exc:  # noqa: BLE001 - anything else becomes a message
                 st.session_state.model_error = f"{new[0]!r} could not be loaded ({type(exc).__name__}): {exc}"[:500]
             st.rerun()
         if st.session_state.get("model_error"):
-            st.error(st.session_state.model_error + " The previous model stays in use.")
+            st.error(safe(st.session_state.model_error) + " The previous model stays in use.")
         lm = get_model()
         if lm is not None:
-            st.caption(lm.describe())
+            st.caption(safe(lm.describe()))
             st.caption(f"device **{lm.device}**, dtype **{str(lm.dtype).replace('torch.', '')}**, "
                        f"context {lm.context_length} tokens")
             for note in lm.notes:
@@ -190,7 +233,7 @@ def init_state() -> None:
             apply_state(state_from_query_param(shared))
             ss.share_message = ("success", "Loaded the prompt and heads from the shared link.")
         except ValueError as exc:
-            ss.share_message = ("error", f"The shared link could not be read: {exc}")
+            ss.share_message = ("error", safe(f"The shared link could not be read: {exc}"))
 
 
 def apply_state(state: LabState) -> None:
@@ -221,8 +264,12 @@ def chosen_heads(lm) -> list[tuple[int, int]]:
     heads = ss.get("heads")
     if heads is None or (ss.get("heads_model") != lm.name and not ss.get("heads_from_user")):
         heads = default_heads(lm.name, lm.n_layers, lm.n_heads, ss.get("head_rule", DEFAULT_HEAD_RULE))
-    heads = valid_heads(heads, lm.n_layers, lm.n_heads) or default_heads(lm.name, lm.n_layers, lm.n_heads,
-                                                                         ss.get("head_rule", DEFAULT_HEAD_RULE))
+    kept = valid_heads(heads, lm.n_layers, lm.n_heads)
+    if len(kept) < len(heads):
+        dropped = [h for h in heads if tuple(h) not in kept]
+        st.warning(f"Heads {', '.join(map(head_name, dropped))} are not in this model ({lm.n_layers} layers x "
+                   f"{lm.n_heads} heads) and were left out.")
+    heads = kept or default_heads(lm.name, lm.n_layers, lm.n_heads, ss.get("head_rule", DEFAULT_HEAD_RULE))
     ss.heads = heads
     ss.heads_model = lm.name
     return heads
@@ -234,7 +281,7 @@ def set_heads(heads) -> None:
 
 
 def heads_from_text(text: str) -> list[tuple[int, int]]:
-    return [parse_head(p) for p in text.replace(";", ",").replace(" ", ",").split(",") if p.strip()]
+    return parse_heads(text)
 
 
 # ---------------------------------------------------------------- prompts and cached runs
@@ -253,23 +300,32 @@ def demo_tuple() -> tuple[tuple[str, str], ...]:
 def current_prompt(lm, show_errors: bool = True):
     """The session's prompt built for this model, or None after an inline message."""
     ss = st.session_state
+    cfg = settings()
     try:
+        check_demo_count(len(ss.demos), cfg.max_demos)
         prompt = build_prompt(lm.tokenizer, list(demo_tuple()), ss.query, tuple(ss.label_words), ss.template,
                               max_tokens=lm.context_length)
-    except PromptError as exc:
+        # checked before any forward pass; the limit is the operator's (ICLVIZ_MAX_TOKENS)
+        check_prompt_size(prompt.n_tokens, cfg.max_tokens, "this server's limit")
+    except (PromptError, ValidationError) as exc:
         if show_errors:
-            st.error(f"The prompt cannot be run: {exc}")
+            st.error(safe(f"The prompt cannot be run: {exc}"))
         return None
     if show_errors:
         for w in prompt.warnings:
-            st.warning(w)
+            st.warning(safe(w))
     return prompt
 
 
-@st.cache_resource(show_spinner=False, max_entries=128)
+_CFG = _settings()[0]
+
+
+# Result caches hold what the pages show (probabilities, label attention, small tables), bounded in
+# number and time (ICLVIZ_CACHE_ENTRIES, ICLVIZ_CACHE_TTL), so a server's memory stays flat.
+@st.cache_resource(show_spinner=False, max_entries=_CFG.cache_entries, ttl=_CFG.cache_ttl)
 def _predict(_lm, key: str, demos, query: str, words, template: str, kind: str, heads):
     prompt = build_prompt(_lm.tokenizer, list(demos), query, tuple(words), template, max_tokens=_lm.context_length)
-    return predict_prompt(_lm, prompt, Plan(kind, tuple(heads)))
+    return slim_prediction(predict_prompt(_lm, prompt, Plan(kind, tuple(heads))))
 
 
 def predict_current(lm, kind: str = "none", heads=()):
@@ -287,14 +343,17 @@ def dataset(name: str):
 UPLOAD = "your own file (CSV/JSONL)"
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
+@st.cache_data(show_spinner=False, max_entries=8, ttl=_CFG.cache_ttl)
 def _uploaded_dataset(content: bytes, filename: str):
     return dataset_from_table(read_table(content, filename), name=filename)
 
 
 def dataset_picker(key: str, default: str = "sst2"):
     """A shipped dataset, or an uploaded CSV/JSONL with text and label columns; None after a message."""
-    names = list_datasets() + [UPLOAD]
+    from iclviz.data import SHIPPED_DIR
+
+    # extra data folders (ICLVIZ_DATA, a shared folder) only when the operator allows them
+    names = (list_datasets() if settings().allow_data_dirs else list_datasets_in(SHIPPED_DIR)) + [UPLOAD]
     name = st.selectbox("Dataset", names, index=names.index(default) if default in names else 0, key=key)
     try:
         if name == UPLOAD:
@@ -305,8 +364,12 @@ def dataset_picker(key: str, default: str = "sst2"):
             return _uploaded_dataset(up.getvalue(), up.name)
         return dataset(name)
     except DataError as exc:
-        st.error(str(exc))
+        st.error(safe(exc))
         return None
+
+
+def list_datasets_in(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if (p / "meta.json").is_file() and (p / "train.jsonl").is_file())
 
 
 def csv_download(df: pd.DataFrame, name: str, label: str = "Download CSV", key: str | None = None) -> None:
@@ -435,8 +498,8 @@ def order_editor(prefix: str) -> None:
 
 
 def show_page_error(exc: BaseException) -> None:
-    st.error(f"This page hit an error and stopped: {type(exc).__name__}: {str(exc)[:400]}. "
-             "The other pages still work; change the inputs or reload.")
+    st.error(safe(f"This page hit an error and stopped: {type(exc).__name__}: {str(exc)[:400]}.")
+             + " The other pages still work; change the inputs or reload.")
     with st.expander("Details for a bug report"):
         st.code("".join(traceback.format_exception(exc))[-4000:])
 
@@ -469,7 +532,7 @@ def intervention_table(lm, setup, heads, kinds, random_draws, seed, batch_size, 
               progress=progress)
 
 
-@st.cache_resource(show_spinner=False, max_entries=64)
+@st.cache_resource(show_spinner=False, max_entries=_CFG.cache_entries, ttl=_CFG.cache_ttl)
 def _cached_prompt_analysis(_lm, key: str, module: str, name: str, demos, query, words, template, args):
     import importlib
 

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from iclviz.label_vectors import label_vector_summary, label_vector_table
+from iclviz.label_vectors import label_vector_summary
 from iclviz.lens import SCALINGS
 from iclviz.plots import figure_html, label_vector_bars
 from pages import common
@@ -26,8 +26,9 @@ def label_vectors():
                      key="w_lv_val")
     pred = common.predict_current(lm)
     st.markdown(f"Current prompt: **{len(prompt.label_positions)} label positions**, prediction "
-                f"`{pred.predicted}` ({', '.join(f'p({w})={p:.3f}' for w, p in pred.probs.items())}).")
-    table = label_vector_table(lm, prompt, heads, scaling, capture=pred.capture)
+                + common.safe(f"{pred.predicted} ({', '.join(f'p({w})={p:.3f}' for w, p in pred.probs.items())})."))
+    # cached by model, prompt, heads and scaling: the cache holds this small table, not the vectors
+    table = common.prompt_analysis(lm, "label_vectors", "label_vector_table", tuple(map(tuple, heads)), scaling)
     fig = label_vector_bars(table, prompt.label_words, value)
     st.plotly_chart(fig, key="fig_lv")
     own_first = (table["own_label_rank"] <= table[[f"rank_{w}" for w in prompt.label_words]].min(axis=1))

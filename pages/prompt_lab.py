@@ -25,6 +25,7 @@ from iclviz.plots import (
 )
 from iclviz.prompt import TEMPLATES
 from iclviz.readout import first_flip
+from iclviz.validation import ValidationError, check_demo_count, check_heads
 from pages import common
 
 ss = st.session_state
@@ -92,15 +93,22 @@ def _words_changed():
 
 def _sample(ds, k, seed):
     _sync_demos()
-    words = label_words_for(len(ds.labels)) if len(ds.labels) != len(ss.label_words) else tuple(ss.label_words)
-    demos = sample_demonstrations(ds, int(k), int(seed))
+    try:  # a callback's exception would escape the page: keep the prompt and say why instead
+        words = label_words_for(len(ds.labels)) if len(ds.labels) != len(ss.label_words) else tuple(ss.label_words)
+        demos = sample_demonstrations(ds, int(k), int(seed))
+        check_demo_count(len(demos), common.settings().max_demos)
+        query = sample_test(ds, len(ds.labels), seed=int(seed))[0][0]
+    except (DataError, ValidationError, IndexError) as exc:
+        ss.sample_error = f"Could not sample from {ds.name}: {exc}"
+        return
+    ss.pop("sample_error", None)
     ss.demos = []
     for text, y in demos:
         ss.demo_counter += 1
         ss.demos.append({"id": ss.demo_counter, "text": text, "label": words[y]})
     ss.label_words = list(words)
     ss.w_label_words = ", ".join(words)
-    ss.query = sample_test(ds, len(ds.labels), seed=int(seed))[0][0]
+    ss.query = query
     ss.w_query = ss.query
 
 
@@ -145,7 +153,9 @@ with left:
                        help=f"delete demonstration {i + 1}")
     _sync_demos()
     b1, b2 = st.columns(2)
-    b1.button("Add demonstration", on_click=_add, key="w_add_demo")
+    full = len(ss.demos) >= common.settings().max_demos
+    b1.button("Add demonstration", on_click=_add, key="w_add_demo", disabled=full,
+              help=f"at most {common.settings().max_demos} demonstrations on this server" if full else None)
     b2.button("Reverse order", on_click=_reverse, key="w_reverse")
 
     _bind("w_query", ss.query)
@@ -158,11 +168,9 @@ with left:
         k = s1.number_input("Demonstrations per label", 1, 16, 2, key="w_lab_k")
         seed = s2.number_input("Seed", 0, 10_000, 0, key="w_lab_seed")
         if ds is not None:
-            try:
-                st.button("Sample demonstrations and a query", on_click=_sample, args=(ds, k, seed),
-                          key="w_sample")
-            except DataError as exc:
-                st.error(str(exc))
+            st.button("Sample demonstrations and a query", on_click=_sample, args=(ds, k, seed), key="w_sample")
+        if ss.get("sample_error"):
+            st.error(common.safe(ss.sample_error))
 
     with st.expander("Load / save / share"):
         state = common.current_state()
@@ -179,7 +187,7 @@ with left:
                 ss.share_message = ("success", f"Loaded {up.name}.")
                 st.rerun()
             except ValueError as exc:
-                st.error(f"Could not load {up.name}: {exc}")
+                st.error(common.safe(f"Could not load {up.name}: {exc}"))
         if st.button("Put the prompt and heads in the URL", key="w_share_url"):
             st.query_params["s"] = state.to_query_param()
             st.query_params["mode"] = ss.get("w_mode", "none")
@@ -203,15 +211,10 @@ def intervention_panel():
     try:
         typed = common.heads_from_text(h_text)
         if typed and typed != heads:
-            bad = [h for h in typed if not (0 <= h[0] < lm.n_layers and 0 <= h[1] < lm.n_heads)]
-            if bad:
-                st.error(f"{', '.join(map(head_name, bad))} not in this model ({lm.n_layers} layers x "
-                         f"{lm.n_heads} heads)")
-            else:
-                common.set_heads(typed)
-                st.rerun()
+            common.set_heads(check_heads(typed, lm.n_layers, lm.n_heads))
+            st.rerun()
     except ValueError as exc:
-        st.error(str(exc))
+        st.error(common.safe(exc))
     mode = st.radio("Intervene on", MODES, horizontal=True, key="w_mode")
     i1, i2 = st.columns(2)
     kind = i1.selectbox("How", ["ablate", "knockout"], key="w_kind",
@@ -246,8 +249,9 @@ def intervention_panel():
     st.subheader("Prediction")
     p1, p2 = st.columns(2)
 
-    def _pred_text(pred):
-        return f"Prediction: {pred.predicted} — " + " · ".join(f"p({w})={pred.probs[w]:.3f}" for w in words)
+    def _pred_text(pred):  # shown in a code span: a backtick in a label word must not close it
+        return (f"Prediction: {pred.predicted} — " + " · ".join(f"p({w})={pred.probs[w]:.3f}" for w in words)
+                ).replace("`", "ˋ")
 
     p1.markdown("**Before** (no intervention)")
     p1.markdown(f"`{_pred_text(before)}`")
@@ -255,7 +259,7 @@ def intervention_panel():
     if after is not None:
         p2.markdown(f"`{_pred_text(after)}`")
         flip = " — the prediction flipped" if after.predicted != before.predicted else ""
-        p2.caption(f"margin {words[0]}−{words[1]}: {before.margin:+.3f} → {after.margin:+.3f}{flip}")
+        p2.caption(common.safe(f"margin {words[0]}−{words[1]}: {before.margin:+.3f} → {after.margin:+.3f}{flip}"))
         p1.metric(f"Margin {words[0]}−{words[1]} before", f"{before.margin:+.2f}")
         p2.metric(f"Margin after ({mode})", f"{after.margin:+.2f}", f"{after.margin - before.margin:+.2f}",
                   delta_color="off")

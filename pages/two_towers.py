@@ -30,7 +30,7 @@ if table is not None:
     wide.columns = [f"{a} ({b})" for a, b in wide.columns]
     wide = wide.reset_index()
     preds = table.groupby("condition")["pred"].first()
-    st.markdown("Prediction: " + " → ".join(f"{c}: `{p}`" for c, p in preds.items()))
+    st.markdown("Prediction: " + " → ".join(f"{c}: `{str(p).replace('`', 'ˋ')}`" for c, p in preds.items()))
     cols = [c for c in wide.columns if c.startswith("attn_")]
     cond_words = {"original": "original labels", "swapped": "labels swapped"}
 
@@ -104,9 +104,9 @@ if ds is not None and st.button("Run over the sample", key="w_tt_go"):
             ss.tt_corr = rank_correlations(two_towers_table(
                 lm, setup, heads, control, progress=lambda d, t, note: run(2 * t + d, 3 * t, note)))
     except Cancelled as exc:
-        st.warning(str(exc))
+        st.warning(common.safe(exc))
     except (ValueError, RuntimeError) as exc:
-        st.error(f"The run failed: {exc}")
+        st.error(common.safe(f"The run failed: {exc}"))
 if ss.get("tt_swap") is not None:
     st.markdown("**Label swap over the sample** (attention on the gold word's positions, value-output agreement)")
     st.dataframe(ss.tt_swap, key="tbl_tt_swap_sample")

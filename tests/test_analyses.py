@@ -65,10 +65,10 @@ def test_evaluate_can_stop_and_resume(tiny_llama, setup, tmp_path):
     full = evaluate(tiny_llama, setup, batch_size=2)
     with pytest.raises(Cancelled):
         evaluate(tiny_llama, setup, batch_size=2, checkpoint=ck, progress=lambda done, total, note: done < 4)
-    assert len(ck.read_text().splitlines()) == 4
+    assert len(ck.read_text().splitlines()) == 1 + 4  # the run's header line, then the finished rows
     resumed = evaluate(tiny_llama, setup, batch_size=2, checkpoint=ck)
     assert resumed.rows[["seed", "index", "pred"]].equals(full.rows[["seed", "index", "pred"]])
-    assert len(ck.read_text().splitlines()) == 12
+    assert len(ck.read_text().splitlines()) == 1 + 12
 
 
 def test_locate_and_top_heads(tiny_llama, setup):

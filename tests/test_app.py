@@ -184,7 +184,10 @@ def test_json_state_validation():
             state_from_json(bad)
 
 
-def test_model_picker_errors_are_messages(at):
+def test_model_picker_errors_are_messages(monkeypatch):
+    monkeypatch.setenv("ICLVIZ_ALLOW_LOCAL", "1")  # the operator opened these sources
+    monkeypatch.setenv("ICLVIZ_ALLOW_HUB", "1")
+    at = new_app()
     at.radio(key="w_model_source").set_value("Local folder").run()
     at.text_input(key="w_model_dir").set_value("/no/such/folder").run()
     at.button(key="w_load_model").click().run()

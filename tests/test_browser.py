@@ -292,3 +292,33 @@ def test_bias_lab_reorders_twice(app_url, browser):
         assert order()[:3] == [first[1], first[2], first[0]]
     finally:
         ctx.close()
+
+
+def test_visitor_gets_no_model_paths_and_markdown_stays_inert(app_url, browser):
+    """Default settings: no Hub/folder sources, no trust_remote_code; a shared link whose label word is
+    markdown for an external image shows the word as text and the browser fetches nothing from outside."""
+    import base64
+    import json
+
+    pixel = "![t](https://evil.example/pixel.png)"
+    state = {"demonstrations": [{"text": "a lovely film", "label": pixel}, {"text": "a dull film", "label": "bar"}],
+             "query": "fine", "label_words": [pixel, "bar"]}
+    link = base64.urlsafe_b64encode(json.dumps(state).encode()).decode().rstrip("=")
+    ctx = browser.new_context(viewport={"width": 1500, "height": 1100})
+    page = ctx.new_page()
+    outside = []
+    page.on("request", lambda r: outside.append(r.url) if "127.0.0.1" not in r.url else None)
+    try:
+        page.goto(f"{app_url}/?s={link}")
+        page.locator("[data-testid='stAlert']", has_text="cannot be run").first.wait_for(timeout=120_000)
+        page.wait_for_timeout(1000)
+        sidebar = page.locator("[data-testid='stSidebar']")
+        assert sidebar.get_by_text("Offline model").count() == 1
+        assert sidebar.get_by_text("Local folder").count() == 0
+        assert sidebar.get_by_text("Hugging Face Hub name").count() == 0
+        assert page.get_by_text("trust_remote_code").count() == 0
+        assert page.locator("img[src*='evil.example']").count() == 0
+        assert page.locator("[data-testid='stAlert']", has_text=pixel).count() >= 1  # shown as text
+        assert not [u for u in outside if "evil.example" in u]
+    finally:
+        ctx.close()

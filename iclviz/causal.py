@@ -479,27 +479,39 @@ def summarize_null(logits: torch.Tensor, gold, kind: str, heads, draws) -> NullT
                      "accuracy": k / N, "ci_low": lo, "ci_high": hi, "margin": float(o["margin"][:, r].mean()),
                      "p_gold": float(o["p_gold"][:, r].mean()),
                      "margin_drop": float((o["margin"][:, 0] - o["margin"][:, r]).mean()),
+                     "abs_change": float(np.abs(o["margin"][:, 0] - o["margin"][:, r]).mean()),
                      "acc_drop": float((o["correct"][:, 0].astype(float) - o["correct"][:, r]).mean()), "n": N})
     summary = pd.DataFrame(rows)
-    null_margin = summary[summary.condition == "random"]["margin_drop"].to_numpy()
-    null_acc = summary[summary.condition == "random"]["acc_drop"].to_numpy()
+    rnd = summary[summary.condition == "random"]
+    null_margin = rnd["margin_drop"].to_numpy()
+    null_acc = rnd["acc_drop"].to_numpy()
+    null_abs = rnd["abs_change"].to_numpy()
     eff = summary.iloc[1]
     diff = o["margin"][:, 0] - o["margin"][:, 1]
     mean, lo, hi = paired_bootstrap(diff)
-    # the in-context heads against the median random draw, on the same prompts
-    med = 2 + int(np.argsort(null_margin)[len(null_margin) // 2]) if len(null_margin) else 1
+    _, abs_lo, abs_hi = paired_bootstrap(np.abs(diff))
+    _, acc_lo, acc_hi = paired_bootstrap(o["correct"][:, 0].astype(float) - o["correct"][:, 1])
+    # the in-context heads against the median random draw (by accuracy), on the same prompts
+    med = 2 + int(np.argsort(null_acc, kind="stable")[len(null_acc) // 2]) if len(null_acc) else 1
     ep = empirical_p(float(eff.margin_drop), null_margin)
     epa = empirical_p(float(eff.acc_drop), null_acc)
+    epb = empirical_p(float(eff.abs_change), null_abs)
     verdict = {
         "kind": kind, "heads": " ".join(f"L{a}H{b}" for a, b in heads), "n_prompts": N, "draws": len(null_margin),
         "accuracy_none": float(summary.iloc[0].accuracy), "accuracy_heads": float(eff.accuracy),
-        "accuracy_random_mean": float(summary[summary.condition == "random"].accuracy.mean()),
+        "accuracy_random_mean": float(rnd.accuracy.mean()) if len(rnd) else float("nan"),
         "margin_drop": float(eff.margin_drop), "margin_drop_ci_low": lo, "margin_drop_ci_high": hi,
         "null_margin_drop_mean": float(null_margin.mean()) if len(null_margin) else float("nan"),
         "null_margin_drop_p2.5": float(np.percentile(null_margin, 2.5)) if len(null_margin) else float("nan"),
         "null_margin_drop_p97.5": float(np.percentile(null_margin, 97.5)) if len(null_margin) else float("nan"),
         "percentile": ep["percentile"], "p_empirical": ep["p"],
-        "acc_drop": float(eff.acc_drop), "acc_percentile": epa["percentile"], "acc_p_empirical": epa["p"],
+        "abs_change": float(eff.abs_change), "abs_change_ci_low": abs_lo, "abs_change_ci_high": abs_hi,
+        "null_abs_change_mean": float(null_abs.mean()) if len(null_abs) else float("nan"),
+        "null_abs_change_p97.5": float(np.percentile(null_abs, 97.5)) if len(null_abs) else float("nan"),
+        "abs_percentile": epb["percentile"], "abs_p_empirical": epb["p"],
+        "acc_drop": float(eff.acc_drop), "acc_drop_ci_low": acc_lo, "acc_drop_ci_high": acc_hi,
+        "null_acc_drop_p97.5": float(np.percentile(null_acc, 97.5)) if len(null_acc) else float("nan"),
+        "acc_percentile": epa["percentile"], "acc_p_empirical": epa["p"],
         "mcnemar_vs_none": mcnemar_exact(o["correct"][:, 0], o["correct"][:, 1]),
         "mcnemar_vs_median_random": mcnemar_exact(o["correct"][:, med], o["correct"][:, 1]),
     }
@@ -509,20 +521,33 @@ def summarize_null(logits: torch.Tensor, gold, kind: str, heads, draws) -> NullT
 
 
 def verdict_line(v: dict, alpha: float = 0.05) -> str:
-    """One plain sentence reading a null test."""
+    """One plain sentence reading a null test.
+
+    The paper's claim is about accuracy: intervening on the in-context heads lowers it, and as many
+    random heads do not. *Reproduced*: the accuracy drop is beyond the random draws (empirical
+    p <= alpha, or beyond every draw when there are too few draws for that, with an exact McNemar
+    test against the median draw below alpha). *Partly*: the heads move the decision more than
+    random heads (mean |margin change|, p <= alpha) without that accuracy drop, or the drop is at
+    the 80th percentile or above. Otherwise *not reproduced*.
+    """
     if not v or v.get("draws", 0) == 0:
         return "not measured"
-    if v["p_empirical"] <= alpha and v["margin_drop"] > 0:
+    min_p = 1 / (1 + v["draws"])
+    beyond_all = v["acc_percentile"] >= 100 and v["mcnemar_vs_median_random"]["p"] <= alpha
+    if v["acc_drop"] > 0 and (v["acc_p_empirical"] <= alpha or (min_p > alpha and beyond_all)):
         word = "reproduced"
-    elif v["margin_drop"] > v["null_margin_drop_mean"] and v["percentile"] >= 80:
+    elif v["abs_p_empirical"] <= max(alpha, min_p) or (v["acc_drop"] > 0 and v["acc_percentile"] >= 80):
         word = "partly"
     else:
         word = "not reproduced"
-    return (f"{word}: {KIND_TEXT[v['kind']]} in {v['heads']} lowers the gold margin by {v['margin_drop']:.2f} "
-            f"(95% CI {v['margin_drop_ci_low']:.2f} to {v['margin_drop_ci_high']:.2f}), at the "
-            f"{v['percentile']:.0f}th percentile of {v['draws']} random draws (empirical p = {v['p_empirical']:.3f}); "
-            f"accuracy {v['accuracy_none']:.1%} -> {v['accuracy_heads']:.1%} (random {v['accuracy_random_mean']:.1%}), "
-            f"n = {v['n_prompts']} prompts")
+    few = f", the smallest {v['draws']} draws can give" if min_p > alpha else ""
+    return (f"{word}: {KIND_TEXT[v['kind']]} in {v['heads']} moves accuracy {v['accuracy_none']:.1%} -> "
+            f"{v['accuracy_heads']:.1%} (random sets: {v['accuracy_random_mean']:.1%}), a drop at the "
+            f"{v['acc_percentile']:.0f}th percentile of {v['draws']} random draws (p = {v['acc_p_empirical']:.3f}"
+            f"{few}; McNemar against the median draw p = {v['mcnemar_vs_median_random']['p']:.2g}); the gold margin "
+            f"changes by {v['abs_change']:.2f} on average in absolute value ({v['abs_percentile']:.0f}th percentile) "
+            f"and falls by {v['margin_drop']:.2f} on average (95% CI {v['margin_drop_ci_low']:.2f} to "
+            f"{v['margin_drop_ci_high']:.2f}); n = {v['n_prompts']} prompts")
 
 
 # ---------------------------------------------------------------- label-specific heads

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
@@ -153,20 +154,25 @@ def _causal_section(lm, ds, spec: str, sizes: dict, d: Path, overall: pd.DataFra
             v = nulls[(rule, kind)].verdict
             rows.append({"heads (rule)": f"{_heads_str(heads)} ({rule})", "intervention": kind,
                          "acc none": v["accuracy_none"], "acc heads": v["accuracy_heads"],
-                         "acc random (mean)": v["accuracy_random_mean"] if kind == "knockout" else float("nan"),
-                         "margin drop": v["margin_drop"],
-                         "95% CI": f"{v['margin_drop_ci_low']:.2f} to {v['margin_drop_ci_high']:.2f}",
-                         "null mean [2.5, 97.5]": (f"{v['null_margin_drop_mean']:.2f} [{v['null_margin_drop_p2.5']:.2f}"
-                                                   f", {v['null_margin_drop_p97.5']:.2f}]") if v["draws"] else "-",
-                         "percentile": v["percentile"] if v["draws"] else float("nan"),
-                         "p (null)": v["p_empirical"] if v["draws"] else float("nan"),
-                         "McNemar p vs none": v["mcnemar_vs_none"]["p"]})
+                         "acc random (mean)": v["accuracy_random_mean"] if v["draws"] else float("nan"),
+                         "acc-drop percentile (p)": f"{v['acc_percentile']:.0f} ({v['acc_p_empirical']:.3f})"
+                         if v["draws"] else "-",
+                         "McNemar p vs median random": v["mcnemar_vs_median_random"]["p"] if v["draws"] else
+                         float("nan"),
+                         "McNemar p vs none": v["mcnemar_vs_none"]["p"],
+                         "mean abs margin change (percentile)": f"{v['abs_change']:.2f} ({v['abs_percentile']:.0f})"
+                         if v["draws"] else f"{v['abs_change']:.2f}",
+                         "margin drop [95% CI]": f"{v['margin_drop']:.2f} [{v['margin_drop_ci_low']:.2f}, "
+                                                 f"{v['margin_drop_ci_high']:.2f}]"})
         mean, lo, hi = paired_bootstrap(fo["margin"][:, 0] - fo["margin"][:, col])
+        absd = float(np.abs(fo["margin"][:, 0] - fo["margin"][:, col]).mean())
         rows.append({"heads (rule)": f"{_heads_str(heads)} ({rule})", "intervention": "ablate (every position)",
                      "acc none": float(fo["correct"][:, 0].mean()), "acc heads": float(fo["correct"][:, col].mean()),
-                     "acc random (mean)": float("nan"), "margin drop": mean, "95% CI": f"{lo:.2f} to {hi:.2f}",
-                     "null mean [2.5, 97.5]": "-", "percentile": float("nan"), "p (null)": float("nan"),
-                     "McNemar p vs none": mcnemar_exact(fo["correct"][:, 0], fo["correct"][:, col])["p"]})
+                     "acc random (mean)": float("nan"), "acc-drop percentile (p)": "-",
+                     "McNemar p vs median random": float("nan"),
+                     "McNemar p vs none": mcnemar_exact(fo["correct"][:, 0], fo["correct"][:, col])["p"],
+                     "mean abs margin change (percentile)": f"{absd:.2f}",
+                     "margin drop [95% CI]": f"{mean:.2f} [{lo:.2f}, {hi:.2f}]"})
     test_table = pd.DataFrame(rows)
     lsv = ls.verdict
     per_label = []
@@ -193,12 +199,16 @@ def _causal_section(lm, ds, spec: str, sizes: dict, d: Path, overall: pd.DataFra
         f"({n // len(sizes['test_seeds'])} balanced test sentences x demonstration seeds {list(sizes['test_seeds'])}), "
         "every "
         f"condition on the same prompts. Random control: {ct.draws and len(ct.draws)} draws of {n_top} heads from "
-        f"layers {layers[0]}-{layers[-1]} (excluding both sets); `percentile` = where the set's margin drop falls "
-        "among them, `p (null)` = (1 + draws at least as large) / (1 + draws). `knockout`: attention from T to "
-        "the label positions zeroed; `ablate_t`: the head's output at T removed (its null is not run: compare with "
-        "knockout's); `ablate (every position)`: the paper's ablation, whole passes, on the first demonstration "
-        f"seed's {len(fa['gold'])} prompts. Margin drop with a paired "
-        "bootstrap 95% interval; McNemar: exact test on the discordant prompts.\n\n" + _fmt(test_table),
+        f"layers {layers[0]}-{layers[-1]} (excluding both sets); the percentile says where the set's accuracy drop "
+        "falls among them, p = (1 + draws at least as large) / (1 + draws). `knockout`: attention from T to "
+        "the label positions zeroed; `ablate_t`: the head's output at T removed (random sets are run for knockout "
+        "only, so these rows show the paired tests); `ablate (every position)`: the paper's ablation, whole "
+        f"passes, on the first demonstration seed's {len(fa['gold'])} prompts. The accuracy drop's percentile "
+        "among the random sets is "
+        "the test of the paper's claim; McNemar: exact test on the discordant prompts, against the median random "
+        "set and against no intervention. Heads that vote for one label lower the margin on that label's prompts "
+        "and raise it on the other's, so the mean margin drop can be near zero while the mean absolute change is "
+        "large: both are shown (the drop with a paired bootstrap 95% interval).\n\n" + _fmt(test_table),
         "Per gold label (knockout): a shift to one label shows as one label's margin falling and the other's "
         "rising.\n\n" + _fmt(pd.DataFrame(per_label)),
         f"**Verdicts.** Importance heads: {causal.verdict_line(nulls[('importance', 'knockout')].verdict)}.\n\n"
@@ -215,7 +225,8 @@ def _causal_section(lm, ds, spec: str, sizes: dict, d: Path, overall: pd.DataFra
                          "test": {k: v[k] for k in ("n_prompts", "draws", "accuracy_none", "accuracy_heads",
                                                     "accuracy_random_mean", "margin_drop", "margin_drop_ci_low",
                                                     "margin_drop_ci_high", "null_margin_drop_mean", "percentile",
-                                                    "p_empirical")},
+                                                    "p_empirical", "acc_drop", "acc_percentile", "acc_p_empirical",
+                                                    "abs_change", "abs_percentile")},
                          "verdict": causal.verdict_line(v)}
     located["causal"]["by_label"] = {w: [list(h) for h in hs] for w, hs in by_label.items()}
     summary = {"located": located, "model": lm.name.split(" (")[0],
@@ -223,12 +234,13 @@ def _causal_section(lm, ds, spec: str, sizes: dict, d: Path, overall: pd.DataFra
                "dataset": ds.name, "n": n, "accuracy": nulls[("causal", "knockout")].verdict["accuracy_none"]}
     for rule in ("importance", "causal"):
         v = nulls[(rule, "knockout")].verdict
-        summary.update({f"{rule} drop": v["margin_drop"], f"{rule} lo": v["margin_drop_ci_low"],
-                        f"{rule} hi": v["margin_drop_ci_high"], f"{rule} percentile": v["percentile"],
-                        f"{rule} p": v["p_empirical"], f"{rule} acc": v["accuracy_heads"]})
-    summary.update({"null mean": nulls[("causal", "knockout")].verdict["null_margin_drop_mean"],
-                    "null p97.5": nulls[("causal", "knockout")].verdict["null_margin_drop_p97.5"],
-                    "label-specific drop": lsv["margin_drop"], "label-specific p": lsv["p_empirical"],
+        summary.update({f"{rule} drop": 100 * v["acc_drop"], f"{rule} lo": 100 * v["acc_drop_ci_low"],
+                        f"{rule} hi": 100 * v["acc_drop_ci_high"], f"{rule} percentile": v["acc_percentile"],
+                        f"{rule} p": v["acc_p_empirical"], f"{rule} acc": v["accuracy_heads"]})
+    summary.update({"null mean": 100 * (v["accuracy_none"] - v["accuracy_random_mean"]),
+                    "null p97.5": 100 * v["null_acc_drop_p97.5"],
+                    "label-specific drop": 100 * lsv["acc_drop"], "label-specific p": lsv["acc_p_empirical"],
+                    "label-specific acc": lsv["accuracy_heads"],
                     "verdict importance": causal.verdict_line(nulls[("importance", "knockout")].verdict).split(":")[0],
                     "verdict causal": causal.verdict_line(nulls[("causal", "knockout")].verdict).split(":")[0],
                     "verdict label-specific": causal.verdict_line(lsv).split(":")[0]})
@@ -320,13 +332,13 @@ def _bias_verdict(summary: pd.DataFrame) -> str:
 
 
 def size_plot_svg(summaries: list[dict], path: Path) -> Path:
-    """Knockout effect (gold-margin drop, 95% CI) of the in-context heads against model size, with the
+    """Knockout effect (accuracy drop in points, 95% CI) of the in-context heads against model size, with the
     random-head null's 97.5th percentile, one panel per dataset. Plain SVG (no plotting package)."""
     df = pd.DataFrame(summaries)
     datasets = list(dict.fromkeys(df.dataset))
     W, H, pad = 260, 220, 40
     lo = min(0.0, float(df[["importance lo", "causal lo"]].min().min()))
-    hi = max(0.5, float(df[["importance hi", "causal hi", "null p97.5"]].max().max()))
+    hi = max(5.0, float(df[["importance hi", "causal hi", "null p97.5"]].max().max()))
     models = list(dict.fromkeys(df.model))
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W * len(datasets) + 20}" height="{H + 70}" '
            'font-family="sans-serif" font-size="11">']
@@ -339,7 +351,7 @@ def size_plot_svg(summaries: list[dict], path: Path) -> Path:
         out.append(f'<text x="{x0 + W / 2}" y="16" text-anchor="middle" font-weight="bold">{html.escape(ds)}</text>')
         out.append(f'<line x1="{x0 + pad}" y1="{y(0)}" x2="{x0 + W - 10}" y2="{y(0)}" stroke="#999"/>')
         for t in (lo, 0.0, hi / 2, hi):
-            out.append(f'<text x="{x0 + pad - 4}" y="{y(t) + 4}" text-anchor="end">{t:.1f}</text>')
+            out.append(f'<text x="{x0 + pad - 4}" y="{y(t) + 4}" text-anchor="end">{t:.0f}</text>')
         sub = df[df.dataset == ds]
         for j, m in enumerate(models):
             r = sub[sub.model == m]
@@ -356,7 +368,7 @@ def size_plot_svg(summaries: list[dict], path: Path) -> Path:
             out.append(f'<text x="{xc}" y="{H - pad + 16}" text-anchor="middle">{html.escape(m.split("-Instruct")[0])}'
                        '</text>')
         out.append(f'<text x="{x0 + 12}" y="{H / 2}" transform="rotate(-90 {x0 + 12} {H / 2})" '
-                   'text-anchor="middle">gold-margin drop (logits)</text>')
+                   'text-anchor="middle">accuracy drop (points)</text>')
     ly = H + 30
     out.append(f'<circle cx="30" cy="{ly}" r="4" fill="#1f77b4"/><text x="40" y="{ly + 4}">importance heads</text>'
                f'<circle cx="160" cy="{ly}" r="4" fill="#d62728"/><text x="170" y="{ly + 4}">causal heads</text>'
@@ -419,13 +431,16 @@ def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:
             else:
                 summary.pop("located")
             summaries.append(summary)
-            row = {"model": summary["model"], "dataset": ds.name, "accuracy (n)": f"{summary['accuracy']:.3f} "
-                   f"({summary['n']})", "importance heads: margin drop, percentile": (
-                       f"{summary['importance drop']:.2f}, {summary['importance percentile']:.0f}th"),
-                   "causal heads: margin drop, percentile": (
-                       f"{summary['causal drop']:.2f}, {summary['causal percentile']:.0f}th"),
-                   "label-specific: drop (p)": f"{summary['label-specific drop']:.2f} "
-                   f"({summary['label-specific p']:.3f})"}
+            row = {"model": summary["model"], "dataset": ds.name, "ICL accuracy (n)": f"{summary['accuracy']:.1%} "
+                   f"({summary['n']})",
+                   "knock out importance heads: accuracy (percentile, p)": (
+                       f"{summary['importance acc']:.1%} ({summary['importance percentile']:.0f}th, "
+                       f"{summary['importance p']:.3f}) {summary['verdict importance']}"),
+                   "knock out causal heads": (
+                       f"{summary['causal acc']:.1%} ({summary['causal percentile']:.0f}th, "
+                       f"{summary['causal p']:.3f}) {summary['verdict causal']}"),
+                   "label-specific knockout": f"{summary['label-specific acc']:.1%} "
+                                              f"{summary['verdict label-specific']}"}
             sections = [f"## {ds.name} ({lm.name.split(' (')[0]})",
                         f"Labels: {', '.join(ds.labels)} -> {', '.join(setup_loc.words())}; {sizes['k']} "
                         f"demonstrations per label (train sentences of at most {sizes['max_chars']} characters). "
@@ -457,7 +472,7 @@ def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:
         f"{sizes['n_eval'] * len(sizes['seeds'])} prompts per condition and say so.",
         "## Overview\n\n" + _fmt(pd.DataFrame(overview)),
         f"![Effect against model size]({plot.name})\n\n*Knockout of the in-context heads' attention from T to the "
-        "label positions: drop of the gold label's margin (dots, 95% paired bootstrap interval) against the random "
+        "label positions: accuracy drop in points (dots, 95% paired bootstrap interval) against the random "
         "heads' null (grey, up to its 97.5th percentile), per model and dataset. Add a model with "
         "`python -m iclviz report --models default qwen2.5-coder-1.5b YOUR/MODEL`.*",
         "Paper (Llama-7B, GPT-J-6B): " + "; ".join(f"{k}: {v}" for k, v in PAPER.items()) + ".",

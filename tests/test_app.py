@@ -405,7 +405,7 @@ def test_head_finder_causal_scan_and_null_distribution(at):
     nt = at.session_state["null_test"]
     assert nt.heads == cs.top(2) and nt.verdict["draws"] == 50
     shown = {m.label: m.value for m in at.metric}
-    assert shown["Percentile among random"] == f"{nt.verdict['percentile']:.0f}"
+    assert shown["Accuracy drop: percentile among random"] == f"{nt.verdict['acc_percentile']:.0f}"
     assert any(verdict.value.startswith("**") and "random draws" in verdict.value for verdict in at.markdown)
 
 

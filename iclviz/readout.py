@@ -120,16 +120,46 @@ def paired_effect(lm, prompt: BuiltPrompt, heads, kind: str = "ablate", draws: i
     before = before if before is not None else predict_prompt(lm, prompt, Plan(), capture=False)
     icl = icl if icl is not None else predict_prompt(lm, prompt, Plan(kind, tuple(heads)), capture=False)
     out = EffectReadout(kind, heads, prompt.label_words, before.margin, before.predicted, icl.margin, icl.predicted)
-    seen = set()
+    sets, seen = [], set()
     for i in range(draws):
         rnd = control_heads(heads, lm.n_layers, lm.n_heads, seed + i)
         if tuple(rnd) in seen:
             continue
         seen.add(tuple(rnd))
-        r = predict_prompt(lm, prompt, Plan(kind, tuple(rnd)), capture=False)
-        out.random_margins.append(r.margin)
-        out.random_preds.append(r.predicted)
+        sets.append(rnd)
+    for rnd, (margin, predicted) in zip(sets, margins_of_head_sets(lm, prompt, sets, kind)):
+        out.random_margins.append(margin)
+        out.random_preds.append(predicted)
         out.random_heads.append(rnd)
+    return out
+
+
+def margins_of_head_sets(lm, prompt: BuiltPrompt, head_sets, kind: str = "ablate", with_probs: bool = False):
+    """(margin, predicted label[, probabilities]) of ``prompt`` with each head set intervened, all sets as
+    rows of one batched run (an empty set: no intervention). Knockout acts at ``T`` only, so its rows are
+    single-token passes over the prompt's cache; ablation rows are whole passes, each row its own heads."""
+    import torch
+
+    from .causal import RowEdit, last_position_logits
+    from .interventions import ablate_rows
+
+    sets = [[tuple(h) for h in hs] for hs in head_sets]
+    if not sets:
+        return []
+    if kind == "knockout":
+        logits = last_position_logits(lm, [prompt], [RowEdit.of("knockout", hs) for hs in sets])[0]
+    elif kind == "ablate":
+        ids = prompt.label_token_id_list()
+        logits = lm.run([prompt] * len(sets), ablate_rows(sets), capture=False).logits[:, ids]
+    else:
+        raise ValueError(f"kind must be ablate or knockout, not {kind!r}")
+    words = prompt.label_words
+    probs = torch.softmax(logits.double(), -1)
+    out = []
+    for r in range(len(sets)):
+        margin = float(logits[r, 0] - logits[r, 1])
+        predicted = words[int(logits[r].argmax())]
+        out.append((margin, predicted, dict(zip(words, probs[r].tolist()))) if with_probs else (margin, predicted))
     return out
 
 
@@ -139,13 +169,13 @@ def top_n_margins(lm, prompt: BuiltPrompt, ranked_heads, kind: str = "ablate", m
     ranked = [tuple(h) for h in ranked_heads]
     max_n = len(ranked) if max_n is None else min(int(max_n), len(ranked))
     rows = []
-    base = None
-    for n in range(max_n + 1):
-        pred = predict_prompt(lm, prompt, Plan(kind if n else "none", tuple(ranked[:n])), capture=False)
-        base = pred.predicted if base is None else base
-        rows.append({"n": n, "heads": ", ".join(map(head_name, ranked[:n])) or "none", "margin": pred.margin,
-                     "predicted": pred.predicted, "flipped": pred.predicted != base,
-                     **{f"p_{w}": p for w, p in pred.probs.items()}})
+    sets = [ranked[:n] for n in range(max_n + 1)]
+    results = margins_of_head_sets(lm, prompt, sets, kind, with_probs=True)
+    base = results[0][1]
+    for n, (margin, predicted, probs) in enumerate(results):
+        rows.append({"n": n, "heads": ", ".join(map(head_name, ranked[:n])) or "none", "margin": margin,
+                     "predicted": predicted, "flipped": predicted != base,
+                     **{f"p_{w}": p for w, p in probs.items()}})
     return pd.DataFrame(rows)
 
 

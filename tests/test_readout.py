@@ -148,3 +148,22 @@ def test_bertviz_inputs_keep_real_numbers_and_frames_fit_their_content():
     # bertviz's head view draws 22.5 px per token below a 30 px top: 70 tokens need > 1,600 px, not 600.
     assert bertviz_height("head", 70, 14) >= 22.5 * 70 + 30
     assert bertviz_height("model", 70, 3, 1) >= 70 * 18 + 55
+
+
+@pytest.mark.parametrize("kind", ["ablate", "knockout"])
+def test_head_sets_in_one_batch_equal_separate_predictions(tiny_llama, kind):
+    from iclviz.evaluation import predict_prompt
+    from iclviz.interventions import Plan
+    from iclviz.prompt import build_prompt
+    from iclviz.readout import margins_of_head_sets
+
+    lm = tiny_llama
+    p = build_prompt(lm.tokenizer, [("a wonderful film", "foo"), ("dull and boring", "bar"), ("great", "foo")],
+                     "a fine film", ("foo", "bar"))
+    sets = [[], [(2, 1)], [(1, 0), (2, 3)], [(0, 2)]]
+    got = margins_of_head_sets(lm, p, sets, kind, with_probs=True)
+    for hs, (margin, predicted, probs) in zip(sets, got):
+        want = predict_prompt(lm, p, Plan(kind if hs else "none", tuple(hs)), capture=False)
+        assert margin == pytest.approx(want.margin, abs=1e-4) and predicted == want.predicted
+        assert probs["foo"] == pytest.approx(want.probs["foo"], abs=1e-5)
+    assert len({round(m, 4) for m, _, _ in got}) > 1  # the sets change the margin

@@ -39,7 +39,7 @@ from iclviz.validation import (
 )
 
 APP_MODEL = DEFAULT_MODEL  # the offline model the app opens with (README: why)
-DEFAULT_HEAD_RULE = "importance"  # how the default in-context heads were located (the Head finder switches it)
+DEFAULT_HEAD_RULE = "causal"  # how the default in-context heads were located (the Head finder switches it)
 CITATION = ("Yu & Ananiadou, *How do Large Language Models Learn In-Context? Query and Key Matrices of "
             "In-Context Heads are Two Towers for Metric Learning*, EMNLP 2024 "
             "([arXiv 2402.02872](https://arxiv.org/abs/2402.02872))")

@@ -35,7 +35,7 @@ with st.container(border=True):
     st.markdown("**Default in-context heads: which rule chose them**")
     r1, r2 = st.columns([1, 2])
     rule = r1.radio("Rule", list(HEAD_RULES), format_func=lambda r: HEAD_RULES[r].split(" (")[0], key="w_head_rule",
-                    index=list(HEAD_RULES).index(ss.get("head_rule", "importance")))
+                    index=list(HEAD_RULES).index(ss.get("head_rule", common.DEFAULT_HEAD_RULE)))
     found = located_heads(lm.name, rule)
     if found:
         t = found.get("test", {})

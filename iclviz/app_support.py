@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import random
 import re
 import threading
 import weakref
@@ -66,12 +65,13 @@ def valid_heads(heads, n_layers: int, n_heads: int) -> list[Head]:
 
 def control_heads(heads, n_layers: int, n_heads: int, seed: int = 0) -> list[Head]:
     """As many random heads as ``heads``, from the same layers, none of ``heads`` (the control)."""
+    from .heads import random_heads
+
     heads = [tuple(h) for h in heads]
     layers = sorted({a for a, _ in heads}) or [n_layers - 1]
-    pool = [(a, h) for a in layers for h in range(n_heads) if (a, h) not in heads]
-    if len(pool) < len(heads):  # widen to all layers when the chosen layers are nearly full
-        pool = [(a, h) for a in range(n_layers) for h in range(n_heads) if (a, h) not in heads]
-    return sorted(random.Random(seed).sample(pool, min(len(heads), len(pool))))
+    if len(layers) * n_heads - len(set(heads)) < len(heads):  # widen to all layers when these are nearly full
+        layers = list(range(n_layers))
+    return random_heads(len(heads), layers, n_heads, seed, exclude=heads)
 
 
 # ---------------------------------------------------------------- shareable state

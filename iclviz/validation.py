@@ -326,5 +326,11 @@ _MD_SPECIAL = re.compile(r"([\\`*_\[\]()<>#!|~$])")
 
 
 def escape_markdown(text) -> str:
-    """User text made inert inside Streamlit markdown: no links, images, HTML or formatting."""
-    return _MD_SPECIAL.sub(r"\\\1", str(text)).replace("\n", " ")
+    """User text made inert inside Streamlit markdown: no links, images, HTML or formatting.
+
+    Bare URLs are broken with a zero-width space after the scheme (and after ``www``), since
+    markdown's autolinks would otherwise turn them into links and show the escapes inside them.
+    """
+    text = re.sub(r"(?i)(https?|ftp|mailto)(:)", "\\1\u200b\\2", str(text))
+    text = re.sub(r"(?i)\b(www)(\.)", "\\1\u200b\\2", text)
+    return _MD_SPECIAL.sub(r"\\\1", text).replace("\n", " ")

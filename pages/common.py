@@ -169,7 +169,7 @@ def sidebar() -> None:
         else:
             names = list(dict.fromkeys(m.name for m in OFFLINE_MODELS.values()))
             now = offline_model(name).name if offline_model(name) is not None else APP_MODEL
-            typed = st.selectbox("Offline model", names, index=names.index(now), key="w_model_offline",
+            typed = st.selectbox("Which offline model", names, index=names.index(now), key="w_model_offline",
                                  format_func=lambda n: OFFLINE_MODELS[n].label.split(" (")[0])
         with st.expander("Device and dtype"):
             dev = st.selectbox("Device", ["auto", "cpu", "cuda"], index=["auto", "cpu", "cuda"].index(device),

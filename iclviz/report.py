@@ -365,8 +365,8 @@ def size_plot_svg(summaries: list[dict], path: Path) -> Path:
                 out.append(f'<line x1="{xc + dx}" y1="{y(r[rule + " lo"])}" x2="{xc + dx}" y2="{y(r[rule + " hi"])}" '
                            f'stroke="{color}" stroke-width="2"/>')
                 out.append(f'<circle cx="{xc + dx}" cy="{y(r[rule + " drop"])}" r="4" fill="{color}"/>')
-            out.append(f'<text x="{xc}" y="{H - pad + 16}" text-anchor="middle">{html.escape(m.split("-Instruct")[0])}'
-                       '</text>')
+            short = m.split("-Instruct")[0].replace("Qwen2.5-Coder-", "")
+            out.append(f'<text x="{xc}" y="{H - pad + 16}" text-anchor="middle">{html.escape(short)}</text>')
         out.append(f'<text x="{x0 + 12}" y="{H / 2}" transform="rotate(-90 {x0 + 12} {H / 2})" '
                    'text-anchor="middle">accuracy drop (points)</text>')
     ly = H + 30

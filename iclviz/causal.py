@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextvars
 import copy
 import inspect
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -163,11 +162,16 @@ def _expand_hook(first: int):
     return hook
 
 
-def _repeat(cache, rows: int):
-    c = copy.deepcopy(cache)
-    if rows > 1:
-        c.batch_repeat_interleave(rows)
-    return c
+def _batch_setup(lm: LoadedModel, prompts):
+    """The instrumented model's handles, the label ids, the prompts' ids and the length of the prefix they
+    share (at least one token is left to each prompt)."""
+    model = lm.model
+    arch = instrument(model)
+    ids_all = [p.input_ids for p in prompts]
+    prefix = common_prefix_length(ids_all) if len(ids_all) > 1 else len(ids_all[0]) - 1
+    prefix = min(prefix, min(len(i) for i in ids_all) - 1)
+    return (model, arch, getattr(model, "_iclviz_rotary", None), prompts[0].label_token_id_list(), ids_all,
+            prefix)
 
 
 @torch.no_grad()
@@ -183,13 +187,7 @@ def last_position_logits(lm: LoadedModel, prompts, rows: list[RowEdit], chunk: i
     """
     if not prompts:
         return torch.zeros(0, len(rows), 0)
-    model = lm.model
-    arch = instrument(model)
-    rotary = getattr(model, "_iclviz_rotary", None)
-    label_ids = prompts[0].label_token_id_list()
-    ids_all = [p.input_ids for p in prompts]
-    prefix = common_prefix_length(ids_all) if len(ids_all) > 1 else len(ids_all[0]) - 1
-    prefix = min(prefix, min(len(i) for i in ids_all) - 1)
+    model, arch, rotary, label_ids, ids_all, prefix = _batch_setup(lm, prompts)
     prefix_cache = None
     if prefix > 0:
         _, prefix_cache = _forward(model, torch.tensor([ids_all[0][:prefix]]), 0, None)
@@ -228,12 +226,7 @@ def full_ablation_logits(lm: LoadedModel, prompts, head_sets: list, chunk: int =
     """
     if not prompts:
         return torch.zeros(0, len(head_sets), 0)
-    model = lm.model
-    arch = instrument(model)
-    rotary = getattr(model, "_iclviz_rotary", None)
-    label_ids = prompts[0].label_token_id_list()
-    ids_all = [p.input_ids for p in prompts]
-    prefix = common_prefix_length(ids_all) if len(ids_all) > 1 else len(ids_all[0]) - 1
+    model, arch, rotary, label_ids, ids_all, prefix = _batch_setup(lm, prompts)
     out = torch.zeros(len(prompts), len(head_sets), len(label_ids))
     sets = [frozenset((int(a), int(b)) for a, b in hs) for hs in head_sets]
     done = 0
@@ -290,7 +283,7 @@ def _seed_prompts(lm, setup: EvalSetup):
 
 
 def _progress_counter(progress: Progress | None, total: int, note: str):
-    state = {"done": 0, "t0": time.perf_counter()}
+    state = {"done": 0}
 
     def on_prompt(_):
         state["done"] += 1

@@ -88,8 +88,8 @@ def main() -> None:
 
     counter = iter(range(10_000))
     base_query = at.session_state["query"]
-    demo_key = [t.key for t in at.text_input if t.key and t.key.startswith("dt_")][0]
-    base_demo = at.text_input(key=demo_key).value
+    demo_key = [t.key for t in at.text_area if t.key and t.key.startswith("dt_")][0]
+    base_demo = at.text_area(key=demo_key).value
 
     def edit_query():
         # A new query each time, so that nothing is served from the cache (only the same length matters).
@@ -97,7 +97,7 @@ def main() -> None:
         assert not at.exception, at.exception
 
     def edit_demo():
-        at.text_input(key=demo_key).set_value(f"{base_demo} {next(counter)}").run()
+        at.text_area(key=demo_key).set_value(f"{base_demo} {next(counter)}").run()
         assert not at.exception, at.exception
 
     def rerun_unchanged():

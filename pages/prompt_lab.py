@@ -139,8 +139,9 @@ with left:
     for i, d in enumerate(ss.demos):
         cols = st.columns([7, 2.4, 1, 1, 1], vertical_alignment="bottom", gap="small")
         _bind(f"dt_{d['id']}", d["text"])
-        cols[0].text_input(f"Demonstration {i + 1}", key=f"dt_{d['id']}", label_visibility="collapsed",
-                           placeholder="a sentence")
+        # a text area wraps long (e.g. sampled) sentences instead of cutting them off
+        cols[0].text_area(f"Demonstration {i + 1}", key=f"dt_{d['id']}", label_visibility="collapsed",
+                          placeholder="a sentence", height=68)
         lk = f"dl_{d['id']}_{wkey}"
         if lk not in ss:
             ss[lk] = d["label"] if d["label"] in words else words[0]

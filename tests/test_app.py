@@ -63,8 +63,8 @@ def test_query_and_demonstration_edits_change_the_prediction(at):
     at.text_input(key="w_query").set_value("a tedious, dull and far too long film").run()
     second = predictions(at)[0]
     assert second != first
-    demo_key = [t.key for t in at.text_input if t.key and t.key.startswith("dt_")][0]
-    at.text_input(key=demo_key).set_value("the worst film ever made").run()
+    demo_key = [t.key for t in at.text_area if t.key and t.key.startswith("dt_")][0]
+    at.text_area(key=demo_key).set_value("the worst film ever made").run()
     assert predictions(at)[0] != second
 
 
@@ -103,7 +103,7 @@ def test_demonstration_editor_add_move_delete(at):
     assert not at.error and predictions(at) == shown
     assert any(f"demonstration(s) {n + 1} are skipped" in c.value for c in at.caption)
     last = at.session_state["demos"][-1]["id"]
-    at.text_input(key=f"dt_{last}").set_value("an utterly charming surprise").run()
+    at.text_area(key=f"dt_{last}").set_value("an utterly charming surprise").run()
     assert not at.error
     texts = [d["text"] for d in at.session_state["demos"]]
     at.button(key=f"up_{last}").click().run()

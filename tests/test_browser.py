@@ -138,7 +138,7 @@ def test_edit_ablate_screenshot_and_session_isolation(app_url, browser):
         # Edit a demonstration: the prediction text changes.
         box = a.get_by_label("Demonstration 1")
         box.fill("a delightful, warm and very funny film")
-        box.press("Enter")
+        box.press("Control+Enter")  # a text area submits on Ctrl+Enter (or on leaving it)
         expect(_predictions(a).first).not_to_have_text(before, timeout=60_000)
         _wait_idle(a)
         edited = _predictions(a).first.inner_text()

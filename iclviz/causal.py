@@ -294,29 +294,28 @@ def _progress_counter(progress: Progress | None, total: int, note: str):
     return on_prompt
 
 
+def _over_seeds(lm: LoadedModel, setup: EvalSetup, run_seed) -> tuple[torch.Tensor, list[int]]:
+    """``run_seed(prompts)`` -> [n, R, K] for every seed's prompts, concatenated, and the gold labels."""
+    parts, gold_all = [], []
+    for _, prompts, gold in _seed_prompts(lm, setup):
+        parts.append(run_seed(prompts))
+        gold_all += gold
+    return torch.cat(parts), gold_all
+
+
 def run_rows(lm: LoadedModel, setup: EvalSetup, rows: list[RowEdit], chunk: int = 64,
              progress: Progress | None = None, note: str = "") -> tuple[torch.Tensor, list[int]]:
     """[N, R, K] label logits over every seed's prompts under each row, and the gold labels."""
-    total = len(setup.seeds) * setup.n_test
-    on_prompt = _progress_counter(progress, total, note)
-    parts, gold_all = [], []
-    for _, prompts, gold in _seed_prompts(lm, setup):
-        parts.append(last_position_logits(lm, prompts, rows, chunk, on_prompt))
-        gold_all += gold
-    return torch.cat(parts), gold_all
+    on_prompt = _progress_counter(progress, len(setup.seeds) * setup.n_test, note)
+    return _over_seeds(lm, setup, lambda prompts: last_position_logits(lm, prompts, rows, chunk, on_prompt))
 
 
 def run_full_ablation(lm: LoadedModel, setup: EvalSetup, head_sets: list, chunk: int = 8,
                       progress: Progress | None = None, note: str = "") -> tuple[torch.Tensor, list[int]]:
     """[N, R, K] label logits with each head set removed at every position (row r: head_sets[r])."""
     n_chunks = (len(head_sets) + chunk - 1) // chunk
-    total = len(setup.seeds) * n_chunks
-    on_chunk = _progress_counter(progress, total, note)
-    parts, gold_all = [], []
-    for _, prompts, gold in _seed_prompts(lm, setup):
-        parts.append(full_ablation_logits(lm, prompts, head_sets, chunk, on_chunk))
-        gold_all += gold
-    return torch.cat(parts), gold_all
+    on_chunk = _progress_counter(progress, len(setup.seeds) * n_chunks, note)
+    return _over_seeds(lm, setup, lambda prompts: full_ablation_logits(lm, prompts, head_sets, chunk, on_chunk))
 
 
 # ---------------------------------------------------------------- the causal scan

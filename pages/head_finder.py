@@ -96,7 +96,7 @@ if go and ds is not None:
     except Cancelled as exc:
         st.warning(str(exc))
     except (ValueError, RuntimeError) as exc:
-        st.error(f"The scan failed: {exc}")
+        st.error(common.safe(f"The scan failed: {exc}"))
 
 scan = ss.get("scan")
 if scan is None or (scan.n_layers, scan.n_heads) != (lm.n_layers, lm.n_heads):
@@ -160,7 +160,7 @@ if go_iv and ds is not None and kinds:
     except Cancelled as exc:
         st.warning(str(exc))
     except (ValueError, RuntimeError) as exc:
-        st.error(f"The evaluation failed: {exc}")
+        st.error(common.safe(f"The evaluation failed: {exc}"))
 table = ss.get("iv_table")
 if table is not None:
     view = table.copy()
@@ -168,6 +168,21 @@ if table is not None:
     st.plotly_chart(intervention_bars(view), key="fig_iv")
     st.dataframe(table, key="tbl_iv")
     common.csv_download(table, "intervention_table.csv")
+
+
+def _layers() -> list[int]:
+    return list(range(layer_range[0], layer_range[1] + 1))
+
+
+def _run(label: str, key: str, result_key: str, failure: str, fn) -> None:
+    """Run ``fn(progress)`` under a progress bar with Stop; keep its result in the session, or say why not."""
+    try:
+        with common.ProgressRun(label, key) as cb:
+            ss[result_key] = fn(cb)
+    except Cancelled as exc:
+        st.warning(str(exc))
+    except (ValueError, RuntimeError) as exc:
+        st.error(common.safe(f"{failure}: {exc}"))
 
 
 st.subheader("Causal effect of each head")
@@ -186,14 +201,8 @@ if go_cs and ds is not None and cs_kinds:
     setup = _setup()
     if cs_size.startswith("quick"):
         setup = EvalSetup(ds, k_per_label=int(k), n_test=4, seeds=seeds[:1], template=ss.template)
-    try:
-        with common.ProgressRun("Causal scan (prompts)", "run_cs") as cb:
-            ss.causal_scan = causal_scan(lm, setup, layers=list(range(layer_range[0], layer_range[1] + 1)),
-                                         kinds=tuple(cs_kinds), progress=cb)
-    except Cancelled as exc:
-        st.warning(str(exc))
-    except (ValueError, RuntimeError) as exc:
-        st.error(f"The causal scan failed: {exc}")
+    _run("Causal scan (prompts)", "run_cs", "causal_scan", "The causal scan failed",
+         lambda cb: causal_scan(lm, setup, layers=_layers(), kinds=tuple(cs_kinds), progress=cb))
 elif common.was_stopped("run_cs"):
     st.warning("The last causal scan was stopped before it finished.")
 cs = ss.get("causal_scan")
@@ -252,14 +261,9 @@ if go_null and ds is not None:
     setup = _setup()
     if null_size.startswith("quick"):
         setup = EvalSetup(ds, k_per_label=int(k), n_test=4, seeds=seeds[:1], template=ss.template)
-    try:
-        with common.ProgressRun("Null distribution (prompts)", "run_null") as cb:
-            ss.null_test = null_distribution(lm, setup, heads, kind=null_kind, n_draws=int(null_draws),
-                                             layers=list(range(layer_range[0], layer_range[1] + 1)), progress=cb)
-    except Cancelled as exc:
-        st.warning(str(exc))
-    except (ValueError, RuntimeError) as exc:
-        st.error(f"The test failed: {exc}")
+    _run("Null distribution (prompts)", "run_null", "null_test", "The test failed",
+         lambda cb: null_distribution(lm, setup, heads, kind=null_kind, n_draws=int(null_draws), layers=_layers(),
+                                      progress=cb))
 elif common.was_stopped("run_null"):
     st.warning("The last test against random heads was stopped before it finished.")
 nt = ss.get("null_test")

@@ -36,6 +36,7 @@ class Architecture:
     head_dim: int
     d_model: int
     positional: str  # "rotary", "absolute" or "none"
+    rotary_layout: str = ""  # "rotate_half" (Llama, Qwen2, GPT-NeoX) or "interleaved" (GPT-J); "" without rotary
 
     @property
     def n_layers(self) -> int:
@@ -48,23 +49,47 @@ class Architecture:
         self._index = {id(m): i for i, m in enumerate(self.attentions)}
 
     def w_o(self, layer: int) -> torch.Tensor:
-        """W_O of one layer as [n_heads, head_dim, d_model], so that z = v @ W_O[h]."""
+        """W_O of one layer as [n_heads, head_dim, d_model], so that z = v @ W_O[h] (a view, no copy)."""
         proj = self.out_projs[layer]
-        weight = proj.weight
+        weight = parameter(proj, "weight")
         if type(proj).__name__ == "Conv1D":  # GPT-2 stores [in, out]
-            w = weight
-        else:  # nn.Linear stores [out, in]
-            w = weight.t()
-        return w.reshape(self.n_heads, self.head_dim, -1)
+            return weight.view(self.n_heads, self.head_dim, -1)
+        return weight.view(-1, self.n_heads, self.head_dim).permute(1, 2, 0)  # nn.Linear stores [out, in]
 
     def o_bias(self, layer: int) -> torch.Tensor | None:
-        return getattr(self.out_projs[layer], "bias", None)
+        return parameter(self.out_projs[layer], "bias")
 
     def unembed_matrix(self) -> torch.Tensor:
-        return self.unembed.weight  # [vocab, d_model]
+        return parameter(self.unembed, "weight")  # [vocab, d_model]
 
     def unembed_bias(self) -> torch.Tensor | None:
-        return getattr(self.unembed, "bias", None)
+        return parameter(self.unembed, "bias")
+
+    @property
+    def can_remove_positional_score(self) -> bool:
+        """Whether the positional part of a query-key score can be removed: rotate-half rotary
+        positions only (absolute positions have none in the score; GPT-J's interleaved rotation
+        is not supported)."""
+        return self.positional == "rotary" and self.rotary_layout == "rotate_half"
+
+
+def parameter(module: nn.Module, name: str) -> torch.Tensor | None:
+    """``module.<name>``, read from accelerate's offload store when the model is offloaded.
+
+    With ``device_map=... offload_folder=...`` an offloaded module's parameters stay on the
+    ``meta`` device between calls; accelerate's hook (``module._hf_hook.weights_map``) holds
+    the real tensor, which is returned on the module's execution device.
+    """
+    t = getattr(module, name, None)
+    if t is None or t.device.type != "meta":
+        return t
+    hook = getattr(module, "_hf_hook", None)
+    weights = getattr(hook, "weights_map", None)
+    if weights is None:
+        raise UnsupportedArchitecture(f"{type(module).__name__}.{name} is on the meta device with no offload store")
+    real = weights[name]
+    device = getattr(hook, "execution_device", None)
+    return real.to(device) if device is not None else real
 
 
 def _first_attr(obj, names):
@@ -121,4 +146,6 @@ def describe(model) -> Architecture:
         head_dim=head_dim,
         d_model=d_model,
         positional=positional,
+        rotary_layout=("interleaved" if model.config.model_type == "gptj" else "rotate_half")
+        if positional == "rotary" else "",
     )

@@ -8,7 +8,7 @@
   demonstrations were balanced (identity when they are).
 - Recency bias (finding 6, the paper's metric): the standard deviation of accuracy over
   demonstration orders of one demonstration set, the orders including every
-  all-of-one-label-last order. Mitigation (``recency_fix``): in the in-context heads, the
+  all-of-one-label-last order. Mitigation (``remove_positional_score``): in the in-context heads, the
   query-key score at label positions is computed without its positional part (rotary
   models; refused with a message for absolute positions).
 Each mitigation is also applied to as many random heads of the same layers (the control).
@@ -120,16 +120,20 @@ def _reorder(key):
     return transform
 
 
+def _layout(lm: LoadedModel) -> str:
+    return f" ({lm.arch.rotary_layout.replace('_', '-')})" if lm.arch.rotary_layout else ""
+
+
 def recency_bias(lm: LoadedModel, setup: EvalSetup, heads, n_random_orders: int = 3, batch_size: int = 8,
                  seed: int = 0, progress: Progress | None = None) -> BiasResult:
     """Accuracy over demonstration orders, with and without removing the positional score."""
     notes = []
-    if lm.arch.positional != "rotary" or getattr(lm.model, "_iclviz_rotary", None) is None:
-        notes.append(f"{lm.name} has {lm.arch.positional} positions: the recency fix needs a rotary model; "
-                     "only the bias is measured")
+    if not lm.can_remove_positional_score:
+        notes.append(f"{lm.name} has {lm.arch.positional} positions{_layout(lm)}: the recency fix needs rotate-half "
+                     "rotary positions; only the bias is measured")
     words = setup.words()
     orders = demonstration_orders(len(words), n_random_orders, seed)
-    conds = _conditions(lm, heads, "recency_fix", seed)
+    conds = _conditions(lm, heads, "remove_positional_score", seed)
     if notes:
         conds = conds[:1]
     rows = []

@@ -16,7 +16,7 @@ import contextvars
 import copy
 import inspect
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import AttentionInterface
@@ -31,25 +31,88 @@ _ACTIVE: contextvars.ContextVar[_RunState | None] = contextvars.ContextVar("iclv
 _INSTRUMENT_LOCK = threading.Lock()
 
 
+class MissingRecord(LookupError):
+    """A capture field that this run did not record (the message says why and how to get it)."""
+
+
+@dataclass
+class Importance:
+    """Head importance computed on the model's device during a run (see ``heads.importance_of``)."""
+
+    values: torch.Tensor  # [B, L, H, K], NaN outside ``layers``
+    label_token_ids: tuple[int, ...]
+    scaling: str
+    layers: tuple[int, ...]
+
+
 @dataclass
 class Capture:
     """Everything recorded at the last position ``T`` (float32, CPU).
 
-    Shapes: B prompts, L layers, H heads, S padded length, P value positions, D d_model.
-    Positions in ``attn``/``scores`` are padded positions; ``pad[b]`` is prompt b's left
-    padding, so prompt position ``p`` is column ``p + pad[b]``.
+    Shapes: B prompts, L layers, H heads, S padded length, P value positions, K label words,
+    D d_model. Positions in ``attn``/``scores`` are padded positions; ``pad[b]`` is prompt b's
+    left padding, so prompt position ``p`` is column ``p + pad[b]``; ``prompt(b)`` gives
+    prompt b's records without padding.
+
+    The same quantities in TransformerLens' hook names (``blocks.{l}.`` prefix, ``[:, T]``
+    meaning the last position):
+
+    ============================  ==========================================================
+    ``attn[:, l]``                ``attn.hook_pattern[:, :, T, :]`` (after interventions)
+    ``scores[:, l]``              ``attn.hook_attn_scores[:, :, T, :]`` (masked: -inf)
+    ``head_out[:, l]``            ``attn.hook_result[:, T]`` (per head, after W_O, without b_O)
+    ``value_out[:, l, h, j]``     ``attn.hook_v[:, p_j, h] @ W_O[h]`` (not ``hook_z``: unweighted)
+    ``value_label_logits``        ``value_out`` through the ``final_scale`` lens, label words only
+    ``resid_in[:, l]``            ``hook_resid_pre[:, T]``
+    ``attn_block_out[:, l]``      ``hook_attn_out[:, T]`` (includes b_O)
+    ``resid_final``               ``blocks.{L-1}.hook_resid_post[:, T]`` (input of ``ln_final``)
+    ``hidden``                    ``blocks.{hidden_layer}.hook_resid_pre`` (every position)
+    ``full_attn[l]``              ``attn.hook_pattern`` (every query row; layers asked for only)
+    ============================  ==========================================================
     """
 
     attn: torch.Tensor  # [B, L, H, S] attention probabilities from T (after interventions)
     scores: torch.Tensor  # [B, L, H, S] pre-softmax scores q_T.k_j * scale (-inf where masked)
     head_out: torch.Tensor  # [B, L, H, D] o[l,h,T]: head outputs after W_O (no bias)
-    value_out: torch.Tensor | None  # [B, L, H, P, D] z[l,h,j] = v_j W_O^h at value_positions
     value_positions: torch.Tensor | None  # [B, P] prompt positions (not padded)
     resid_in: torch.Tensor  # [B, L, D] residual stream entering each layer at T
     resid_final: torch.Tensor  # [B, D] residual stream entering the final norm at T
     attn_block_out: torch.Tensor  # [B, L, D] each attention block's output at T
     pad: torch.Tensor  # [B] left padding
     hidden: torch.Tensor | None = None  # [B, S, D] residual entering ``hidden_layer`` at every position
+    value_label_logits: torch.Tensor | None = None  # [B, L, H, P, K] label-word logits of z[l,h,j] (final_scale)
+    value_vectors: dict | None = None  # {(l, h): [B, P, D]} z[l,h,j] = v_j W_O^h, for the heads asked for
+    full_attn: dict | None = None  # {l: [B, H, S, S]} every query row, for the layers asked for
+    importance: Importance | None = None  # all heads' importance, computed on the model's device
+    missing: dict = field(default_factory=dict)  # field -> why this run did not record it
+
+    def _require(self, name: str, present: bool):
+        if not present:
+            raise MissingRecord(self.missing.get(name) or f"this run did not record {name}")
+
+    @property
+    def value_out(self) -> torch.Tensor:
+        """[B, L, H, P, D] value-output vectors of every head (a run with ``value_heads="all"``)."""
+        v = self.value_vectors or {}
+        L, H = self.head_out.shape[1:3]
+        self._require("value_out", len(v) == L * H)
+        if "_stacked" not in self.__dict__:
+            self.__dict__["_stacked"] = torch.stack(
+                [torch.stack([v[(layer, h)] for h in range(H)], 1) for layer in range(L)], 1)
+        return self.__dict__["_stacked"]
+
+    def has_values(self, heads) -> bool:
+        """Whether the value-output vectors of every head in ``heads`` were recorded."""
+        return self.value_vectors is not None and all((int(a), int(b)) in self.value_vectors for a, b in heads)
+
+    def values(self, layer: int, head: int) -> torch.Tensor:
+        """[B, P, D] value-output vectors of one head at the value positions."""
+        self._require("value_out", self.value_vectors is not None)
+        key = (int(layer), int(head))
+        if key not in self.value_vectors:
+            raise MissingRecord(f"value vectors of L{layer}H{head} were not recorded; run with value_heads "
+                                "including it (or 'all')")
+        return self.value_vectors[key]
 
     def attention_at(self, b: int, positions) -> torch.Tensor:
         """[L, H, len(positions)] attention from T to prompt positions of prompt b."""
@@ -59,6 +122,39 @@ class Capture:
     def scores_at(self, b: int, positions) -> torch.Tensor:
         cols = torch.as_tensor(list(positions), dtype=torch.long) + int(self.pad[b])
         return self.scores[b][..., cols]
+
+    def prompt(self, b: int) -> PromptCapture:
+        """Prompt b's records without padding (positions are the prompt's own)."""
+        p = int(self.pad[b])
+        vl = self.value_label_logits
+        return PromptCapture(
+            attn=self.attn[b][..., p:], scores=self.scores[b][..., p:], head_out=self.head_out[b],
+            resid_in=self.resid_in[b], resid_final=self.resid_final[b], attn_block_out=self.attn_block_out[b],
+            value_positions=self.value_positions[b] if self.value_positions is not None else None,
+            value_label_logits=vl[b] if vl is not None else None,
+            value_vectors={k: v[b] for k, v in self.value_vectors.items()} if self.value_vectors else None,
+            full_attn={k: v[b][:, p:, p:] for k, v in self.full_attn.items()} if self.full_attn else None,
+            importance=self.importance.values[b] if self.importance is not None else None,
+            hidden=self.hidden[b][p:] if self.hidden is not None else None,
+        )
+
+
+@dataclass
+class PromptCapture:
+    """One prompt's records, unpadded: ``Capture``'s fields without the batch dimension."""
+
+    attn: torch.Tensor  # [L, H, n]
+    scores: torch.Tensor  # [L, H, n]
+    head_out: torch.Tensor  # [L, H, D]
+    resid_in: torch.Tensor  # [L, D]
+    resid_final: torch.Tensor  # [D]
+    attn_block_out: torch.Tensor  # [L, D]
+    value_positions: torch.Tensor | None = None  # [P]
+    value_label_logits: torch.Tensor | None = None  # [L, H, P, K]
+    value_vectors: dict | None = None  # {(l, h): [P, D]}
+    full_attn: dict | None = None  # {l: [H, n, n]}
+    importance: torch.Tensor | None = None  # [L, H, K]
+    hidden: torch.Tensor | None = None  # [n, D]
 
 
 @dataclass
@@ -85,7 +181,8 @@ class _RunState:
     """Per-forward state read by the attention function and the hooks."""
 
     def __init__(self, arch: Architecture, interventions: Interventions, capture: bool, pad, value_positions,
-                 rotary_fn, hidden_layer: int | None = None):
+                 rotary_fn, hidden_layer: int | None = None, *, label_ids=None, value_heads="all",
+                 full_rows_layers=()):
         self.arch = arch
         self.iv = interventions
         self.capture = capture
@@ -105,11 +202,16 @@ class _RunState:
                 for layer, head in hs:
                     self.row_ablate_mask[b, layer, head] = True
         self.dep_mask = torch.zeros(L, H, dtype=torch.bool)
-        for layer, head in interventions.depositional:
+        for layer, head in interventions.positional_score_heads:
             self.dep_mask[layer, head] = True
         self.touched = interventions.layers_touched()
-        self.records: dict[str, list] = {k: [None] * L for k in
-                                         ("attn", "scores", "head_out", "value_out", "resid_in", "attn_block_out")}
+        self.label_ids = list(label_ids) if label_ids is not None else None
+        self.value_heads = value_heads  # "all", or the (layer, head) pairs whose full value vectors are kept
+        self.full_rows_layers = frozenset(full_rows_layers)
+        self._directions: dict = {}
+        self.records: dict[str, list] = {k: [None] * L for k in ("attn", "scores", "head_out", "value_label_logits",
+                                                                 "value_vectors", "resid_in", "attn_block_out")}
+        self.full_attn: dict[int, torch.Tensor] = {}
         self.resid_final = None
         self._edit_cache: dict[tuple, torch.Tensor] = {}
 
@@ -183,7 +285,7 @@ class _RunState:
             dep = self.dep_mask[layer]
             if dep.any():
                 k = key.repeat_interleave(G, dim=1) if G > 1 else key
-                scores = self._depositional_scores(q, k, scores, dep, scale)
+                scores = self._positional_free_scores(q, k, scores, dep, scale)
             if attention_mask is not None:
                 m = attention_mask[:, :, -1, :S]
                 if m.dtype == torch.bool:
@@ -201,23 +303,70 @@ class _RunState:
         if ablate.any():
             out = out.masked_fill(ablate.to(out.device)[:, None, :, None], 0)
         if self.capture:
-            w_o = arch.w_o(layer).to(out.dtype)  # [H, Dh, D]
-            self.records["attn"][layer] = probs.float()
-            self.records["scores"][layer] = scores.float()
-            self.records["head_out"][layer] = torch.einsum("bhd,hdm->bhm", out[:, -1], w_o).float()
-            if self.value_positions is not None:
-                idx = self.value_positions.to(value.device)  # [B, P]
-                vv = torch.gather(value, 2, idx[:, None, :, None].expand(B, KV, idx.shape[1], Dh))
-                vv = vv.repeat_interleave(G, dim=1) if G > 1 else vv  # [B, H, P, Dh]
-                self.records["value_out"][layer] = torch.einsum("bhpd,hdm->bhpm", vv, w_o).float()
+            self._record(layer, out, probs, scores, query, key, value, attention_mask, scale, G)
         return out
 
-    def _depositional_scores(self, q, k, scores, dep, scale):
+    def _record(self, layer, out, probs, scores, query, key, value, attention_mask, scale, G):
+        """Keep this layer's readouts at T, in the model's dtype and on its device (one transfer at the end)."""
+        B, H, _, Dh = query.shape
+        w_o = self.arch.w_o(layer).to(out.device, out.dtype)  # [H, Dh, D], a view of the weight
+        rec = self.records
+        rec["attn"][layer] = probs
+        rec["scores"][layer] = scores.float()
+        rec["head_out"][layer] = torch.einsum("bhd,hdm->bhm", out[:, -1], w_o)
+        if self.value_positions is not None:
+            idx = self.value_positions.to(value.device)  # [B, P]
+            P, KV = idx.shape[1], value.shape[1]
+            vv = torch.gather(value, 2, idx[:, None, :, None].expand(B, KV, P, Dh))  # [B, KV, P, Dh]
+            if self.label_ids is not None:  # label-word logits of every head's z, without building z
+                dirs = self._label_directions(value.device)  # [K, D]
+                w_dir = torch.einsum("hdm,km->hdk", w_o.float(), dirs).reshape(KV, G, Dh, -1)
+                rec["value_label_logits"][layer] = torch.einsum(
+                    "bkpd,kgdc->bkgpc", vv.float(), w_dir).reshape(B, H, P, -1)
+            heads = self._vector_heads(layer)
+            if heads:
+                sel = torch.as_tensor(heads, device=value.device)
+                z = torch.einsum("bnpd,ndm->bnpm", vv[:, sel // G], w_o[sel])
+                rec["value_vectors"][layer] = (heads, z)
+        if layer in self.full_rows_layers:
+            self.full_attn[layer] = self._full_rows(query, key, attention_mask, scale, probs, G)
+
+    def _label_directions(self, device) -> torch.Tensor:
+        if device not in self._directions:
+            from .lens import label_directions
+
+            self._directions[device] = label_directions(self.arch, self.label_ids, device)
+        return self._directions[device]
+
+    def _vector_heads(self, layer: int) -> list[int]:
+        if self.value_heads == "all":
+            return list(range(self.arch.n_heads))
+        return sorted(h for lay, h in (self.value_heads or ()) if lay == layer)
+
+    @staticmethod
+    def _full_rows(query, key, attention_mask, scale, last_row, G):
+        """[B, H, S_q, S] every query row's attention (the last row as edited by the interventions)."""
+        B, H, Sq, Dh = query.shape
+        S = key.shape[2]
+        k = key.repeat_interleave(G, dim=1) if G > 1 else key
+        scores = torch.einsum("bhqd,bhsd->bhqs", query.float(), k.float()) * scale
+        if attention_mask is None:  # a causal mask the attention function left to SDPA
+            causal = torch.ones(Sq, S, dtype=torch.bool, device=query.device).tril(S - Sq)
+            scores = scores.masked_fill(~causal, float("-inf"))
+        elif attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask[:, :, :, :S], float("-inf"))
+        else:
+            scores = scores + attention_mask[:, :, :, :S].float()
+        rows = torch.softmax(scores, -1).nan_to_num(0.0)  # fully masked (padding) rows: zeros
+        rows[:, :, -1] = last_row.float()
+        return rows
+
+    def _positional_free_scores(self, q, k, scores, dep, scale):
         """Scores at the chosen positions with each key rotated to T's position."""
         if self.rotary_fn is None:
             raise UnsupportedArchitecture("removing the positional part of the score needs a rotary model")
         scores = scores.clone()
-        for b, positions in enumerate(self.iv.depositional_positions):
+        for b, positions in enumerate(self.iv.positional_score_positions):
             if not positions:
                 continue
             cols = torch.tensor(positions, dtype=torch.long) + int(self.pad[b])
@@ -297,9 +446,9 @@ def _resid_hook(i):
         state = _ACTIVE.get()
         if state is not None and state.capture:
             hidden = args[0] if args else kwargs["hidden_states"]
-            state.records["resid_in"][i] = hidden[:, -1].float().clone()
+            state.records["resid_in"][i] = hidden[:, -1].clone()
             if state.hidden_layer == i:
-                state.hidden = hidden.float().clone()
+                state.hidden = hidden.clone()
     return hook
 
 
@@ -308,14 +457,14 @@ def _attn_out_hook(i):
         state = _ACTIVE.get()
         if state is not None and state.capture:
             o = output[0] if isinstance(output, tuple) else output
-            state.records["attn_block_out"][i] = o[:, -1].float().clone()
+            state.records["attn_block_out"][i] = o[:, -1].clone()
     return hook
 
 
 def _final_hook(module, args):
     state = _ACTIVE.get()
     if state is not None and state.capture:
-        state.resid_final = args[0][:, -1].float().clone()
+        state.resid_final = args[0][:, -1].clone()
 
 
 def pad_batch(prompt_ids: list[list[int]], pad_id: int, device):
@@ -331,13 +480,100 @@ def pad_batch(prompt_ids: list[list[int]], pad_id: int, device):
     return ids.to(device), mask.to(device), position_ids.to(device), pad
 
 
+def _assemble(arch, states: list[_RunState], S: int, pad: torch.Tensor, value_positions,
+              importance: tuple[str, tuple[int, ...]] | None) -> Capture:
+    """One Capture from the runs' records (one state per group of rows; its rows are left-padded to ``S``).
+
+    Records are gathered onto the final residual's device (layers may live on different devices),
+    stacked, turned into the small readouts there (label-word logits of the value vectors divided by
+    the final norm's scale; importance), and moved to the host once, as float32.
+    """
+    dev = states[0].resid_final.device
+
+    def layered(st, name):
+        return torch.stack([t.to(dev) for t in st.records[name]], 1)
+
+    def cat(name, fill=None):
+        parts = []
+        for st in states:
+            t = layered(st, name)
+            if fill is not None and t.shape[-1] < S:
+                t = torch.nn.functional.pad(t, (S - t.shape[-1], 0), value=fill)
+            parts.append(t)
+        return torch.cat(parts)
+
+    def host(t):
+        return t.to("cpu").float() if t is not None else None
+
+    resid_final = torch.cat([st.resid_final.to(dev) for st in states])
+    head_out, resid_in = cat("head_out"), cat("resid_in")
+    vl, vectors, missing = None, None, {}
+    if value_positions is not None:
+        if states[0].label_ids is not None:
+            from .lens import final_scale_of
+
+            vl = cat("value_label_logits") / final_scale_of(arch, resid_final)[:, None, None, None]
+        vectors = {}
+        for layer in range(arch.n_layers):
+            parts = [st.records["value_vectors"][layer] for st in states]
+            if parts[0] is not None:
+                heads = parts[0][0]
+                z = torch.cat([q[1].to(dev) for q in parts])
+                vectors.update({(layer, h): host(z[:, i]) for i, h in enumerate(heads)})
+        if not vectors:
+            missing["value_out"] = "value vectors were not asked for: run with value_heads='all' or a list of heads"
+    else:
+        missing["value_out"] = missing["value_label_logits"] = "this run recorded no value positions"
+    imp = None
+    if importance is not None:
+        from .heads import importance_of
+
+        scaling, layers = importance
+        values = importance_of(arch, resid_in, head_out, resid_final, states[0].label_ids, scaling, layers)
+        imp = Importance(host(values), tuple(states[0].label_ids), scaling, tuple(layers))
+    full = {}
+    for layer in sorted(set().union(*(st.full_attn.keys() for st in states))):
+        full[layer] = host(torch.cat([st.full_attn[layer].to(dev) for st in states]))
+    hidden = [st.hidden for st in states if st.hidden is not None]
+    return Capture(
+        attn=host(cat("attn", 0.0)),
+        scores=host(cat("scores", float("-inf"))),
+        head_out=host(head_out),
+        value_positions=value_positions,
+        resid_in=host(resid_in),
+        resid_final=host(resid_final),
+        attn_block_out=host(cat("attn_block_out")),
+        pad=pad,
+        hidden=host(torch.cat([h.to(dev) for h in hidden])) if hidden else None,
+        value_label_logits=host(vl),
+        value_vectors=vectors or None,
+        full_attn=full or None,
+        importance=imp,
+        missing=missing,
+    )
+
+
+def _importance_key(importance, n_layers: int):
+    """``importance``: None, a scaling name, or (scaling, layers)."""
+    if importance is None:
+        return None
+    scaling, layers = (importance, None) if isinstance(importance, str) else importance
+    return scaling, tuple(range(n_layers)) if layers is None else tuple(int(x) for x in layers)
+
+
 @torch.no_grad()
 def run_ids(model, prompt_ids: list[list[int]], label_token_ids: list[int], interventions: Interventions = NONE,
             capture: bool = True, value_positions: list[list[int]] | None = None, pad_id: int = 0,
-            hidden_layer: int | None = None) -> RunResult:
-    """One forward pass over left-padded prompts, with interventions and (optionally) capture."""
+            hidden_layer: int | None = None, value_heads="all", importance=None, full_rows_layers=()) -> RunResult:
+    """One forward pass over left-padded prompts, with interventions and (optionally) capture.
+
+    ``value_heads``: whose full value-output vectors to keep ("all", a list of heads, or None:
+    only their label-word logits). ``importance``: a lens scaling (or ``(scaling, layers)``) to
+    compute every head's importance on the model's device. ``full_rows_layers``: layers whose
+    every query row of attention is kept (``Capture.full_attn``).
+    """
     arch = instrument(model)
-    device = next(model.parameters()).device
+    device = _input_device(model)
     ids, mask, position_ids, pad = pad_batch(prompt_ids, pad_id, device)
     vpos = None
     if capture and value_positions is not None:
@@ -348,9 +584,10 @@ def run_ids(model, prompt_ids: list[list[int]], label_token_ids: list[int], inte
         for edit in interventions.attention:
             if len(edit.factors) != len(prompt_ids):
                 raise ValueError("an attention edit needs one position map per prompt")
-    if interventions.depositional and len(interventions.depositional_positions) != len(prompt_ids):
+    if interventions.positional_score_heads and len(interventions.positional_score_positions) != len(prompt_ids):
         raise ValueError("a positional-score removal needs one position list per prompt")
-    state = _RunState(arch, interventions, capture, pad, vpos, getattr(model, "_iclviz_rotary", None), hidden_layer)
+    state = _RunState(arch, interventions, capture, pad, vpos, getattr(model, "_iclviz_rotary", None), hidden_layer,
+                      label_ids=label_token_ids, value_heads=value_heads, full_rows_layers=full_rows_layers)
     token = _ACTIVE.set(state if (capture or not interventions.is_empty()) else None)
     try:
         out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False, logits_to_keep=1)
@@ -358,25 +595,20 @@ def run_ids(model, prompt_ids: list[list[int]], label_token_ids: list[int], inte
         _ACTIVE.reset(token)
     logits = out.logits[:, -1].float().cpu()
     cap = None
-    if capture:  # records stay on the model's device during the pass: one transfer here, no per-layer syncs
-        r = state.records
-
-        def stacked(name):
-            return torch.stack(r[name], 1).cpu()
-
-        cap = Capture(
-            attn=stacked("attn"),
-            scores=stacked("scores"),
-            head_out=stacked("head_out"),
-            value_out=stacked("value_out") if vpos is not None else None,
-            value_positions=vpos - pad[:, None] if vpos is not None else None,
-            resid_in=stacked("resid_in"),
-            resid_final=state.resid_final.cpu(),
-            attn_block_out=stacked("attn_block_out"),
-            pad=pad,
-            hidden=state.hidden.cpu() if state.hidden is not None else None,
-        )
+    if capture:
+        cap = _assemble(arch, [state], ids.shape[1], pad, vpos - pad[:, None] if vpos is not None else None,
+                        _importance_key(importance, arch.n_layers))
     return RunResult(logits=logits, label_token_ids=list(label_token_ids), capture=cap)
+
+
+def _input_device(model) -> torch.device:
+    """Where the input ids go: the embedding's device (the first device of a sharded model)."""
+    emb = model.get_input_embeddings()
+    w = getattr(emb, "weight", None)
+    if w is not None and w.device.type != "meta":
+        return w.device
+    hook = getattr(emb, "_hf_hook", None)
+    return torch.device(getattr(hook, "execution_device", None) or "cpu")
 
 
 def common_prefix_length(prompt_ids: list[list[int]]) -> int:
@@ -396,15 +628,16 @@ def _one_prompt(iv: Interventions, b: int) -> Interventions:
     return Interventions(
         ablate=iv.ablate,
         attention=tuple(AttentionEdit((e.factors[b],), e.heads, e.renormalize) for e in iv.attention),
-        depositional=iv.depositional,
-        depositional_positions=(iv.depositional_positions[b],) if iv.depositional else (),
+        positional_score_heads=iv.positional_score_heads,
+        positional_score_positions=(iv.positional_score_positions[b],) if iv.positional_score_heads else (),
     )
 
 
 @torch.no_grad()
 def run_ids_shared_prefix(model, prompt_ids: list[list[int]], label_token_ids: list[int], prefix_len: int,
                           interventions: Interventions = NONE, capture: bool = True,
-                          value_positions: list[list[int]] | None = None) -> RunResult:
+                          value_positions: list[list[int]] | None = None, value_heads="all",
+                          importance=None) -> RunResult:
     """Like ``run_ids``, but the shared prefix (the demonstrations) is computed once.
 
     The prefix pass carries the head ablations (they act at every position); the other
@@ -416,7 +649,7 @@ def run_ids_shared_prefix(model, prompt_ids: list[list[int]], label_token_ids: l
     if interventions.has_rows():
         raise ValueError("per-row interventions need run_ids (the rows of one batch differ), not a shared prefix")
     arch = instrument(model)
-    device = next(model.parameters()).device
+    device = _input_device(model)
     rotary = getattr(model, "_iclviz_rotary", None)
     prefix = torch.tensor([prompt_ids[0][:prefix_len]], device=device)
     pre_state = _RunState(arch, Interventions(ablate=interventions.ablate), False, torch.zeros(1, dtype=torch.long),
@@ -430,12 +663,13 @@ def run_ids_shared_prefix(model, prompt_ids: list[list[int]], label_token_ids: l
         _ACTIVE.reset(token)
     # transformers renamed ``past_key_values`` to ``cache``; take whichever this version's forward has
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    results = []
+    logits, states = [], []
     for b, ids in enumerate(prompt_ids):
         vpos = torch.tensor([value_positions[b]], dtype=torch.long) if capture and value_positions is not None \
             else None
         one = _one_prompt(interventions, b) if not interventions.is_empty() else NONE
-        state = _RunState(arch, one, capture, torch.zeros(1, dtype=torch.long), vpos, rotary)
+        state = _RunState(arch, one, capture, torch.zeros(1, dtype=torch.long), vpos, rotary,
+                          label_ids=label_token_ids, value_heads=value_heads)
         token = _ACTIVE.set(state if (capture or not one.is_empty()) else None)
         try:
             out = model(input_ids=torch.tensor([ids[prefix_len:]], device=device), **{cache_kw: copy.deepcopy(cache)},
@@ -443,31 +677,12 @@ def run_ids_shared_prefix(model, prompt_ids: list[list[int]], label_token_ids: l
                         logits_to_keep=1)
         finally:
             _ACTIVE.reset(token)
-        results.append((out.logits[:, -1].float().cpu(), state))
-    logits = torch.cat([r[0] for r in results])
+        logits.append(out.logits[:, -1].float().cpu())
+        states.append(state)
     cap = None
     if capture:
         S = max(len(p) for p in prompt_ids)
         pad = torch.tensor([S - len(p) for p in prompt_ids], dtype=torch.long)
-
-        def rows(name, left_pad=False):
-            parts = []
-            for (_, st), pb in zip(results, pad.tolist()):
-                t = torch.stack(st.records[name], 1).cpu()
-                if left_pad:
-                    t = torch.nn.functional.pad(t, (pb, 0), value=float("-inf") if name == "scores" else 0.0)
-                parts.append(t)
-            return torch.cat(parts)
-
-        cap = Capture(
-            attn=rows("attn", True),
-            scores=rows("scores", True),
-            head_out=rows("head_out"),
-            value_out=rows("value_out") if value_positions is not None else None,
-            value_positions=torch.tensor(value_positions, dtype=torch.long) if value_positions is not None else None,
-            resid_in=rows("resid_in"),
-            resid_final=torch.cat([st.resid_final for _, st in results]).cpu(),
-            attn_block_out=rows("attn_block_out"),
-            pad=pad,
-        )
-    return RunResult(logits=logits, label_token_ids=list(label_token_ids), capture=cap)
+        vpos = torch.tensor(value_positions, dtype=torch.long) if value_positions is not None else None
+        cap = _assemble(arch, states, S, pad, vpos, _importance_key(importance, arch.n_layers))
+    return RunResult(logits=torch.cat(logits), label_token_ids=list(label_token_ids), capture=cap)

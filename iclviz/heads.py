@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from .capture import Capture
-from .lens import frozen_norm
+from .lens import log_probs
 
 DEFAULT_SCALING = "final_scale"
 
@@ -26,34 +26,42 @@ def default_layers(n_layers: int) -> list[int]:
 
 
 @torch.no_grad()
+def importance_of(arch, resid_in: torch.Tensor, head_out: torch.Tensor, resid_final: torch.Tensor,
+                  label_token_ids: list[int], scaling: str = DEFAULT_SCALING, layers=None) -> torch.Tensor:
+    """[B, L, H, n_labels] the importance formula on tensors of any device (computed there).
+
+    ``resid_in`` [B, L, D], ``head_out`` [B, L, H, D], ``resid_final`` [B, D]. One batched
+    log-softmax over the vocabulary per layer (``lens.log_probs``: the lens with the unembedding
+    bias, which a log-probability of a whole residual stream needs).
+    """
+    B, L, H, _ = head_out.shape
+    layers = list(range(L)) if layers is None else list(layers)
+    out = torch.full((B, L, H, len(label_token_ids)), float("nan"), device=head_out.device)
+    for layer in layers:
+        r = resid_in[:, layer].float()  # [B, D]
+        x = torch.cat([r[:, None, :], r[:, None, :] + head_out[:, layer].float()], 1)  # [B, 1 + H, D]
+        lp = log_probs(arch, x, resid_final, label_token_ids, scaling)
+        out[:, layer] = lp[:, 1:] - lp[:, :1]
+    return out
+
+
 def head_importance(arch, capture: Capture, label_token_ids: list[int], scaling: str = DEFAULT_SCALING,
                     layers: list[int] | None = None) -> torch.Tensor:
-    """[B, L, H, n_labels] log-probability increase of each label word by each head (NaN outside ``layers``)."""
-    B, L, H, _ = capture.head_out.shape
-    layers = list(range(L)) if layers is None else list(layers)
-    out = torch.full((B, L, H, len(label_token_ids)), float("nan"))
-    w_u = arch.unembed_matrix().detach().float().cpu()
-    b_u = arch.unembed_bias()
-    b_u = b_u.detach().float().cpu() if b_u is not None else None
-    norm = arch.final_norm
-    p = next(norm.parameters(), None)
+    """[B, L, H, n_labels] log-probability increase of each label word by each head (NaN outside ``layers``).
 
-    def logprobs(x):  # x [B, ..., D] -> log p over the vocabulary, for the label ids
-        if scaling == "final_norm":
-            y = norm(x.to(p.device, p.dtype) if p is not None else x).float().cpu()
-        else:
-            y = frozen_norm(arch, x, capture.resid_final)
-        logits = y @ w_u.T
-        if b_u is not None:
-            logits = logits + b_u
-        return torch.log_softmax(logits, -1)[..., label_token_ids]
-
-    for layer in layers:
-        r = capture.resid_in[:, layer]  # [B, D]
-        base = logprobs(r)  # [B, n]
-        with_head = logprobs(r[:, None, :] + capture.head_out[:, layer])  # [B, H, n]
-        out[:, layer] = with_head - base[:, None, :]
-    return out
+    Returns the importance the run computed on the model's device when it was asked for with
+    the same label words, scaling and layers (``LoadedModel.run(..., importance=...)``); otherwise
+    computes it from the captured records.
+    """
+    pre = capture.importance
+    if pre is not None and pre.label_token_ids == tuple(label_token_ids) and pre.scaling == scaling:
+        wanted = set(range(pre.values.shape[1]) if layers is None else layers)
+        if wanted <= set(pre.layers):
+            keep = torch.zeros(pre.values.shape[1], dtype=torch.bool)
+            keep[sorted(wanted)] = True
+            return pre.values.masked_fill(~keep[None, :, None, None], float("nan"))
+    return importance_of(arch, capture.resid_in, capture.head_out, capture.resid_final, label_token_ids, scaling,
+                         layers).cpu()
 
 
 @dataclass

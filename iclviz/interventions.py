@@ -38,27 +38,27 @@ class Interventions:
     - ``attention``: edits of the attention from ``T`` (knockout, rescaling).
     - ``row_ablate``: per batch row, more heads whose output is removed in that row only
       (many single-head ablations run as rows of one batch).
-    - ``depositional``: heads in which the query-key score from ``T`` to the positions in
-      ``depositional_positions[b]`` is computed without its positional part (rotary
+    - ``positional_score_heads``: heads in which the query-key score from ``T`` to the positions in
+      ``positional_score_positions[b]`` is computed without its positional part (rotary
       models: each key is rotated to the query's position, so the score depends on
       content only).
     """
 
     ablate: frozenset[Head] = frozenset()
     attention: tuple[AttentionEdit, ...] = ()
-    depositional: frozenset[Head] = frozenset()
-    depositional_positions: tuple[tuple[int, ...], ...] = field(default=())
+    positional_score_heads: frozenset[Head] = frozenset()
+    positional_score_positions: tuple[tuple[int, ...], ...] = field(default=())
     row_ablate: tuple[frozenset[Head], ...] = ()
 
     def is_empty(self) -> bool:
-        return not self.ablate and not self.attention and not self.depositional and not any(self.row_ablate)
+        return not self.ablate and not self.attention and not self.positional_score_heads and not any(self.row_ablate)
 
     def has_rows(self) -> bool:
         """Whether rows of one batch get different heads (per-row masks)."""
         return bool(self.row_ablate) or any(e.row_heads is not None for e in self.attention)
 
     def layers_touched(self) -> set[int]:
-        layers = {layer for layer, _ in self.ablate} | {layer for layer, _ in self.depositional}
+        layers = {layer for layer, _ in self.ablate} | {layer for layer, _ in self.positional_score_heads}
         layers |= {layer for hs in self.row_ablate for layer, _ in hs}
         for edit in self.attention:
             if edit.row_heads is not None:
@@ -107,23 +107,23 @@ def rescale(factors_per_prompt, heads=None, renormalize: bool = False) -> Interv
 
 def remove_positional_score(positions_per_prompt, heads) -> Interventions:
     return Interventions(
-        depositional=frozenset(_heads(heads)),
-        depositional_positions=tuple(tuple(int(p) for p in ps) for ps in positions_per_prompt),
+        positional_score_heads=frozenset(_heads(heads)),
+        positional_score_positions=tuple(tuple(int(p) for p in ps) for ps in positions_per_prompt),
     )
 
 
 def combine(*parts: Interventions) -> Interventions:
     dep_positions = ()
     for p in parts:
-        if p.depositional:
-            if dep_positions and p.depositional_positions != dep_positions:
+        if p.positional_score_heads:
+            if dep_positions and p.positional_score_positions != dep_positions:
                 raise ValueError("cannot combine positional-score removals at different positions")
-            dep_positions = p.depositional_positions
+            dep_positions = p.positional_score_positions
     return Interventions(
         ablate=frozenset().union(*(p.ablate for p in parts)),
         attention=tuple(e for p in parts for e in p.attention),
-        depositional=frozenset().union(*(p.depositional for p in parts)),
-        depositional_positions=dep_positions,
+        positional_score_heads=frozenset().union(*(p.positional_score_heads for p in parts)),
+        positional_score_positions=dep_positions,
         row_ablate=_combine_rows([p.row_ablate for p in parts]),
     )
 
@@ -143,7 +143,7 @@ def _heads(heads) -> list[Head]:
 
 # ---------------------------------------------------------------- plans over prompts
 
-PLAN_KINDS = ("none", "ablate", "knockout", "majority_fix", "recency_fix")
+PLAN_KINDS = ("none", "ablate", "knockout", "majority_fix", "remove_positional_score")
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ class Plan:
     - ``majority_fix``: in the heads, multiply attention at label ``c``'s positions by
       ``N / (K * n_c)`` (N demonstrations, K labels, n_c of label c), so each label
       gets the share it would have with balanced demonstrations; 1 when balanced.
-    - ``recency_fix``: in the heads, remove the positional part of the score at label positions.
+    - ``remove_positional_score``: in the heads, remove the positional part of the score at label positions.
     """
 
     kind: str = "none"

@@ -21,7 +21,7 @@ from .prompt import BuiltPrompt
 @torch.no_grad()
 def _per_head(lm: LoadedModel, prompts: list[BuiltPrompt], heads, scaling, gold: list[str]) -> pd.DataFrame:
     """Rows per (prompt, head): attention mass on each label's positions, VO sign agreement."""
-    res = lm.run(prompts, capture=True)
+    res = lm.run(prompts, capture=True, value_heads=[tuple(h) for h in heads])
     cap = res.capture
     words = prompts[0].label_words
     ids = prompts[0].label_token_id_list()
@@ -29,7 +29,7 @@ def _per_head(lm: LoadedModel, prompts: list[BuiltPrompt], heads, scaling, gold:
     for b, p in enumerate(prompts):
         attn = cap.attention_at(b, p.label_positions)  # [L, H, P]
         for layer, head in heads:
-            z = cap.value_out[b, layer, head]  # [P, D]
+            z = cap.values(layer, head)[b]  # [P, D]
             lg = project(lm.arch, z[None], cap.resid_final[b:b + 1], scaling, token_ids=ids)[0]  # [P, K]
             own = torch.tensor([words.index(w) for w in p.demo_labels])
             agrees = (lg.argmax(-1) == own).float().mean()

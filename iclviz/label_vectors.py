@@ -11,6 +11,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from .capture import Capture
 from .heads import DEFAULT_SCALING
 from .lens import project
 from .models import LoadedModel
@@ -21,16 +22,17 @@ from .prompt import BuiltPrompt
 def label_vector_table(lm: LoadedModel, prompt: BuiltPrompt, heads, scaling: str = DEFAULT_SCALING,
                        capture=None, top_k: int = 5, interventions=None) -> pd.DataFrame:
     """One row per (head, label position) of ``prompt``."""
-    if capture is None or capture.value_out is None:
+    heads = [tuple(h) for h in heads]
+    if not isinstance(capture, Capture) or not capture.has_values(heads):
         from .interventions import NONE
 
-        capture = lm.run([prompt], interventions=interventions or NONE, capture=True).capture
+        capture = lm.run([prompt], interventions=interventions or NONE, capture=True, value_heads=heads).capture
     words = prompt.label_words
     ids = prompt.label_token_id_list()
     attn = capture.attention_at(0, prompt.label_positions)  # [L, H, P]
     rows = []
     for layer, head in heads:
-        z = capture.value_out[0, layer, head]  # [P, D]
+        z = capture.values(layer, head)[0]  # [P, D]
         a = attn[layer, head]  # [P]
         logits = project(lm.arch, z[None], capture.resid_final[:1], scaling)[0]  # [P, V]
         weighted = project(lm.arch, (a[:, None] * z)[None], capture.resid_final[:1], scaling, token_ids=ids)[0]

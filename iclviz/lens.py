@@ -6,66 +6,133 @@ Two scalings, a setting everywhere they are used:
   for LayerNorm) applied to ``u``, divided by the scale of the final residual at ``T``
   instead of ``u``'s own, so that small component vectors are not blown up. This lens is
   linear (no norm or unembedding bias): component vectors' logits add up.
+
+Everything is computed on the device of the vectors given (the model's device when they
+come straight from a run): no copy of ``W_U`` goes to the host.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .architecture import parameter
+
 SCALINGS = ("final_scale", "final_norm")
 
 
 def _norm_parts(norm):
-    weight = getattr(norm, "weight", None)
-    bias = getattr(norm, "bias", None)
+    weight = parameter(norm, "weight")
+    bias = parameter(norm, "bias")
     eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
     centred = isinstance(norm, torch.nn.LayerNorm) or "LayerNorm" in type(norm).__name__
     return weight, bias, float(eps), centred
 
 
-def frozen_norm(arch, u: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """The final norm applied to ``u`` with the scale of ``reference`` (broadcast over leading dims)."""
-    weight, bias, eps, centred = _norm_parts(arch.final_norm)
+def final_scale_of(arch, reference: torch.Tensor) -> torch.Tensor:
+    """[..., 1] the final norm's scale of the residual ``reference`` [..., D] (RMS, or std for LayerNorm)."""
+    _, _, eps, centred = _norm_parts(arch.final_norm)
     ref = reference.float()
     if centred:
+        return torch.sqrt(ref.var(-1, unbiased=False, keepdim=True) + eps)
+    return torch.sqrt(ref.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def label_directions(arch, token_ids: list[int], device) -> torch.Tensor:
+    """[K, D] the ``final_scale`` lens as directions: ``logits(u)[k] = u . dir[k] / scale``.
+
+    ``dir[k] = W_U[k] * norm weight`` (centred for LayerNorm, which folds the mean removal
+    into the direction), so a projection can be taken per layer, inside a pass, before the
+    final residual's scale is known (``capture`` divides by it at the end).
+    """
+    weight, _, _, centred = _norm_parts(arch.final_norm)
+    w_u = arch.unembed_matrix().detach()
+    rows = w_u[torch.as_tensor(list(token_ids), dtype=torch.long, device=w_u.device)].to(device, torch.float32)
+    if weight is not None:
+        rows = rows * weight.detach().to(device, torch.float32)
+    if centred:
+        rows = rows - rows.mean(-1, keepdim=True)
+    return rows
+
+
+def frozen_norm(arch, u: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """The final norm applied to ``u`` with the scale of ``reference`` (broadcast over leading dims)."""
+    weight, _, _, centred = _norm_parts(arch.final_norm)
+    if centred:
         u = u - u.mean(-1, keepdim=True)
-        scale = torch.sqrt(ref.var(-1, unbiased=False, keepdim=True) + eps)
-    else:
-        scale = torch.sqrt(ref.pow(2).mean(-1, keepdim=True) + eps)
+    scale = final_scale_of(arch, reference)
     while scale.dim() < u.dim():
         scale = scale.unsqueeze(-2)
-    out = u / scale
+    out = u / scale.to(u.device)
     if weight is not None:
-        out = out * weight.detach().float().cpu()
+        out = out * weight.detach().to(u.device, torch.float32)
     return out
 
 
-@torch.no_grad()
-def project(arch, u: torch.Tensor, resid_final: torch.Tensor | None = None, scaling: str = "final_scale",
-            token_ids: list[int] | None = None) -> torch.Tensor:
-    """Logits of vector(s) ``u`` [..., D]; only the columns ``token_ids`` if given.
-
-    ``resid_final`` [B, D] is needed for ``final_scale``; ``u`` is then [B, ..., D].
-    """
+def normed(arch, u: torch.Tensor, resid_final: torch.Tensor | None, scaling: str) -> torch.Tensor:
+    """``u`` [..., D] as the unembedding sees it under ``scaling`` (float32, on ``u``'s device)."""
     if scaling not in SCALINGS:
         raise ValueError(f"scaling must be one of {SCALINGS}")
     u = u.float()
     if scaling == "final_norm":
         norm = arch.final_norm
         p = next(norm.parameters(), None)
-        x = norm(u.to(p.device, p.dtype) if p is not None else u).float().cpu()
-    else:
-        if resid_final is None:
-            raise ValueError("final_scale needs the final residual")
-        x = frozen_norm(arch, u, resid_final)
-    w = arch.unembed_matrix().detach()
-    w = (w[token_ids] if token_ids is not None else w).float().cpu()
-    logits = x @ w.T
+        return norm(u.to(p.device, p.dtype) if p is not None and p.device.type != "meta" else u).to(
+            u.device, torch.float32)
+    if resid_final is None:
+        raise ValueError("final_scale needs the final residual")
+    return frozen_norm(arch, u, resid_final.to(u.device))
+
+
+def _with_bias(arch, scaling: str, unembed_bias: bool | None):
     b = arch.unembed_bias()
-    if b is not None and scaling == "final_norm":  # final_scale stays linear: a component gets no bias
-        b = b.detach().float().cpu()
-        logits = logits + (b[token_ids] if token_ids is not None else b)
+    return b if b is not None and (scaling == "final_norm" if unembed_bias is None else unembed_bias) else None
+
+
+@torch.no_grad()
+def project(arch, u: torch.Tensor, resid_final: torch.Tensor | None = None, scaling: str = "final_scale",
+            token_ids: list[int] | None = None, unembed_bias: bool | None = None) -> torch.Tensor:
+    """Logits of vector(s) ``u`` [..., D]; only the columns ``token_ids`` if given.
+
+    ``resid_final`` [B, D] is needed for ``final_scale``; ``u`` is then [B, ..., D].
+    ``unembed_bias``: add the unembedding bias (models with an ``lm_head`` bias, e.g. GPT-J).
+    By default it is added under ``final_norm`` and left out under ``final_scale`` (a component
+    vector gets no bias, so components' logits add up); log-probabilities of a whole residual
+    (``log_probs``) always include it. Computed on ``u``'s device, float32.
+    """
+    x = normed(arch, u, resid_final, scaling)
+    device = x.device
+    w = arch.unembed_matrix().detach()
+    rows = torch.as_tensor(token_ids, dtype=torch.long, device=w.device) if token_ids is not None else None
+    w = (w[rows] if rows is not None else w).to(device, torch.float32)
+    logits = x @ w.T
+    b = _with_bias(arch, scaling, unembed_bias)
+    if b is not None:
+        logits = logits + (b.detach()[rows] if rows is not None else b.detach()).to(device, torch.float32)
     return logits
+
+
+@torch.no_grad()
+def log_probs(arch, u: torch.Tensor, resid_final: torch.Tensor | None, token_ids: list[int],
+              scaling: str = "final_scale", chunk_rows: int = 32768) -> torch.Tensor:
+    """``log softmax(W_U . lens(u) + b_U)`` at ``token_ids`` [..., K], for whole residual streams.
+
+    The log-normaliser runs over the vocabulary in chunks of ``chunk_rows`` rows of ``W_U`` cast
+    to float32 one chunk at a time, so a bfloat16 model never holds a float32 copy of ``W_U``.
+    """
+    x = normed(arch, u, resid_final, scaling)
+    device = x.device
+    w = arch.unembed_matrix().detach()
+    b = _with_bias(arch, scaling, True)
+    b = b.detach() if b is not None else None
+    lse = None
+    for start in range(0, w.shape[0], chunk_rows):
+        part = x @ w[start:start + chunk_rows].to(device, torch.float32).T
+        if b is not None:
+            part = part + b[start:start + chunk_rows].to(device, torch.float32)
+        part = torch.logsumexp(part, -1)
+        lse = part if lse is None else torch.logaddexp(lse, part)
+    picked = project(arch, u, resid_final, scaling, token_ids=list(token_ids), unembed_bias=True)
+    return picked - lse[..., None]
 
 
 def logit_minus(arch, u, resid_final, token_a: int, token_b: int, scaling: str = "final_scale") -> torch.Tensor:

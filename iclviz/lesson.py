@@ -130,8 +130,9 @@ def step_result(lm, step: int, demos, query: str, label_words, template: str, he
         rows = []
         for arr, ds in (("as written", demos), (f"{first}-majority", maj), (f"all {second} last", rec)):
             p = _rebuild(ds)
-            for cond, kind in (("no fix", "none"), ("majority fix", "majority_fix"), ("recency fix", "recency_fix")):
-                if kind == "recency_fix" and lm.arch.positional != "rotary":
+            for cond, kind in (("no fix", "none"), ("majority fix", "majority_fix"),
+                              ("recency fix", "remove_positional_score")):
+                if kind == "remove_positional_score" and not lm.can_remove_positional_score:
                     continue
                 pred = predict_prompt(lm, p, Plan(kind, tuple(heads)), capture=False)
                 rows.append({"demonstrations": arr, "condition": cond, "counts": " / ".join(

@@ -25,7 +25,7 @@ def locate_heads(lm: LoadedModel, setup: EvalSetup, scaling: str = DEFAULT_SCALI
     layers = default_layers(lm.n_layers) if layers is None else list(layers)
     chunks, gold_all = [], []
     for _, _, batch, gold in prompt_batches(lm, setup, batch_size, progress, "locating heads"):
-        res = lm.run(batch, capture=True, value_positions=None)
+        res = lm.run(batch, capture=True, value_positions=None, importance=(scaling, layers))
         chunks.append(head_importance(lm.arch, res.capture, batch[0].label_token_id_list(), scaling, layers))
         gold_all += gold
     importance = torch.cat(chunks) if chunks else torch.zeros(0, lm.n_layers, lm.n_heads, len(setup.words()))

@@ -378,6 +378,12 @@ class LoadedModel:
         return self.arch.n_heads
 
     @property
+    def can_remove_positional_score(self) -> bool:
+        """Whether ``remove_positional_score`` (the recency fix) works on this model: rotate-half
+        rotary positions only (GPT-J's interleaved rotation and absolute positions are refused)."""
+        return self.arch.can_remove_positional_score
+
+    @property
     def pad_id(self) -> int:
         tok = self.tokenizer
         for cand in (tok.pad_token_id, tok.eos_token_id, 0):
@@ -386,8 +392,16 @@ class LoadedModel:
         return 0
 
     def run(self, prompts: list[BuiltPrompt], interventions: Interventions = NONE, capture: bool = True,
-            value_positions: list[list[int]] | None | str = "labels", hidden_layer: int | None = None) -> RunResult:
-        """One instrumented forward pass over ``prompts`` (left-padded into one batch)."""
+            value_positions: list[list[int]] | None | str = "labels", hidden_layer: int | None = None,
+            value_heads=None, importance=None, full_rows_layers=()) -> RunResult:
+        """One instrumented forward pass over ``prompts`` (left-padded into one batch).
+
+        At the value positions (default: the label positions) every head's value-output vector is
+        read out as label-word logits (``Capture.value_label_logits``); the full vectors are kept for
+        ``value_heads`` only ("all", or a list of heads). ``importance``: a lens scaling, or
+        ``(scaling, layers)``, to compute every head's importance on the model's device.
+        ``full_rows_layers``: layers whose full attention matrix is kept (``Capture.full_attn``).
+        """
         if not prompts:
             raise ValueError("no prompts to run")
         for p in prompts:
@@ -396,22 +410,30 @@ class LoadedModel:
 
                 raise PromptError(f"the prompt is {p.n_tokens} tokens, longer than the model's context of "
                                   f"{self.context_length}")
+        why_missing = None
         if value_positions == "labels":
             value_positions = [p.label_positions for p in prompts]
-            if len({len(v) for v in value_positions}) != 1:
+            counts = [len(v) for v in value_positions]
+            if len(set(counts)) != 1:
                 value_positions = None
+                why_missing = (f"no value vectors: the prompts of this batch have different numbers of label "
+                               f"positions ({', '.join(map(str, counts))}); run them one at a time or in batches "
+                               "with as many demonstrations each")
         ids = [p.input_ids for p in prompts]
         prefix = common_prefix_length(ids) if (len(ids) > 1 and hidden_layer is None and self.reuse_prefix
-                                              and not interventions.has_rows()) else 0
+                                              and not interventions.has_rows() and not full_rows_layers) else 0
+        label_ids = prompts[0].label_token_id_list()
         if prefix >= 16 and prefix >= 0.5 * min(len(p) for p in ids):
             # the prompts share their demonstrations: compute them once (KV cache), then each query
-            res = run_ids_shared_prefix(self.model, ids, prompts[0].label_token_id_list(), prefix,
-                                        interventions=interventions, capture=capture,
-                                        value_positions=value_positions)
+            res = run_ids_shared_prefix(self.model, ids, label_ids, prefix, interventions=interventions,
+                                        capture=capture, value_positions=value_positions, value_heads=value_heads,
+                                        importance=importance)
         else:
-            res = run_ids(self.model, ids, prompts[0].label_token_id_list(),
-                          interventions=interventions, capture=capture, value_positions=value_positions,
-                          pad_id=self.pad_id, hidden_layer=hidden_layer)
+            res = run_ids(self.model, ids, label_ids, interventions=interventions, capture=capture,
+                          value_positions=value_positions, pad_id=self.pad_id, hidden_layer=hidden_layer,
+                          value_heads=value_heads, importance=importance, full_rows_layers=full_rows_layers)
+        if why_missing and res.capture is not None:
+            res.capture.missing.update(value_out=why_missing, value_label_logits=why_missing)
         check_finite(res, self.name)
         return res
 

@@ -24,7 +24,7 @@ if lm is None:
     st.stop()
 heads = common.chosen_heads(lm)
 prompt = common.current_prompt(lm)
-rotary = lm.arch.positional == "rotary"
+rotary = lm.can_remove_positional_score
 
 
 @st.fragment
@@ -43,7 +43,7 @@ def current_prompt_readout():
                     + f" · last demonstration's label: `{prompt.demo_labels[-1].replace('`', 'ˋ')}`")
         plans = [("no fix", "none"), ("majority fix", "majority_fix")]
         if rotary:
-            plans.append(("recency fix", "recency_fix"))
+            plans.append(("recency fix", "remove_positional_score"))
         rows = []
         for name, kind in plans:
             with st.spinner(f"Running the prompt ({name})"):
@@ -63,7 +63,8 @@ def current_prompt_readout():
         firsts = cur.groupby("condition", sort=False)["predicted"].first()
         st.markdown(" · ".join(f"{c}: `{str(p).replace('`', 'ˋ')}`" for c, p in firsts.items()))
         if not rotary:
-            st.info(f"{lm.name} has {lm.arch.positional} positions: the recency fix needs a rotary model.")
+            st.info(f"{lm.name} has {lm.arch.positional} positions ({lm.arch.rotary_layout or 'no rotation'}): "
+                    "the recency fix needs rotate-half rotary positions.")
     else:
         st.info("Fix the prompt on the Prompt lab page to see its readout here.")
 

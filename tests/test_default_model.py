@@ -40,7 +40,7 @@ def test_icl_accuracy_and_every_intervention_reaches_the_model(lm):
     changed = (ko.rows["margin"] - base.rows["margin"]).abs()
     assert (changed > 1e-3).all(), changed.describe()
     deep = tuple((layer, head) for layer in range(12, 24) for head in range(lm.n_heads))
-    for kind in ("ablate", "majority_fix", "recency_fix"):
+    for kind in ("ablate", "majority_fix", "remove_positional_score"):
         sub = EvalSetup(setup.dataset, k_per_label=4, n_test=8, seeds=(0,),
                         demo_transform=(lambda d, s: d[1:]) if kind == "majority_fix" else None)
         a = evaluate(lm, sub, batch_size=8)

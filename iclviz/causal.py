@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .capture import _ACTIVE, _RunState, common_prefix_length, instrument
+from .capture import _ACTIVE, _input_device, _RunState, common_prefix_length, instrument
 from .evaluation import Cancelled, EvalSetup, Progress
 from .heads import default_layers, random_heads
 from .interventions import Head, ablate_rows, combine, knockout_rows
@@ -72,7 +72,7 @@ def _forward(model, ids, start: int, cache, rows: int = 1, state=None, label_ids
     The base model is called (no vocabulary-wide unembedding): only the label words' rows of
     ``W_U`` are applied to the final hidden state.
     """
-    device = next(model.parameters()).device
+    device = _input_device(model)
     n = ids.shape[1]
     base = model.base_model
     kw = {_cache_kw(base): cache} if cache is not None else {}
@@ -87,10 +87,11 @@ def _forward(model, ids, start: int, cache, rows: int = 1, state=None, label_ids
         return None, new_cache
     arch = model._iclviz_arch
     w = arch.unembed_matrix()[label_ids]
-    logits = out.last_hidden_state[:, -1] @ w.T
+    hidden = out.last_hidden_state[:, -1]
+    logits = hidden @ w.to(hidden.device).T
     b = arch.unembed_bias()
     if b is not None:
-        logits = logits + b[label_ids]
+        logits = logits + b[label_ids].to(hidden.device)
     return logits.float(), new_cache
 
 

@@ -528,8 +528,14 @@ def _check_hub(name: str, timeout: float = 10.0) -> None:
 
 
 def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None,
-               trust_remote_code: bool = False, device_map: str | None = None, progress=None) -> LoadedModel:
-    """Load a causal LM for instrumented runs. Errors come as ModelLoadError with a clear message."""
+               trust_remote_code: bool = False, device_map: str | dict | None = None, progress=None,
+               offload_folder: str | Path | None = None, max_memory: dict | None = None) -> LoadedModel:
+    """Load a causal LM for instrumented runs. Errors come as ModelLoadError with a clear message.
+
+    ``device_map="auto"`` (accelerate) spreads a model larger than one device over the GPUs, the
+    CPU and, with ``offload_folder``, the disk (``max_memory`` caps each device, e.g.
+    ``{0: "70GiB", "cpu": "100GiB"}``); the capture gathers each layer's records onto one device.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.perf_counter()
@@ -545,6 +551,10 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: str 
         _check_hub(where)
     if device_map:
         kwargs["device_map"] = device_map
+        if offload_folder is not None:
+            kwargs["offload_folder"] = str(offload_folder)
+        if max_memory is not None:
+            kwargs["max_memory"] = max_memory
     try:
         try:
             tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code,
@@ -581,6 +591,9 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: str 
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     ctx = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
     label = spec.label if spec is not None else name
+    if device_map:
+        placed = sorted({str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()})
+        device = "+".join(placed) or str(device)
     lm = LoadedModel(name=label, model=model, tokenizer=tokenizer, arch=arch, device=str(device), dtype=torch_dtype,
                      context_length=int(ctx), load_seconds=time.perf_counter() - t0)
     if spec is not None:

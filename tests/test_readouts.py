@@ -148,3 +148,24 @@ def test_label_counts_that_differ_in_a_batch_say_why_there_are_no_value_vectors(
     assert cap.value_label_logits is None
     one = tiny_llama.run([four]).capture  # by default: label logits of every head, no full vectors
     assert one.value_label_logits.shape == (1, 3, 4, 4, 2) and one.value_vectors is None
+
+
+def test_attention_view_matrices_come_from_the_same_model_without_a_copy(tiny, tokenizer, monkeypatch):
+    import copy
+
+    from iclviz.attention_matrix import full_attention
+
+    real = copy.deepcopy
+
+    def no_model_copies(obj, *args, **kwargs):
+        assert not isinstance(obj, torch.nn.Module), "the attention view copied the model"
+        return real(obj, *args, **kwargs)
+
+    monkeypatch.setattr(copy, "deepcopy", no_model_copies)
+    prompt = build_prompt(tokenizer, DEMOS, "I loved it", ("foo", "bar"))
+    att = full_attention(tiny, prompt, [2, 0], heads=[3, 1])
+    ref = reference_forward(tiny.model, [prompt.input_ids], output_attentions=True)
+    assert sorted(att) == [0, 2]
+    for layer in (0, 2):
+        close(att[layer], ref.attentions[layer][0, [3, 1]])
+    assert tiny.model.config._attn_implementation == "iclviz"

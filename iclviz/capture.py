@@ -320,9 +320,10 @@ class _RunState:
             vv = torch.gather(value, 2, idx[:, None, :, None].expand(B, KV, P, Dh))  # [B, KV, P, Dh]
             if self.label_ids is not None:  # label-word logits of every head's z, without building z
                 dirs = self._label_directions(value.device)  # [K, D]
-                w_dir = torch.einsum("hdm,km->hdk", w_o.float(), dirs).reshape(KV, G, Dh, -1)
+                # in the model's dtype: no float32 copy of W_O (float32 models stay exact)
+                w_dir = torch.einsum("hdm,km->hdk", w_o, dirs.to(w_o.dtype)).reshape(KV, G, Dh, -1)
                 rec["value_label_logits"][layer] = torch.einsum(
-                    "bkpd,kgdc->bkgpc", vv.float(), w_dir).reshape(B, H, P, -1)
+                    "bkpd,kgdc->bkgpc", vv, w_dir).reshape(B, H, P, -1)
             heads = self._vector_heads(layer)
             if heads:
                 sel = torch.as_tensor(heads, device=value.device)

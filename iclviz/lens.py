@@ -13,6 +13,8 @@ come straight from a run): no copy of ``W_U`` goes to the host.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .architecture import parameter
@@ -113,26 +115,48 @@ def project(arch, u: torch.Tensor, resid_final: torch.Tensor | None = None, scal
 
 @torch.no_grad()
 def log_probs(arch, u: torch.Tensor, resid_final: torch.Tensor | None, token_ids: list[int],
-              scaling: str = "final_scale", chunk_rows: int = 32768) -> torch.Tensor:
+              scaling: str = "final_scale", chunk_rows: int | None = None) -> torch.Tensor:
     """``log softmax(W_U . lens(u) + b_U)`` at ``token_ids`` [..., K], for whole residual streams.
 
-    The log-normaliser runs over the vocabulary in chunks of ``chunk_rows`` rows of ``W_U`` cast
-    to float32 one chunk at a time, so a bfloat16 model never holds a float32 copy of ``W_U``.
+    The log-normaliser runs over the vocabulary in chunks of ``chunk_rows`` rows of ``W_U`` (default:
+    about 32M numbers a chunk) cast to float32 one chunk at a time, so a bfloat16 model never holds a
+    float32 copy of ``W_U``. On a GPU, the float32 products of a half-precision model use TF32.
     """
     x = normed(arch, u, resid_final, scaling)
     device = x.device
     w = arch.unembed_matrix().detach()
+    chunk_rows = chunk_rows or max(1024, (1 << 25) // w.shape[1])
     b = _with_bias(arch, scaling, True)
     b = b.detach() if b is not None else None
     lse = None
-    for start in range(0, w.shape[0], chunk_rows):
-        part = x @ w[start:start + chunk_rows].to(device, torch.float32).T
-        if b is not None:
-            part = part + b[start:start + chunk_rows].to(device, torch.float32)
-        part = torch.logsumexp(part, -1)
-        lse = part if lse is None else torch.logaddexp(lse, part)
+    with _tf32(device.type == "cuda" and w.dtype != torch.float32):
+        for start in range(0, w.shape[0], chunk_rows):
+            part = _chunk_lse(x, w[start:start + chunk_rows].to(device, torch.float32),
+                              b[start:start + chunk_rows].to(device, torch.float32) if b is not None else None)
+            lse = part if lse is None else torch.logaddexp(lse, part)
     picked = project(arch, u, resid_final, scaling, token_ids=list(token_ids), unembed_bias=True)
     return picked - lse[..., None]
+
+
+def _chunk_lse(x, w, b):
+    part = x @ w.T
+    if b is not None:
+        part = part + b
+    return torch.logsumexp(part, -1)
+
+
+@contextlib.contextmanager
+def _tf32(on: bool):
+    """Allow TF32 matmuls inside the block (CUDA, half-precision models only); restore after."""
+    if not on:
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def logit_minus(arch, u, resid_final, token_a: int, token_b: int, scaling: str = "final_scale") -> torch.Tensor:

@@ -20,10 +20,11 @@ __version__ = "0.2.0"
 
 _EXPORTS = {
     # models and prompts
-    "load_model": "models", "LoadedModel": "models", "ModelLoadError": "models", "OFFLINE_MODELS": "models",
+    "load_model": "models", "LoadedModel": "models", "ModelLoadError": "errors", "OFFLINE_MODELS": "offline",
     "build_prompt": "prompt", "BuiltPrompt": "prompt", "PromptError": "prompt",
     # one instrumented pass
     "predict": "evaluation", "predict_prompt": "evaluation", "Capture": "capture", "RunResult": "capture",
+    "MissingRecord": "capture", "full_attention": "attention_matrix",
     # interventions
     "ablate": "interventions", "knockout": "interventions", "rescale": "interventions",
     "remove_positional_score": "interventions", "combine": "interventions", "Interventions": "interventions",

@@ -79,7 +79,7 @@ class Settings:
         if trust_remote_code and not self.allow_remote_code:
             raise ValidationError("trust_remote_code is turned off on this server (the operator can allow it "
                                   "with ICLVIZ_ALLOW_REMOTE_CODE=1)")
-        from .models import offline_model
+        from .offline import offline_model
 
         if not name or offline_model(name) is not None:  # the offline models are always allowed
             return

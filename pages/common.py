@@ -26,7 +26,8 @@ from iclviz.app_support import (
 from iclviz.data import DataError, dataset_from_table, list_datasets, load_dataset, read_table
 from iclviz.evaluation import predict_prompt
 from iclviz.interventions import Plan
-from iclviz.models import DEFAULT_MODEL, OFFLINE_MODELS, ModelLoadError, load_model, offline_model
+from iclviz.models import ModelLoadError, load_model
+from iclviz.offline import DEFAULT_MODEL, OFFLINE_MODELS, offline_model
 from iclviz.prompt import PromptError, build_prompt
 from iclviz.settings import Settings, load_settings
 from iclviz.validation import (

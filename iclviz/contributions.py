@@ -4,7 +4,7 @@ For demonstration ``i`` with label position ``p_i`` and the in-context heads ``H
 
     contribution_i = sum_{(l,h) in H} A[l,h,T,p_i] * logit_minus(z[l,h,p_i])
 
-with ``z[l,h,p] = v_p W_O^h`` the value-output vector (``Capture.value_out``) and
+with ``z[l,h,p] = v_p W_O^h`` the value-output vector (``Capture.values(l, h)``) and
 ``logit_minus(u) = logits(u)[a] - logits(u)[b]`` under the linear ``final_scale`` lens
 (``lens.py``: the final norm's weight and the final residual's scale at ``T``). That lens is
 linear, so the contributions add up exactly to the heads' direct effect through the label
@@ -114,7 +114,7 @@ def demo_contributions(lm, prompt: BuiltPrompt | PromptSpec, heads, pair=None,
     heads = [(int(a), int(b)) for a, b in dict.fromkeys((int(x), int(y)) for x, y in heads)]
     if not heads:
         raise ValueError("choose at least one head")
-    res = lm.run([prompt], capture=True, value_positions=[prompt.label_positions])
+    res = lm.run([prompt], capture=True, value_positions=[prompt.label_positions], value_heads=heads)
     cap = res.capture
     label_logits = res.label_logits[0]
     a, b = choose_pair(prompt.label_words, label_logits, pair)
@@ -127,7 +127,7 @@ def demo_contributions(lm, prompt: BuiltPrompt | PromptSpec, heads, pair=None,
     per_head = []
     heads_direct = 0.0
     for j, (x, y) in enumerate(heads):
-        lm_z = logit_minus(lm.arch, cap.value_out[0, x, y][None], cap.resid_final[:1], ta, tb)[0]  # [P]
+        lm_z = logit_minus(lm.arch, cap.values(x, y)[:1], cap.resid_final[:1], ta, tb)[0]  # [P]
         contrib[j] = attn[x, y] * lm_z
         heads_direct += float(logit_minus(lm.arch, cap.head_out[:1, x, y], cap.resid_final[:1], ta, tb)[0])
         for i in range(P):

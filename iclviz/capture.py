@@ -273,11 +273,13 @@ class _RunState:
             if self.row_ablate_mask.shape[0] != B:
                 raise ValueError(f"per-row ablation for {self.row_ablate_mask.shape[0]} rows in a batch of {B}")
             ablate = ablate | self.row_ablate_mask[:, layer]
-        if not (self.capture or self.edits_row(layer) or ablate.any()):
+        qkv = [hk for hk in self.iv.qkv if layer in hk.layers()]
+        if not (self.capture or self.edits_row(layer) or ablate.any() or qkv):
             return out
         out = out.clone()
         KV = key.shape[1]
         G = H // KV  # query heads per key-value head: computed grouped, never copied per head
+        probs = scores = None
         if self.capture or self.edits_row(layer):
             scale = scaling if scaling is not None else Dh ** -0.5
             q = query[:, :, -1, :]  # [B, H, Dh]
@@ -300,6 +302,8 @@ class _RunState:
                     probs = probs / probs.sum(-1, keepdim=True).clamp_min(1e-30)
             row = torch.einsum("bkgs,bksd->bkgd", probs.reshape(B, KV, G, S), value).reshape(B, H, Dh)
             out[:, -1] = row
+        for hook in qkv:  # query/key/value patches and recorders (qkv.py): T's row of their heads only
+            probs, scores = hook.apply(layer, query, key, value, attention_mask, scaling, self.pad, out, probs, scores)
         if ablate.any():
             out = out.masked_fill(ablate.to(out.device)[:, None, :, None], 0)
         if self.capture:

@@ -663,3 +663,34 @@ def causal_test(lm: LoadedModel, setup: EvalSetup, head_sets: dict[str, list], l
                 rows.append(RowEdit.of("knockout", dr[w]))
     logits, gold = run_rows(lm, setup, rows, chunk, progress, f"causal test ({len(rows)} conditions)")
     return CausalTest(logits, gold, names, sets, draws, lh, lsd, tuple(words))
+
+
+# ---------------------------------------------------------------- one prompt, per-row position knockouts
+
+@torch.no_grad()
+def knockout_each(lm: LoadedModel, prompt, position_sets, heads) -> torch.Tensor:
+    """[R, K] label-word logits of one prompt where row ``r`` knocks out the attention from ``T`` to the
+    positions ``position_sets[r]`` in ``heads`` (an empty set: the row is the prompt unchanged).
+
+    The prompt runs up to ``T - 1`` once (KV cache); the rows are one batch of single-token passes
+    over that cache, with per-row knockouts (``knockout_rows``); layers below the first edited
+    layer run once for all rows.
+    """
+    model, arch, rotary, label_ids, _, _ = _batch_setup(lm, [prompt])
+    hs = frozenset((int(a), int(b)) for a, b in heads)
+    sets = [sorted({int(p) for p in ps}) for ps in position_sets]
+    R = len(sets)
+    if R == 0:
+        return torch.zeros(0, len(label_ids))
+    ids = prompt.input_ids
+    n = len(ids)
+    _, cache = _forward(model, torch.tensor([ids[:n - 1]]), 0, None)
+    iv = knockout_rows(sets, [hs if s else frozenset() for s in sets])
+    first = min((a for a, _ in hs), default=lm.n_layers - 1)
+    state = _RunState(arch, iv, False, torch.zeros(R, dtype=torch.long), None, rotary)
+    c = _repeat_from(cache, R, first)
+    with _rows_from_layer(arch, first, R):
+        logits, _ = _forward(model, torch.tensor([[ids[-1]]]), n - 1, c, 1, state, label_ids)
+    out = logits.cpu()
+    _check_finite(out)
+    return out

@@ -42,6 +42,8 @@ class Interventions:
       ``positional_score_positions[b]`` is computed without its positional part (rotary
       models: each key is rotated to the query's position, so the score depends on
       content only).
+    - ``qkv``: query/key/value patches and recorders (``qkv.QKVPatch``, ``qkv.QKVRecorder``),
+      acting on the last position's row of their heads only (the two towers, causally).
     """
 
     ablate: frozenset[Head] = frozenset()
@@ -49,13 +51,15 @@ class Interventions:
     positional_score_heads: frozenset[Head] = frozenset()
     positional_score_positions: tuple[tuple[int, ...], ...] = field(default=())
     row_ablate: tuple[frozenset[Head], ...] = ()
+    qkv: tuple = ()  # QKVPatch / QKVRecorder objects (per-row by construction)
 
     def is_empty(self) -> bool:
-        return not self.ablate and not self.attention and not self.positional_score_heads and not any(self.row_ablate)
+        return (not self.ablate and not self.attention and not self.positional_score_heads
+                and not any(self.row_ablate) and not self.qkv)
 
     def has_rows(self) -> bool:
         """Whether rows of one batch get different heads (per-row masks)."""
-        return bool(self.row_ablate) or any(e.row_heads is not None for e in self.attention)
+        return bool(self.row_ablate) or any(e.row_heads is not None for e in self.attention) or bool(self.qkv)
 
     def layers_touched(self) -> set[int]:
         layers = {layer for layer, _ in self.ablate} | {layer for layer, _ in self.positional_score_heads}
@@ -125,6 +129,7 @@ def combine(*parts: Interventions) -> Interventions:
         positional_score_heads=frozenset().union(*(p.positional_score_heads for p in parts)),
         positional_score_positions=dep_positions,
         row_ablate=_combine_rows([p.row_ablate for p in parts]),
+        qkv=tuple(h for p in parts for h in p.qkv),
     )
 
 

@@ -1,0 +1,91 @@
+"""The two towers patched (issue 11, item 3): identities on the tiny models of every architecture."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from views_common import HEADS, SPEC, close
+
+from iclviz import interventions as iv
+from iclviz.compare import (
+    PromptSpec,
+    swap_all_labels,
+    swap_query,
+)
+from iclviz.qkv import QKVPatch
+from iclviz.towers_patch import towers_patch
+
+
+def _equal_length_pair(lm):
+    a, b = SPEC.build(lm), swap_all_labels(SPEC).build(lm)
+    assert a.n_tokens == b.n_tokens and a.input_ids[-1] == b.input_ids[-1]
+    return a, b
+
+
+def test_patching_q_k_v_everywhere_gives_the_donors_head_outputs(tiny):
+    a, b = _equal_length_pair(tiny)
+    heads = [(0, 1), (1, 0), (1, 3), (2, 2)]
+    t = towers_patch(tiny, a, b, heads, positions="all", conditions=("none", "all"), keep_captures=True)
+    cap, cap_b = t.capture, t.donor_capture
+    plain_a = tiny.run([a], value_positions=None).capture
+    for layer, head in heads:
+        close(cap.head_out[1, layer, head], cap_b.head_out[0, layer, head])
+        close(cap.attn[1, layer, head], cap_b.attn[0, layer, head])
+    assert not torch.allclose(plain_a.head_out[0, 2, 2], cap_b.head_out[0, 2, 2], atol=1e-4)  # B differs from A
+    # the first patched layer's other heads (some share the patched key-value head) are A's own
+    for head in range(tiny.n_heads):
+        if head != 1:
+            close(cap.head_out[1, 0, head], plain_a.head_out[0, 0, head])
+    # the "none" row is A unchanged
+    close(cap.head_out[0], plain_a.head_out[0])
+
+
+def test_patching_every_head_makes_a_equal_b(tiny):
+    """Every head of every layer patched (q at T, k and v everywhere): the residual at T is B's."""
+    a, b = _equal_length_pair(tiny)
+    heads = [(layer, h) for layer in range(tiny.n_layers) for h in range(tiny.n_heads)]
+    res_b = tiny.run([b], capture=False)
+    t = towers_patch(tiny, a, b, heads, positions="all", conditions=("all",), keep_captures=True)
+    close(t.summary.iloc[0][["logit_foo", "logit_bar"]].to_numpy(dtype=float), res_b.label_logits[0])
+
+
+def test_patching_nothing_changes_nothing(tiny):
+    a, b = _equal_length_pair(tiny)
+    plain = tiny.run([a], capture=False)
+    empty = tiny.run([a], iv.Interventions(qkv=(QKVPatch([{}]),)), capture=False)
+    assert torch.equal(empty.logits, plain.logits)
+    t = towers_patch(tiny, a, b, HEADS, conditions=("none", "q", "k", "v", "q+k", "all"))
+    none = t.summary[t.summary.condition == "none"].iloc[0]
+    close(torch.tensor([none.logit_foo, none.logit_bar]), plain.label_logits[0])
+    assert list(t.summary.condition) == ["none", "q", "k", "v", "q+k", "all", "donor (B)"]
+    json.dumps(t.to_dict())
+
+
+def test_value_patch_leaves_attention_and_query_key_patch_leaves_values(tiny_llama):
+    """One layer's heads: v moves no attention; q+k moves attention but the label-position z stay A's."""
+    a, b = _equal_length_pair(tiny_llama)
+    heads = [(1, 0), (1, 2)]
+    t = towers_patch(tiny_llama, a, b, heads, conditions=("none", "v", "q+k"), keep_captures=True)
+    cap = t.capture
+    for layer, head in heads:
+        close(cap.attn[1, layer, head], cap.attn[0, layer, head])  # v only: same attention
+        assert not torch.allclose(cap.head_out[1, layer, head], cap.head_out[0, layer, head])
+    # GQA: head 1 shares head 0's key-value head and is untouched
+    close(cap.head_out[2, 1, 1], cap.head_out[0, 1, 1])
+    close(cap.head_out[1, 1, 3], cap.head_out[0, 1, 3])
+
+
+def test_towers_patch_refuses_mismatched_prompts(tiny_llama):
+    from iclviz.prompt import PromptError
+
+    a = SPEC.build(tiny_llama)
+    fewer = PromptSpec(SPEC.demos[:3], SPEC.query).build(tiny_llama)
+    with pytest.raises(PromptError, match="as many"):
+        towers_patch(tiny_llama, a, fewer, HEADS)
+    longer = swap_query(SPEC, "what a good movie and a great story too").build(tiny_llama)
+    with pytest.raises(PromptError, match="equal length"):
+        towers_patch(tiny_llama, a, longer, HEADS, positions="all")
+    with pytest.raises(ValueError, match="unknown condition"):
+        towers_patch(tiny_llama, a, a, HEADS, conditions=("q+x",))

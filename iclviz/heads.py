@@ -146,8 +146,12 @@ HEAD_RULES = {
 
 
 def model_key(model_name: str) -> str:
-    """A model's short name, as the report records it ('Qwen2.5-Coder-0.5B-Instruct')."""
-    return str(model_name).split(" (")[0]
+    """A model's short name, as the report records it ('Qwen2.5-Coder-0.5B-Instruct'); an offline
+    model's ``--model`` name ('default', 'qwen2.5-coder-1.5b') gives the same key as its label."""
+    from .offline import OFFLINE_MODELS
+
+    spec = OFFLINE_MODELS.get(str(model_name).strip().lower())
+    return (spec.label if spec is not None else str(model_name)).split(" (")[0]
 
 
 def located_heads(model_name: str, rule: str = "importance", dataset: str = "sst2", path: Path | None = None

@@ -180,3 +180,13 @@ def test_one_batched_causal_test_equals_the_separate_tests(tiny_llama, setup, tm
     ct.save(tmp_path / "t.pt")
     again = CausalTest.load(tmp_path / "t.pt")
     assert again.names == ct.names and torch.equal(again.logits, ct.logits)
+
+
+def test_located_heads_answer_to_the_offline_models_cli_names_as_to_their_labels():
+    from iclviz.heads import located_heads
+    from iclviz.offline import QWEN_05B
+
+    by_label = located_heads(QWEN_05B.label, rule="causal")
+    assert by_label is not None and by_label["heads"]
+    assert located_heads("default", rule="causal") == by_label
+    assert located_heads("no-such-model", rule="causal") is None

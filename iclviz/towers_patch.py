@@ -18,8 +18,11 @@ How: B runs once with a ``qkv.QKVRecorder`` (the chosen heads' vectors as the re
 attention function receives them, after the rotary embedding), then A runs as one row per
 condition with a ``qkv.QKVPatch``. A patch acts on the row of ``T`` only: the query at ``T``, and
 the keys/values as ``T`` sees them (earlier positions keep attending to A's own keys and values).
-Post-rotary vectors carry their own position: where B's label positions differ from A's, the
-patched keys keep B's rotary phase (a label swap keeps every position, a reordering does not).
+Post-rotary keys carry their own position: where B's label positions differ from A's (a
+reordering, a longer sentence), each patched key is rotated on by ``p_A - p_B`` with the model's
+own rotary embedding, so it carries B's content at A's position (rotate-half models; GPT-J's
+interleaved rotation keeps B's phase, and says so in ``notes``). Absolute-position models have
+no phase in the keys to correct.
 Grouped-query attention: the chosen query head's row is recomputed with its own patched copy of
 the shared key/value head; the other query heads sharing it are untouched (``qkv.py``).
 """
@@ -116,6 +119,14 @@ def record_qkv(lm, prompt: BuiltPrompt, heads, positions, capture: bool = True):
     return rec, res
 
 
+def shift_keys(lm, rec: QKVRecorder, pos_a, pos_b) -> None:
+    """Rotate the recorded keys from B's positions to A's (``R(p_B)`` then ``R(p_A - p_B)`` is ``R(p_A)``)."""
+    rotate = lm.model._iclviz_rotary
+    for key, k in rec.k.items():
+        offsets = torch.tensor([a - b for a, b in zip(pos_a, pos_b)], dtype=torch.long, device=k.device)
+        rec.k[key] = rotate(k[None], offsets)[0]
+
+
 def patch_interventions(rec: QKVRecorder, heads, positions_a, conditions) -> Interventions:
     """Row ``r`` patches ``conditions[r]``'s parts of the heads with the recorded vectors at ``positions_a``."""
     rows = []
@@ -149,9 +160,13 @@ def towers_patch(lm, prompt_a: BuiltPrompt | PromptSpec, prompt_b: BuiltPrompt |
     notes = []
     if a.label_words != b.label_words:
         notes.append("A and B have different label words; the report uses A's")
-    if positions == "labels" and pos_a != pos_b:
-        notes.append("B's label positions differ from A's: patched keys keep B's rotary phase (positional part)")
     rec, res_b = record_qkv(lm, b, heads, pos_b)
+    if pos_a != pos_b and lm.arch.positional == "rotary":
+        if lm.can_remove_positional_score:
+            shift_keys(lm, rec, pos_a, pos_b)
+        else:
+            notes.append("B's label positions differ from A's and this model's rotation is "
+                         f"{lm.arch.rotary_layout}: patched keys keep B's rotary phase")
     iv = patch_interventions(rec, heads, pos_a, conditions)
     res = lm.run([a] * len(conditions), interventions=iv, capture=True, value_positions=None)
     words = a.label_words

@@ -89,3 +89,31 @@ def test_towers_patch_refuses_mismatched_prompts(tiny_llama):
         towers_patch(tiny_llama, a, longer, HEADS, positions="all")
     with pytest.raises(ValueError, match="unknown condition"):
         towers_patch(tiny_llama, a, a, HEADS, conditions=("q+x",))
+
+
+def test_keys_patched_from_other_positions_are_rotated_to_a_positions(tiny_llama, tokenizer):
+    """B is A with two extra tokens in front: in layer 0 (token embeddings only, no absolute positions)
+    B's keys at its label positions are A's keys two positions later. Rotated back to A's positions
+    they are A's own keys, so patching them leaves A's run unchanged; left unrotated, they change it."""
+    import dataclasses
+
+    from iclviz.prompt import build_prompt
+    from iclviz.towers_patch import towers_patch
+
+    a = build_prompt(tokenizer, [("a wonderful film", "foo"), ("dull and boring", "bar"), ("great", "foo")],
+                     "I loved it", ("foo", "bar"))
+    b = dataclasses.replace(a, input_ids=[7, 9] + a.input_ids, label_positions=[p + 2 for p in a.label_positions],
+                            demo_spans=[(s + 2, e + 2) for s, e in a.demo_spans],
+                            query_span=(a.query_span[0] + 2, a.query_span[1] + 2))
+    heads = [(0, 0), (0, 3)]
+    out = towers_patch(tiny_llama, a, b, heads, conditions=("none", "k"))
+    rows = out.summary.set_index("condition")
+    assert rows.loc["k", "margin"] == pytest.approx(rows.loc["none", "margin"], abs=1e-5)
+    assert not out.notes
+    rotate = tiny_llama.model._iclviz_rotary
+    tiny_llama.model._iclviz_rotary = lambda keys, offsets: keys  # no re-rotation: the patch now changes A
+    try:
+        unrotated = towers_patch(tiny_llama, a, b, heads, conditions=("none", "k")).summary.set_index("condition")
+    finally:
+        tiny_llama.model._iclviz_rotary = rotate
+    assert abs(unrotated.loc["k", "margin"] - unrotated.loc["none", "margin"]) > 1e-4

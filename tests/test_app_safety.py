@@ -17,7 +17,7 @@ os.environ["ICLVIZ_TEST_MODEL"] = "tiny-llama"
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from iclviz.app_support import LabState  # noqa: E402
+from iclviz.sharing import LabState  # noqa: E402
 from iclviz.validation import escape_markdown  # noqa: E402
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")

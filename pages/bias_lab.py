@@ -85,7 +85,6 @@ if ds is None or len(ds.labels) != 2:
 setup_words = ("foo", "bar")
 tab1, tab2, tab3 = st.tabs(["Label ratio", "Majority bias (paper metric)", "Recency bias (paper metric)"])
 
-
 with tab1:
     total = st.number_input("Demonstrations in all", 2, 16, 6, key="w_ratio_total")
     n_first = st.slider(f"of which labelled {setup_words[0]}", 0, int(total), int(total) // 2, key="w_ratio_first")
@@ -120,7 +119,6 @@ with tab1:
         fig = bias_bars(ss.ratio_table, "quantity", "value", y_title="share of test sentences", x_title="")
         st.plotly_chart(fig, key="fig_ratio")
         csv_download(ss.ratio_table, "label_ratio.csv")
-
 
 
 def _measure(measure, progress):

@@ -17,7 +17,9 @@ ARCHITECTURES = ("gpt2", "llama", "mistral", "qwen2", "gptj", "gpt_neox")
 TINY_MODELS = ("tiny-llama", "tiny-gpt2", "tiny-qwen2")  # what the app's test mode offers
 
 _TINY_LOCK = threading.Lock()
-_TOKENIZER = None
+_TOKENIZERS: dict[bool, object] = {}
+_TEMPLATE_ROWS = ["Review: x\nLabel: foo", "Review: x\nLabel: bar", "x : foo", "x : bar", "Label: baz"]
+_SENTENCE_ROWS = ["Sentence: x\nAnswer: foo", "Sentence: x\nAnswer: bar"]
 
 
 def build_tiny_model(arch: str, seed: int = 0, vocab: int = VOCAB):
@@ -72,12 +74,15 @@ def build_tiny_model(arch: str, seed: int = 0, vocab: int = VOCAB):
     return model.eval()
 
 
-def tiny_tokenizer():
+def tiny_tokenizer(sentence_template: bool = True):
     """A byte-level BPE tokenizer (``VOCAB`` tokens) trained here on SST-2 sentences and the templates'
-    words; trained once per process and shared."""
-    global _TOKENIZER
+    words; trained once per process (per flavour) and shared.
+
+    ``sentence_template``: also train on the "sentence" template's words (what the app's test mode
+    uses); the library tests use the tokenizer without them, whose token counts they pin.
+    """
     with _TINY_LOCK:
-        if _TOKENIZER is None:
+        if sentence_template not in _TOKENIZERS:
             from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
             from transformers import PreTrainedTokenizerFast
 
@@ -85,17 +90,16 @@ def tiny_tokenizer():
 
             with open(dataset_path("sst2") / "train.jsonl") as f:
                 rows = [json.loads(line)["text"] for line in f][:3000]
-            rows += ["Review: x\nLabel: foo", "Review: x\nLabel: bar", "x : foo", "x : bar", "Label: baz",
-                     "Sentence: x\nAnswer: foo", "Sentence: x\nAnswer: bar"] * 200
+            rows += (_TEMPLATE_ROWS + (_SENTENCE_ROWS if sentence_template else [])) * 200
             tok = Tokenizer(models.BPE())
             tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
             tok.decoder = decoders.ByteLevel()
             trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|endoftext|>"],
                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
             tok.train_from_iterator(rows, trainer)
-            _TOKENIZER = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
-                                                 pad_token="<|endoftext|>")
-    return _TOKENIZER
+            _TOKENIZERS[sentence_template] = PreTrainedTokenizerFast(
+                tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    return _TOKENIZERS[sentence_template]
 
 
 def tiny_model(name: str = "tiny-llama", seed: int = 0):
@@ -110,8 +114,8 @@ def tiny_model(name: str = "tiny-llama", seed: int = 0):
     return lm
 
 
-def save_tiny_model(path, arch: str = "qwen2", seed: int = 0):
-    """Save a tiny model and the tokenizer to the folder ``path`` (what a local checkpoint looks like)."""
+def save_tiny_model(path, arch: str = "qwen2", seed: int = 0, sentence_template: bool = False):
+    """Save a tiny model and a tokenizer to the folder ``path`` (what a local checkpoint looks like)."""
     build_tiny_model(arch, seed).save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
+    tiny_tokenizer(sentence_template).save_pretrained(path)
     return path

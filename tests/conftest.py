@@ -14,7 +14,7 @@ from iclviz.testing import ARCHITECTURES, build_tiny_model, tiny_tokenizer
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    return tiny_tokenizer()
+    return tiny_tokenizer(sentence_template=False)
 
 
 @pytest.fixture(scope="session", params=ARCHITECTURES)

@@ -1,7 +1,7 @@
 """iclviz: see how a language model learns in context (Yu & Ananiadou, EMNLP 2024).
 
 Start with ``streamlit run app.py``. This entry point declares the pages and runs the selected one;
-each page starts with ``common.page_setup()`` (session defaults, the shared sidebar: model picker,
+each page starts with ``common.page_setup(title, intro)`` (session defaults, the shared sidebar: model picker,
 chosen in-context heads), so that a page also works when run on its own (AppTest).
 """
 
@@ -15,7 +15,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from iclviz.memory import limit_heap_growth, release_memory  # noqa: E402
-from pages import common  # noqa: E402
+from pages import widgets  # noqa: E402
 
 limit_heap_growth()  # a server's memory stays flat over reruns (see iclviz/memory.py)
 
@@ -34,6 +34,6 @@ page = st.navigation(PAGES)
 try:
     page.run()
 except Exception as exc:  # noqa: BLE001 - an error on one page is shown there; the others keep working
-    common.show_page_error(exc)
+    widgets.show_page_error(exc)
 finally:
     release_memory()

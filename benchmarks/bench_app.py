@@ -54,20 +54,21 @@ def main() -> None:
     from streamlit.testing.v1 import AppTest
 
     logging.getLogger("streamlit").setLevel(logging.ERROR)
-    from pages import common
+    from iclviz.prompt import build_prompt
+    from pages import sidebar
 
     load_before = open("/proc/loadavg").read().split()[:3]
     t0 = time.perf_counter()
-    lm = common._load(args.model, "auto", "auto", False)
+    lm = sidebar._load(args.model, "auto", "auto", False)
     load_s = time.perf_counter() - t0
 
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     at.run()
     if at.exception:
         raise SystemExit(f"the app failed: {at.exception[0].value}")
-    prompt = common.build_prompt(lm.tokenizer, [(d["text"], d["label"]) for d in at.session_state["demos"]],
-                                 at.session_state["query"], tuple(at.session_state["label_words"]),
-                                 at.session_state["template"])
+    prompt = build_prompt(lm.tokenizer, [(d["text"], d["label"]) for d in at.session_state["demos"]],
+                          at.session_state["query"], tuple(at.session_state["label_words"]),
+                          at.session_state["template"])
     ids = torch.tensor([prompt.input_ids], device=lm.device)
 
     def plain_here():

@@ -55,10 +55,6 @@ class _Bar:
             self.bar.close()
 
 
-def _heads(text: str | None):
-    return parse_heads(text) or None if text else None
-
-
 MAX_TOKENS = 4096  # longest prompt the CLI runs unless --max-tokens says otherwise
 
 
@@ -168,20 +164,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="append", default=[], help="'sentence=label' (repeat)")
     p.add_argument("--query", required=True)
     p.add_argument("--ablate", default=None, type=_heads_type, help="heads to ablate, e.g. 'L21H1 L20H10'")
-    for name, helptext in [
-        ("evaluate", "accuracy over test sentences, seeds, with an interval"),
-        ("locate", "per-head importance (layer x head) and the top in-context heads"),
-        ("interventions", "accuracy: none vs in-context heads vs random heads (ablation, knockout)"),
-        ("causal", "accuracy drop when each of the top-N located heads is intervened alone"),
-        ("null", "the in-context heads' effect against a null distribution of random heads (many draws)"),
-        ("label-specific", "knock out the foo heads on foo-gold queries and the bar heads on bar-gold ones"),
-        ("label-vectors", "value-output vectors at label positions for the first test prompt"),
-        ("label-swap", "attention on foo vs bar positions before/after swapping labels"),
-        ("two-towers", "query-key score vs query-demonstration similarity"),
-        ("majority-bias", "majority label bias and its fix in the in-context heads"),
-        ("recency-bias", "recency bias over demonstration orders and its fix"),
+    p.set_defaults(func=cmd_predict)
+    for name, func, helptext in [
+        ("evaluate", cmd_evaluate, "accuracy over test sentences, seeds, with an interval"),
+        ("locate", cmd_locate, "per-head importance (layer x head) and the top in-context heads"),
+        ("interventions", cmd_interventions, "accuracy: none vs in-context heads vs random heads (ablation, knockout)"),
+        ("causal", cmd_causal, "accuracy drop when each of the top-N located heads is intervened alone"),
+        ("null", cmd_null, "the in-context heads' effect against a null distribution of random heads (many draws)"),
+        ("label-specific", cmd_label_specific,
+         "knock out the foo heads on foo-gold queries and the bar heads on bar-gold ones"),
+        ("label-vectors", cmd_label_vectors, "value-output vectors at label positions for the first test prompt"),
+        ("label-swap", cmd_label_swap, "attention on foo vs bar positions before/after swapping labels"),
+        ("two-towers", cmd_two_towers, "query-key score vs query-demonstration similarity"),
+        ("majority-bias", cmd_majority_bias, "majority label bias and its fix in the in-context heads"),
+        ("recency-bias", cmd_recency_bias, "recency bias over demonstration orders and its fix"),
     ]:
         p = sub.add_parser(name, help=helptext, description=helptext)
+        p.set_defaults(func=func)
         _common(p)
         if name == "evaluate":
             p.add_argument("--intervention", default="none", choices=["none", "ablate", "knockout"])
@@ -223,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--curve-on", default="sst2", help="the dataset that gets the top-n curve")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the trace of an error")
+    p.set_defaults(func=cmd_report)
     return ap
 
 
@@ -262,7 +262,7 @@ def _locate_setup(args, setup):
 
 def _located_heads(args, lm, setup):
     """The heads given with --heads, or the top located ones by --rule on the --locate-seed prompts."""
-    heads = _heads(args.heads)
+    heads = parse_heads(args.heads)
     if heads:
         return heads, None
     from .heads import default_top_n
@@ -306,174 +306,260 @@ def _write(args, name: str, df=None, obj=None):
         print(f"wrote {out}/{name}.*", file=sys.stderr)
 
 
-def run(args) -> int:
-    from . import bias, label_swap, label_vectors, locate, two_towers
-    from .evaluation import evaluate
-    from .heads import default_layers, random_heads
-    from .interventions import Plan
+# ---------------------------------------------------------------- one function per subcommand
 
-    if args.command == "report":
-        from .report import make_report
+def cmd_report(args) -> int:
+    from .report import make_report
 
-        make_report(models=tuple(args.models), datasets=tuple(args.datasets), out=args.out, work=args.work,
-                    quick=args.quick, curve_on=args.curve_on, data_dir=args.data_dir,
-                    classic_on=tuple(args.classic_on) if args.classic_on is not None else None,
-                    record_heads=not args.quick, cached_only=args.cached_only,
-                    n_test=args.n_test)
-        return 0
+    make_report(models=tuple(args.models), datasets=tuple(args.datasets), out=args.out, work=args.work,
+                quick=args.quick, curve_on=args.curve_on, data_dir=args.data_dir,
+                classic_on=tuple(args.classic_on) if args.classic_on is not None else None,
+                record_heads=not args.quick, cached_only=args.cached_only, n_test=args.n_test)
+    return 0
+
+
+def _model(args):
+    """Validate what needs no model, load it, then validate against it."""
     validate_args(args)
     lm = _load(args)
     print(f"model: {lm.describe()}", file=sys.stderr)
     validate_against_model(args, lm)
-    if args.command == "predict":
-        demos = []
-        for d in args.demo:
-            if "=" not in d:
-                raise PromptError(f"write each demonstration as 'sentence=label'; got {d!r}")
-            text, label = d.rsplit("=", 1)
-            demos.append((text.strip(), label.strip()))
-        words = tuple(args.labels) if args.labels else tuple(dict.fromkeys(lab for _, lab in demos))
-        if len(words) < 2:
-            raise PromptError("give demonstrations of at least two labels, or name the label words with --labels")
-        plan = Plan("ablate", tuple(_heads(args.ablate))) if args.ablate else Plan()
-        from .evaluation import predict_prompt
-        from .prompt import build_prompt
+    return lm
 
-        prompt = build_prompt(lm.tokenizer, demos, args.query, words, args.template, max_tokens=lm.context_length)
-        check_prompt_tokens([prompt], args.max_tokens)
-        t0 = time.perf_counter()
-        pred = predict_prompt(lm, prompt, plan, capture=False)
-        obj = {"prediction": pred.predicted, "probabilities": pred.probs, "logits": pred.logits,
-               "tokens": pred.prompt.n_tokens, "seconds": round(time.perf_counter() - t0, 3),
-               "intervention": plan.label(), "warnings": pred.prompt.warnings}
-        _write(args, "predict", obj=obj)
-        return 0
-    setup = _setup(args, lm)
-    for seed in setup.seeds:  # tokenizing is cheap; a pass over a too-long prompt is not
-        check_prompt_tokens(setup.prompts(lm, seed)[0], args.max_tokens)
-    bar = _Bar(args.command)
-    try:
-        if args.command == "evaluate":
-            heads = _heads(args.heads) or []
-            plan = Plan(args.intervention, tuple(heads)) if args.intervention != "none" else Plan()
-            res = evaluate(lm, setup, plan, batch_size=args.batch_size, progress=bar, checkpoint=args.checkpoint)
-            bar.close()
-            for w in res.extras.get("warnings", []):
-                print(f"warning: {w}", file=sys.stderr)
-            _write(args, "evaluate_rows", df=res.rows)
-            _write(args, "evaluate", obj=res.summary())
-        elif args.command == "locate":
-            layers = args.layers or default_layers(lm.n_layers)
-            result = {"scaling": args.scaling, "layers": layers, "method": args.method}
-            scan = None
-            if args.method in ("importance", "both"):
-                scan = locate.locate_heads(lm, setup, scaling=args.scaling, layers=layers,
-                                           batch_size=args.batch_size, progress=bar)
-                bar.close()
-                _write(args, "head_importance", df=scan.table)
-                top = scan.top(args.n_heads)
-                result.update({"top": [head_name((a, b)) for a, b in top], "by_label": {
-                    w: [head_name((a, b)) for a, b in hs] for w, hs in scan.top_by_label(args.n_heads).items()},
-                    "prompts": scan.n_prompts})
-            if args.method in ("causal", "both"):
-                from .causal import causal_scan, compare_rankings
-                from .heads import default_top_n
 
-                cs = causal_scan(lm, setup, layers=layers, kinds=tuple(args.kinds), progress=bar)
-                bar.close()
-                if args.full_ablation_top:
-                    cands = cs.top(args.full_ablation_top, kind=args.kinds[0])
-                    cs = causal_scan(lm, setup, layers=layers, kinds=tuple(args.kinds), full_ablation_heads=cands,
-                                     progress=bar)
-                    bar.close()
-                _write(args, "causal_scan", df=cs.table)
-                n = args.n_heads or default_top_n(lm.n_layers * lm.n_heads)
-                kind = args.kinds[0]
-                result["causal"] = {"kind": kind, "base": cs.base, "prompts": cs.n_prompts,
-                                    "top_by_label_effect": [head_name((a, b)) for a, b in cs.top(n, kind)],
-                                    "top_by_mean_effect": [head_name((a, b)) for a, b in cs.top(n, kind, by="effect")],
-                                    "by_label": {w: [head_name((a, b)) for a, b in hs]
-                                                 for w, hs in cs.top_by_label(n, kind).items()}}
-                if scan is not None:
-                    result["rankings"] = {k: compare_rankings(scan.overall, cs, kind, n=m, by=by) for k, m, by in (
-                        ("label_effect_top10", 10, "label_effect"), ("mean_effect_top10", 10, "effect"))}
-                    for v in result["rankings"].values():
-                        v["both"] = [head_name((a, b)) for a, b in v["both"]]
-                    side = scan.overall.merge(cs.table[cs.table.kind == kind], on=["layer", "head"])
-                    side["rank_importance"] = side["importance"].rank(ascending=False)
-                    side["rank_causal"] = side["label_effect"].rank(ascending=False)
-                    _write(args, "rankings", df=side.sort_values("rank_causal").head(20)[
-                        ["layer", "head", "importance", "favours", "rank_importance", "effect", "label_effect",
-                         "supports", "vote", "rank_causal"]])
-            _write(args, "top_heads", obj=result)
-        elif args.command == "label-specific":
-            from .causal import label_specific, verdict_line
+def cmd_predict(args) -> int:
+    from .evaluation import predict_prompt
+    from .interventions import Plan
+    from .prompt import build_prompt
 
-            if args.kind == "ablate":
-                raise PromptError("label-specific acts at T on each prompt's heads: use --kind knockout or ablate_t")
-            by_label = _heads_by_label(args, lm, setup)
-            print("label heads: " + "; ".join(f"{w}: {' '.join(f'L{a}H{b}' for a, b in hs) or '-'}"
-                                               for w, hs in by_label.items()), file=sys.stderr)
-            nt = label_specific(lm, setup, by_label, kind=args.kind,
-                                n_draws=args.draws, progress=bar)
-            bar.close()
-            _write(args, "label_specific_summary", df=nt.summary)
-            _write(args, "label_specific_verdict", obj=nt.verdict)
-            print(verdict_line(nt.verdict), file=sys.stderr)
-        else:
-            if args.command == "causal" and args.n_heads is None:
-                args.n_heads = args.candidates
-            heads, _ = _located_heads(args, lm, setup)
-            print(f"in-context heads: {' '.join(map(head_name, heads))}", file=sys.stderr)
-            if args.command == "interventions":
-                df = locate.intervention_table(lm, setup, heads, random_draws=args.draws, batch_size=args.batch_size,
-                                               progress=bar)
-                bar.close()
-                _write(args, "interventions", df=df)
-            elif args.command == "causal":
-                df = locate.causal_scan(lm, setup, heads[:args.candidates], kind=args.intervention,
-                                        batch_size=args.batch_size, progress=bar)
-                bar.close()
-                _write(args, "causal", df=df)
-            elif args.command == "null":
-                from .causal import null_distribution, verdict_line
-
-                nt = null_distribution(lm, setup, heads, kind=args.kind, n_draws=args.draws, layers=args.layers,
-                                       progress=bar)
-                bar.close()
-                _write(args, "null_summary", df=nt.summary)
-                _write(args, "null_verdict", obj=nt.verdict)
-                print(verdict_line(nt.verdict), file=sys.stderr)
-            elif args.command == "label-vectors":
-                prompts, _ = setup.prompts(lm, setup.seeds[0])
-                df = label_vectors.label_vector_table(lm, prompts[0], heads, args.scaling)
-                _write(args, "label_vectors", df=df)
-            elif args.command == "label-swap":
-                df = label_swap.label_swap_table(lm, setup, heads, args.scaling, args.batch_size, progress=bar)
-                bar.close()
-                _write(args, "label_swap_rows", df=df)
-                _write(args, "label_swap", df=label_swap.summarize_label_swap(df))
-            elif args.command == "two-towers":
-                control = random_heads(len(heads), sorted({a for a, _ in heads}), lm.n_heads, 0, exclude=heads)
-                df = two_towers.two_towers_table(lm, setup, heads, control, batch_size=args.batch_size, progress=bar)
-                bar.close()
-                _write(args, "two_towers_rows", df=df)
-                _write(args, "two_towers", df=two_towers.rank_correlations(df))
-            elif args.command == "majority-bias":
-                res = bias.majority_bias(lm, setup, heads, args.batch_size, progress=bar)
-                bar.close()
-                _write(args, "majority_bias_rows", df=res.rows)
-                _write(args, "majority_bias", df=res.summary)
-            elif args.command == "recency-bias":
-                res = bias.recency_bias(lm, setup, heads, args.orders, args.batch_size, progress=bar)
-                bar.close()
-                for n in res.notes:
-                    print(f"note: {n}", file=sys.stderr)
-                _write(args, "recency_bias_rows", df=res.rows)
-                _write(args, "recency_bias", df=res.summary)
-    finally:
-        bar.close()
+    lm = _model(args)
+    demos = []
+    for d in args.demo:
+        if "=" not in d:
+            raise PromptError(f"write each demonstration as 'sentence=label'; got {d!r}")
+        text, label = d.rsplit("=", 1)
+        demos.append((text.strip(), label.strip()))
+    words = tuple(args.labels) if args.labels else tuple(dict.fromkeys(lab for _, lab in demos))
+    if len(words) < 2:
+        raise PromptError("give demonstrations of at least two labels, or name the label words with --labels")
+    plan = Plan("ablate", tuple(parse_heads(args.ablate))) if args.ablate else Plan()
+    prompt = build_prompt(lm.tokenizer, demos, args.query, words, args.template, max_tokens=lm.context_length)
+    check_prompt_tokens([prompt], args.max_tokens)
+    t0 = time.perf_counter()
+    pred = predict_prompt(lm, prompt, plan, capture=False)
+    obj = {"prediction": pred.predicted, "probabilities": pred.probs, "logits": pred.logits,
+           "tokens": pred.prompt.n_tokens, "seconds": round(time.perf_counter() - t0, 3),
+           "intervention": plan.label(), "warnings": pred.prompt.warnings}
+    _write(args, "predict", obj=obj)
     return 0
+
+
+def _on_dataset(body):
+    """A subcommand over a dataset sample: ``body(args, lm, setup, bar)`` after loading the model, building
+    the sample and refusing too-long prompts, with one progress bar."""
+
+    def command(args) -> int:
+        lm = _model(args)
+        setup = _setup(args, lm)
+        for seed in setup.seeds:  # tokenizing is cheap; a pass over a too-long prompt is not
+            check_prompt_tokens(setup.prompts(lm, seed)[0], args.max_tokens)
+        bar = _Bar(args.command)
+        try:
+            body(args, lm, setup, bar)
+        finally:
+            bar.close()
+        return 0
+
+    command.__name__ = command.__qualname__ = body.__name__
+    command.__doc__ = body.__doc__
+    return command
+
+
+def _write_rows_and_summary(args, name: str, rows, summary) -> None:
+    """An analysis's per-prompt rows (``<name>_rows``) and its summary table (``<name>``)."""
+    _write(args, f"{name}_rows", df=rows)
+    _write(args, name, df=summary)
+
+
+def _write_null_test(args, name: str, nt) -> None:
+    """A test against random heads: its summary table, its verdict, and the verdict's line on stderr."""
+    from .causal import verdict_line
+
+    _write(args, f"{name}_summary", df=nt.summary)
+    _write(args, f"{name}_verdict", obj=nt.verdict)
+    print(verdict_line(nt.verdict), file=sys.stderr)
+
+
+def _names(heads) -> list[str]:
+    return [head_name(h) for h in heads]
+
+
+def _in_context_heads(args, lm, setup):
+    """The heads of --heads, or the located ones (said on stderr)."""
+    heads, _ = _located_heads(args, lm, setup)
+    print(f"in-context heads: {' '.join(_names(heads))}", file=sys.stderr)
+    return heads
+
+
+@_on_dataset
+def cmd_evaluate(args, lm, setup, bar):
+    from .evaluation import evaluate
+    from .interventions import Plan
+
+    heads = parse_heads(args.heads)
+    plan = Plan(args.intervention, tuple(heads)) if args.intervention != "none" else Plan()
+    res = evaluate(lm, setup, plan, batch_size=args.batch_size, progress=bar, checkpoint=args.checkpoint)
+    bar.close()
+    for w in res.extras.get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
+    _write(args, "evaluate_rows", df=res.rows)
+    _write(args, "evaluate", obj=res.summary())
+
+
+@_on_dataset
+def cmd_locate(args, lm, setup, bar):
+    from .heads import default_layers, default_top_n
+
+    layers = args.layers or default_layers(lm.n_layers)
+    result = {"scaling": args.scaling, "layers": layers, "method": args.method}
+    scan = None
+    if args.method in ("importance", "both"):
+        from .locate import locate_heads
+
+        scan = locate_heads(lm, setup, scaling=args.scaling, layers=layers, batch_size=args.batch_size, progress=bar)
+        bar.close()
+        _write(args, "head_importance", df=scan.table)
+        result.update({"top": _names(scan.top(args.n_heads)), "by_label": {
+            w: _names(hs) for w, hs in scan.top_by_label(args.n_heads).items()}, "prompts": scan.n_prompts})
+    if args.method in ("causal", "both"):
+        from .causal import causal_scan, compare_rankings
+
+        cs = causal_scan(lm, setup, layers=layers, kinds=tuple(args.kinds), progress=bar)
+        bar.close()
+        if args.full_ablation_top:
+            cands = cs.top(args.full_ablation_top, kind=args.kinds[0])
+            cs = causal_scan(lm, setup, layers=layers, kinds=tuple(args.kinds), full_ablation_heads=cands,
+                             progress=bar)
+            bar.close()
+        _write(args, "causal_scan", df=cs.table)
+        n = args.n_heads or default_top_n(lm.n_layers * lm.n_heads)
+        kind = args.kinds[0]
+        result["causal"] = {"kind": kind, "base": cs.base, "prompts": cs.n_prompts,
+                            "top_by_label_effect": _names(cs.top(n, kind)),
+                            "top_by_mean_effect": _names(cs.top(n, kind, by="effect")),
+                            "by_label": {w: _names(hs) for w, hs in cs.top_by_label(n, kind).items()}}
+        if scan is not None:
+            result["rankings"] = {k: compare_rankings(scan.overall, cs, kind, n=m, by=by) for k, m, by in (
+                ("label_effect_top10", 10, "label_effect"), ("mean_effect_top10", 10, "effect"))}
+            for v in result["rankings"].values():
+                v["both"] = _names(v["both"])
+            side = scan.overall.merge(cs.table[cs.table.kind == kind], on=["layer", "head"])
+            side["rank_importance"] = side["importance"].rank(ascending=False)
+            side["rank_causal"] = side["label_effect"].rank(ascending=False)
+            _write(args, "rankings", df=side.sort_values("rank_causal").head(20)[
+                ["layer", "head", "importance", "favours", "rank_importance", "effect", "label_effect",
+                 "supports", "vote", "rank_causal"]])
+    _write(args, "top_heads", obj=result)
+
+
+@_on_dataset
+def cmd_label_specific(args, lm, setup, bar):
+    from .causal import label_specific
+
+    if args.kind == "ablate":
+        raise PromptError("label-specific acts at T on each prompt's heads: use --kind knockout or ablate_t")
+    by_label = _heads_by_label(args, lm, setup)
+    print("label heads: " + "; ".join(f"{w}: {' '.join(_names(hs)) or '-'}" for w, hs in by_label.items()),
+          file=sys.stderr)
+    nt = label_specific(lm, setup, by_label, kind=args.kind, n_draws=args.draws, progress=bar)
+    bar.close()
+    _write_null_test(args, "label_specific", nt)
+
+
+@_on_dataset
+def cmd_interventions(args, lm, setup, bar):
+    from .locate import intervention_table
+
+    heads = _in_context_heads(args, lm, setup)
+    df = intervention_table(lm, setup, heads, random_draws=args.draws, batch_size=args.batch_size, progress=bar)
+    bar.close()
+    _write(args, "interventions", df=df)
+
+
+@_on_dataset
+def cmd_causal(args, lm, setup, bar):
+    from .locate import causal_scan
+
+    if args.n_heads is None:
+        args.n_heads = args.candidates
+    heads = _in_context_heads(args, lm, setup)
+    df = causal_scan(lm, setup, heads[:args.candidates], kind=args.intervention, batch_size=args.batch_size,
+                     progress=bar)
+    bar.close()
+    _write(args, "causal", df=df)
+
+
+@_on_dataset
+def cmd_null(args, lm, setup, bar):
+    from .causal import null_distribution
+
+    heads = _in_context_heads(args, lm, setup)
+    nt = null_distribution(lm, setup, heads, kind=args.kind, n_draws=args.draws, layers=args.layers, progress=bar)
+    bar.close()
+    _write_null_test(args, "null", nt)
+
+
+@_on_dataset
+def cmd_label_vectors(args, lm, setup, bar):
+    from .label_vectors import label_vector_table
+
+    heads = _in_context_heads(args, lm, setup)
+    prompts, _ = setup.prompts(lm, setup.seeds[0])
+    _write(args, "label_vectors", df=label_vector_table(lm, prompts[0], heads, args.scaling))
+
+
+@_on_dataset
+def cmd_label_swap(args, lm, setup, bar):
+    from .label_swap import label_swap_table, summarize_label_swap
+
+    heads = _in_context_heads(args, lm, setup)
+    df = label_swap_table(lm, setup, heads, args.scaling, args.batch_size, progress=bar)
+    bar.close()
+    _write_rows_and_summary(args, "label_swap", df, summarize_label_swap(df))
+
+
+@_on_dataset
+def cmd_two_towers(args, lm, setup, bar):
+    from .heads import control_heads
+    from .two_towers import rank_correlations, two_towers_table
+
+    heads = _in_context_heads(args, lm, setup)
+    control = control_heads(heads, lm.n_layers, lm.n_heads, 0)
+    df = two_towers_table(lm, setup, heads, control, batch_size=args.batch_size, progress=bar)
+    bar.close()
+    _write_rows_and_summary(args, "two_towers", df, rank_correlations(df))
+
+
+@_on_dataset
+def cmd_majority_bias(args, lm, setup, bar):
+    from .bias import majority_bias
+
+    heads = _in_context_heads(args, lm, setup)
+    res = majority_bias(lm, setup, heads, args.batch_size, progress=bar)
+    bar.close()
+    _write_rows_and_summary(args, "majority_bias", res.rows, res.summary)
+
+
+@_on_dataset
+def cmd_recency_bias(args, lm, setup, bar):
+    from .bias import recency_bias
+
+    heads = _in_context_heads(args, lm, setup)
+    res = recency_bias(lm, setup, heads, args.orders, args.batch_size, progress=bar)
+    bar.close()
+    for n in res.notes:
+        print(f"note: {n}", file=sys.stderr)
+    _write_rows_and_summary(args, "recency_bias", res.rows, res.summary)
 
 
 def main(argv=None) -> int:
@@ -483,7 +569,7 @@ def main(argv=None) -> int:
 
     debug = getattr(args, "debug", False)
     try:
-        return run(args)
+        return args.func(args)
     except (PromptError, DataError, ModelLoadError, ValidationError) as exc:
         if debug:
             raise

@@ -180,3 +180,37 @@ def record_located_heads(model_name: str, dataset: str, entries: dict, path: Pat
     tmp = Path(path).with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     tmp.replace(path)
+
+
+# ---------------------------------------------------------------- head sets for the app and the CLI
+
+def default_heads(model_name: str, n_layers: int, n_heads: int, rule: str = "importance") -> list[tuple[int, int]]:
+    """A head set before any scan: the heads the report located on this model by ``rule`` (on its
+    SST-2 location sample; :func:`located_heads`), else the first heads of the last layer(s)
+    (``default_top_n`` of them: about 1% of all heads, at least 2)."""
+    found = located_heads(model_name, rule)
+    if found and all(0 <= a < n_layers and 0 <= b < n_heads for a, b in found["heads"]):
+        return list(found["heads"])
+    n = default_top_n(n_layers * n_heads)
+    out = []
+    layer = n_layers - 1
+    while len(out) < n and layer >= 0:
+        for h in range(n_heads):
+            if len(out) < n:
+                out.append((layer, h))
+        layer -= 1
+    return out
+
+
+def valid_heads(heads, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
+    """The heads of ``heads`` that exist in a model of ``n_layers`` x ``n_heads``, as int pairs."""
+    return [(int(a), int(b)) for a, b in heads if 0 <= int(a) < n_layers and 0 <= int(b) < n_heads]
+
+
+def control_heads(heads, n_layers: int, n_heads: int, seed: int = 0) -> list[tuple[int, int]]:
+    """As many random heads as ``heads``, from the same layers, none of ``heads`` (the control)."""
+    heads = [tuple(h) for h in heads]
+    layers = layers_of(heads) or [n_layers - 1]
+    if len(layers) * n_heads - len(set(heads)) < len(heads):  # widen to all layers when these are nearly full
+        layers = list(range(n_layers))
+    return random_heads(len(heads), layers, n_heads, seed, exclude=heads)

@@ -16,6 +16,7 @@ from .heads import DEFAULT_SCALING
 from .lens import project
 from .models import LoadedModel
 from .prompt import BuiltPrompt
+from .validation import head_name
 
 
 @torch.no_grad()
@@ -33,7 +34,7 @@ def _per_head(lm: LoadedModel, prompts: list[BuiltPrompt], heads, scaling, gold:
             lg = project(lm.arch, z[None], cap.resid_final[b:b + 1], scaling, token_ids=ids)[0]  # [P, K]
             own = torch.tensor([words.index(w) for w in p.demo_labels])
             agrees = (lg.argmax(-1) == own).float().mean()
-            row = {"prompt": b, "layer": layer, "head": head, "head_name": f"L{layer}H{head}",
+            row = {"prompt": b, "layer": layer, "head": head, "head_name": head_name((layer, head)),
                    "pred": words[int(res.predictions[b])], "gold_word": gold[b],
                    "vo_agrees_with_label": float(agrees),
                    "vo_logit_minus_first": float((lg[:, 0] - lg[:, 1])[own == 0].mean()) if (own == 0).any()

@@ -16,6 +16,7 @@ from .heads import DEFAULT_SCALING
 from .lens import project
 from .models import LoadedModel
 from .prompt import BuiltPrompt
+from .validation import head_name
 
 
 @torch.no_grad()
@@ -42,7 +43,7 @@ def label_vector_table(lm: LoadedModel, prompt: BuiltPrompt, heads, scaling: str
             rank = torch.empty_like(order)
             rank[order] = torch.arange(1, len(order) + 1)
             row = {
-                "layer": layer, "head": head, "head_name": f"L{layer}H{head}", "demo": i + 1, "position": pos,
+                "layer": layer, "head": head, "head_name": head_name((layer, head)), "demo": i + 1, "position": pos,
                 "label": label, "attention": float(a[i]),
                 "logit_minus": float(lg[ids[0]] - lg[ids[1]]),
                 "weighted_logit_minus": float(weighted[i, 0] - weighted[i, 1]),

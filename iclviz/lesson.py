@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .app_support import LabState, head_name, label_attention_table, label_mass
 from .evaluation import predict_prompt
 from .interventions import Plan
 from .prompt import BuiltPrompt, build_prompt, swap_labels
-from .readout import paired_effect
+from .readout import label_attention_table, label_mass, paired_effect
+from .sharing import LabState
+from .validation import head_name
 
 LESSON_STATE = LabState(
     demos=[("a wonderful, moving film with superb acting", "foo"),

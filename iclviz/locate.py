@@ -17,6 +17,7 @@ from .heads import (
 )
 from .interventions import Plan
 from .models import LoadedModel
+from .validation import head_name
 
 
 def locate_heads(lm: LoadedModel, setup: EvalSetup, scaling: str = DEFAULT_SCALING, layers=None,
@@ -50,7 +51,7 @@ def intervention_table(lm: LoadedModel, setup: EvalSetup, heads, kinds=("ablate"
         res = evaluate(lm, setup, plan, batch_size=batch_size)
         s = res.summary()
         rows.append({"heads": group, "kind": plan.kind, "draw": draw, "n_heads": len(plan.heads),
-                     "head_set": " ".join(f"L{a}H{b}" for a, b in plan.heads), **{k: s[k] for k in (
+                     "head_set": " ".join(map(head_name, plan.heads)), **{k: s[k] for k in (
                          "accuracy", "ci_low", "ci_high", "n")},
                      **{f"share_{w}": v for w, v in res.prediction_share().items()}})
         if progress is not None and progress(i + 1, total, plan.label()) is False:

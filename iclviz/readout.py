@@ -10,6 +10,10 @@ No streamlit here. The app's pages call these functions; tests call the same one
 - ``progress_text``: done/total, elapsed and a finish estimate for long runs.
 - ``ratio_reading`` and ``bias_reading``: sample sizes, Wilson/normal intervals, a warning when
   the sample cannot resolve the effect, and one plain sentence reading the result.
+- ``token_table``, ``label_attention_table``, ``label_sums``, ``label_mass``: tidy tables of one
+  prompt's tokens and of the attention from T to its label positions.
+- ``LabelCapture`` and ``slim_prediction``: a prediction that keeps only that label attention
+  (what the app caches).
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import torch
 
-from .app_support import control_heads, head_name
-from .evaluation import predict_prompt, wilson_interval
+from .evaluation import Prediction, predict_prompt, wilson_interval
+from .heads import control_heads
 from .interventions import Plan
 from .prompt import BuiltPrompt
+from .validation import head_name
 
 Z95 = 1.96
 
@@ -329,3 +335,76 @@ def bias_reading(res) -> tuple[str, str | None, pd.DataFrame]:
         f"With {n} sentences per order the recency bias is within sampling noise; the reduction "
         f"({_pct(res.reduction())}) means little here. Use more test sentences.")
     return text, warning, t
+
+
+# ---------------------------------------------------------------- one prompt's tokens and label attention
+
+def token_table(tokenizer, prompt: BuiltPrompt) -> pd.DataFrame:
+    """One row per token: position, token text, role (label word, query, demo, template, T)."""
+    role = ["template"] * prompt.n_tokens
+    demo_of = [0] * prompt.n_tokens
+    for i, (a, b) in enumerate(prompt.demo_spans):
+        for p in range(a, b):
+            role[p], demo_of[p] = "demonstration", i + 1
+    a, b = prompt.query_span
+    for p in range(a, b):
+        role[p] = "query"
+    label_of = [""] * prompt.n_tokens
+    for i, (p, w) in enumerate(zip(prompt.label_positions, prompt.demo_labels)):
+        role[p], label_of[p], demo_of[p] = "label", w, i + 1
+    role[prompt.last_position] = "T"
+    toks = [tokenizer.decode([t]) for t in prompt.input_ids]
+    return pd.DataFrame({"position": range(prompt.n_tokens), "token": toks, "role": role, "label": label_of,
+                         "demo": demo_of})
+
+
+def label_attention_table(prompt: BuiltPrompt, capture, heads, condition: str = "") -> pd.DataFrame:
+    """Attention from T to every label position, per head: head, demo, position, label, attention."""
+    attn = capture.attention_at(0, prompt.label_positions)  # [L, H, P]
+    rows = []
+    for layer, head in heads:
+        for i, (p, w) in enumerate(zip(prompt.label_positions, prompt.demo_labels)):
+            rows.append({"condition": condition, "head": head_name((layer, head)), "layer": layer, "head_index": head,
+                         "demo": i + 1, "position": p, "label": w, "slot": f"#{i + 1} {w} @{p}",
+                         "attention": float(attn[layer, head, i])})
+    return pd.DataFrame(rows)
+
+
+def label_sums(table: pd.DataFrame) -> pd.DataFrame:
+    """Per condition, head and label: the summed attention from T on that label's positions."""
+    if table.empty:
+        return table
+    return (table.groupby(["condition", "head", "label"], sort=False)["attention"].sum().reset_index())
+
+
+def label_mass(prompt: BuiltPrompt, capture, heads) -> dict[str, float]:
+    """Per label word: the attention from T on its positions, summed over ``heads``."""
+    table = label_attention_table(prompt, capture, heads)
+    sums = table.groupby("label")["attention"].sum() if not table.empty else {}
+    return {w: float(sums.get(w, 0.0)) for w in prompt.label_words}
+
+
+@dataclass
+class LabelCapture:
+    """The part of a capture the pages draw: attention from T at the label positions, [L, H, P].
+
+    The app caches predictions with this instead of the full capture (value-output vectors and
+    residuals of every head), so a cached result is kilobytes, not megabytes.
+    """
+
+    label_attn: torch.Tensor
+    positions: tuple[int, ...]
+    value_out = None  # analyses that need vectors run their own pass
+
+    def attention_at(self, b: int, positions) -> torch.Tensor:
+        idx = [self.positions.index(int(p)) for p in positions]
+        return self.label_attn[..., idx]
+
+
+def slim_prediction(pred: Prediction) -> Prediction:
+    """A Prediction whose capture is only the label attention (what the pages show)."""
+    cap = None
+    if pred.capture is not None:
+        positions = tuple(pred.prompt.label_positions)
+        cap = LabelCapture(pred.capture.attention_at(0, positions).detach().float().cpu().clone(), positions)
+    return Prediction(pred.prompt, dict(pred.probs), dict(pred.logits), pred.predicted, cap)

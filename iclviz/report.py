@@ -23,8 +23,9 @@ from tqdm import tqdm
 from . import bias, label_swap, locate, two_towers
 from .data import load_dataset
 from .evaluation import EvalSetup
-from .heads import random_heads, record_located_heads
+from .heads import control_heads, default_top_n, record_located_heads
 from .models import load_model
+from .validation import head_name
 
 PAPER = {
     "interventions": "87.6% -> 24.4% (average of 5 datasets, Llama-7B / GPT-J-6B, ~1% of heads intervened)",
@@ -85,7 +86,7 @@ def _has_tabulate() -> bool:
 
 
 def _heads_str(heads) -> str:
-    return " ".join(f"L{a}H{b}" for a, b in heads)
+    return " ".join(map(head_name, heads))
 
 
 def _model_tag(name: str) -> str:
@@ -119,7 +120,7 @@ def _causal_section(lm, ds, spec: str, sizes: dict, d: Path, overall: pd.DataFra
     side["rank by importance"] = side["importance"].rank(ascending=False).astype(int)
     side["rank by causal effect"] = side["label_effect"].rank(ascending=False).astype(int)
     side = side.sort_values("rank by causal effect").head(10)
-    side.insert(0, "name", [f"L{a}H{b}" for a, b in zip(side.layer, side["head"])])
+    side.insert(0, "name", [head_name(h) for h in zip(side.layer, side["head"])])
     side = side[["name", "importance", "favours", "rank by importance", "effect", "effect_" + scan.label_words[0],
                  "effect_" + scan.label_words[1], "label_effect", "supports", "rank by causal effect"]]
     # the batched causal test on the evaluation prompts
@@ -402,7 +403,7 @@ def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:
         lm = load_model(model_name)
         described.append(lm.describe())
         tag = _model_tag(model_name)
-        n_top = max(2, round(0.01 * lm.n_layers * lm.n_heads))
+        n_top = default_top_n(lm.n_layers * lm.n_heads)
         parts.append(f"# {lm.name.split(' (')[0]}\n\n{lm.describe()}.")
         for i_ds, spec in enumerate(datasets):
             ds = _dataset(spec, data_dir).short_demonstrations(sizes["max_chars"])
@@ -424,7 +425,7 @@ def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:
                 overall = scan.overall
             ranked = overall.dropna(subset=["importance"]).sort_values("importance", ascending=False)
             heads = [(int(r.layer), int(r.head)) for r in ranked.head(n_top).itertuples()]
-            control = random_heads(len(heads), sorted({a for a, _ in heads}), lm.n_heads, 0, exclude=heads)
+            control = control_heads(heads, lm.n_layers, lm.n_heads, 0)
             causal_text, summary = _causal_section(lm, ds, spec, sizes, d, overall, n_top)
             if record_heads:
                 record_located_heads(lm.name, spec, summary.pop("located"))

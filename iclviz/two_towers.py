@@ -17,6 +17,7 @@ from scipy.stats import spearmanr
 from .evaluation import EvalSetup, Progress, prompt_batches
 from .models import LoadedModel
 from .prompt import BuiltPrompt
+from .validation import head_name
 
 
 def default_sim_layer(n_layers: int) -> int:
@@ -47,7 +48,7 @@ def score_similarity_rows(lm: LoadedModel, prompts: list[BuiltPrompt], heads, si
         attn = cap.attention_at(b, p.label_positions)
         for layer, head in heads:
             for i, pos in enumerate(p.label_positions):
-                rows.append({"prompt": b, "layer": layer, "head": head, "head_name": f"L{layer}H{head}",
+                rows.append({"prompt": b, "layer": layer, "head": head, "head_name": head_name((layer, head)),
                              "demo": i + 1, "position": pos, "label": p.demo_labels[i],
                              "score": float(scores[layer, head, i]), "attention": float(attn[layer, head, i]),
                              "similarity": float(sim[i])})

@@ -2,13 +2,16 @@
 
 import streamlit as st
 
-from iclviz.app_support import bertviz_height, bertviz_layer_inputs, full_attention, head_name, offline_bertviz_html
+from iclviz.attention_matrix import full_attention
+from iclviz.validation import head_name
 from pages import common
+from pages.bertviz_view import bertviz_height, bertviz_layer_inputs, offline_bertviz_html
+from pages.state import model_key, settings
+from pages.widgets import safe
 
 ss = st.session_state
-common.page_setup()
-st.title("Attention")
-common.help_text(
+common.page_setup(
+    "Attention",
     "The full attention pattern of the current prompt in the chosen layers, drawn with bertviz: in the in-context "
     "heads the last position T should attend to the label positions. Only a few layers and heads are drawn so "
     "that the page stays responsive.")
@@ -28,7 +31,7 @@ hide_first = o3.checkbox("Hide the first token (attention sink)", value=False, k
 if not layers:
     st.info("Choose at least one layer.")
     st.stop()
-limit = common.settings().max_attention_tokens
+limit = settings().max_attention_tokens
 if prompt.n_tokens > limit:
     st.error(f"The prompt has {prompt.n_tokens:,} tokens; this page draws prompts of at most {limit:,} tokens "
              "(ICLVIZ_MAX_ATTENTION_TOKENS). Shorten the prompt on the Prompt lab page.")
@@ -36,13 +39,13 @@ if prompt.n_tokens > limit:
 
 
 # Only the chosen layers are computed (the pass stops after the last one) and cached: few entries, a time to live.
-@st.cache_resource(show_spinner=False, max_entries=4, ttl=common.settings().cache_ttl)
+@st.cache_resource(show_spinner=False, max_entries=4, ttl=settings().cache_ttl)
 def _attention(_lm, key, ids, layers):
     return full_attention(_lm, prompt, list(layers), max_tokens=limit)
 
 
 with st.spinner("Computing full attention"):
-    att = _attention(lm, common.model_key(), tuple(prompt.input_ids), tuple(sorted(layers)))
+    att = _attention(lm, model_key(), tuple(prompt.input_ids), tuple(sorted(layers)))
 # Tokens come from user text and are inlined in a script: keep them free of markup characters.
 tokens = [(lm.tokenizer.decode([t]).replace("\n", "\\n").replace("<", "‹").replace(">", "›")
            .replace("&", "＆")) or "·" for t in prompt.input_ids]
@@ -75,7 +78,7 @@ for layer in sorted(layers):
                               html_action="return").data
         html = offline_bertviz_html(html)
     except Exception as exc:  # noqa: BLE001 - bertviz problems become a message
-        st.error(common.safe(f"bertviz could not draw layer {layer}: {exc}"))
+        st.error(safe(f"bertviz could not draw layer {layer}: {exc}"))
         continue
     st.iframe(html, height=bertviz_height(view, len(toks), len(hsel) if view == "model" else lm.n_heads))
     st.download_button(f"Layer {layer}, this view (HTML)", html.encode(), file_name=f"attention_L{layer}_{view}.html",

@@ -2,40 +2,34 @@
 
 import streamlit as st
 
-from iclviz.app_support import head_name
 from iclviz.causal import KIND_TEXT, causal_scan, compare_rankings, null_distribution, verdict_line
-from iclviz.evaluation import Cancelled, EvalSetup
+from iclviz.evaluation import EvalSetup
 from iclviz.heads import HEAD_RULES, default_layers, default_top_n, located_heads
 from iclviz.lens import SCALINGS
-from iclviz.plots import (
-    figure_html,
-    heatmap_selection,
-    importance_heatmap,
-    intervention_bars,
-    null_histogram,
-)
-from pages import common
+from iclviz.locate import intervention_table, locate_heads
+from iclviz.plots import heatmap_selection, importance_heatmap, intervention_bars, null_histogram
+from iclviz.validation import head_name, parse_head
+from pages import common, state
+from pages.long_run import run_with_progress
+from pages.widgets import csv_download, dataset_picker, html_download
 
 ss = st.session_state
-common.page_setup()
-st.title("Head finder")
-common.help_text(
+common.page_setup(
+    "Head finder",
     "Each cell is a head's importance: how much adding its output at the last position T raises the log-probability "
     "of the correct label word, averaged over prompts from a dataset (the authors' attribution method). The top "
     "heads, about 1% of all, are the in-context heads; the intervention table checks them against as many random "
     "heads of the same layers.")
 
-lm = common.get_model()
-if lm is None:
-    st.stop()
-heads = common.chosen_heads(lm)
+lm = common.require_model()
+heads = state.chosen_heads(lm)
 is_tiny = lm.n_layers * lm.n_heads < 50
 
 with st.container(border=True):
     st.markdown("**Default in-context heads: which rule chose them**")
     r1, r2 = st.columns([1, 2])
     rule = r1.radio("Rule", list(HEAD_RULES), format_func=lambda r: HEAD_RULES[r].split(" (")[0], key="w_head_rule",
-                    index=list(HEAD_RULES).index(ss.get("head_rule", common.DEFAULT_HEAD_RULE)))
+                    index=list(HEAD_RULES).index(ss.get("head_rule", state.DEFAULT_HEAD_RULE)))
     found = located_heads(lm.name, rule)
     if found:
         t = found.get("test", {})
@@ -50,12 +44,12 @@ with st.container(border=True):
                 f"percentile of {t['draws']} random draws (p = {t.get('acc_p_empirical', float('nan')):.3f}).")
         if r2.button("Use these heads", key="w_use_rule_heads"):
             ss.head_rule = rule
-            common.set_heads(found["heads"])
+            state.set_heads(found["heads"])
             st.rerun()
     else:
         r2.caption("The report has not located heads on this model: run a scan below (importance or causal).")
 
-ds = common.dataset_picker("w_hf_dataset")
+ds = dataset_picker("w_hf_dataset")
 with st.form("scan_form"):
     c2, c3, c4 = st.columns(3)
     k = c2.number_input("Demonstrations per label", 1, 16, 4, key="w_hf_k")
@@ -80,23 +74,24 @@ if not seeds:
     st.stop()
 
 
-def _setup():
+def _setup(quick: bool = False):
+    """The dataset sample above (``quick``: 4 prompts of its first seed)."""
+    if quick:
+        return EvalSetup(ds, k_per_label=int(k), n_test=4, seeds=seeds[:1], template=ss.template)
     return EvalSetup(ds, k_per_label=int(k), n_test=int(n_test), seeds=seeds, template=ss.template)
 
 
-if common.was_stopped("run_scan"):
-    st.warning("The last scan was stopped before it finished.")
-if go and ds is not None:
-    try:
-        with common.ProgressRun("Scanning heads (prompts)", "run_scan") as cb:
-            scan = common.locate_heads(lm, _setup(), scaling, list(range(layer_range[0], layer_range[1] + 1)),
-                                       int(batch), cb)
-        ss.scan = scan
-        ss.scan_inputs = f"{ds.name}, {k}/label, {n_test} sentences x {len(seeds)} seeds, {scaling}"
-    except Cancelled as exc:
-        st.warning(str(exc))
-    except (ValueError, RuntimeError) as exc:
-        st.error(common.safe(f"The scan failed: {exc}"))
+def _layers() -> list[int]:
+    return list(range(layer_range[0], layer_range[1] + 1))
+
+
+scan = run_with_progress(
+    go and ds is not None, "Scanning heads (prompts)", "run_scan",
+    lambda cb: locate_heads(lm, _setup(), scaling=scaling, layers=_layers(), batch_size=int(batch), progress=cb),
+    "The scan failed", "The last scan was stopped before it finished.")
+if scan is not None:
+    ss.scan = scan
+    ss.scan_inputs = f"{ds.name}, {k}/label, {n_test} sentences x {len(seeds)} seeds, {scaling}"
 
 scan = ss.get("scan")
 if scan is None or (scan.n_layers, scan.n_heads) != (lm.n_layers, lm.n_heads):
@@ -112,16 +107,15 @@ else:
             event = st.plotly_chart(fig, key=f"fig_heat_{label}", on_select="rerun",
                                     selection_mode=("points", "box"))
             clicked += heatmap_selection(event)
-            st.download_button("Heatmap (HTML)", figure_html(fig).encode(), file_name=f"importance_{label}.html",
-                               mime="text/html", key=f"dl_heat_{label}")
-    common.csv_download(scan.table, "head_importance.csv", "Importance per head and label (CSV)")
+            html_download(fig, f"importance_{label}.html", "Heatmap (HTML)", key=f"dl_heat_{label}")
+    csv_download(scan.table, "head_importance.csv", "Importance per head and label (CSV)")
 
     st.subheader("Choose the in-context heads")
     n_default = default_top_n(lm.n_layers * lm.n_heads)
     t1, t2 = st.columns([1, 3])
     n_top = t1.number_input("Top N", 1, lm.n_layers * lm.n_heads, n_default, key="w_hf_topn")
     if t1.button("Use the top N", key="w_use_top"):
-        common.set_heads(scan.top(int(n_top)))
+        state.set_heads(scan.top(int(n_top)))
         st.rerun()
     top = scan.top(int(n_top))
     by_label = scan.top_by_label(int(n_top))
@@ -129,7 +123,7 @@ else:
     if clicked:
         t2.markdown("Selected cells: " + ", ".join(map(head_name, clicked)))
         if t2.button("Use the selected cells as the in-context heads", key="w_use_clicked"):
-            common.set_heads(clicked)
+            state.set_heads(clicked)
             st.rerun()
     else:
         t2.caption("Click cells of the heatmap (shift-click or box-select for several) to pick heads.")
@@ -140,7 +134,7 @@ all_heads = [head_name((a, b)) for a in range(lm.n_layers) for b in range(lm.n_h
 picked = st.multiselect("Chosen in-context heads (used by every page)", all_heads, default=list(map(head_name, heads)),
                         key=f"w_pick_{'_'.join(map(head_name, heads))}")
 if picked and picked != list(map(head_name, heads)):
-    common.set_heads([common.heads_from_text(p)[0] for p in picked])
+    state.set_heads([parse_head(p) for p in picked])
     st.rerun()
 
 st.subheader("Intervention table")
@@ -151,38 +145,20 @@ with st.form("iv_form"):
     kinds = i1.multiselect("Interventions", ["ablate", "knockout"], default=["ablate", "knockout"], key="w_iv_kinds")
     draws = i2.number_input("Random draws", 1, 10, 2 if is_tiny else 3, key="w_iv_draws")
     go_iv = st.form_submit_button("Run the intervention table")
-if common.was_stopped("run_iv"):
-    st.warning("The last intervention table was stopped before it finished.")
-if go_iv and ds is not None and kinds:
-    try:
-        with common.ProgressRun("Evaluating (conditions)", "run_iv") as cb:
-            ss.iv_table = common.intervention_table(lm, _setup(), heads, tuple(kinds), int(draws), 0, int(batch), cb)
-    except Cancelled as exc:
-        st.warning(str(exc))
-    except (ValueError, RuntimeError) as exc:
-        st.error(common.safe(f"The evaluation failed: {exc}"))
+iv_table = run_with_progress(
+    go_iv and ds is not None and bool(kinds), "Evaluating (conditions)", "run_iv",
+    lambda cb: intervention_table(lm, _setup(), heads, kinds=tuple(kinds), random_draws=int(draws), seed=0,
+                                  batch_size=int(batch), progress=cb),
+    "The evaluation failed", "The last intervention table was stopped before it finished.")
+if iv_table is not None:
+    ss.iv_table = iv_table
 table = ss.get("iv_table")
 if table is not None:
     view = table.copy()
     view["condition"] = view["heads"] + " " + view["kind"] + [f" #{d}" if d >= 0 else "" for d in view["draw"]]
     st.plotly_chart(intervention_bars(view), key="fig_iv")
     st.dataframe(table, key="tbl_iv")
-    common.csv_download(table, "intervention_table.csv")
-
-
-def _layers() -> list[int]:
-    return list(range(layer_range[0], layer_range[1] + 1))
-
-
-def _run(label: str, key: str, result_key: str, failure: str, fn) -> None:
-    """Run ``fn(progress)`` under a progress bar with Stop; keep its result in the session, or say why not."""
-    try:
-        with common.ProgressRun(label, key) as cb:
-            ss[result_key] = fn(cb)
-    except Cancelled as exc:
-        st.warning(str(exc))
-    except (ValueError, RuntimeError) as exc:
-        st.error(common.safe(f"{failure}: {exc}"))
+    csv_download(table, "intervention_table.csv")
 
 
 st.subheader("Causal effect of each head")
@@ -197,14 +173,13 @@ with st.form("causal_form"):
                               format_func=lambda k: KIND_TEXT[k])
     cs_size = q2.radio("Size", ["quick: 4 prompts", "the sample above"], key="w_cs_size")
     go_cs = st.form_submit_button("Run the causal scan")
-if go_cs and ds is not None and cs_kinds:
-    setup = _setup()
-    if cs_size.startswith("quick"):
-        setup = EvalSetup(ds, k_per_label=int(k), n_test=4, seeds=seeds[:1], template=ss.template)
-    _run("Causal scan (prompts)", "run_cs", "causal_scan", "The causal scan failed",
-         lambda cb: causal_scan(lm, setup, layers=_layers(), kinds=tuple(cs_kinds), progress=cb))
-elif common.was_stopped("run_cs"):
-    st.warning("The last causal scan was stopped before it finished.")
+cs = run_with_progress(
+    go_cs and ds is not None and bool(cs_kinds), "Causal scan (prompts)", "run_cs",
+    lambda cb: causal_scan(lm, _setup(cs_size.startswith("quick")), layers=_layers(), kinds=tuple(cs_kinds),
+                           progress=cb),
+    "The causal scan failed", "The last causal scan was stopped before it finished.")
+if cs is not None:
+    ss.causal_scan = cs
 cs = ss.get("causal_scan")
 if cs is not None and (cs.n_layers, cs.n_heads) == (lm.n_layers, lm.n_heads):
     st.caption(f"Causal scan over {cs.n_prompts} prompts; without intervention: accuracy {cs.base['accuracy']:.1%}, "
@@ -220,7 +195,7 @@ if cs is not None and (cs.n_layers, cs.n_heads) == (lm.n_layers, lm.n_heads):
             if cs_clicked:
                 st.markdown("Selected cells: " + ", ".join(map(head_name, cs_clicked)))
                 if st.button("Use the selected cells as the in-context heads", key=f"w_use_cs_clicked_{kind}"):
-                    common.set_heads(cs_clicked)
+                    state.set_heads(cs_clicked)
                     st.rerun()
             ranked = cs.ranked(kind).head(10).copy()
             ranked.insert(0, "name", [head_name((a, b)) for a, b in zip(ranked.layer, ranked["head"])])
@@ -241,9 +216,9 @@ if cs is not None and (cs.n_layers, cs.n_heads) == (lm.n_layers, lm.n_heads):
     cs_n = st.number_input("Top N by causal effect", 1, lm.n_layers * lm.n_heads, n_cs, key="w_cs_topn")
     if st.button("Use the top N by causal effect", key="w_use_causal"):
         ss.head_rule = "causal"
-        common.set_heads(cs.top(int(cs_n), kind0))
+        state.set_heads(cs.top(int(cs_n), kind0))
         st.rerun()
-    common.csv_download(cs.table, "causal_scan.csv", "Causal scan (CSV)", key="dl_cs")
+    csv_download(cs.table, "causal_scan.csv", "Causal scan (CSV)", key="dl_cs")
 
 st.subheader("The chosen heads against random heads")
 st.caption(f"The chosen heads ({', '.join(map(head_name, heads))}) intervened together, against many random sets of as "
@@ -257,15 +232,13 @@ with st.form("null_form"):
                                  help="at least 50 for a percentile worth reading")
     null_size = n3.radio("Size", ["quick: 4 prompts", "the sample above"], key="w_null_size")
     go_null = st.form_submit_button("Test against random heads")
-if go_null and ds is not None:
-    setup = _setup()
-    if null_size.startswith("quick"):
-        setup = EvalSetup(ds, k_per_label=int(k), n_test=4, seeds=seeds[:1], template=ss.template)
-    _run("Null distribution (prompts)", "run_null", "null_test", "The test failed",
-         lambda cb: null_distribution(lm, setup, heads, kind=null_kind, n_draws=int(null_draws), layers=_layers(),
-                                      progress=cb))
-elif common.was_stopped("run_null"):
-    st.warning("The last test against random heads was stopped before it finished.")
+nt = run_with_progress(
+    go_null and ds is not None, "Null distribution (prompts)", "run_null",
+    lambda cb: null_distribution(lm, _setup(null_size.startswith("quick")), heads, kind=null_kind,
+                                 n_draws=int(null_draws), layers=_layers(), progress=cb),
+    "The test failed", "The last test against random heads was stopped before it finished.")
+if nt is not None:
+    ss.null_test = nt
 nt = ss.get("null_test")
 if nt is not None and all(0 <= a < lm.n_layers and 0 <= b < lm.n_heads for a, b in nt.heads):
     v = nt.verdict
@@ -281,4 +254,4 @@ if nt is not None and all(0 <= a < lm.n_layers and 0 <= b < lm.n_heads for a, b 
     st.markdown(f"**{verdict_line(v)}.**")
     st.plotly_chart(null_histogram(100 * nt.null("acc_drop"), 100 * v["acc_drop"], "accuracy drop (points)"),
                     key="fig_null")
-    common.csv_download(nt.summary, "null_distribution.csv", "Null distribution (CSV)", key="dl_null")
+    csv_download(nt.summary, "null_distribution.csv", "Null distribution (CSV)", key="dl_null")

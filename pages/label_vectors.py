@@ -4,19 +4,22 @@ import streamlit as st
 
 from iclviz.label_vectors import label_vector_summary
 from iclviz.lens import SCALINGS
-from iclviz.plots import figure_html, label_vector_bars
+from iclviz.plots import label_vector_bars
 from pages import common
+from pages.runs import label_vectors_current, predict_current
+from pages.widgets import downloads, safe
 
 ss = st.session_state
-common.page_setup()
-st.title("Label vectors")
-common.help_text(
+common.page_setup(
+    "Label vectors",
     "For each chosen head and each label position p of the current prompt, the value-output vector z = v_p W_O "
     "projected to the vocabulary should rank that position's own label word first (foo positions say foo); the "
     "weighted vector a(T,p)·z is what actually flows into T. The logit minus is logit(first label) − "
     "logit(second label) of that projection.")
 
 lm, heads, prompt = common.model_heads_prompt()
+
+
 @st.fragment
 def label_vectors():
     """The projection and bar-height controls rerun only this section."""
@@ -24,11 +27,11 @@ def label_vectors():
     scaling = c1.selectbox("Vocabulary projection", SCALINGS, key="w_lv_scaling")
     value = c2.radio("Bar height", ["weighted_logit_minus", "logit_minus", "attention"], horizontal=True,
                      key="w_lv_val")
-    pred = common.predict_current(lm)
+    pred = predict_current(lm)
     st.markdown(f"Current prompt: **{len(prompt.label_positions)} label positions**, prediction "
-                + common.safe(f"{pred.predicted} ({', '.join(f'p({w})={p:.3f}' for w, p in pred.probs.items())})."))
+                + safe(f"{pred.predicted} ({', '.join(f'p({w})={p:.3f}' for w, p in pred.probs.items())})."))
     # cached by model, prompt, heads and scaling: the cache holds this small table, not the vectors
-    table = common.prompt_analysis(lm, "label_vectors", "label_vector_table", tuple(map(tuple, heads)), scaling)
+    table = label_vectors_current(lm, heads, scaling)
     fig = label_vector_bars(table, prompt.label_words, value)
     st.plotly_chart(fig, key="fig_lv")
     own_first = (table["own_label_rank"] <= table[[f"rank_{w}" for w in prompt.label_words]].min(axis=1))
@@ -36,11 +39,7 @@ def label_vectors():
                 f"{len(table)} (head, position) pairs.")
     st.dataframe(label_vector_summary(table), key="tbl_lv_summary")
     st.dataframe(table, key="tbl_lv")
-    d1, d2 = st.columns(2)
-    with d1:
-        common.csv_download(table, "label_vectors.csv")
-    with d2:
-        st.download_button("Figure (HTML)", figure_html(fig).encode(), file_name="label_vectors.html", mime="text/html")
+    downloads(table, "label_vectors.csv", fig, "label_vectors.html", "Figure (HTML)")
 
 
 label_vectors()

@@ -2,26 +2,26 @@
 
 import streamlit as st
 
-from iclviz.app_support import default_heads, token_table
+from iclviz.heads import default_heads
 from iclviz.lesson import LESSON_STATE, STEPS, step_result
 from iclviz.plots import label_attention_compact, tokens_html
 from iclviz.prompt import PromptError
-from pages import common
+from iclviz.readout import token_table
+from iclviz.validation import head_name
+from pages import common, state
 
 ss = st.session_state
-common.page_setup()
-st.title("Guided lesson: how a language model learns in context")
-common.help_text("Five steps through the paper on a prepared prompt. Each step says in one sentence what to look for "
-                 "and shows what this model does, measured live; edit the prompt on the Prompt lab page and come "
-                 "back, or press Reset to restore the prepared prompt.")
+common.page_setup(
+    "Guided lesson: how a language model learns in context",
+    "Five steps through the paper on a prepared prompt. Each step says in one sentence what to look for "
+    "and shows what this model does, measured live; edit the prompt on the Prompt lab page and come "
+    "back, or press Reset to restore the prepared prompt.")
 
-lm = common.get_model()
-if lm is None:
-    st.stop()
+lm = common.require_model()
 
 
 def _reset():
-    common.apply_state(LESSON_STATE)
+    state.apply_state(LESSON_STATE)
     for key in ("w_query", "w_label_words", "w_template"):
         ss.pop(key, None)
     ss.heads = default_heads(lm.name, lm.n_layers, lm.n_heads)
@@ -53,8 +53,8 @@ s = STEPS[step]
 st.header(f"{step + 1}. {s.title}")
 st.markdown(f"#### {s.explanation}")
 
-heads = common.chosen_heads(lm)
-prompt = common.current_prompt(lm)
+heads = state.chosen_heads(lm)
+prompt = state.current_prompt(lm)
 if prompt is None:
     st.info("Fix the prompt on the Prompt lab page, or press Reset.")
     st.stop()
@@ -67,8 +67,7 @@ def _result(_lm, key, step, demos, query, words, template, heads):
 
 with st.spinner("Measuring on this model"):
     try:
-        res = _result(lm, common.model_key(), step, common.demo_tuple(), ss.query, tuple(ss.label_words), ss.template,
-                      tuple(map(tuple, heads)))
+        res = _result(lm, state.model_key(), step, *state.prompt_key(), tuple(map(tuple, heads)))
     except PromptError as exc:
         st.error(f"The prompt cannot be run: {exc}")
         st.stop()
@@ -88,5 +87,5 @@ elif step == 1 and res.table is not None:
     st.plotly_chart(label_attention_compact(res.table, prompt.label_words), key="fig_lesson_att")
 elif step == 4 and res.table is not None:
     st.dataframe(res.table, key="tbl_lesson_bias", hide_index=True)
-st.caption(f"Model: {lm.name}; in-context heads: {', '.join(f'L{a}H{b}' for a, b in heads)}. "
+st.caption(f"Model: {lm.name}; in-context heads: {', '.join(map(head_name, heads))}. "
            "Go deeper: Prompt lab (steps 1-3), Two towers (step 4), Bias lab (step 5).")

@@ -5,17 +5,9 @@ import time
 import pandas as pd
 import streamlit as st
 
-from iclviz.app_support import (
-    control_heads,
-    head_name,
-    label_attention_table,
-    label_sums,
-    state_from_json,
-    token_table,
-)
 from iclviz.data import DataError, label_words_for, sample_demonstrations, sample_test
+from iclviz.heads import control_heads
 from iclviz.plots import (
-    figure_html,
     label_attention_bars,
     label_attention_compact,
     label_sum_bars,
@@ -24,14 +16,16 @@ from iclviz.plots import (
     top_n_figure,
 )
 from iclviz.prompt import TEMPLATES
-from iclviz.readout import first_flip
-from iclviz.validation import ValidationError, check_demo_count, check_heads
-from pages import common
+from iclviz.readout import first_flip, label_attention_table, label_sums, token_table
+from iclviz.sharing import state_from_json
+from iclviz.validation import ValidationError, check_demo_count, check_heads, head_name, parse_heads
+from pages import common, state
+from pages.runs import paired_effect_current, predict_current, top_n_current
+from pages.widgets import csv_download, dataset_picker, html_download, safe
 
 ss = st.session_state
-common.page_setup()
-st.title("Prompt lab")
-common.help_text(
+common.page_setup(
+    "Prompt lab",
     "Demonstrations are sentences with arbitrary label words (foo/bar); the model predicts the query's label at "
     "the last position T, and a few deep in-context heads carry that decision by attending from T to the label "
     "positions and copying the label they find there. Ablate those heads (or as many random heads, the control) "
@@ -42,9 +36,7 @@ msg = ss.pop("share_message", None)
 if msg:
     getattr(st, msg[0])(msg[1])
 
-lm = common.get_model()
-if lm is None:
-    st.stop()
+lm = common.require_model()
 
 
 # ---------------------------------------------------------------- editor callbacks
@@ -96,7 +88,7 @@ def _sample(ds, k, seed):
     try:  # a callback's exception would escape the page: keep the prompt and say why instead
         words = label_words_for(len(ds.labels)) if len(ds.labels) != len(ss.label_words) else tuple(ss.label_words)
         demos = sample_demonstrations(ds, int(k), int(seed))
-        check_demo_count(len(demos), common.settings().max_demos)
+        check_demo_count(len(demos), state.settings().max_demos)
         query = sample_test(ds, len(ds.labels), seed=int(seed))[0][0]
     except (DataError, ValidationError, IndexError) as exc:
         ss.sample_error = f"Could not sample from {ds.name}: {exc}"
@@ -154,9 +146,9 @@ with left:
                        help=f"delete demonstration {i + 1}")
     _sync_demos()
     b1, b2 = st.columns(2)
-    full = len(ss.demos) >= common.settings().max_demos
+    full = len(ss.demos) >= state.settings().max_demos
     b1.button("Add demonstration", on_click=_add, key="w_add_demo", disabled=full,
-              help=f"at most {common.settings().max_demos} demonstrations on this server" if full else None)
+              help=f"at most {state.settings().max_demos} demonstrations on this server" if full else None)
     b2.button("Reverse order", on_click=_reverse, key="w_reverse")
 
     _bind("w_query", ss.query)
@@ -164,42 +156,42 @@ with left:
     ss.query = ss.w_query
 
     with st.expander("Sample from a dataset"):
-        ds = common.dataset_picker("w_lab_dataset")
+        ds = dataset_picker("w_lab_dataset")
         s1, s2 = st.columns(2)
         k = s1.number_input("Demonstrations per label", 1, 16, 2, key="w_lab_k")
         seed = s2.number_input("Seed", 0, 10_000, 0, key="w_lab_seed")
         if ds is not None:
             st.button("Sample demonstrations and a query", on_click=_sample, args=(ds, k, seed), key="w_sample")
         if ss.get("sample_error"):
-            st.error(common.safe(ss.sample_error))
+            st.error(safe(ss.sample_error))
 
     with st.expander("Load / save / share"):
-        state = common.current_state()
-        st.download_button("Save prompt and heads (JSON)", state.to_json().encode(), file_name="iclviz_prompt.json",
+        shared = state.current_state()
+        st.download_button("Save prompt and heads (JSON)", shared.to_json().encode(), file_name="iclviz_prompt.json",
                            mime="application/json", key="w_save_json")
         up = st.file_uploader("Load a prompt (JSON)", type=["json"], key=f"w_upload_{ss.editor_version}")
         if up is not None and ss.get("last_upload") != up.file_id:
             ss.last_upload = up.file_id
             try:
-                common.apply_state(state_from_json(up.getvalue()))
+                state.apply_state(state_from_json(up.getvalue()))
                 ss.pop("w_label_words", None)
                 ss.pop("w_query", None)
                 ss.pop("w_template", None)
                 ss.share_message = ("success", f"Loaded {up.name}.")
                 st.rerun()
             except ValueError as exc:
-                st.error(common.safe(f"Could not load {up.name}: {exc}"))
+                st.error(safe(f"Could not load {up.name}: {exc}"))
         if st.button("Put the prompt and heads in the URL", key="w_share_url"):
-            st.query_params["s"] = state.to_query_param()
+            st.query_params["s"] = shared.to_query_param()
             st.query_params["mode"] = ss.get("w_mode", "none")
             st.success("The page address now holds this prompt and head set: copy it from the address bar.")
 
-prompt = common.current_prompt(lm)
-heads = common.chosen_heads(lm)
+prompt = state.current_prompt(lm)
+heads = state.chosen_heads(lm)
 if ss.get("skipped_demos"):
     left.caption(f"Empty demonstration(s) {', '.join(map(str, ss.skipped_demos))} are skipped until you fill them.")
 
-MODES = common.INTERVENTION_MODES
+MODES = state.INTERVENTION_MODES
 
 
 @st.fragment
@@ -210,12 +202,12 @@ def intervention_panel():
                            key=f"w_heads_{'_'.join(map(head_name, heads))}",
                            help="Found on the Head finder page; or type them, e.g. L21H1, L20H10.")
     try:
-        typed = common.heads_from_text(h_text)
+        typed = parse_heads(h_text)
         if typed and typed != heads:
-            common.set_heads(check_heads(typed, lm.n_layers, lm.n_heads))
+            state.set_heads(check_heads(typed, lm.n_layers, lm.n_heads))
             st.rerun()
     except ValueError as exc:
-        st.error(common.safe(exc))
+        st.error(safe(exc))
     mode = st.radio("Intervene on", MODES, horizontal=True, key="w_mode")
     i1, i2 = st.columns(2)
     kind = i1.selectbox("How", ["ablate", "knockout"], key="w_kind",
@@ -243,8 +235,8 @@ def intervention_panel():
         return
     slot = st.empty()
     with slot, st.spinner("Running the model on this prompt"):
-        before = common.predict_current(lm)
-        after = common.predict_current(lm, kind, iv_heads) if iv_heads else None
+        before = predict_current(lm)
+        after = predict_current(lm, kind, iv_heads) if iv_heads else None
     words = prompt.label_words
 
     st.subheader("Prediction")
@@ -260,7 +252,7 @@ def intervention_panel():
     if after is not None:
         p2.markdown(f"`{_pred_text(after)}`")
         flip = " — the prediction flipped" if after.predicted != before.predicted else ""
-        p2.caption(common.safe(f"margin {words[0]}−{words[1]}: {before.margin:+.3f} → {after.margin:+.3f}{flip}"))
+        p2.caption(safe(f"margin {words[0]}−{words[1]}: {before.margin:+.3f} → {after.margin:+.3f}{flip}"))
         p1.metric(f"Margin {words[0]}−{words[1]} before", f"{before.margin:+.2f}")
         p2.metric(f"Margin after ({mode})", f"{after.margin:+.2f}", f"{after.margin - before.margin:+.2f}",
                   delta_color="off")
@@ -286,7 +278,7 @@ def intervention_panel():
                     "in-context heads or as many random heads intervened)")
         draws = 3
         with st.spinner(f"Measuring the in-context heads against {draws} random head sets"):
-            eff = common.paired_effect_current(lm, heads, kind, draws)
+            eff = paired_effect_current(lm, heads, kind, draws)
         lo, hi = eff.random_range
         m1, m2 = st.columns(2)
         m1.metric(f"Δ margin, {len(heads)} in-context heads", f"{eff.icl_change:+.2f}")
@@ -294,7 +286,7 @@ def intervention_panel():
                   f"range {lo:+.2f} to {hi:+.2f}", delta_color="off")
         st.markdown(eff.sentence())
         if mode == "top N in-context heads":
-            curve = common.top_n_current(lm, heads, kind)
+            curve = top_n_current(lm, heads, kind)
             st.plotly_chart(top_n_figure(curve, words), key="fig_topn")
             n_flip = first_flip(curve)
             st.caption("The prediction gives way at the top " + (f"**{n_flip}** heads." if n_flip else
@@ -318,10 +310,9 @@ def intervention_panel():
         st.plotly_chart(label_sum_bars(sums, words), key="fig_sums")
         d1, d2 = st.columns(2)
         with d1:
-            common.csv_download(att, "label_attention.csv", "Attention table (CSV)")
+            csv_download(att, "label_attention.csv", "Attention table (CSV)")
         with d2:
-            st.download_button("Attention figure (HTML)", figure_html(fig).encode(), file_name="label_attention.html",
-                               mime="text/html", key="dl_att_html")
+            html_download(fig, "label_attention.html", "Attention figure (HTML)", key="dl_att_html")
 
 
 with right:
@@ -334,4 +325,4 @@ st.subheader("Tokens")
 st.caption("Label positions are coloured by their label (subscript: position); the last position T is dark. "
            f"{prompt.n_tokens} tokens.")
 st.markdown(tokens_html(tokens, prompt.label_words), unsafe_allow_html=True)
-common.csv_download(tokens, "tokens.csv", "Tokens (CSV)")
+csv_download(tokens, "tokens.csv", "Tokens (CSV)")

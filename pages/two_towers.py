@@ -2,17 +2,20 @@
 
 import streamlit as st
 
-from iclviz.app_support import control_heads
-from iclviz.evaluation import Cancelled, EvalSetup
+from iclviz.evaluation import EvalSetup
+from iclviz.heads import control_heads
 from iclviz.label_swap import label_swap_table, summarize_label_swap
 from iclviz.plots import score_similarity_scatter, swap_bars
-from iclviz.two_towers import rank_correlations, two_towers_table
+from iclviz.two_towers import default_sim_layer, rank_correlations, two_towers_table
+from iclviz.validation import head_name
 from pages import common
+from pages.long_run import run_with_progress
+from pages.runs import label_swap_current, score_similarity_current
+from pages.widgets import csv_download, dataset_picker, downloads, run_size
 
 ss = st.session_state
-common.page_setup()
-st.title("Two towers")
-common.help_text(
+common.page_setup(
+    "Two towers",
     "Swap every demonstration's label and the prediction follows, yet each head's value-output vectors still map "
     "foo positions to foo and bar positions to bar: what changes is where the head's attention from T goes. The "
     "query matrix at T and the key matrix at each label position act as two towers computing a similarity "
@@ -22,7 +25,7 @@ lm, heads, prompt = common.model_heads_prompt()
 words = prompt.label_words
 
 st.subheader("Label swap")
-table = common.prompt_analysis(lm, "label_swap", "label_swap_one", tuple(map(tuple, heads)))
+table = label_swap_current(lm, heads)
 if table is not None:
     wide = table.pivot_table(index="head_name", columns="condition",
                              values=[f"attn_{w}" for w in words] + ["vo_logit_minus_first", "vo_logit_minus_second"],
@@ -52,21 +55,21 @@ if table is not None:
     s2.plotly_chart(swap_bars(wide, vo_cols, id_col="head_name", names=names,
                               y_title=f"logit {words[0]} − logit {words[1]}"), key="fig_swap_vo")
     st.dataframe(table, key="tbl_swap")
-    common.downloads(table, "label_swap.csv", fig, "label_swap.html", "Attention figure (HTML)")
+    downloads(table, "label_swap.csv", fig, "label_swap.html", "Attention figure (HTML)")
+
 
 @st.fragment
 def score_vs_similarity():
     """Its layer slider and control checkbox rerun only this section."""
     st.subheader("Query-key score vs query-demonstration similarity")
     c1, c2 = st.columns(2)
-    default_layer = max(1, lm.n_layers // 4)
     sim_layer = c1.slider("Similarity layer (mean hidden states entering it, cosine)", 0, lm.n_layers - 1,
-                          default_layer, key="w_tt_layer")
+                          default_sim_layer(lm.n_layers), key="w_tt_layer")
     with_control = c2.checkbox("Add as many random heads (control)", key="w_tt_ctrl")
     use = list(heads) + (control_heads(heads, lm.n_layers, lm.n_heads, 0) if with_control else [])
-    df = common.prompt_analysis(lm, "two_towers", "score_similarity", tuple(map(tuple, use)), int(sim_layer)).copy()
+    df = score_similarity_current(lm, use, int(sim_layer)).copy()
     df["head"] = df["head_name"]
-    icl_names = {f"L{a}H{b}" for a, b in heads}
+    icl_names = set(map(head_name, heads))
     df["group"] = ["in-context" if h in icl_names else "random (control)" for h in df["head_name"]]
     fig2 = score_similarity_scatter(df, words)
     st.plotly_chart(fig2, key="fig_tt")
@@ -77,7 +80,7 @@ def score_vs_similarity():
                 columns={"head_name": "head", "mean_rho": "Spearman ρ, score vs similarity (this prompt)"})
         st.dataframe(corr, key="tbl_tt_corr", hide_index=True)
     st.dataframe(df, key="tbl_tt")
-    common.downloads(df, "score_similarity.csv", fig2, "score_similarity.html", "Scatter (HTML)")
+    downloads(df, "score_similarity.csv", fig2, "score_similarity.html", "Scatter (HTML)")
 
 
 score_vs_similarity()
@@ -85,33 +88,35 @@ score_vs_similarity()
 st.subheader("Over a dataset sample")
 st.caption("The same two comparisons averaged over test sentences of a dataset, with as many random heads of the same "
            "layers as the control for the score-similarity correlation.")
-ds = common.dataset_picker("w_tt_dataset")
+ds = dataset_picker("w_tt_dataset")
 n1, n3 = st.columns(2)
 is_tiny = lm.n_layers * lm.n_heads < 50
 k_tt = n1.number_input("Demonstrations per label", 1, 16, 3 if is_tiny else 4, key="w_tt_k")
 seed_tt = n3.number_input("Seed", 0, 10_000, 0, key="w_tt_seed")
-n_tt = common.run_size("w_tt", 4 if is_tiny else 16, 8 if is_tiny else 100)
-if common.was_stopped("tt"):
-    st.warning("The last run over the sample was stopped before it finished.")
-if ds is not None and st.button("Run over the sample", key="w_tt_go"):
+n_tt = run_size("w_tt", 4 if is_tiny else 16, 8 if is_tiny else 100)
+
+
+def _over_sample(run):
+    """Label swap (2 conditions x n prompts), then two towers (n prompts), on one progress bar."""
     setup = EvalSetup(ds, k_per_label=int(k_tt), n_test=int(n_tt), seeds=(int(seed_tt),), template=ss.template)
-    try:
-        with common.ProgressRun("Label swap and two towers", "tt") as run:
-            # label swap: 2 conditions x n prompts, then two towers: n prompts
-            ss.tt_swap = summarize_label_swap(label_swap_table(
-                lm, setup, heads, progress=lambda d, t, note: run(d + (t if "swapped" in note else 0), 3 * t, note)))
-            control = control_heads(heads, lm.n_layers, lm.n_heads, 0)
-            ss.tt_corr = rank_correlations(two_towers_table(
-                lm, setup, heads, control, progress=lambda d, t, note: run(2 * t + d, 3 * t, note)))
-    except Cancelled as exc:
-        st.warning(common.safe(exc))
-    except (ValueError, RuntimeError) as exc:
-        st.error(common.safe(f"The run failed: {exc}"))
+    swap = summarize_label_swap(label_swap_table(
+        lm, setup, heads, progress=lambda d, t, note: run(d + (t if "swapped" in note else 0), 3 * t, note)))
+    control = control_heads(heads, lm.n_layers, lm.n_heads, 0)
+    corr = rank_correlations(two_towers_table(
+        lm, setup, heads, control, progress=lambda d, t, note: run(2 * t + d, 3 * t, note)))
+    return swap, corr
+
+
+go_tt = ds is not None and st.button("Run over the sample", key="w_tt_go")
+done = run_with_progress(go_tt, "Label swap and two towers", "tt", _over_sample, "The run failed",
+                         "The last run over the sample was stopped before it finished.")
+if done is not None:
+    ss.tt_swap, ss.tt_corr = done
 if ss.get("tt_swap") is not None:
     st.markdown("**Label swap over the sample** (attention on the gold word's positions, value-output agreement)")
     st.dataframe(ss.tt_swap, key="tbl_tt_swap_sample")
-    common.csv_download(ss.tt_swap, "label_swap_sample.csv", key="dl_tt_swap_sample")
+    csv_download(ss.tt_swap, "label_swap_sample.csv", key="dl_tt_swap_sample")
 if ss.get("tt_corr") is not None:
     st.markdown("**Rank correlation of query-key score and similarity** (in-context vs random heads)")
     st.dataframe(ss.tt_corr, key="tbl_tt_corr_sample")
-    common.csv_download(ss.tt_corr, "score_similarity_sample.csv", key="dl_tt_corr_sample")
+    csv_download(ss.tt_corr, "score_similarity_sample.csv", key="dl_tt_corr_sample")

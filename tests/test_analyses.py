@@ -158,10 +158,9 @@ def test_label_swap_table(tiny_llama, sst2):
 
 
 def test_similarity_of_identical_sentences_is_one(tokenizer):
-    from conftest import build_tiny_model
-
     from iclviz.models import wrap_model
     from iclviz.prompt import build_prompt
+    from iclviz.testing import build_tiny_model
 
     lm = wrap_model(build_tiny_model("llama", seed=5), tokenizer)
     p = build_prompt(lm.tokenizer, DEMOS, "dull and boring")

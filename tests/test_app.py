@@ -16,7 +16,7 @@ os.environ["ICLVIZ_TEST_MODEL"] = "tiny-llama"
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from iclviz.app_support import LabState, state_from_json, state_from_query_param  # noqa: E402
+from iclviz.sharing import LabState, state_from_json, state_from_query_param  # noqa: E402
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
@@ -414,9 +414,9 @@ def metrics(at) -> dict[str, str]:
 
 
 def test_prompt_lab_shows_live_paired_effect_and_top_n(at):
-    from iclviz.app_support import tiny_model
     from iclviz.prompt import build_prompt
     from iclviz.readout import paired_effect
+    from iclviz.testing import tiny_model
 
     m = metrics(at)
     icl = [v for k, v in m.items() if k.startswith("Δ margin") and "in-context" in k]

@@ -17,7 +17,7 @@ os.environ["ICLVIZ_TEST_MODEL"] = "tiny-llama"
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from iclviz.app_support import LabState  # noqa: E402
+from iclviz.sharing import LabState  # noqa: E402
 from iclviz.validation import escape_markdown  # noqa: E402
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -236,13 +236,14 @@ def test_attention_page_refuses_long_prompts(monkeypatch):
 
 def test_full_attention_keeps_only_the_chosen_layers_and_heads(tiny_llama):
     import torch
+    from test_capture import reference_forward
 
-    from iclviz.app_support import eager_copy, full_attention
+    from iclviz.attention_matrix import full_attention
     from iclviz.prompt import build_prompt
 
     p = build_prompt(tiny_llama.tokenizer, [("a good film", "foo"), ("a bad film", "bar")], "fine")
     got = full_attention(tiny_llama, p, [0, 2], heads=[1, 3])
-    ref = eager_copy(tiny_llama)(input_ids=torch.tensor([p.input_ids]), output_attentions=True).attentions
+    ref = reference_forward(tiny_llama.model, [p.input_ids], output_attentions=True).attentions
     assert sorted(got) == [0, 2]
     for layer in (0, 2):
         assert got[layer].shape == (2, p.n_tokens, p.n_tokens)

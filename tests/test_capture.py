@@ -212,9 +212,8 @@ def test_two_threads_with_different_interventions(tiny):
 def test_positional_score_removal_makes_scores_position_free(tokenizer):
     """In layer 0 of a rotary model a key depends only on its token; with the positional part
     removed, two positions holding the same token get the same score from T."""
-    from conftest import build_tiny_model
-
     from iclviz.models import wrap_model
+    from iclviz.testing import build_tiny_model
 
     for arch in ("llama", "qwen2", "gpt_neox"):
         lm = wrap_model(build_tiny_model(arch, seed=3), tokenizer, name=arch)

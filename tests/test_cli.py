@@ -11,13 +11,10 @@ from iclviz.cli import main
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer):
-    from conftest import build_tiny_model
+def model_dir(tmp_path_factory):
+    from iclviz.testing import save_tiny_model
 
-    path = tmp_path_factory.mktemp("tiny-qwen2")
-    build_tiny_model("qwen2").save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    return str(save_tiny_model(tmp_path_factory.mktemp("tiny-qwen2")))
 
 
 def test_predict_prints_probabilities(model_dir, capsys, tmp_path):

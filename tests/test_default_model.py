@@ -95,11 +95,10 @@ def test_unknown_hub_model_offline_gives_a_message(monkeypatch):
         load_model("no-such-org/no-such-model")
 
 
-def test_local_folder_loads(tmp_path, tokenizer):
-    from conftest import build_tiny_model
+def test_local_folder_loads(tmp_path):
+    from iclviz.testing import save_tiny_model
 
-    build_tiny_model("qwen2").save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
+    save_tiny_model(tmp_path)
     lm = load_model(str(tmp_path))
     assert lm.n_layers == 3 and lm.arch.n_kv_heads == 2
 

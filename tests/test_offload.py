@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tiny_model
 from test_capture import close
 
 from iclviz import interventions as iv
 from iclviz.causal import RowEdit, last_position_logits
 from iclviz.evaluation import predict_prompt
 from iclviz.models import load_model, wrap_model
+from iclviz.testing import build_tiny_model
 
 DEMOS = [("a wonderful film", "foo"), ("dull and boring", "bar"), ("great acting", "foo"), ("a waste", "bar")]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from iclviz.app_support import tiny_model
 from iclviz.bias import BiasResult
 from iclviz.lesson import LESSON_STATE, STEPS, step_result
 from iclviz.prompt import build_prompt
@@ -18,6 +17,7 @@ from iclviz.readout import (
     ratio_reading,
     top_n_margins,
 )
+from iclviz.testing import tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_figures_use_label_colours_for_labels_only_plain_legends_and_one_axis_ti
 def test_bertviz_inputs_keep_real_numbers_and_frames_fit_their_content():
     import torch
 
-    from iclviz.app_support import bertviz_height, bertviz_layer_inputs
+    from pages.bertviz_view import bertviz_height, bertviz_layer_inputs
 
     att = {2: torch.rand(4, 5, 5)}
     tup, toks = bertviz_layer_inputs(att, 3, 2, list("abcde"), only_from_t=True)

@@ -25,13 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer):
-    from conftest import build_tiny_model
+def model_dir(tmp_path_factory):
+    from iclviz.testing import save_tiny_model
 
-    path = tmp_path_factory.mktemp("tiny-qwen2-safety")
-    build_tiny_model("qwen2").save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    return str(save_tiny_model(tmp_path_factory.mktemp("tiny-qwen2-safety")))
 
 
 def run_cli(argv, capsys) -> tuple[int, str]:
@@ -238,15 +235,12 @@ def test_kill_9_during_evaluate_then_resume(model_dir, tmp_path):
 
 # ---------------------------------------------------------------- the model cache and garbage output
 
-def _fake_default_cache(folder: Path, tokenizer):
+def _fake_default_cache(folder: Path):
     """What build_default_cache writes, with a tiny model (the real build takes minutes)."""
-    from conftest import build_tiny_model
-
     from iclviz import offline
+    from iclviz.testing import save_tiny_model
 
-    tmp = folder.with_name(folder.name + ".partial")
-    build_tiny_model("qwen2").save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    tmp = save_tiny_model(folder.with_name(folder.name + ".partial"))
     (tmp / offline.COMPLETE_FILE).write_text(json.dumps({"weights": offline._weights_record(tmp)}))
     import shutil
 
@@ -255,7 +249,7 @@ def _fake_default_cache(folder: Path, tokenizer):
 
 
 @pytest.fixture()
-def fake_cache(tmp_path, monkeypatch, tokenizer):
+def fake_cache(tmp_path, monkeypatch):
     from iclviz import offline
 
     monkeypatch.setenv("ICLVIZ_CACHE", str(tmp_path / "cache"))
@@ -263,7 +257,7 @@ def fake_cache(tmp_path, monkeypatch, tokenizer):
 
     def build(folder, progress=None):
         builds.append(folder)
-        _fake_default_cache(folder, tokenizer)
+        _fake_default_cache(folder)
 
     monkeypatch.setattr(offline, "build_default_cache", build)
     folder = offline.default_model_dir()
@@ -327,10 +321,9 @@ def test_missing_gguf_part_is_a_message(tmp_path, monkeypatch, capsys):
 
 
 def test_non_finite_logits_raise_instead_of_a_prediction(tiny_llama, capsys, model_dir, tmp_path):
-    from conftest import build_tiny_model
-
     from iclviz.evaluation import predict
     from iclviz.models import NonFiniteOutput
+    from iclviz.testing import build_tiny_model
 
     model = build_tiny_model("qwen2")
     with torch.no_grad():

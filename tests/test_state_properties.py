@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iclviz.app_support import LabState, state_from_dict, state_from_json, state_from_query_param
+from iclviz.sharing import LabState, state_from_dict, state_from_json, state_from_query_param
 from iclviz.validation import ValidationError, head_name, json_depth, parse_heads
 
 # no per-example deadline: CI machines are shared and slow; the example counts keep the file under a few seconds

@@ -1,0 +1,91 @@
+"""Cached runs on the session's prompt: predictions, live paired effects, per-head tables.
+
+The model is loaded once per process; results are cached by their inputs (model, prompt, heads, plan),
+so two sessions share work but never each other's state. The caches hold what the pages show
+(probabilities, label attention, small tables), bounded in number and time (ICLVIZ_CACHE_ENTRIES,
+ICLVIZ_CACHE_TTL), so a server's memory stays flat.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from iclviz.evaluation import predict_prompt
+from iclviz.interventions import Plan
+from iclviz.label_swap import label_swap_one
+from iclviz.label_vectors import label_vector_table
+from iclviz.prompt import build_prompt
+from iclviz.readout import paired_effect, slim_prediction, top_n_margins
+from iclviz.two_towers import score_similarity
+from pages.state import CFG, model_key, prompt_key
+
+_BOUNDED = dict(show_spinner=False, max_entries=CFG.cache_entries, ttl=CFG.cache_ttl)
+
+
+def _build(lm, demos, query: str, words, template: str):
+    return build_prompt(lm.tokenizer, list(demos), query, tuple(words), template, max_tokens=lm.context_length)
+
+
+@st.cache_resource(**_BOUNDED)
+def _predict(_lm, key: str, demos, query: str, words, template: str, kind: str, heads):
+    return slim_prediction(predict_prompt(_lm, _build(_lm, demos, query, words, template), Plan(kind, tuple(heads))))
+
+
+def predict_current(lm, kind: str = "none", heads=()):
+    """Prediction (with the label attention) of the session's prompt under an intervention plan."""
+    heads = tuple(sorted(tuple(h) for h in heads)) if kind != "none" else ()
+    return _predict(lm, model_key(), *prompt_key(), kind, heads)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _paired_effect(_lm, key: str, demos, query: str, words, template: str, heads, kind: str, draws: int):
+    before = _predict(_lm, key, demos, query, words, template, "none", ())  # cached: the page has it already
+    # The same cached pass the page shows for "all in-context heads" (computed once, shared both ways).
+    icl = _predict(_lm, key, demos, query, words, template, kind, tuple(sorted(tuple(h) for h in heads)))
+    return paired_effect(_lm, _build(_lm, demos, query, words, template), list(heads), kind, draws, before=before,
+                         icl=icl)
+
+
+def paired_effect_current(lm, heads, kind: str = "ablate", draws: int = 3):
+    """iclviz.readout.paired_effect on the session's prompt."""
+    return _paired_effect(lm, model_key(), *prompt_key(), tuple(map(tuple, heads)), kind, int(draws))
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _top_n(_lm, key: str, demos, query: str, words, template: str, heads, kind: str):
+    return top_n_margins(_lm, _build(_lm, demos, query, words, template), list(heads), kind)
+
+
+def top_n_current(lm, heads, kind: str = "ablate"):
+    """iclviz.readout.top_n_margins on the session's prompt (heads in their listed order)."""
+    return _top_n(lm, model_key(), *prompt_key(), tuple(map(tuple, heads)), kind)
+
+
+@st.cache_resource(**_BOUNDED)
+def _label_vectors(_lm, key: str, demos, query: str, words, template: str, heads, scaling: str):
+    return label_vector_table(_lm, _build(_lm, demos, query, words, template), list(heads), scaling)
+
+
+def label_vectors_current(lm, heads, scaling: str):
+    """iclviz.label_vectors.label_vector_table on the session's prompt (a small table, not the vectors)."""
+    return _label_vectors(lm, model_key(), *prompt_key(), tuple(map(tuple, heads)), scaling)
+
+
+@st.cache_resource(**_BOUNDED)
+def _label_swap(_lm, key: str, demos, query: str, words, template: str, heads):
+    return label_swap_one(_lm, list(demos), query, tuple(words), template, list(heads))
+
+
+def label_swap_current(lm, heads):
+    """iclviz.label_swap.label_swap_one: the session's prompt with its labels as they are and swapped."""
+    return _label_swap(lm, model_key(), *prompt_key(), tuple(map(tuple, heads)))
+
+
+@st.cache_resource(**_BOUNDED)
+def _score_similarity(_lm, key: str, demos, query: str, words, template: str, heads, sim_layer: int):
+    return score_similarity(_lm, _build(_lm, demos, query, words, template), list(heads), sim_layer)
+
+
+def score_similarity_current(lm, heads, sim_layer: int):
+    """iclviz.two_towers.score_similarity on the session's prompt."""
+    return _score_similarity(lm, model_key(), *prompt_key(), tuple(map(tuple, heads)), int(sim_layer))

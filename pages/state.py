@@ -1,0 +1,186 @@
+"""Per-session state: the prompt (demonstrations, query, label words, template), the chosen heads,
+the model choice, and the operator's settings that bound them.
+
+Per-user state lives in ``st.session_state`` only; nothing here is shared between sessions.
+"""
+
+from __future__ import annotations
+
+import os
+
+import streamlit as st
+
+from iclviz.heads import default_heads, valid_heads
+from iclviz.offline import DEFAULT_MODEL
+from iclviz.prompt import PromptError, build_prompt
+from iclviz.settings import Settings, load_settings
+from iclviz.sharing import LabState, state_from_query_param
+from iclviz.testing import TINY_MODELS
+from iclviz.validation import ValidationError, check_demo_count, check_prompt_size, escape_markdown, head_name
+
+APP_MODEL = DEFAULT_MODEL  # the offline model the app opens with (README: why)
+DEFAULT_HEAD_RULE = "causal"  # how the default in-context heads were located (the Head finder switches it)
+INTERVENTION_MODES = ["none", "all in-context heads", "top N in-context heads", "ticked heads",
+                      "random heads (control)"]
+
+
+# ---------------------------------------------------------------- the operator's settings
+
+def _settings() -> tuple[Settings, str]:  # read on every run: a few environment variables
+    try:
+        return load_settings(), ""
+    except ValidationError as exc:  # a bad operator setting: safe defaults, and say so
+        return Settings(), f"Ignoring the operator settings: {exc}"
+
+
+def settings() -> Settings:
+    s, problem = _settings()
+    if problem:
+        st.error(escape_markdown(problem))
+    return s
+
+
+CFG = _settings()[0]  # at import: what sizes the result caches (ICLVIZ_CACHE_ENTRIES, ICLVIZ_CACHE_TTL)
+
+
+# ---------------------------------------------------------------- the model choice
+
+def test_model_name() -> str | None:
+    name = os.environ.get("ICLVIZ_TEST_MODEL", "").strip()
+    return name if name in TINY_MODELS else None
+
+
+def model_spec() -> tuple[str, str, str, bool]:
+    """(name, device, dtype, trust_remote_code) of the session's model."""
+    return st.session_state.setdefault("model_spec", (test_model_name() or APP_MODEL, "auto", "auto", False))
+
+
+def model_key() -> str:
+    return "|".join(map(str, model_spec()))
+
+
+# ---------------------------------------------------------------- the prompt and the heads
+
+def init_state() -> None:
+    """Defaults for this session; a shared link (?s=...) fills them on the first run."""
+    ss = st.session_state
+    if ss.get("_initialised"):
+        return
+    ss._initialised = True
+    ss.demo_counter = 0
+    apply_state(LabState())
+    mode = st.query_params.get("mode")
+    if mode in INTERVENTION_MODES:
+        ss.w_mode = mode
+    shared = st.query_params.get("s")
+    if shared:
+        try:
+            apply_state(state_from_query_param(shared))
+            ss.share_message = ("success", "Loaded the prompt and heads from the shared link.")
+        except ValueError as exc:
+            ss.share_message = ("error", escape_markdown(f"The shared link could not be read: {exc}"))
+
+
+def sync_from_widgets() -> None:
+    """Copy the prompt lab's widget values into the session's prompt (widgets update before a run starts)."""
+    ss = st.session_state
+    if "w_label_words" in ss:
+        ss.label_words = [w.strip() for w in ss.w_label_words.split(",")]
+    if "w_query" in ss:
+        ss.query = ss.w_query
+    if "w_template" in ss:
+        ss.template = ss.w_template
+    words = "|".join(ss.label_words)
+    for d in ss.get("demos", []):
+        d["text"] = ss.get(f"dt_{d['id']}", d["text"])
+        d["label"] = ss.get(f"dl_{d['id']}_{words}", d["label"])
+
+
+def apply_state(state: LabState) -> None:
+    ss = st.session_state
+    ss.demos = []
+    for text, label in state.demos:
+        ss.demo_counter = ss.get("demo_counter", 0) + 1
+        ss.demos.append({"id": ss.demo_counter, "text": text, "label": label})
+    ss.query = state.query
+    ss.label_words = list(state.label_words)
+    ss.template = state.template
+    ss.editor_version = ss.get("editor_version", 0) + 1
+    if state.heads:
+        ss.heads = [tuple(h) for h in state.heads]
+        ss.heads_model = None  # validated against the model on use
+        ss.heads_from_user = True
+
+
+def current_state() -> LabState:
+    ss = st.session_state
+    return LabState([(d["text"], d["label"]) for d in ss.demos], ss.query, tuple(ss.label_words), ss.template,
+                    list(ss.get("heads", [])))
+
+
+def chosen_heads(lm) -> list[tuple[int, int]]:
+    """The session's in-context heads for this model (a sensible default before any scan)."""
+    ss = st.session_state
+    heads = ss.get("heads")
+    if heads is None or (ss.get("heads_model") != lm.name and not ss.get("heads_from_user")):
+        heads = default_heads(lm.name, lm.n_layers, lm.n_heads, ss.get("head_rule", DEFAULT_HEAD_RULE))
+    kept = valid_heads(heads, lm.n_layers, lm.n_heads)
+    if len(kept) < len(heads):
+        dropped = [h for h in heads if tuple(h) not in kept]
+        st.warning(f"Heads {', '.join(map(head_name, dropped))} are not in this model ({lm.n_layers} layers x "
+                   f"{lm.n_heads} heads) and were left out.")
+    heads = kept or default_heads(lm.name, lm.n_layers, lm.n_heads, ss.get("head_rule", DEFAULT_HEAD_RULE))
+    ss.heads = heads
+    ss.heads_model = lm.name
+    return heads
+
+
+def set_heads(heads) -> None:
+    st.session_state.heads = [tuple(map(int, h)) for h in heads]
+    st.session_state.heads_from_user = True
+
+
+def move_demo(i: int, step: int) -> None:
+    """Move demonstration i up (step -1) or down (+1): a button callback shared by the pages."""
+    sync_from_widgets()
+    demos = st.session_state.demos
+    j = i + step
+    if 0 <= i < len(demos) and 0 <= j < len(demos):
+        demos[i], demos[j] = demos[j], demos[i]
+
+
+def demo_tuple() -> tuple[tuple[str, str], ...]:
+    """The session's demonstrations; empty rows (just added, not yet filled) are skipped and listed in
+    ``skipped_demos`` so that the page can say so instead of blanking the prediction."""
+    ss = st.session_state
+    ss.skipped_demos = [i + 1 for i, d in enumerate(ss.demos) if not str(d["text"]).strip()]
+    if len(ss.skipped_demos) == len(ss.demos):  # nothing filled: let build_prompt report it
+        ss.skipped_demos = []
+        return tuple((d["text"], d["label"]) for d in ss.demos)
+    return tuple((d["text"], d["label"]) for d in ss.demos if str(d["text"]).strip())
+
+
+def prompt_key() -> tuple:
+    """The session's prompt as cache-key arguments: demonstrations, query, label words, template."""
+    ss = st.session_state
+    return demo_tuple(), ss.query, tuple(ss.label_words), ss.template
+
+
+def current_prompt(lm, show_errors: bool = True):
+    """The session's prompt built for this model, or None after an inline message."""
+    ss = st.session_state
+    cfg = settings()
+    try:
+        check_demo_count(len(ss.demos), cfg.max_demos)
+        prompt = build_prompt(lm.tokenizer, list(demo_tuple()), ss.query, tuple(ss.label_words), ss.template,
+                              max_tokens=lm.context_length)
+        # checked before any forward pass; the limit is the operator's (ICLVIZ_MAX_TOKENS)
+        check_prompt_size(prompt.n_tokens, cfg.max_tokens, "this server's limit")
+    except (PromptError, ValidationError) as exc:
+        if show_errors:
+            st.error(escape_markdown(f"The prompt cannot be run: {exc}"))
+        return None
+    if show_errors:
+        for w in prompt.warnings:
+            st.warning(escape_markdown(w))
+    return prompt

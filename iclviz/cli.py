@@ -98,6 +98,16 @@ def validate_args(args) -> None:
         check_output_dir(args.out)
     if getattr(args, "checkpoint", None):
         check_file_target(args.checkpoint, "--checkpoint")
+    if getattr(args, "save", None):
+        check_file_target(args.save, "--save")
+    if getattr(args, "html", None):
+        check_file_target(args.html, "--html")
+    if getattr(args, "device_map", None) not in (None, "auto"):
+        raise ValidationError(f"--device-map {args.device_map!r}: only 'auto' (or none) is accepted here")
+    if getattr(args, "offload_folder", None):
+        if not getattr(args, "device_map", None):
+            raise ValidationError("--offload-folder needs --device-map auto")
+        check_output_dir(args.offload_folder)
 
 
 def validate_against_model(args, lm) -> None:
@@ -126,6 +136,10 @@ def _common(p: argparse.ArgumentParser, dataset: bool = True):
     p.add_argument("--device", default="auto", type=_device_type, help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--device-map", default=None,
+                   help="'auto' spreads a model larger than one device over GPUs, the CPU and (with --offload-folder) "
+                        "the disk (accelerate)")
+    p.add_argument("--offload-folder", default=None, help="folder for the layers --device-map puts on disk")
     p.add_argument("--template", default=DEFAULT_TEMPLATE, choices=sorted(TEMPLATES))
     p.add_argument("--labels", nargs="+", default=None, help="label words (default foo bar ...)")
     p.add_argument("--out", default=None, help="folder for CSV/JSON output")
@@ -205,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "recency-bias":
             p.add_argument("--orders", type=int_type(0, 1000), default=3,
                            help="random orders besides the label-last ones")
+    _view_parsers(sub)
     p = sub.add_parser("report", help="regenerate docs/results.md on several models and datasets")
     p.add_argument("--models", nargs="+", default=["default", "qwen2.5-coder-1.5b"],
                    help="offline model names, Hub names or folders")
@@ -226,6 +241,74 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+EDITS_HELP = "how B is made from A (the prompt given by --demo/--query)"
+
+
+def _prompt_options(p: argparse.ArgumentParser) -> None:
+    """One prompt (A), its heads, and how a second prompt B is made from it."""
+    _common(p, dataset=False)
+    p.add_argument("--demo", action="append", default=[], help="'sentence=label' (repeat)")
+    p.add_argument("--query", required=True)
+    p.add_argument("--heads", default=None, type=_heads_type,
+                   help="in-context heads, e.g. 'L23H10 L22H9'; default: the heads the report located on this model "
+                        "(causal rule)")
+    p.add_argument("--html", default=None, help="also write the view's figure as a standalone HTML file "
+                                               "(plotly.js embedded: opens offline, PNG/SVG buttons)")
+
+
+def _edit_options(p: argparse.ArgumentParser, default: str | None) -> None:
+    g = p.add_argument_group("prompt B", EDITS_HELP)
+    g.add_argument("--label-swap", action="store_true", default=default == "label-swap",
+                   help="B: every demonstration's label swapped (the paper's label swap)")
+    g.add_argument("--flip", type=int_type(1, 100_000), action="append", default=[],
+                   help="B: flip the label of demonstration N (1-based; repeat)")
+    g.add_argument("--order", type=int_type(1, 100_000), nargs="+", default=None,
+                   help="B: the demonstrations in this order (1-based), e.g. --order 3 1 2 4")
+    g.add_argument("--reverse", action="store_true", help="B: the demonstrations in reverse order")
+    g.add_argument("--b-query", default=None, help="B: another query")
+    g.add_argument("--b-labels", nargs="+", default=None, help="B: other label words (matched by index)")
+
+
+def _view_parsers(sub) -> None:
+    p = sub.add_parser("compare", help="prompt A/B per head: attention from T to each label, head logits, prediction",
+                       description="Prompt A/B per in-context head and label, for A, B and B - A.")
+    _prompt_options(p)
+    _edit_options(p, None)
+    p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("contributions", help="each demonstration's contribution through the heads, beside the "
+                                             "measured effect of knocking it out (a waterfall)")
+    _prompt_options(p)
+    p.add_argument("--pair", nargs=2, default=None, metavar=("LABEL", "LABEL"),
+                   help="the margin's two labels (default: the first two, or predicted vs runner-up)")
+    p.set_defaults(func=cmd_contributions)
+    p = sub.add_parser("towers-patch", help="the two towers causally: patch the query at T, the keys or the values "
+                                            "of the heads from B into A")
+    _prompt_options(p)
+    _edit_options(p, "label-swap")
+    p.add_argument("--positions", default="labels", choices=["labels", "all"],
+                   help="keys/values patched at the label positions (matched by demonstration) or at every position")
+    p.add_argument("--conditions", nargs="+", default=["none", "q", "k", "v", "q+k", "all"],
+                   help="what is patched per row: none, all, or q, k, v joined by '+'")
+    p.set_defaults(func=cmd_towers_patch)
+    p = sub.add_parser("lesson", help="save a lesson file: the prompt, heads, B, and the results of the views")
+    _prompt_options(p)
+    _edit_options(p, None)
+    p.add_argument("--save", required=True, help="the lesson file to write (JSON)")
+    p.add_argument("--contributions", action="store_true", help="include each demonstration's contribution")
+    p.add_argument("--towers", action="store_true", help="include the towers patch (B as the donor)")
+    p.set_defaults(func=cmd_lesson)
+    p = sub.add_parser("replay", help="recompute a lesson file on a model and say what differs")
+    p.add_argument("file", help="a lesson file (JSON) written by the app or `lesson --save`")
+    p.add_argument("--model", default=None, help="the model to replay on (default: the one the file names)")
+    p.add_argument("--device", default="auto", type=_device_type)
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--out", default=None, help="folder for the differences (CSV/JSON)")
+    p.add_argument("--rtol", type=float, default=1e-3)
+    p.add_argument("--atol", type=float, default=1e-4)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the trace of an error")
+    p.set_defaults(func=cmd_replay)
+
+
 def _load(args):
     from .models import load_model
 
@@ -234,6 +317,8 @@ def _load(args):
         return load_model(args.model, device=args.device if hasattr(args, "device") else None,
                           dtype=getattr(args, "dtype", None), trust_remote_code=getattr(args, "trust_remote_code",
                                                                                        False),
+                          device_map=getattr(args, "device_map", None),
+                          offload_folder=getattr(args, "offload_folder", None),
                           progress=lambda f, msg: bar(int(f * 100), 100, msg))
     finally:
         bar.close()
@@ -304,6 +389,14 @@ def _write(args, name: str, df=None, obj=None):
         if obj is not None:
             atomic_write(out / f"{name}.json", json.dumps(obj, indent=2))
         print(f"wrote {out}/{name}.*", file=sys.stderr)
+
+
+def _save_json(args, name: str, obj) -> None:
+    """Write ``obj`` as ``--out/name.json`` (nothing without --out; the table went to stdout)."""
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / f"{name}.json", json.dumps(obj, indent=2))
 
 
 # ---------------------------------------------------------------- one function per subcommand
@@ -560,6 +653,170 @@ def cmd_recency_bias(args, lm, setup, bar):
     for n in res.notes:
         print(f"note: {n}", file=sys.stderr)
     _write_rows_and_summary(args, "recency_bias", res.rows, res.summary)
+
+
+# ---------------------------------------------------------------- the views on one prompt
+
+def _spec(args):
+    """Prompt A as data (demonstrations, query, label words, template) from --demo/--query."""
+    from .compare import PromptSpec
+
+    demos = []
+    for d in args.demo:
+        if "=" not in d:
+            raise PromptError(f"write each demonstration as 'sentence=label'; got {d!r}")
+        text, label = d.rsplit("=", 1)
+        demos.append((text.strip(), label.strip()))
+    words = tuple(args.labels) if args.labels else tuple(dict.fromkeys(lab for _, lab in demos))
+    if len(words) < 2:
+        raise PromptError("give demonstrations of at least two labels, or name the label words with --labels")
+    return PromptSpec(tuple(demos), args.query, words, args.template)
+
+
+def _spec_b(args, a):
+    """Prompt B: A with the edits given (None when none is given)."""
+    from . import compare
+
+    b, edited = a, False
+    if args.label_swap:
+        b, edited = compare.swap_all_labels(b), True
+    for i in args.flip:
+        b, edited = compare.flip_label(b, i - 1), True
+    if args.order:
+        b, edited = compare.reorder(b, [i - 1 for i in args.order]), True
+    if args.reverse:
+        b, edited = compare.reorder(b, list(range(len(b.demos)))[::-1]), True
+    if args.b_query is not None:
+        b, edited = compare.swap_query(b, args.b_query), True
+    if args.b_labels:
+        b, edited = compare.change_label_words(b, args.b_labels), True
+    return b if edited else None
+
+
+def _view_setup(args):
+    """The model, prompt A (built and checked against --max-tokens) and the heads."""
+    from .heads import located_heads
+
+    spec = _spec(args)
+    lm = _model(args)
+    prompt = spec.build(lm)
+    check_prompt_tokens([prompt], args.max_tokens)
+    heads = parse_heads(args.heads)
+    if not heads:
+        entry = located_heads(lm.name, rule="causal")
+        if entry is None:
+            raise ValidationError(f"no located heads are recorded for {lm.name}: give --heads (e.g. from "
+                                  "`locate --method causal`)")
+        heads = entry["heads"]
+        print(f"heads: {' '.join(map(head_name, heads))} (located by the report, causal rule)", file=sys.stderr)
+    check_heads(heads, lm.n_layers, lm.n_heads)
+    return lm, spec, prompt, heads
+
+
+def _write_html(args, fig) -> None:
+    if args.html:
+        from .figures import write_html
+
+        print(f"wrote {write_html(fig, args.html)}", file=sys.stderr)
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare_prompts
+    from .plots import ab_attention_figure
+
+    lm, spec, prompt, heads = _view_setup(args)
+    spec_b = _spec_b(args, spec)
+    if spec_b is None:
+        raise ValidationError("say how B differs from A: --label-swap, --flip N, --order ..., --reverse, --b-query "
+                              "or --b-labels")
+    b = spec_b.build(lm)
+    check_prompt_tokens([b], args.max_tokens)
+    cmp = compare_prompts(lm, prompt, b, heads)
+    for n in cmp.notes:
+        print(f"note: {n}", file=sys.stderr)
+    print(f"A predicts {cmp.predicted_a}, B predicts {cmp.predicted_b}", file=sys.stderr)
+    _write(args, "compare", df=cmp.to_frame())
+    _save_json(args, "compare", cmp.to_dict())
+    _write_html(args, ab_attention_figure(cmp.head_table))
+    return 0
+
+
+def cmd_contributions(args) -> int:
+    from .contributions import demo_contributions
+    from .figures import waterfall_figure
+
+    lm, _, prompt, heads = _view_setup(args)
+    c = demo_contributions(lm, prompt, heads, pair=tuple(args.pair) if args.pair else None)
+    print(f"margin {c.pair[0]} - {c.pair[1]}: {c.prediction_margin:.3f} = baseline {c.baseline_margin:.3f} + "
+          f"contributions {c.total_contribution:.3f}; measured with every label position knocked out: "
+          f"{c.measured_all:.3f}", file=sys.stderr)
+    _write(args, "contributions", df=c.to_frame())
+    _save_json(args, "contributions", c.to_dict())
+    _write_html(args, waterfall_figure(c))
+    return 0
+
+
+def cmd_towers_patch(args) -> int:
+    from .towers_patch import towers_patch
+
+    lm, spec, prompt, heads = _view_setup(args)
+    spec_b = _spec_b(args, spec)
+    if spec_b is None:
+        raise ValidationError("say how the donor B differs from A (--label-swap is the default; it was turned off)")
+    b = spec_b.build(lm)
+    check_prompt_tokens([b], args.max_tokens)
+    try:
+        tp = towers_patch(lm, prompt, b, heads, positions=args.positions, conditions=args.conditions)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+    for n in tp.notes:
+        print(f"note: {n}", file=sys.stderr)
+    _write(args, "towers_patch", df=tp.summary)
+    _save_json(args, "towers_patch", tp.to_dict())
+    if args.html:
+        from .plots import towers_patch_figure
+
+        _write_html(args, towers_patch_figure(tp.summary))
+    return 0
+
+
+def cmd_lesson(args) -> int:
+    from .lesson_file import make_lesson, save_lesson
+
+    lm, spec, _, heads = _view_setup(args)
+    spec_b = _spec_b(args, spec)
+    if args.towers and spec_b is None:
+        raise ValidationError("--towers needs a donor B: --label-swap, --flip N, --order ... or --reverse")
+    lesson = make_lesson(lm, spec, heads, prompt_b=spec_b, donor=spec_b if args.towers else None,
+                         contributions=args.contributions)
+    path = save_lesson(lesson, args.save)
+    print(f"wrote {path} ({', '.join(sorted(lesson.results))})", file=sys.stderr)
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from .lesson_file import load_lesson, replay
+    from .models import load_model
+
+    try:
+        lesson = load_lesson(Path(args.file))
+    except ValueError as exc:
+        raise ValidationError(f"{args.file}: {exc}") from None
+    validate_args(args)
+    name = args.model or lesson.model.get("name") or "default"
+    bar = _Bar("loading model")
+    try:
+        lm = load_model(name, device=args.device, dtype=args.dtype,
+                        progress=lambda f, msg: bar(int(f * 100), 100, msg))
+    finally:
+        bar.close()
+    print(f"model: {lm.describe()}", file=sys.stderr)
+    report = replay(lesson, lm, rtol=args.rtol, atol=args.atol)
+    print(report.summary())
+    if args.out:
+        _write(args, "replay", df=report.to_frame())
+        _save_json(args, "replay", report.to_dict())
+    return 0 if report.ok else 1
 
 
 def main(argv=None) -> int:

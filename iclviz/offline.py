@@ -81,8 +81,12 @@ def cache_dir() -> Path:
 
 
 def offline_model(name: str) -> OfflineModel | None:
-    """The offline model called ``name`` (case-insensitive), or None."""
-    return OFFLINE_MODELS.get((name or "").strip().lower() or DEFAULT_MODEL)
+    """The offline model called ``name`` (case-insensitive; its label, as a lesson file or a checkpoint
+    records it, works too), or None."""
+    key = (name or "").strip().lower() or DEFAULT_MODEL
+    if key in OFFLINE_MODELS:
+        return OFFLINE_MODELS[key]
+    return next((s for s in OFFLINE_MODELS.values() if key in (s.label.lower(), s.label.split(" (")[0].lower())), None)
 
 
 # ---------------------------------------------------------------- offline models (GGUF in wheels)

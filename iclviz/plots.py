@@ -305,3 +305,28 @@ def null_histogram(null_values, observed: float, quantity: str = "gold-margin dr
     fig.update_layout(height=280, margin=dict(l=10, r=10, t=30, b=10), xaxis_title=quantity,
                       yaxis_title="random head sets", showlegend=False)
     return fig
+
+
+def ab_attention_figure(head_table: pd.DataFrame) -> go.Figure:
+    """Prompt A/B: attention from T on each label's positions, per head, A beside B (one panel per label).
+
+    ``head_table``: ``compare.PromptComparison.head_table``."""
+    long = head_table.melt(id_vars=["head", "label"], value_vars=["attention_a", "attention_b"], var_name="prompt",
+                           value_name="attention")
+    long["prompt"] = long["prompt"].map({"attention_a": "A", "attention_b": "B"})
+    fig = px.bar(long, x="head", y="attention", color="prompt", barmode="group", facet_col="label",
+                 color_discrete_map={"A": "#7f7f7f", "B": "#c49c00"}, text_auto=".2f")
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=30, b=10), legend_title_text="")
+    fig.for_each_annotation(lambda a: a.update(text="label " + a.text.split("=")[-1]))
+    fig.update_yaxes(title_text="attention from T")
+    return fig
+
+
+def towers_patch_figure(summary: pd.DataFrame) -> go.Figure:
+    """The towers patch: the label margin of A under each patch condition, and of the donor B."""
+    fig = px.bar(summary, x="condition", y="margin", color="predicted", text_auto=".2f",
+                 category_orders={"condition": list(summary["condition"])})
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=30, b=10), legend_title_text="prediction")
+    fig.update_yaxes(title_text="logit first − second label")
+    fig.update_xaxes(title_text="what is patched from B into A")
+    return fig

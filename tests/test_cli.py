@@ -94,3 +94,65 @@ def test_locate_both_rankings_and_null_distribution(model_dir, tmp_path):
     assert 0 < verdict["p_empirical"] <= 1
     assert main(["label-specific", "--draws", "5", *args]) == 0
     assert (tmp_path / "label_specific_summary.csv").exists()
+
+
+VIEW_PROMPT = ["--demo", "a wonderful film=foo", "--demo", "dull and boring=bar", "--demo", "great acting=foo",
+               "--query", "I loved it", "--heads", "L1H0 L2H3"]
+
+
+def test_compare_writes_a_b_and_differences_equal_to_the_library(model_dir, tmp_path):
+    from iclviz.compare import PromptSpec, compare_prompts, flip_label
+    from iclviz.models import load_model
+
+    assert main(["compare", "--model", model_dir, *VIEW_PROMPT, "--flip", "2", "--out", str(tmp_path),
+                 "--html", str(tmp_path / "ab.html")]) == 0
+    got = pd.read_csv(tmp_path / "compare.csv")
+    lm = load_model(model_dir)
+    a = PromptSpec((("a wonderful film", "foo"), ("dull and boring", "bar"), ("great acting", "foo")), "I loved it",
+                   ("foo", "bar"))
+    want = compare_prompts(lm, a, flip_label(a, 1), [(1, 0), (2, 3)]).to_frame()
+    pd.testing.assert_frame_equal(got[want.columns], want, check_dtype=False, atol=1e-6)
+    assert json.loads((tmp_path / "compare.json").read_text())["heads"] == ["L1H0", "L2H3"]
+    page = (tmp_path / "ab.html").read_text()
+    assert "<script src=" not in page and "plotly.js v" in page  # plotly.js embedded: opens offline
+    assert main(["compare", "--model", model_dir, *VIEW_PROMPT]) == 2  # no edit: B would equal A
+
+
+def test_contributions_and_towers_patch_from_the_command_line(model_dir, tmp_path, capsys):
+    assert main(["contributions", "--model", model_dir, *VIEW_PROMPT, "--out", str(tmp_path)]) == 0
+    c = pd.read_csv(tmp_path / "contributions.csv")
+    assert list(c["demo"]) == [1, 2, 3] and {"contribution", "measured"} <= set(c.columns)
+    d = json.loads((tmp_path / "contributions.json").read_text())
+    assert d["baseline_margin"] + c["contribution"].sum() == pytest.approx(d["prediction_margin"], abs=1e-5)
+    assert main(["towers-patch", "--model", model_dir, *VIEW_PROMPT, "--out", str(tmp_path)]) == 0
+    t = pd.read_csv(tmp_path / "towers_patch.csv")
+    assert list(t["condition"]) == ["none", "q", "k", "v", "q+k", "all", "donor (B)"]
+    assert main(["towers-patch", "--model", model_dir, *VIEW_PROMPT, "--conditions", "x+y"]) == 2
+    assert "unknown condition" in capsys.readouterr().err
+
+
+def test_lesson_file_replays_clean_and_a_tampered_one_does_not(model_dir, tmp_path, capsys):
+    path = tmp_path / "lesson.json"
+    assert main(["lesson", "--model", model_dir, *VIEW_PROMPT, "--label-swap", "--towers", "--contributions",
+                 "--save", str(path)]) == 0
+    assert main(["replay", str(path), "--model", model_dir]) == 0
+    assert "agree" in capsys.readouterr().out
+    data = json.loads(path.read_text())
+    data["results"]["prediction"]["probs"]["foo"] += 0.25
+    path.write_text(json.dumps(data))
+    assert main(["replay", str(path), "--model", model_dir, "--out", str(tmp_path / "diff")]) == 1
+    diff = pd.read_csv(tmp_path / "diff" / "replay.csv")
+    assert any("foo" in k for k in diff.iloc[:, 0].astype(str))
+    (tmp_path / "bad.json").write_text("{not json")
+    assert main(["replay", str(tmp_path / "bad.json"), "--model", model_dir]) == 2
+
+
+def test_device_map_options_are_checked_before_loading(model_dir, tmp_path, capsys):
+    assert main(["predict", "--model", model_dir, "--demo", "a=foo", "--demo", "b=bar", "--query", "c",
+                 "--offload-folder", str(tmp_path)]) == 2
+    assert "needs --device-map auto" in capsys.readouterr().err
+    assert main(["predict", "--model", model_dir, "--demo", "a=foo", "--demo", "b=bar", "--query", "c",
+                 "--device-map", "balanced"]) == 2
+    assert main(["predict", "--model", model_dir, "--demo", "a wonderful film=foo", "--demo", "dull=bar",
+                 "--query", "I loved it", "--device-map", "auto", "--offload-folder", str(tmp_path / "off"),
+                 "--out", str(tmp_path)]) == 0

@@ -156,30 +156,9 @@ def main() -> None:
 
 
 def _start_server(app_dir: Path, model: str):
-    import socket
-    import subprocess
-    import urllib.request
+    from streamlit_server import start_server
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = dict(os.environ, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
-    env.pop("ICLVIZ_TEST_MODEL", None)
-    if model.startswith("tiny-"):
-        env["ICLVIZ_TEST_MODEL"] = model
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                             "--server.port", str(port), "--server.address", "127.0.0.1",
-                             "--server.fileWatcherType", "none"], cwd=app_dir, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
-                return proc, url
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise SystemExit(f"streamlit did not start in {app_dir}")
+    return start_server(app_dir, model if model.startswith("tiny-") else None)
 
 
 def browser_bench(args) -> None:

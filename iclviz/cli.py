@@ -423,20 +423,11 @@ def _model(args):
 def cmd_predict(args) -> int:
     from .evaluation import predict_prompt
     from .interventions import Plan
-    from .prompt import build_prompt
 
+    spec = _spec(args)
     lm = _model(args)
-    demos = []
-    for d in args.demo:
-        if "=" not in d:
-            raise PromptError(f"write each demonstration as 'sentence=label'; got {d!r}")
-        text, label = d.rsplit("=", 1)
-        demos.append((text.strip(), label.strip()))
-    words = tuple(args.labels) if args.labels else tuple(dict.fromkeys(lab for _, lab in demos))
-    if len(words) < 2:
-        raise PromptError("give demonstrations of at least two labels, or name the label words with --labels")
     plan = Plan("ablate", tuple(parse_heads(args.ablate))) if args.ablate else Plan()
-    prompt = build_prompt(lm.tokenizer, demos, args.query, words, args.template, max_tokens=lm.context_length)
+    prompt = spec.build(lm)
     check_prompt_tokens([prompt], args.max_tokens)
     t0 = time.perf_counter()
     pred = predict_prompt(lm, prompt, plan, capture=False)

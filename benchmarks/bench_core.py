@@ -104,6 +104,33 @@ def main():
     t_prefix = timed(lambda: evaluate(lm, setup16, batch_size=8), 1)
     print(f"3. 16 SST-2 prompts: padded batches of 8 {t_batch:.1f} s; shared demonstrations computed once "
           f"{t_prefix:.1f} s; ratio {t_batch / t_prefix:.2f}x")
+    long_prompt(lm, setup.dataset)
+
+
+def long_prompt(lm, dataset) -> None:
+    """4. A ~2000-token prompt (64+ demonstrations): capture with label readouts vs the plain pass, time and the
+    capture's size (O(L x H x T): rows from T, never T x T)."""
+    k = 32
+    while True:
+        prompts, _ = EvalSetup(dataset, k_per_label=k, n_test=2, seeds=(0,)).prompts(lm, 0)
+        if prompts[0].n_tokens >= 2000 or k >= 256:
+            break
+        k *= 2
+    p = prompts[0]
+    ids = torch.tensor([p.input_ids])
+
+    def plain():
+        with torch.no_grad():
+            lm.model(input_ids=ids, logits_to_keep=1)
+
+    t_plain = timed(plain, 2)
+    t_cap = timed(lambda: lm.run([p], capture=True), 2)
+    cap = lm.run([p], capture=True).capture
+    size = sum(t.numel() * t.element_size() for t in (cap.attn, cap.scores, cap.head_out, cap.resid_in,
+                                                       cap.attn_block_out, cap.value_label_logits))
+    print(f"4. {p.n_tokens}-token prompt ({len(p.label_positions)} demonstrations): plain pass (logits at T) "
+          f"{t_plain:.1f} s; capture with label readouts {t_cap:.1f} s, ratio {t_cap / t_plain:.2f}x; the capture "
+          f"holds {size / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":

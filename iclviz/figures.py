@@ -10,7 +10,8 @@
   user the choice of format (``image_configs`` builds both configs), and the HTML download
   has both buttons.
 - ``head_heatmap(matrix)``: an altair layer x head heatmap with a point selection ``head``
-  (click a head; ``selected_head(event)`` reads it from ``st.altair_chart(..., on_select=...)``).
+  (click a head; ``selected_head(event)`` / ``selected_heads(event)`` read it from
+  ``st.altair_chart(..., on_select=...)``).
 - ``waterfall_figure(contributions)``: the contribution waterfall of ``contributions.py``.
 """
 
@@ -117,6 +118,21 @@ def selected_head(event, param_name: str = HEAD_PARAM) -> tuple[int, int] | None
         if isinstance(pt, dict) and "layer" in pt and "head" in pt:
             return int(pt["layer"]), int(pt["head"])
     return None
+
+
+def selected_heads(event, param_name: str = HEAD_PARAM) -> list[tuple[int, int]]:
+    """Every (layer, head) an ``st.altair_chart(..., on_select="rerun")`` event reports (shift-click adds)."""
+    sel = getattr(event, "selection", None) if event is not None else None
+    if sel is None and isinstance(event, dict):
+        sel = event.get("selection")
+    points = (sel.get(param_name) if isinstance(sel, dict) else getattr(sel, param_name, None)) or []
+    if isinstance(points, dict):
+        points = [points]
+    out = []
+    for pt in points:
+        if isinstance(pt, dict) and "layer" in pt and "head" in pt:
+            out.append((int(pt["layer"]), int(pt["head"])))
+    return list(dict.fromkeys(out))
 
 
 # ---------------------------------------------------------------- the contribution waterfall

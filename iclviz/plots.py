@@ -292,11 +292,6 @@ def tokens_html(tokens: pd.DataFrame, label_words) -> str:
             + "".join(out) + "</div>")
 
 
-def figure_html(fig: go.Figure) -> str:
-    """A standalone HTML file of a figure (plotly.js from its CDN)."""
-    return fig.to_html(include_plotlyjs="cdn", full_html=True)
-
-
 def null_histogram(null_values, observed: float, quantity: str = "gold-margin drop (logits)") -> go.Figure:
     """The random-head null distribution with the chosen heads' value marked."""
     fig = go.Figure(go.Histogram(x=list(null_values), nbinsx=30, marker_color="#bbbbbb", name="random head sets"))

@@ -11,7 +11,7 @@ from iclviz.validation import head_name
 from pages import common
 from pages.long_run import run_with_progress
 from pages.runs import label_swap_current, score_similarity_current
-from pages.widgets import csv_download, dataset_picker, downloads, run_size
+from pages.widgets import chart, csv_download, dataset_picker, downloads, run_size
 
 ss = st.session_state
 common.page_setup(
@@ -49,11 +49,11 @@ if table is not None:
     fig = swap_bars(wide, cols, id_col="head_name", names=names, y_title="attention from T")
     s1, s2 = st.columns(2)
     s1.markdown("**Attention from T on each label's positions**")
-    s1.plotly_chart(fig, key="fig_swap_attn")
+    chart(where=s1, fig=fig, key="fig_swap_attn")
     vo_cols = [c for c in wide.columns if c.startswith("vo_")]
     s2.markdown(f"**Value-output logit minus ({words[0]}−{words[1]}) at {words[0]} / {words[1]} positions**")
-    s2.plotly_chart(swap_bars(wide, vo_cols, id_col="head_name", names=names,
-                              y_title=f"logit {words[0]} − logit {words[1]}"), key="fig_swap_vo")
+    chart(where=s2, fig=swap_bars(wide, vo_cols, id_col="head_name", names=names,
+                                  y_title=f"logit {words[0]} − logit {words[1]}"), key="fig_swap_vo")
     st.dataframe(table, key="tbl_swap")
     downloads(table, "label_swap.csv", fig, "label_swap.html", "Attention figure (HTML)")
 
@@ -72,7 +72,7 @@ def score_vs_similarity():
     icl_names = set(map(head_name, heads))
     df["group"] = ["in-context" if h in icl_names else "random (control)" for h in df["head_name"]]
     fig2 = score_similarity_scatter(df, words)
-    st.plotly_chart(fig2, key="fig_tt")
+    chart(fig2, key="fig_tt")
     if len(prompt.label_positions) >= 3:
         corr = rank_correlations(df.assign(prompt=0))
         if not corr.empty:  # one prompt: one correlation per head, no spread to show

@@ -29,6 +29,9 @@ PAGES = [
     st.Page("pages/two_towers.py", title="Two towers", icon=":material/compare_arrows:"),
     st.Page("pages/bias_lab.py", title="Bias lab", icon=":material/balance:"),
     st.Page("pages/attention.py", title="Attention", icon=":material/visibility:"),
+    st.Page("pages/prompt_ab.py", title="Prompt A/B", icon=":material/difference:"),
+    st.Page("pages/contributions.py", title="Demonstrations", icon=":material/waterfall_chart:"),
+    st.Page("pages/lesson_file.py", title="Lesson file", icon=":material/description:"),
 ]
 page = st.navigation(PAGES)
 try:

@@ -483,3 +483,84 @@ def test_guided_lesson_walks_five_steps_and_resets(at):
     assert any(h.value == f"1. {STEPS[0].title}" for h in at.header)
     goto(at, "prompt_lab")
     assert at.text_input(key="w_query").value == LESSON_STATE.query
+
+
+# ---------------------------------------------------------------- issue 11: the views no other tool has
+
+def _tiny_and_spec(at):
+    from iclviz.compare import PromptSpec
+    from iclviz.testing import tiny_model
+
+    ss = at.session_state
+    spec = PromptSpec(tuple((d["text"], d["label"]) for d in ss["demos"]), ss["query"], tuple(ss["label_words"]),
+                      ss["template"])
+    return tiny_model("tiny-llama"), spec, [tuple(h) for h in ss["heads"]]
+
+
+def _table(at, column):
+    """The one table on the page with this column."""
+    found = [d.value for d in at.dataframe if column in d.value.columns]
+    assert len(found) == 1, [list(d.value.columns) for d in at.dataframe]
+    return found[0]
+
+
+def test_prompt_ab_pin_flip_and_label_swap_match_the_library(at):
+    import pandas as pd
+
+    from iclviz.compare import compare_prompts, flip_label, label_swap_pair
+
+    goto(at, "prompt_ab")
+    assert any("Pin the current prompt" in i.value for i in at.info)
+    at.button(key="w_ab_pin").click().run()
+    assert not at.exception and not at.error
+    lm, spec, heads = _tiny_and_spec(at)
+    assert at.session_state["ab_a"] == spec
+    same = _table(at, "head_logit_diff")  # B is a copy of A: every difference is zero
+    assert (same["attention_diff"] == 0).all() and (same["head_logit_diff"] == 0).all()
+    at.selectbox(key="w_ab_flip_i").set_value(0).run()
+    at.button(key="w_ab_flip").click().run()
+    assert not at.exception and not at.error
+    want = compare_prompts(lm, spec, flip_label(spec, 0), heads)
+    shown = _table(at, "head_logit_diff")
+    pd.testing.assert_frame_equal(shown.reset_index(drop=True), want.head_table, check_exact=False, rtol=1e-5)
+    assert (shown["attention_diff"].abs() > 0).any()
+    shown_b = [m.value for m in at.markdown if m.value.startswith("`Prediction B:")]
+    assert shown_b and shown_b[0].startswith(f"`Prediction B: {want.predicted_b} — "), shown_b
+    assert f"p({want.label_words_b[0]})={want.labels['prob_b'].iloc[0]:.3f}" in shown_b[0]
+    assert at.session_state["ab_log"] == ["flip #1"]
+    # the preset: B = A with every label swapped (label_swap_pair)
+    at.button(key="w_ab_swap").click().run()
+    want = compare_prompts(lm, *label_swap_pair(spec), heads)
+    pd.testing.assert_frame_equal(_table(at, "prob_diff").reset_index(drop=True), want.labels,
+                                  check_exact=False, rtol=1e-5)
+    # a bad edit is a message and keeps B
+    at.text_input(key="w_ab_words").set_value("foo").run()
+    at.button(key="w_ab_words_go").click().run()
+    assert not at.exception and "The edit was not applied" in errors(at)
+    at.button(key="w_ab_reverse").click().run()
+    assert at.session_state["ab_b"].demos == tuple(reversed(label_swap_pair(spec)[1].demos))
+
+
+def test_demonstrations_waterfall_matches_the_library(at):
+    import pandas as pd
+
+    from iclviz.contributions import demo_contributions
+
+    goto(at, "contributions")
+    assert not at.error
+    lm, spec, heads = _tiny_and_spec(at)
+    want = demo_contributions(lm, spec, heads)
+    shown = _table(at, "measured")
+    pd.testing.assert_frame_equal(shown.reset_index(drop=True), want.table, check_exact=False, rtol=1e-5)
+    assert abs(shown["contribution"].sum() - want.total_contribution) < 1e-5  # they add up
+    m = metrics(at)
+    assert m["Baseline margin (heads' label terms removed)"] == f"{want.baseline_margin:+.3f}"
+    assert any(k.startswith("Prediction's margin") and v == f"{want.prediction_margin:+.3f}" for k, v in m.items())
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert fig["data"][0]["type"] == "waterfall" and len(fig["data"][0]["x"]) == len(spec.demos) + 2
+    # a new prompt, new numbers
+    goto(at, "prompt_lab")
+    demo_key = [t.key for t in at.text_area if t.key and t.key.startswith("dt_")][0]
+    at.text_area(key=demo_key).set_value("the worst film ever made").run()
+    goto(at, "contributions")
+    assert not _table(at, "measured")["contribution"].round(6).equals(shown["contribution"].round(6))

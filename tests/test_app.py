@@ -564,3 +564,29 @@ def test_demonstrations_waterfall_matches_the_library(at):
     at.text_area(key=demo_key).set_value("the worst film ever made").run()
     goto(at, "contributions")
     assert not _table(at, "measured")["contribution"].round(6).equals(shown["contribution"].round(6))
+
+
+def test_two_towers_patch_section_matches_the_library(at):
+    import pandas as pd
+
+    from iclviz.compare import reorder, swap_all_labels
+    from iclviz.towers_patch import towers_patch
+
+    goto(at, "two_towers")
+    assert not at.error
+    lm, spec, heads = _tiny_and_spec(at)
+    want = towers_patch(lm, spec, swap_all_labels(spec), heads, "labels")
+    shown = _table(at, "patched")
+    assert list(shown["condition"]) == ["none", "q", "k", "v", "q+k", "all", "donor (B)"]
+    pd.testing.assert_frame_equal(shown.reset_index(drop=True), want.summary, check_exact=False, rtol=1e-5)
+    assert any("the values (v) carry the label" in c.value for c in at.caption)
+    at.radio(key="w_tp_donor").set_value("order reversed").run()
+    at.radio(key="w_tp_positions").set_value("all").run()
+    assert not at.exception
+    rev = reorder(spec, list(reversed(range(len(spec.demos)))))
+    if not at.error:  # "all" needs prompts of equal token length
+        want = towers_patch(lm, spec, rev, heads, "all")
+        pd.testing.assert_frame_equal(_table(at, "patched").reset_index(drop=True), want.summary,
+                                      check_exact=False, rtol=1e-5)
+    else:
+        assert "equal length" in errors(at)

@@ -590,3 +590,53 @@ def test_two_towers_patch_section_matches_the_library(at):
                                       check_exact=False, rtol=1e-5)
     else:
         assert "equal length" in errors(at)
+
+
+def test_lesson_file_opens_read_only_without_a_model_and_replays(monkeypatch, tmp_path):
+    import pandas as pd
+
+    import pages.sidebar
+    from iclviz.compare import PromptSpec, flip_label, swap_all_labels
+    from iclviz.lesson_file import make_lesson, save_lesson
+    from iclviz.testing import tiny_model
+
+    lm = tiny_model("tiny-llama")
+    spec = PromptSpec((("a lovely film", "foo"), ("a dull film", "bar"), ("great fun", "foo")), "so good")
+    lesson = make_lesson(lm, spec, [(2, 0), (2, 1)], prompt_b=flip_label(spec, 0), donor=swap_all_labels(spec),
+                         contributions=True)
+    path = save_lesson(lesson, tmp_path / "class.json")
+    monkeypatch.setenv("ICLVIZ_LESSON_FILE", str(path))
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(pages.sidebar, "_load", no_model)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()  # the operator's lesson opens first
+    assert not at.exception and not at.error, errors(at)
+    assert any("Read-only" in s.value and "class.json" in s.value for s in at.success)
+    tables = lesson.tables()
+    for column, name in (("head_logit_diff", "compare"), ("measured", "contributions"), ("patched", "towers")):
+        pd.testing.assert_frame_equal(_table(at, column).reset_index(drop=True), tables[name], check_exact=False)
+    # a damaged upload is a message
+    at.file_uploader(key="w_lesson_upload").set_value(("bad.json", b'{"format": "iclviz-lesson", "version": 9}',
+                                                       "application/json")).run()
+    assert not at.exception and "Could not open bad.json" in errors(at) and "version" in errors(at)
+    at.file_uploader(key="w_lesson_upload").set_value(("mine.json", lesson.to_json().encode(),
+                                                       "application/json")).run()
+    assert not at.error and any("mine.json" in s.value for s in at.success)
+    monkeypatch.undo()  # the model may load now: replay recomputes on it
+    at.button(key="w_lesson_replay").click().run()
+    assert not at.exception and not at.error, errors(at)
+    report = at.session_state["lesson_replay"][1]
+    assert report.ok and any("all" in s.value and "agree" in s.value for s in at.success)
+    # saving: the current prompt and heads, computed on the model
+    at.checkbox(key="w_lesson_towers").check()
+    at.button(key="w_lesson_save").click().run()
+    assert not at.exception and not at.error, errors(at)
+    saved = at.session_state["lesson_saved"]
+    from iclviz.lesson_file import load_lesson
+
+    back = load_lesson(saved)
+    assert back.donor is not None and back.contributions and "towers" in back.results
+    assert [tuple(h) for h in back.heads] == [tuple(h) for h in at.session_state["heads"]]

@@ -640,3 +640,35 @@ def test_lesson_file_opens_read_only_without_a_model_and_replays(monkeypatch, tm
     back = load_lesson(saved)
     assert back.donor is not None and back.contributions and "towers" in back.results
     assert [tuple(h) for h in back.heads] == [tuple(h) for h in at.session_state["heads"]]
+
+
+def test_attention_page_draws_a_heatmap_past_bertviz_size(at):
+    import numpy as np
+
+    from iclviz.attention_matrix import BERTVIZ_MAX_TOKENS, full_attention
+
+    at.text_input(key="w_query").set_value(" ".join(["a warm, funny and moving film"] * 15)).run()
+    goto(at, "attention")
+    assert not at.error, errors(at)
+    lm, spec, heads = _tiny_and_spec(at)
+    prompt = spec.build(lm)
+    assert BERTVIZ_MAX_TOKENS < prompt.n_tokens <= 512
+    assert not at.get("iframe")  # no bertviz
+    assert any(f"past {BERTVIZ_MAX_TOKENS}" in i.value for i in at.info)
+    layer = sorted({a for a, _ in heads})[0]
+    in_layer = sorted(b for a, b in heads if a == layer)
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    want = full_attention(lm, prompt, [layer])[layer][in_layer, -1, :].numpy()
+    assert np.allclose(np.array(fig["data"][0]["z"]), want, atol=1e-6)
+    assert fig["data"][0]["y"] == [f"L{layer}H{b}" for b in in_layer]
+    config = json.loads(at.get("plotly_chart")[0].proto.config)
+    assert config["toImageButtonOptions"]["format"] == "png"
+    at.checkbox(key="w_att_only_t").uncheck().run()  # every position: one n x n map per head
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    full = full_attention(lm, prompt, [layer])[layer][in_layer[0]].numpy()
+    assert np.allclose(np.array(fig["data"][0]["z"]), full, atol=1e-6)
+    at.checkbox(key="w_att_sink").check().run()  # the first token hidden
+    assert len(json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]["x"]) == prompt.n_tokens - 1
+    at.radio(key="w_image_format").set_value("svg").run()  # the sidebar's choice reaches every chart
+    assert json.loads(at.get("plotly_chart")[0].proto.config)["toImageButtonOptions"]["format"] == "svg"
+    assert not at.exception

@@ -672,3 +672,38 @@ def test_attention_page_draws_a_heatmap_past_bertviz_size(at):
     at.radio(key="w_image_format").set_value("svg").run()  # the sidebar's choice reaches every chart
     assert json.loads(at.get("plotly_chart")[0].proto.config)["toImageButtonOptions"]["format"] == "svg"
     assert not at.exception
+
+
+def test_head_finder_altair_heatmap_and_the_selected_head_panel(at):
+    goto(at, "head_finder")
+    at.number_input(key="w_hf_n").set_value(4)
+    at.button[0].click()  # the scan form's submit button
+    at.run()
+    assert not at.exception and not at.error
+    scan = at.session_state["scan"]
+    charts = at.get("vega_lite_chart")
+    assert len(charts) == 1 + len(scan.label_words)  # one altair heatmap per tab
+    spec = json.loads(charts[0].proto.spec)
+    assert any(p.get("name") == "head" for p in spec.get("params", []))  # clicking selects a head
+    head = scan.top(1)[0]
+    at.session_state["hf_focus"] = head  # what a click on that cell sets
+    at.run()
+    panel = [m.value for m in at.markdown if m.value.startswith(f"**Selected head L{head[0]}H{head[1]}**")]
+    assert panel
+    row = scan.overall[(scan.overall["layer"] == head[0]) & (scan.overall["head"] == head[1])].iloc[0]
+    assert any(f"Importance (gold label) {row['importance']:.4f}, rank 1 of" in m.value for m in at.markdown)
+    [b for b in at.button if b.label == "Run the causal scan"][0].click().run()
+    assert not at.exception and not at.error
+    cs = at.session_state["causal_scan"]
+    focus = _table(at, "kind")  # the panel follows: the causal scan's rows for that head
+    want = cs.table[(cs.table["layer"] == head[0]) & (cs.table["head"] == head[1])]
+    assert focus["label_effect"].round(6).tolist() == want["label_effect"].round(6).tolist()
+
+
+def test_every_chart_goes_through_the_figure_config_and_no_html_uses_a_cdn():
+    root = Path(APP).parent
+    for p in [root / "app.py", *sorted((root / "pages").glob("*.py")), root / "iclviz" / "plots.py"]:
+        src = p.read_text()
+        assert 'include_plotlyjs="cdn"' not in src and "cdn.plot.ly" not in src, p
+        if p.name != "widgets.py":  # widgets.chart adds config=plotly_config(...) (PNG or SVG, the sidebar's choice)
+            assert ".plotly_chart(" not in src, p

@@ -142,7 +142,8 @@ def waterfall_figure(contributions, title: str | None = None) -> go.Figure:
     w = contributions.waterfall()
     a, b = contributions.pair
     fig = go.Figure(go.Waterfall(
-        x=w["step"], y=w["value"], measure=w["measure"], text=[f"{v:+.3f}" for v in w["value"]],
+        name="contribution (through the heads)", x=w["step"], y=w["value"], measure=w["measure"],
+        text=[f"{v:+.3f}" for v in w["value"]],
         textposition="outside", connector=dict(line=dict(color="#999")),
         increasing=dict(marker=dict(color="#1f77b4")), decreasing=dict(marker=dict(color="#d62728")),
         totals=dict(marker=dict(color="#555"))))

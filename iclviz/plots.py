@@ -311,13 +311,15 @@ def ab_bars(head_table: pd.DataFrame, value: str = "attention", y_title: str | N
         for which, col in (("A", f"{value}_a"), ("B", f"{value}_b"), ("B − A", f"{value}_diff")):
             rows.append({"head": r.head, "label": r.label, "prompt": which, value: getattr(r, col)})
     df = pd.DataFrame(rows, columns=["head", "label", "prompt", value])
-    fig = px.bar(df, x="head", y=value, color="label", facet_col="prompt", barmode="group",
+    fig = px.bar(df, x="head", y=value, color="label", facet_col="prompt", barmode="group", facet_col_spacing=0.06,
                  color_discrete_map=label_color_map(words), category_orders={"label": words,
                                                                              "prompt": ["A", "B", "B − A"]},
                  hover_data={value: ":.4f"})
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=30, b=10), legend_title_text="label")
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
-    fig.update_yaxes(title_text="", matches=None)
+    # A and B share a scale; B − A has its own, with its zero line drawn
+    fig.update_yaxes(title_text="", matches=None, showticklabels=True, zeroline=True, zerolinecolor="#888")
+    fig.update_yaxes(matches="y", col=2)
     fig.update_yaxes(title_text=y_title or value.replace("_", " "), col=1)
     fig.update_xaxes(title_text="")
     return fig

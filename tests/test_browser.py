@@ -343,13 +343,13 @@ def test_prompt_ab_flip_and_waterfall_screenshots(app_url, browser):
         page.get_by_role("button", name="Pin the current prompt as A").click()
         expect(page.get_by_text("Prediction B:")).to_be_visible(timeout=180_000)
         _settle(page)
-        same = _plotly(page).evaluate("gd => gd.data.filter(t => t.xaxis === 'x3').flatMap(t => [...t.y])")
+        same = _plotly(page).evaluate("gd => gd._fullData.filter(t => t.xaxis === 'x3').flatMap(t => Array.from(t.y))")
         assert same and all(abs(v) < 1e-9 for v in same)  # B is a copy of A: B − A is zero
         # Flip demonstration 1's label (the selector starts on #1): B − A is no longer zero.
         page.get_by_role("button", name="Flip its label").click()
         expect(page.get_by_text("B = A, then: flip #1")).to_be_visible(timeout=120_000)
         _settle(page)
-        diff = _plotly(page).evaluate("gd => gd.data.filter(t => t.xaxis === 'x3').flatMap(t => [...t.y])")
+        diff = _plotly(page).evaluate("gd => gd._fullData.filter(t => t.xaxis === 'x3').flatMap(t => Array.from(t.y))")
         assert any(abs(v) > 1e-6 for v in diff), diff
         page.locator("[data-testid='stMain']").evaluate("e => e.scrollTo(0, 0)")
         _settle(page)

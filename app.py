@@ -15,20 +15,26 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from iclviz.memory import limit_heap_growth, release_memory  # noqa: E402
-from pages import widgets  # noqa: E402
+from pages import state, widgets  # noqa: E402
 
 limit_heap_growth()  # a server's memory stays flat over reruns (see iclviz/memory.py)
 
 st.set_page_config(page_title="iclviz: in-context heads", layout="wide")
 
+# An operator's lesson file (ICLVIZ_LESSON_FILE) opens first: a class or a static host shows it without a model.
+LESSON_START = bool(state._settings()[0].lesson_file)
 PAGES = [
     st.Page("pages/lesson.py", title="Guided lesson", icon=":material/school:"),
-    st.Page("pages/prompt_lab.py", title="Prompt lab", icon=":material/science:", default=True),
+    st.Page("pages/prompt_lab.py", title="Prompt lab", icon=":material/science:",
+            default=not LESSON_START),
     st.Page("pages/head_finder.py", title="Head finder", icon=":material/grid_on:"),
     st.Page("pages/label_vectors.py", title="Label vectors", icon=":material/label:"),
     st.Page("pages/two_towers.py", title="Two towers", icon=":material/compare_arrows:"),
     st.Page("pages/bias_lab.py", title="Bias lab", icon=":material/balance:"),
     st.Page("pages/attention.py", title="Attention", icon=":material/visibility:"),
+    st.Page("pages/prompt_ab.py", title="Prompt A/B", icon=":material/difference:"),
+    st.Page("pages/contributions.py", title="Demonstrations", icon=":material/waterfall_chart:"),
+    st.Page("pages/lesson_file.py", title="Lesson file", icon=":material/description:", default=LESSON_START),
 ]
 page = st.navigation(PAGES)
 try:

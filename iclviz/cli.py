@@ -713,7 +713,7 @@ def _write_html(args, fig) -> None:
 
 def cmd_compare(args) -> int:
     from .compare import compare_prompts
-    from .plots import ab_attention_figure
+    from .plots import ab_bars
 
     lm, spec, prompt, heads = _view_setup(args)
     spec_b = _spec_b(args, spec)
@@ -728,7 +728,7 @@ def cmd_compare(args) -> int:
     print(f"A predicts {cmp.predicted_a}, B predicts {cmp.predicted_b}", file=sys.stderr)
     _write(args, "compare", df=cmp.to_frame())
     _save_json(args, "compare", cmp.to_dict())
-    _write_html(args, ab_attention_figure(cmp.head_table))
+    _write_html(args, ab_bars(cmp.head_table, "attention", "attention from T"))
     return 0
 
 
@@ -765,9 +765,9 @@ def cmd_towers_patch(args) -> int:
     _write(args, "towers_patch", df=tp.summary)
     _save_json(args, "towers_patch", tp.to_dict())
     if args.html:
-        from .plots import towers_patch_figure
+        from .plots import towers_patch_bars
 
-        _write_html(args, towers_patch_figure(tp.summary))
+        _write_html(args, towers_patch_bars(tp.summary, prompt.label_words))
     return 0
 
 

@@ -10,7 +10,8 @@
   user the choice of format (``image_configs`` builds both configs), and the HTML download
   has both buttons.
 - ``head_heatmap(matrix)``: an altair layer x head heatmap with a point selection ``head``
-  (click a head; ``selected_head(event)`` reads it from ``st.altair_chart(..., on_select=...)``).
+  (click a head; ``selected_head(event)`` / ``selected_heads(event)`` read it from
+  ``st.altair_chart(..., on_select=...)``).
 - ``waterfall_figure(contributions)``: the contribution waterfall of ``contributions.py``.
 """
 
@@ -119,6 +120,21 @@ def selected_head(event, param_name: str = HEAD_PARAM) -> tuple[int, int] | None
     return None
 
 
+def selected_heads(event, param_name: str = HEAD_PARAM) -> list[tuple[int, int]]:
+    """Every (layer, head) an ``st.altair_chart(..., on_select="rerun")`` event reports (shift-click adds)."""
+    sel = getattr(event, "selection", None) if event is not None else None
+    if sel is None and isinstance(event, dict):
+        sel = event.get("selection")
+    points = (sel.get(param_name) if isinstance(sel, dict) else getattr(sel, param_name, None)) or []
+    if isinstance(points, dict):
+        points = [points]
+    out = []
+    for pt in points:
+        if isinstance(pt, dict) and "layer" in pt and "head" in pt:
+            out.append((int(pt["layer"]), int(pt["head"])))
+    return list(dict.fromkeys(out))
+
+
 # ---------------------------------------------------------------- the contribution waterfall
 
 def waterfall_figure(contributions, title: str | None = None) -> go.Figure:
@@ -126,7 +142,8 @@ def waterfall_figure(contributions, title: str | None = None) -> go.Figure:
     w = contributions.waterfall()
     a, b = contributions.pair
     fig = go.Figure(go.Waterfall(
-        x=w["step"], y=w["value"], measure=w["measure"], text=[f"{v:+.3f}" for v in w["value"]],
+        name="contribution (through the heads)", x=w["step"], y=w["value"], measure=w["measure"],
+        text=[f"{v:+.3f}" for v in w["value"]],
         textposition="outside", connector=dict(line=dict(color="#999")),
         increasing=dict(marker=dict(color="#1f77b4")), decreasing=dict(marker=dict(color="#d62728")),
         totals=dict(marker=dict(color="#555"))))

@@ -292,11 +292,6 @@ def tokens_html(tokens: pd.DataFrame, label_words) -> str:
             + "".join(out) + "</div>")
 
 
-def figure_html(fig: go.Figure) -> str:
-    """A standalone HTML file of a figure (plotly.js from its CDN)."""
-    return fig.to_html(include_plotlyjs="cdn", full_html=True)
-
-
 def null_histogram(null_values, observed: float, quantity: str = "gold-margin drop (logits)") -> go.Figure:
     """The random-head null distribution with the chosen heads' value marked."""
     fig = go.Figure(go.Histogram(x=list(null_values), nbinsx=30, marker_color="#bbbbbb", name="random head sets"))
@@ -307,26 +302,53 @@ def null_histogram(null_values, observed: float, quantity: str = "gold-margin dr
     return fig
 
 
-def ab_attention_figure(head_table: pd.DataFrame) -> go.Figure:
-    """Prompt A/B: attention from T on each label's positions, per head, A beside B (one panel per label).
-
-    ``head_table``: ``compare.PromptComparison.head_table``."""
-    long = head_table.melt(id_vars=["head", "label"], value_vars=["attention_a", "attention_b"], var_name="prompt",
-                           value_name="attention")
-    long["prompt"] = long["prompt"].map({"attention_a": "A", "attention_b": "B"})
-    fig = px.bar(long, x="head", y="attention", color="prompt", barmode="group", facet_col="label",
-                 color_discrete_map={"A": "#7f7f7f", "B": "#c49c00"}, text_auto=".2f")
-    fig.update_layout(height=320, margin=dict(l=10, r=10, t=30, b=10), legend_title_text="")
-    fig.for_each_annotation(lambda a: a.update(text="label " + a.text.split("=")[-1]))
-    fig.update_yaxes(title_text="attention from T")
+def ab_bars(head_table: pd.DataFrame, value: str = "attention", y_title: str | None = None) -> go.Figure:
+    """Prompt A/B per head (``compare.PromptComparison.head_table``): ``value`` in A, in B and B − A, one
+    group of bars per head, one bar per label (labels matched by index; A's words name them)."""
+    words = list(dict.fromkeys(head_table["label"]))
+    rows = []
+    for r in head_table.itertuples():
+        for which, col in (("A", f"{value}_a"), ("B", f"{value}_b"), ("B − A", f"{value}_diff")):
+            rows.append({"head": r.head, "label": r.label, "prompt": which, value: getattr(r, col)})
+    df = pd.DataFrame(rows, columns=["head", "label", "prompt", value])
+    fig = px.bar(df, x="head", y=value, color="label", facet_col="prompt", barmode="group", facet_col_spacing=0.06,
+                 color_discrete_map=label_color_map(words), category_orders={"label": words,
+                                                                             "prompt": ["A", "B", "B − A"]},
+                 hover_data={value: ":.4f"})
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=30, b=10), legend_title_text="label")
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
+    # A and B share a scale; B − A has its own, with its zero line drawn
+    fig.update_yaxes(title_text="", matches=None, showticklabels=True, zeroline=True, zerolinecolor="#888")
+    fig.update_yaxes(matches="y", col=2)
+    fig.update_yaxes(title_text=y_title or value.replace("_", " "), col=1)
+    fig.update_xaxes(title_text="")
     return fig
 
 
-def towers_patch_figure(summary: pd.DataFrame) -> go.Figure:
-    """The towers patch: the label margin of A under each patch condition, and of the donor B."""
-    fig = px.bar(summary, x="condition", y="margin", color="predicted", text_auto=".2f",
-                 category_orders={"condition": list(summary["condition"])})
-    fig.update_layout(height=320, margin=dict(l=10, r=10, t=30, b=10), legend_title_text="prediction")
-    fig.update_yaxes(title_text="logit first − second label")
-    fig.update_xaxes(title_text="what is patched from B into A")
+def towers_patch_bars(summary: pd.DataFrame, label_words) -> go.Figure:
+    """The towers patch (``towers_patch.TowersPatch.summary``): the margin logit(first) − logit(second) per
+    condition, labelled with the prediction; the donor B's own run last."""
+    a, b = label_words[0], label_words[1]
+    colors = ["#555" if c == "none" else "#999" if c.startswith("donor") else "#c49c00" for c in summary["condition"]]
+    fig = go.Figure(go.Bar(x=summary["condition"], y=summary["margin"], marker_color=colors,
+                           text=[f"{m:+.2f} → {p}" for m, p in zip(summary["margin"], summary["predicted"])],
+                           textposition="outside", hovertemplate="%{x}: margin %{y:+.4f}<extra></extra>"))
+    fig.add_hline(y=0, line_dash="dot", line_color="#888")
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="patched from B into A",
+                      yaxis_title=f"margin logit({a}) − logit({b})")
+    return fig
+
+
+def attention_rows_heatmap(matrix, tokens, row_names, title: str = "", x_title: str = "attended token") -> go.Figure:
+    """Attention rows as a heatmap (rows: heads, or positions; columns: tokens): the Attention page's view of
+    prompts too long for bertviz."""
+    z = [[float(v) for v in row] for row in matrix]
+    cols = [f"{i}: {t}" for i, t in enumerate(tokens)]
+    fig = go.Figure(go.Heatmap(z=z, x=cols, y=list(row_names), colorscale="Blues", zmin=0,
+                               hovertemplate="%{y} → %{x}<br>attention %{z:.4f}<extra></extra>",
+                               colorbar=dict(title="attention")))
+    fig.update_layout(title=title, height=max(260, 40 + 22 * len(z)) if len(z) < 40 else 700,
+                      margin=dict(l=10, r=10, t=40, b=10), xaxis_title=x_title)
+    fig.update_xaxes(showticklabels=len(cols) <= 200, tickangle=-60, tickfont=dict(size=9))
+    fig.update_yaxes(autorange="reversed", type="category")
     return fig

@@ -18,6 +18,8 @@ ICLVIZ_MAX_DEMOS               64       most demonstrations in the app's prompt
 ICLVIZ_MAX_ATTENTION_TOKENS    512      longest prompt the Attention page draws
 ICLVIZ_CACHE_TTL               600      seconds a cached result lives in the app
 ICLVIZ_CACHE_ENTRIES           64       cached results per kind in the app
+ICLVIZ_LESSON_FILE             (none)   a lesson file (JSON) the app opens at start, read-only,
+                                        without a model (for a class or a static host)
 =============================  =======  =====================================================
 """
 
@@ -61,6 +63,7 @@ class Settings:
     max_attention_tokens: int = 512
     cache_ttl: int = 600
     cache_entries: int = 64
+    lesson_file: str = ""
 
     @property
     def model_sources(self) -> list[str]:
@@ -119,4 +122,12 @@ def load_settings(env=None) -> Settings:
         max_attention_tokens=_int(env, "ICLVIZ_MAX_ATTENTION_TOKENS", 512, 8, 100_000),
         cache_ttl=_int(env, "ICLVIZ_CACHE_TTL", 600, 1, 7 * 24 * 3600),
         cache_entries=_int(env, "ICLVIZ_CACHE_ENTRIES", 64, 1, 100_000),
+        lesson_file=_path(env, "ICLVIZ_LESSON_FILE"),
     )
+
+
+def _path(env, name: str) -> str:
+    raw = str(env.get(name, "")).strip()
+    if len(raw) > 1000 or "\x00" in raw:
+        raise ValidationError(f"{name} is not a usable path")
+    return str(Path(raw).expanduser()) if raw else ""

@@ -2,19 +2,21 @@
 
 import streamlit as st
 
-from iclviz.attention_matrix import full_attention
+from iclviz.attention_matrix import BERTVIZ_MAX_TOKENS, full_attention
+from iclviz.plots import attention_rows_heatmap
 from iclviz.validation import head_name
 from pages import common
 from pages.bertviz_view import bertviz_height, bertviz_layer_inputs, offline_bertviz_html
 from pages.state import model_key, settings
-from pages.widgets import safe
+from pages.widgets import chart, html_download, safe
 
 ss = st.session_state
 common.page_setup(
     "Attention",
     "The full attention pattern of the current prompt in the chosen layers, drawn with bertviz: in the in-context "
     "heads the last position T should attend to the label positions. Only a few layers and heads are drawn so "
-    "that the page stays responsive.")
+    f"that the page stays responsive; past {BERTVIZ_MAX_TOKENS} tokens, a heatmap of the chosen heads replaces "
+    "bertviz.")
 
 lm, heads, prompt = common.model_heads_prompt()
 default_layers = sorted({a for a, _ in heads})[:3]
@@ -52,11 +54,41 @@ tokens = [(lm.tokenizer.decode([t]).replace("\n", "\\n").replace("<", "‹").rep
 tokens[-1] = f"{tokens[-1]} [T]"
 st.caption(f"Chosen in-context heads: {', '.join(map(head_name, heads))}. Layer and head numbers are the model's own; "
            "T is the last token, marked [T]." + (" Rows other than T's are blank." if only_t else ""))
-try:
-    from bertviz import head_view, model_view
-except ImportError as exc:
-    st.error(f"bertviz is not available: {exc}")
-    st.stop()
+long_prompt = prompt.n_tokens > BERTVIZ_MAX_TOKENS
+if long_prompt:
+    st.info(f"The prompt has {prompt.n_tokens} tokens: past {BERTVIZ_MAX_TOKENS}, bertviz's views stop responding in "
+            "the browser, so each layer is drawn as a heatmap of the chosen heads' attention "
+            + ("from T (one row per head)." if only_t else "from every position (one map per head).")
+            + " Shorten the prompt to get bertviz back.")
+else:
+    try:
+        from bertviz import head_view, model_view
+    except ImportError as exc:
+        st.error(f"bertviz is not available: {exc}")
+        st.stop()
+
+
+def _heatmaps(layer: int, hsel: list[int]) -> None:
+    """The chosen heads' attention rows of ``layer`` as heatmaps (prompts too long for bertviz)."""
+    start = 1 if hide_first else 0
+    mat = att[layer]  # [all heads of the layer, n, n]
+    toks = tokens[start:]
+    if only_t:
+        fig = attention_rows_heatmap(mat[hsel, -1, start:], toks, [head_name((layer, h)) for h in hsel],
+                                     f"Layer {layer}: attention from T")
+        chart(fig, key=f"fig_att_rows_{layer}", name=f"attention_L{layer}_from_T")
+        html_download(fig, f"attention_L{layer}_from_T.html", f"Layer {layer}, this view (HTML)",
+                      key=f"dl_att_rows_{layer}")
+        return
+    names = [f"{i}: {t}" for i, t in enumerate(tokens)][start:]
+    for tab, h in zip(st.tabs([head_name((layer, h)) for h in hsel]), hsel):
+        with tab:
+            fig = attention_rows_heatmap(mat[h, start:, start:], toks, names,
+                                         f"{head_name((layer, h))}: attention from every position (rows)")
+            chart(fig, key=f"fig_att_full_{layer}_{h}", name=f"attention_{head_name((layer, h))}")
+            html_download(fig, f"attention_{head_name((layer, h))}.html", "This head (HTML)",
+                          key=f"dl_att_full_{layer}_{h}")
+
 
 for layer in sorted(layers):
     in_layer = [b for a, b in heads if a == layer]
@@ -67,6 +99,9 @@ for layer in sorted(layers):
                           help="the in-context heads of this layer are chosen by default")
     if not hsel:
         st.info("Choose at least one head of this layer.")
+        continue
+    if long_prompt:
+        _heatmaps(layer, sorted(hsel))
         continue
     attn, toks = bertviz_layer_inputs(att, lm.n_layers, layer, tokens, only_t, hide_first)
     try:

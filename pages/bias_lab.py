@@ -13,7 +13,7 @@ from iclviz.readout import bias_reading, label_mass, ratio_reading, share_table
 from pages import common, state
 from pages.long_run import run_with_progress
 from pages.runs import predict_current
-from pages.widgets import csv_download, dataset_picker, html_download, order_editor, run_size, safe
+from pages.widgets import chart, csv_download, dataset_picker, html_download, order_editor, run_size, safe
 
 ss = st.session_state
 common.page_setup(
@@ -56,10 +56,10 @@ def current_prompt_readout():
                              "predicted": pred.predicted})
         cur = pd.DataFrame(rows)
         c1, c2 = st.columns(2)
-        c1.plotly_chart(bias_bars(cur, "label", "probability", y_title="probability of the label word",
-                                  x_title="label word"), key="fig_bias_prob")
-        c2.plotly_chart(bias_bars(cur, "label", "attention_mass", y_title="attention from T on its positions "
-                                  "(in-context heads)", x_title="label word"), key="fig_bias_mass")
+        chart(where=c1, fig=bias_bars(cur, "label", "probability", y_title="probability of the label word",
+                                      x_title="label word"), key="fig_bias_prob")
+        chart(where=c2, fig=bias_bars(cur, "label", "attention_mass", y_title="attention from T on its positions "
+                                      "(in-context heads)", x_title="label word"), key="fig_bias_mass")
         st.caption("One prompt: an illustration, not a measurement (n = 1). The dataset runs below give n and "
                    "intervals.")
         firsts = cur.groupby("condition", sort=False)["predicted"].first()
@@ -118,7 +118,7 @@ with tab1:
         if warning:
             st.warning(warning)
         fig = bias_bars(ss.ratio_table, "quantity", "value", y_title="share of test sentences", x_title="")
-        st.plotly_chart(fig, key="fig_ratio")
+        chart(fig, key="fig_ratio")
         csv_download(ss.ratio_table, "label_ratio.csv")
 
 
@@ -149,6 +149,6 @@ for tab, kind, measure in ((tab2, "majority", majority_bias), (tab3, "recency", 
                 st.dataframe(res.summary, key=f"tbl_{kind}_summary")
             x = "arrangement" if "arrangement" in res.rows.columns else res.rows.columns[1]
             fig = bias_bars(res.rows, x, "accuracy", y_title="accuracy", x_title=x)
-            st.plotly_chart(fig, key=f"fig_{kind}")
+            chart(fig, key=f"fig_{kind}")
             csv_download(res.rows, f"{kind}_bias.csv")
             html_download(fig, f"{kind}_bias.html", "Figure (HTML)", key=f"dl_{kind}_html")

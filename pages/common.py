@@ -9,13 +9,14 @@ from pages.sidebar import get_model, sidebar
 from pages.widgets import help_text, show_page_error
 
 
-def page_setup(title: str, intro: str) -> None:
+def page_setup(title: str, intro: str, load_model: bool = True) -> None:
     """Session defaults, the shared sidebar, the page's title and its help line; every page calls this first
-    (so that a page also works when run on its own, as AppTest does)."""
+    (so that a page also works when run on its own, as AppTest does). ``load_model=False``: the sidebar
+    does not load the model (a page that shows stored results only)."""
     state.init_state()
     state.sync_from_widgets()
     try:
-        sidebar()
+        sidebar(load=load_model)
     except Exception as exc:  # noqa: BLE001 - the sidebar never takes the page down
         show_page_error(exc)
     st.title(title)

@@ -4,14 +4,15 @@ import streamlit as st
 
 from iclviz.causal import KIND_TEXT, causal_scan, compare_rankings, null_distribution, verdict_line
 from iclviz.evaluation import EvalSetup
+from iclviz.figures import head_heatmap, selected_heads
 from iclviz.heads import HEAD_RULES, default_layers, default_top_n, located_heads
 from iclviz.lens import SCALINGS
 from iclviz.locate import intervention_table, locate_heads
-from iclviz.plots import heatmap_selection, importance_heatmap, intervention_bars, null_histogram
+from iclviz.plots import importance_heatmap, intervention_bars, null_histogram
 from iclviz.validation import head_name, parse_head
 from pages import common, state
 from pages.long_run import run_with_progress
-from pages.widgets import csv_download, dataset_picker, html_download
+from pages.widgets import chart, csv_download, dataset_picker, html_download, safe
 
 ss = st.session_state
 common.page_setup(
@@ -85,6 +86,19 @@ def _layers() -> list[int]:
     return list(range(layer_range[0], layer_range[1] + 1))
 
 
+def _heatmap(matrix, value: str, title: str, key: str) -> list[tuple[int, int]]:
+    """A layer x head heatmap (altair); its clicked heads. The head clicked last, on any heatmap, becomes the
+    page's selected head (the panel below follows it)."""
+    event = st.altair_chart(head_heatmap(matrix.dropna(how="all"), value, title, heads), key=key,
+                            on_select="rerun")
+    picked = selected_heads(event)
+    if picked != ss.get(f"_picked_{key}", []):
+        ss[f"_picked_{key}"] = picked
+        if picked:
+            ss.hf_focus = picked[-1]
+    return picked
+
+
 scan = run_with_progress(
     go and ds is not None, "Scanning heads (prompts)", "run_scan",
     lambda cb: locate_heads(lm, _setup(), scaling=scaling, layers=_layers(), batch_size=int(batch), progress=cb),
@@ -103,11 +117,10 @@ else:
     clicked = []
     for tab, label in zip(tabs, [None, *scan.label_words]):
         with tab:
-            fig = importance_heatmap(scan.matrix(label), "importance" + (f" for {label}" if label else ""), heads)
-            event = st.plotly_chart(fig, key=f"fig_heat_{label}", on_select="rerun",
-                                    selection_mode=("points", "box"))
-            clicked += heatmap_selection(event)
-            html_download(fig, f"importance_{label}.html", "Heatmap (HTML)", key=f"dl_heat_{label}")
+            title = "importance" + (f" for {label}" if label else "")
+            clicked += _heatmap(scan.matrix(label), "importance", title, f"fig_heat_{label}")
+            html_download(importance_heatmap(scan.matrix(label), title, heads), f"importance_{label}.html",
+                          "Heatmap (HTML)", key=f"dl_heat_{label}")
     csv_download(scan.table, "head_importance.csv", "Importance per head and label (CSV)")
 
     st.subheader("Choose the in-context heads")
@@ -126,9 +139,11 @@ else:
             state.set_heads(clicked)
             st.rerun()
     else:
-        t2.caption("Click cells of the heatmap (shift-click or box-select for several) to pick heads.")
+        t2.caption("Click a cell of the heatmap to pick a head (shift-click for several; double-click clears).")
     t2.markdown("Top heads: " + ", ".join(map(head_name, top)))
     t2.markdown(" · ".join(f"{w} heads: {', '.join(map(head_name, hs)) or 'none'}" for w, hs in by_label.items()))
+
+focus_slot = st.container()  # the selected head's numbers, filled at the end (a click on any heatmap moves it)
 
 all_heads = [head_name((a, b)) for a in range(lm.n_layers) for b in range(lm.n_heads)]
 picked = st.multiselect("Chosen in-context heads (used by every page)", all_heads, default=list(map(head_name, heads)),
@@ -156,7 +171,7 @@ table = ss.get("iv_table")
 if table is not None:
     view = table.copy()
     view["condition"] = view["heads"] + " " + view["kind"] + [f" #{d}" if d >= 0 else "" for d in view["draw"]]
-    st.plotly_chart(intervention_bars(view), key="fig_iv")
+    chart(intervention_bars(view), key="fig_iv")
     st.dataframe(table, key="tbl_iv")
     csv_download(table, "intervention_table.csv")
 
@@ -187,11 +202,9 @@ if cs is not None and (cs.n_layers, cs.n_heads) == (lm.n_layers, lm.n_heads):
     kind_tabs = st.tabs([KIND_TEXT[k] for k in cs.kinds])
     for tab, kind in zip(kind_tabs, cs.kinds):
         with tab:
-            event = st.plotly_chart(
-                importance_heatmap(cs.matrix(kind, "label_effect"), f"{KIND_TEXT[kind]}: larger per-label effect",
-                                   heads, quantity="gold-margin drop (logits)"),
-                key=f"fig_cs_{kind}", on_select="rerun", selection_mode=("points", "box"))
-            cs_clicked = sorted(set(heatmap_selection(event)))
+            cs_clicked = sorted(set(_heatmap(cs.matrix(kind, "label_effect"), "label_effect",
+                                             f"{KIND_TEXT[kind]}: larger per-label effect (gold-margin drop)",
+                                             f"fig_cs_{kind}")))
             if cs_clicked:
                 st.markdown("Selected cells: " + ", ".join(map(head_name, cs_clicked)))
                 if st.button("Use the selected cells as the in-context heads", key=f"w_use_cs_clicked_{kind}"):
@@ -252,6 +265,38 @@ if nt is not None and all(0 <= a < lm.n_layers and 0 <= b < lm.n_heads for a, b 
                    "the margin both ways, so the signed mean can hide them")
     s4.metric("McNemar p vs median random", f"{v['mcnemar_vs_median_random']['p']:.2g}")
     st.markdown(f"**{verdict_line(v)}.**")
-    st.plotly_chart(null_histogram(100 * nt.null("acc_drop"), 100 * v["acc_drop"], "accuracy drop (points)"),
-                    key="fig_null")
+    chart(null_histogram(100 * nt.null("acc_drop"), 100 * v["acc_drop"], "accuracy drop (points)"), key="fig_null")
     csv_download(nt.summary, "null_distribution.csv", "Null distribution (CSV)", key="dl_null")
+
+
+def _focus_panel(head) -> None:
+    """The numbers the page has for the one selected head: its importance per label, its causal effects, its rank."""
+    name = head_name(head)
+    with focus_slot.container(border=True):
+        st.markdown(f"**Selected head {name}** (click a cell of a heatmap to follow another head)"
+                    + (" — one of the chosen in-context heads" if tuple(head) in set(heads) else ""))
+        shown = False
+        imp = ss.get("scan")
+        if imp is not None and (imp.n_layers, imp.n_heads) == (lm.n_layers, lm.n_heads):
+            row = imp.overall[(imp.overall["layer"] == head[0]) & (imp.overall["head"] == head[1])]
+            if len(row) and row["importance"].notna().all():
+                ranked = imp.overall.dropna(subset=["importance"]).sort_values("importance", ascending=False)
+                rank = [(int(a), int(b)) for a, b in zip(ranked["layer"], ranked["head"])].index(tuple(head)) + 1
+                per = imp.table[(imp.table["layer"] == head[0]) & (imp.table["head"] == head[1])]
+                st.markdown(f"Importance (gold label) {float(row['importance'].iloc[0]):.4f}, rank {rank} of "
+                            f"{len(ranked)}; favours `{safe(row['favours'].iloc[0])}`. Per label: "
+                            + ", ".join(f"{safe(r.label)} {r.importance:.4f} (n = {r.n})" for r in per.itertuples()))
+                shown = True
+        cs_ = ss.get("causal_scan")
+        if cs_ is not None and (cs_.n_layers, cs_.n_heads) == (lm.n_layers, lm.n_heads):
+            rows = cs_.table[(cs_.table["layer"] == head[0]) & (cs_.table["head"] == head[1])]
+            if len(rows):
+                st.dataframe(rows.drop(columns=["layer", "head"]).assign(head=name), key="tbl_focus_causal",
+                             hide_index=True)
+                shown = True
+        if not shown:
+            st.caption("No scan has measured this head yet (its layer is outside the scanned layers).")
+
+
+if ss.get("hf_focus") is not None and all(0 <= x < n for x, n in zip(ss.hf_focus, (lm.n_layers, lm.n_heads))):
+    _focus_panel(ss.hf_focus)

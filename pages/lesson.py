@@ -9,6 +9,7 @@ from iclviz.prompt import PromptError
 from iclviz.readout import token_table
 from iclviz.validation import head_name
 from pages import common, state
+from pages.widgets import chart
 
 ss = st.session_state
 common.page_setup(
@@ -84,7 +85,7 @@ if step == 0:
     st.caption("Label positions are coloured by their label (subscript: token position); T, the last position, "
                "is dark.")
 elif step == 1 and res.table is not None:
-    st.plotly_chart(label_attention_compact(res.table, prompt.label_words), key="fig_lesson_att")
+    chart(label_attention_compact(res.table, prompt.label_words), key="fig_lesson_att")
 elif step == 4 and res.table is not None:
     st.dataframe(res.table, key="tbl_lesson_bias", hide_index=True)
 st.caption(f"Model: {lm.name}; in-context heads: {', '.join(map(head_name, heads))}. "

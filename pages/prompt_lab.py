@@ -21,7 +21,7 @@ from iclviz.sharing import state_from_json
 from iclviz.validation import ValidationError, check_demo_count, check_heads, head_name, parse_heads
 from pages import common, state
 from pages.runs import paired_effect_current, predict_current, top_n_current
-from pages.widgets import csv_download, dataset_picker, html_download, safe
+from pages.widgets import chart, csv_download, dataset_picker, html_download, safe
 
 ss = st.session_state
 common.page_setup(
@@ -264,7 +264,7 @@ def intervention_panel():
         att = pd.concat([att, label_attention_table(prompt, after.capture, heads, "after")], ignore_index=True)
     ablated = [head_name(h) for h in iv_heads if h in heads] if kind == "ablate" and after is not None else []
     st.markdown("**Attention from T to each label position** (dot size), per chosen head")
-    st.plotly_chart(label_attention_compact(att, words, ablated), key="fig_compact")
+    chart(label_attention_compact(att, words, ablated), key="fig_compact")
     probs = pd.DataFrame([{"condition": c, "label": w, "probability": p.probs[w]}
                           for c, p in (("before", before), ("after", after)) if p is not None for w in words])
     if ablated:
@@ -287,7 +287,7 @@ def intervention_panel():
         st.markdown(eff.sentence())
         if mode == "top N in-context heads":
             curve = top_n_current(lm, heads, kind)
-            st.plotly_chart(top_n_figure(curve, words), key="fig_topn")
+            chart(top_n_figure(curve, words), key="fig_topn")
             n_flip = first_flip(curve)
             st.caption("The prediction gives way at the top " + (f"**{n_flip}** heads." if n_flip else
                        f"— nowhere: even all {len(heads)} heads do not flip it on this prompt."))
@@ -297,9 +297,9 @@ def intervention_panel():
     # Drawn only when asked for: five figures and a table make every rerun of this panel slower.
     if st.toggle("Full chart: attention from T to each label position, per head, before and after",
                  key="w_full_chart"):
-        st.plotly_chart(probability_bars(probs, words), key="fig_probs")
+        chart(probability_bars(probs, words), key="fig_probs")
         fig = label_attention_bars(att, words, ablated)
-        st.plotly_chart(fig, key="fig_attention")
+        chart(fig, key="fig_attention")
         sums = label_sums(att)
         st.markdown("**Attention summed per label**")
         sum_table = sums.pivot_table(index="head", columns=["condition", "label"], values="attention", sort=False)
@@ -307,7 +307,7 @@ def intervention_panel():
         total = sums.groupby(["condition", "label"], sort=False)["attention"].sum()
         st.dataframe(sum_table.style.format("{:.3f}"), key="tbl_sums")
         st.markdown("All chosen heads: " + "; ".join(f"{c} {w} = {v:.3f}" for (c, w), v in total.items()))
-        st.plotly_chart(label_sum_bars(sums, words), key="fig_sums")
+        chart(label_sum_bars(sums, words), key="fig_sums")
         d1, d2 = st.columns(2)
         with d1:
             csv_download(att, "label_attention.csv", "Attention table (CSV)")

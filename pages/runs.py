@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import streamlit as st
 
+from iclviz.compare import PromptSpec, compare_prompts
+from iclviz.contributions import demo_contributions
 from iclviz.evaluation import predict_prompt
 from iclviz.interventions import Plan
 from iclviz.label_swap import label_swap_one
 from iclviz.label_vectors import label_vector_table
 from iclviz.prompt import build_prompt
 from iclviz.readout import paired_effect, slim_prediction, top_n_margins
+from iclviz.towers_patch import towers_patch
 from iclviz.two_towers import score_similarity
 from pages.state import CFG, model_key, prompt_key
 
@@ -89,3 +92,40 @@ def _score_similarity(_lm, key: str, demos, query: str, words, template: str, he
 def score_similarity_current(lm, heads, sim_layer: int):
     """iclviz.two_towers.score_similarity on the session's prompt."""
     return _score_similarity(lm, model_key(), *prompt_key(), tuple(map(tuple, heads)), int(sim_layer))
+
+
+# ---------------------------------------------------------------- two prompts (A/B, the towers patch), contributions
+
+def spec_key(spec: PromptSpec) -> tuple:
+    """A PromptSpec as cache-key arguments (``PromptSpec(*spec_key(spec)) == spec``)."""
+    return spec.demos, spec.query, spec.label_words, spec.template
+
+
+@st.cache_resource(**_BOUNDED)
+def _compare(_lm, key: str, a: tuple, b: tuple, heads):
+    return compare_prompts(_lm, PromptSpec(*a), PromptSpec(*b), list(heads))
+
+
+def compare_specs(lm, a: PromptSpec, b: PromptSpec, heads):
+    """iclviz.compare.compare_prompts of prompts A and B (per head and label, A, B and B - A)."""
+    return _compare(lm, model_key(), spec_key(a), spec_key(b), tuple(map(tuple, heads)))
+
+
+@st.cache_resource(**_BOUNDED)
+def _contributions(_lm, key: str, demos, query: str, words, template: str, heads, pair):
+    return demo_contributions(_lm, _build(_lm, demos, query, words, template), list(heads), pair)
+
+
+def contributions_current(lm, heads, pair=None):
+    """iclviz.contributions.demo_contributions on the session's prompt."""
+    return _contributions(lm, model_key(), *prompt_key(), tuple(map(tuple, heads)), tuple(pair) if pair else None)
+
+
+@st.cache_resource(**_BOUNDED)
+def _towers(_lm, key: str, a: tuple, b: tuple, heads, positions: str):
+    return towers_patch(_lm, PromptSpec(*a), PromptSpec(*b), list(heads), positions)
+
+
+def towers_patch_specs(lm, a: PromptSpec, b: PromptSpec, heads, positions: str = "labels"):
+    """iclviz.towers_patch.towers_patch: the heads' q / k / v patched from B (the donor) into A."""
+    return _towers(lm, model_key(), spec_key(a), spec_key(b), tuple(map(tuple, heads)), positions)

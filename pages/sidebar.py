@@ -36,7 +36,15 @@ def get_model():
     return None
 
 
-def sidebar() -> None:
+def figure_format() -> None:
+    """One choice for every chart's camera button: PNG or SVG (plotly has one image button per chart)."""
+    st.radio("Charts' camera button saves", ["png", "svg"], format_func=str.upper, horizontal=True,
+             key="w_image_format", help="every chart's camera button (top right of the chart, on hover) downloads "
+                                        "it in this format, drawn in your browser; HTML downloads have both")
+
+
+def sidebar(load: bool = True) -> None:
+    """``load``: load the session's model (a page that only shows stored results passes False)."""
     with st.sidebar:
         st.subheader("Model")
         name, device, dtype, trust = model_spec()
@@ -99,7 +107,9 @@ def sidebar() -> None:
             st.rerun()
         if st.session_state.get("model_error"):
             st.error(safe(st.session_state.model_error) + " The previous model stays in use.")
-        lm = get_model()
+        lm = get_model() if load else None
+        if not load:
+            st.caption("This page loads no model until you ask it to (replaying or saving a lesson).")
         if lm is not None:
             st.caption(safe(lm.describe()))
             st.caption(f"device **{lm.device}**, dtype **{str(lm.dtype).replace('torch.', '')}**, "
@@ -108,6 +118,8 @@ def sidebar() -> None:
                 st.caption(f"note: {note}")
             heads = chosen_heads(lm)
             st.markdown("**In-context heads** (shared by all pages): " + (", ".join(map(head_name, heads)) or "none"))
+        with st.expander("Figures"):
+            figure_format()
         with st.expander("Share the prompt and heads"):
             state = current_state()
             st.download_button("Download as JSON", state.to_json().encode(), file_name="iclviz_prompt.json",

@@ -166,6 +166,21 @@ def prompt_key() -> tuple:
     return demo_tuple(), ss.query, tuple(ss.label_words), ss.template
 
 
+def current_spec():
+    """The session's prompt as an ``iclviz.compare.PromptSpec`` (what the A/B view pins and edits)."""
+    from iclviz.compare import PromptSpec
+
+    ss = st.session_state
+    return PromptSpec(demo_tuple(), ss.query, tuple(ss.label_words), ss.template)
+
+
+def check_spec_size(lm, spec) -> None:
+    """Build ``spec`` for ``lm`` and check it against the operator's limits (PromptError/ValidationError)."""
+    cfg = settings()
+    check_demo_count(len(spec.demos), cfg.max_demos)
+    check_prompt_size(spec.build(lm).n_tokens, cfg.max_tokens, "this server's limit")
+
+
 def current_prompt(lm, show_errors: bool = True):
     """The session's prompt built for this model, or None after an inline message."""
     ss = st.session_state

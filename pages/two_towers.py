@@ -2,16 +2,18 @@
 
 import streamlit as st
 
+from iclviz.compare import reorder, swap_all_labels
 from iclviz.evaluation import EvalSetup
 from iclviz.heads import control_heads
 from iclviz.label_swap import label_swap_table, summarize_label_swap
-from iclviz.plots import score_similarity_scatter, swap_bars
+from iclviz.plots import score_similarity_scatter, swap_bars, towers_patch_bars
+from iclviz.prompt import PromptError
 from iclviz.two_towers import default_sim_layer, rank_correlations, two_towers_table
-from iclviz.validation import head_name
-from pages import common
+from iclviz.validation import ValidationError, head_name
+from pages import common, state
 from pages.long_run import run_with_progress
-from pages.runs import label_swap_current, score_similarity_current
-from pages.widgets import csv_download, dataset_picker, downloads, run_size
+from pages.runs import label_swap_current, score_similarity_current, towers_patch_specs
+from pages.widgets import chart, csv_download, dataset_picker, downloads, run_size, safe
 
 ss = st.session_state
 common.page_setup(
@@ -49,13 +51,54 @@ if table is not None:
     fig = swap_bars(wide, cols, id_col="head_name", names=names, y_title="attention from T")
     s1, s2 = st.columns(2)
     s1.markdown("**Attention from T on each label's positions**")
-    s1.plotly_chart(fig, key="fig_swap_attn")
+    chart(where=s1, fig=fig, key="fig_swap_attn")
     vo_cols = [c for c in wide.columns if c.startswith("vo_")]
     s2.markdown(f"**Value-output logit minus ({words[0]}−{words[1]}) at {words[0]} / {words[1]} positions**")
-    s2.plotly_chart(swap_bars(wide, vo_cols, id_col="head_name", names=names,
-                              y_title=f"logit {words[0]} − logit {words[1]}"), key="fig_swap_vo")
+    chart(where=s2, fig=swap_bars(wide, vo_cols, id_col="head_name", names=names,
+                                  y_title=f"logit {words[0]} − logit {words[1]}"), key="fig_swap_vo")
     st.dataframe(table, key="tbl_swap")
     downloads(table, "label_swap.csv", fig, "label_swap.html", "Attention figure (HTML)")
+
+
+DONORS = {"labels swapped": "every demonstration's label swapped (the label swap)",
+          "order reversed": "the demonstrations in reverse order"}
+
+
+@st.fragment
+def towers_causally():
+    """Its donor and positions choices rerun only this section."""
+    st.subheader("The two towers, causally: patch the query, the keys or the values")
+    st.caption("The paper's claim, in this form: the query at T and the keys at the label positions (q, k) decide "
+               "where T's attention goes; the values (v) carry the label that arrives. Below, in the chosen heads "
+               "only, the query at T, the keys or the values at the label positions of prompt A (the current "
+               "prompt) are replaced by those of prompt B, and the prediction of A is read again; the numbers are "
+               "this model's on this prompt.")
+    c1, c2 = st.columns(2)
+    donor = c1.radio("Prompt B (the donor)", list(DONORS), key="w_tp_donor", horizontal=True,
+                     captions=list(DONORS.values()))
+    positions = c2.radio("Keys and values patched at", ["labels", "all"], key="w_tp_positions", horizontal=True,
+                         captions=["the label positions (matched by demonstration)",
+                                   "every position (prompts of equal length)"])
+    a = state.current_spec()
+    b = swap_all_labels(a) if donor == "labels swapped" else reorder(a, list(reversed(range(len(a.demos)))))
+    try:
+        with st.spinner("Patching the heads (all conditions in one batch)"):
+            tp = towers_patch_specs(lm, a, b, heads, positions)
+    except (PromptError, ValidationError, ValueError, RuntimeError) as exc:
+        st.error(safe(f"The patch cannot be run: {exc}"))
+        return
+    fig3 = towers_patch_bars(tp.summary, words)
+    chart(fig3, key="fig_tp", name="towers_patch")
+    st.dataframe(tp.summary, key="tbl_tp", hide_index=True)
+    st.markdown("**Attention from T on each label's positions, per head and condition**")
+    st.dataframe(tp.per_head.pivot_table(index="head", columns="condition", values=[f"attn_{w}" for w in words],
+                                         sort=False), key="tbl_tp_heads")
+    for note in tp.notes:
+        st.caption(safe(f"note: {note}"))
+    downloads(tp.summary, "towers_patch.csv", fig3, "towers_patch.html", "Patch figure (HTML)")
+
+
+towers_causally()
 
 
 @st.fragment
@@ -72,7 +115,7 @@ def score_vs_similarity():
     icl_names = set(map(head_name, heads))
     df["group"] = ["in-context" if h in icl_names else "random (control)" for h in df["head_name"]]
     fig2 = score_similarity_scatter(df, words)
-    st.plotly_chart(fig2, key="fig_tt")
+    chart(fig2, key="fig_tt")
     if len(prompt.label_positions) >= 3:
         corr = rank_correlations(df.assign(prompt=0))
         if not corr.empty:  # one prompt: one correlation per head, no spread to show
@@ -84,6 +127,7 @@ def score_vs_similarity():
 
 
 score_vs_similarity()
+
 
 st.subheader("Over a dataset sample")
 st.caption("The same two comparisons averaged over test sentences of a dataset, with as many random heads of the same "

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from iclviz.data import SHIPPED_DIR, DataError, dataset_from_table, list_datasets, load_dataset, read_table
-from iclviz.plots import figure_html
+from iclviz.figures import IMAGE_FORMATS, plotly_config, standalone_html
 from iclviz.validation import escape_markdown
 from pages.state import CFG, move_demo, settings
 
@@ -85,9 +85,24 @@ def csv_download(df: pd.DataFrame, name: str, label: str = "Download CSV", key: 
     st.download_button(label, df.to_csv(index=False).encode(), file_name=name, mime="text/csv", key=key or name)
 
 
+def image_format() -> str:
+    """The format of the charts' camera button (PNG or SVG), chosen once in the sidebar."""
+    fmt = st.session_state.get("w_image_format", "png")
+    return fmt if fmt in IMAGE_FORMATS else "png"
+
+
+def chart(fig, key: str, where=None, name: str | None = None, **kwargs):
+    """``st.plotly_chart`` with the camera button saving the figure as PNG or SVG (the sidebar's choice),
+    drawn by plotly.js in the browser (no network)."""
+    return (where or st).plotly_chart(fig, key=key, config=plotly_config(name or key, image_format()), **kwargs)
+
+
 def html_download(fig, name: str, label: str, key: str | None = None) -> None:
-    """The figure as a standalone HTML file."""
-    st.download_button(label, figure_html(fig).encode(), file_name=name, mime="text/html", key=key)
+    """The figure as a standalone HTML file with plotly.js embedded (opens offline, PNG and SVG buttons);
+    built only when the button is clicked (it is a few MB)."""
+    stem = name.rsplit(".", 1)[0]
+    st.download_button(label, data=lambda: standalone_html(fig, stem).encode(), file_name=name, mime="text/html",
+                       key=key or f"dl_{name}", on_click="ignore")
 
 
 def downloads(df: pd.DataFrame, csv_name: str, fig, html_name: str, html_label: str) -> None:

@@ -483,3 +483,227 @@ def test_guided_lesson_walks_five_steps_and_resets(at):
     assert any(h.value == f"1. {STEPS[0].title}" for h in at.header)
     goto(at, "prompt_lab")
     assert at.text_input(key="w_query").value == LESSON_STATE.query
+
+
+# ---------------------------------------------------------------- issue 11: the views no other tool has
+
+def _tiny_and_spec(at):
+    from iclviz.compare import PromptSpec
+    from iclviz.testing import tiny_model
+
+    ss = at.session_state
+    spec = PromptSpec(tuple((d["text"], d["label"]) for d in ss["demos"]), ss["query"], tuple(ss["label_words"]),
+                      ss["template"])
+    return tiny_model("tiny-llama"), spec, [tuple(h) for h in ss["heads"]]
+
+
+def _table(at, column):
+    """The one table on the page with this column."""
+    found = [d.value for d in at.dataframe if column in d.value.columns]
+    assert len(found) == 1, [list(d.value.columns) for d in at.dataframe]
+    return found[0]
+
+
+def test_prompt_ab_pin_flip_and_label_swap_match_the_library(at):
+    import pandas as pd
+
+    from iclviz.compare import compare_prompts, flip_label, label_swap_pair
+
+    goto(at, "prompt_ab")
+    assert any("Pin the current prompt" in i.value for i in at.info)
+    at.button(key="w_ab_pin").click().run()
+    assert not at.exception and not at.error
+    lm, spec, heads = _tiny_and_spec(at)
+    assert at.session_state["ab_a"] == spec
+    same = _table(at, "head_logit_diff")  # B is a copy of A: every difference is zero
+    assert (same["attention_diff"] == 0).all() and (same["head_logit_diff"] == 0).all()
+    at.selectbox(key="w_ab_flip_i").set_value(0).run()
+    at.button(key="w_ab_flip").click().run()
+    assert not at.exception and not at.error
+    want = compare_prompts(lm, spec, flip_label(spec, 0), heads)
+    shown = _table(at, "head_logit_diff")
+    pd.testing.assert_frame_equal(shown.reset_index(drop=True), want.head_table, check_exact=False, rtol=1e-5)
+    assert (shown["attention_diff"].abs() > 0).any()
+    shown_b = [m.value for m in at.markdown if m.value.startswith("`Prediction B:")]
+    assert shown_b and shown_b[0].startswith(f"`Prediction B: {want.predicted_b} — "), shown_b
+    assert f"p({want.label_words_b[0]})={want.labels['prob_b'].iloc[0]:.3f}" in shown_b[0]
+    assert at.session_state["ab_log"] == ["flip #1"]
+    # the preset: B = A with every label swapped (label_swap_pair)
+    at.button(key="w_ab_swap").click().run()
+    want = compare_prompts(lm, *label_swap_pair(spec), heads)
+    pd.testing.assert_frame_equal(_table(at, "prob_diff").reset_index(drop=True), want.labels,
+                                  check_exact=False, rtol=1e-5)
+    # a bad edit is a message and keeps B
+    at.text_input(key="w_ab_words").set_value("foo").run()
+    at.button(key="w_ab_words_go").click().run()
+    assert not at.exception and "The edit was not applied" in errors(at)
+    at.button(key="w_ab_reverse").click().run()
+    assert at.session_state["ab_b"].demos == tuple(reversed(label_swap_pair(spec)[1].demos))
+
+
+def test_demonstrations_waterfall_matches_the_library(at):
+    import pandas as pd
+
+    from iclviz.contributions import demo_contributions
+
+    goto(at, "contributions")
+    assert not at.error
+    lm, spec, heads = _tiny_and_spec(at)
+    want = demo_contributions(lm, spec, heads)
+    shown = _table(at, "measured")
+    pd.testing.assert_frame_equal(shown.reset_index(drop=True), want.table, check_exact=False, rtol=1e-5)
+    assert abs(shown["contribution"].sum() - want.total_contribution) < 1e-5  # they add up
+    m = metrics(at)
+    assert m["Baseline margin (heads' label terms removed)"] == f"{want.baseline_margin:+.3f}"
+    assert any(k.startswith("Prediction's margin") and v == f"{want.prediction_margin:+.3f}" for k, v in m.items())
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert fig["data"][0]["type"] == "waterfall" and len(fig["data"][0]["x"]) == len(spec.demos) + 2
+    # a new prompt, new numbers
+    goto(at, "prompt_lab")
+    demo_key = [t.key for t in at.text_area if t.key and t.key.startswith("dt_")][0]
+    at.text_area(key=demo_key).set_value("the worst film ever made").run()
+    goto(at, "contributions")
+    assert not _table(at, "measured")["contribution"].round(6).equals(shown["contribution"].round(6))
+
+
+def test_two_towers_patch_section_matches_the_library(at):
+    import pandas as pd
+
+    from iclviz.compare import reorder, swap_all_labels
+    from iclviz.towers_patch import towers_patch
+
+    goto(at, "two_towers")
+    assert not at.error
+    lm, spec, heads = _tiny_and_spec(at)
+    want = towers_patch(lm, spec, swap_all_labels(spec), heads, "labels")
+    shown = _table(at, "patched")
+    assert list(shown["condition"]) == ["none", "q", "k", "v", "q+k", "all", "donor (B)"]
+    pd.testing.assert_frame_equal(shown.reset_index(drop=True), want.summary, check_exact=False, rtol=1e-5)
+    assert any("the values (v) carry the label" in c.value for c in at.caption)
+    at.radio(key="w_tp_donor").set_value("order reversed").run()
+    at.radio(key="w_tp_positions").set_value("all").run()
+    assert not at.exception
+    rev = reorder(spec, list(reversed(range(len(spec.demos)))))
+    if not at.error:  # "all" needs prompts of equal token length
+        want = towers_patch(lm, spec, rev, heads, "all")
+        pd.testing.assert_frame_equal(_table(at, "patched").reset_index(drop=True), want.summary,
+                                      check_exact=False, rtol=1e-5)
+    else:
+        assert "equal length" in errors(at)
+
+
+def test_lesson_file_opens_read_only_without_a_model_and_replays(monkeypatch, tmp_path):
+    import pandas as pd
+
+    import pages.sidebar
+    from iclviz.compare import PromptSpec, flip_label, swap_all_labels
+    from iclviz.lesson_file import make_lesson, save_lesson
+    from iclviz.testing import tiny_model
+
+    lm = tiny_model("tiny-llama")
+    spec = PromptSpec((("a lovely film", "foo"), ("a dull film", "bar"), ("great fun", "foo")), "so good")
+    lesson = make_lesson(lm, spec, [(2, 0), (2, 1)], prompt_b=flip_label(spec, 0), donor=swap_all_labels(spec),
+                         contributions=True)
+    path = save_lesson(lesson, tmp_path / "class.json")
+    monkeypatch.setenv("ICLVIZ_LESSON_FILE", str(path))
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(pages.sidebar, "_load", no_model)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()  # the operator's lesson opens first
+    assert not at.exception and not at.error, errors(at)
+    assert any("Read-only" in s.value and "class.json" in s.value for s in at.success)
+    tables = lesson.tables()
+    for column, name in (("head_logit_diff", "compare"), ("measured", "contributions"), ("patched", "towers")):
+        pd.testing.assert_frame_equal(_table(at, column).reset_index(drop=True), tables[name], check_exact=False)
+    # a damaged upload is a message
+    at.file_uploader(key="w_lesson_upload").set_value(("bad.json", b'{"format": "iclviz-lesson", "version": 9}',
+                                                       "application/json")).run()
+    assert not at.exception and "Could not open bad.json" in errors(at) and "version" in errors(at)
+    at.file_uploader(key="w_lesson_upload").set_value(("mine.json", lesson.to_json().encode(),
+                                                       "application/json")).run()
+    assert not at.error and any("mine.json" in s.value for s in at.success)
+    monkeypatch.undo()  # the model may load now: replay recomputes on it
+    at.button(key="w_lesson_replay").click().run()
+    assert not at.exception and not at.error, errors(at)
+    report = at.session_state["lesson_replay"][1]
+    assert report.ok and any("all" in s.value and "agree" in s.value for s in at.success)
+    # saving: the current prompt and heads, computed on the model
+    at.checkbox(key="w_lesson_towers").check()
+    at.button(key="w_lesson_save").click().run()
+    assert not at.exception and not at.error, errors(at)
+    saved = at.session_state["lesson_saved"]
+    from iclviz.lesson_file import load_lesson
+
+    back = load_lesson(saved)
+    assert back.donor is not None and back.contributions and "towers" in back.results
+    assert [tuple(h) for h in back.heads] == [tuple(h) for h in at.session_state["heads"]]
+
+
+def test_attention_page_draws_a_heatmap_past_bertviz_size(at):
+    import numpy as np
+
+    from iclviz.attention_matrix import BERTVIZ_MAX_TOKENS, full_attention
+
+    at.text_input(key="w_query").set_value(" ".join(["a warm, funny and moving film"] * 15)).run()
+    goto(at, "attention")
+    assert not at.error, errors(at)
+    lm, spec, heads = _tiny_and_spec(at)
+    prompt = spec.build(lm)
+    assert BERTVIZ_MAX_TOKENS < prompt.n_tokens <= 512
+    assert not at.get("iframe")  # no bertviz
+    assert any(f"past {BERTVIZ_MAX_TOKENS}" in i.value for i in at.info)
+    layer = sorted({a for a, _ in heads})[0]
+    in_layer = sorted(b for a, b in heads if a == layer)
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    want = full_attention(lm, prompt, [layer])[layer][in_layer, -1, :].numpy()
+    assert np.allclose(np.array(fig["data"][0]["z"]), want, atol=1e-6)
+    assert fig["data"][0]["y"] == [f"L{layer}H{b}" for b in in_layer]
+    config = json.loads(at.get("plotly_chart")[0].proto.config)
+    assert config["toImageButtonOptions"]["format"] == "png"
+    at.checkbox(key="w_att_only_t").uncheck().run()  # every position: one n x n map per head
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    full = full_attention(lm, prompt, [layer])[layer][in_layer[0]].numpy()
+    assert np.allclose(np.array(fig["data"][0]["z"]), full, atol=1e-6)
+    at.checkbox(key="w_att_sink").check().run()  # the first token hidden
+    assert len(json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]["x"]) == prompt.n_tokens - 1
+    at.radio(key="w_image_format").set_value("svg").run()  # the sidebar's choice reaches every chart
+    assert json.loads(at.get("plotly_chart")[0].proto.config)["toImageButtonOptions"]["format"] == "svg"
+    assert not at.exception
+
+
+def test_head_finder_altair_heatmap_and_the_selected_head_panel(at):
+    goto(at, "head_finder")
+    at.number_input(key="w_hf_n").set_value(4)
+    at.button[0].click()  # the scan form's submit button
+    at.run()
+    assert not at.exception and not at.error
+    scan = at.session_state["scan"]
+    charts = at.get("vega_lite_chart")
+    assert len(charts) == 1 + len(scan.label_words)  # one altair heatmap per tab
+    spec = json.loads(charts[0].proto.spec)
+    assert any(p.get("name") == "head" for p in spec.get("params", []))  # clicking selects a head
+    head = scan.top(1)[0]
+    at.session_state["hf_focus"] = head  # what a click on that cell sets
+    at.run()
+    panel = [m.value for m in at.markdown if m.value.startswith(f"**Selected head L{head[0]}H{head[1]}**")]
+    assert panel
+    row = scan.overall[(scan.overall["layer"] == head[0]) & (scan.overall["head"] == head[1])].iloc[0]
+    assert any(f"Importance (gold label) {row['importance']:.4f}, rank 1 of" in m.value for m in at.markdown)
+    [b for b in at.button if b.label == "Run the causal scan"][0].click().run()
+    assert not at.exception and not at.error
+    cs = at.session_state["causal_scan"]
+    focus = _table(at, "kind")  # the panel follows: the causal scan's rows for that head
+    want = cs.table[(cs.table["layer"] == head[0]) & (cs.table["head"] == head[1])]
+    assert focus["label_effect"].round(6).tolist() == want["label_effect"].round(6).tolist()
+
+
+def test_every_chart_goes_through_the_figure_config_and_no_html_uses_a_cdn():
+    root = Path(APP).parent
+    for p in [root / "app.py", *sorted((root / "pages").glob("*.py")), root / "iclviz" / "plots.py"]:
+        src = p.read_text()
+        assert 'include_plotlyjs="cdn"' not in src and "cdn.plot.ly" not in src, p
+        if p.name != "widgets.py":  # widgets.chart adds config=plotly_config(...) (PNG or SVG, the sidebar's choice)
+            assert ".plotly_chart(" not in src, p

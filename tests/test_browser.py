@@ -2,7 +2,9 @@
 
 Edits a demonstration, toggles an ablation, checks that the prediction text changes, saves
 the README screenshot (assets/prompt_lab.png), and opens two browser contexts at once to
-check that their ablations do not leak into each other.
+check that their ablations do not leak into each other. Walks the Prompt A/B view (pin A,
+flip a label, see the difference) and the Demonstrations waterfall, and saves their README
+screenshots (assets/prompt_ab.png, assets/waterfall.png).
 
 The real default model is used when its cache is built (load ~2 s); otherwise (a fresh
 machine) the tiny random test model, so the test stays short. ICLVIZ_BROWSER_MODEL=default
@@ -240,23 +242,19 @@ def test_heatmap_cell_click_chooses_the_head(app_url, browser):
         n.press("Tab")
         page.get_by_label("Demonstrations per label").fill("1")
         page.get_by_role("button", name="Scan heads").click()
-        chart = page.locator("[data-testid='stPlotlyChart']").first
+        chart = page.locator("[data-testid='stVegaLiteChart']").first  # the altair layer x head heatmap
         chart.wait_for(timeout=240_000)
         _settle(page)
         chart.scroll_into_view_if_needed()
-        # Where cell (layer, head) is on screen, from plotly's own axes.
-        layer, head, px, py = chart.locator(".js-plotly-plot").evaluate("""gd => {
-            const fl = gd._fullLayout, cells = gd._fullData[1];
-            const i = Math.floor(cells.x.length / 2) + 1;
-            return [cells.y[i], cells.x[i], fl._size.l + fl.xaxis.l2p(cells.x[i]),
-                    fl._size.t + fl.yaxis.l2p(cells.y[i])];
-        }""")
-        box = chart.locator(".js-plotly-plot").bounding_box()
-        page.mouse.move(box["x"] + px, box["y"] + py)
-        page.wait_for_timeout(300)
-        page.mouse.click(box["x"] + px, box["y"] + py)
+        # A cell in the middle of the map; vega's SVG names each cell in its aria-label ("head: 2; layer: 3; ...").
+        cells = chart.locator("g.mark-rect path")
+        cell = cells.nth(cells.count() // 2)
+        aria = cell.get_attribute("aria-label")
+        layer, head = (int(re.search(rf"\b{k}: (\d+)", aria).group(1)) for k in ("layer", "head"))
+        cell.click()
         name = f"L{layer}H{head}"
         expect(page.get_by_text(f"Selected cells: {name}")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text(f"Selected head {name}")).to_be_visible(timeout=60_000)  # the panel follows
         page.get_by_role("button", name="Use the selected cells as the in-context heads").click()
         expect(page.get_by_text(f"(shared by all pages): {name}")).to_be_visible(timeout=60_000)
     finally:
@@ -322,5 +320,52 @@ def test_visitor_gets_no_model_paths_and_markdown_stays_inert(app_url, browser):
         assert any(pixel in t for t in alerts), alerts  # shown as text, exactly as typed (no stray escapes)
         assert page.locator("[data-testid='stAlert'] a[href*='evil.example']").count() == 0  # and not as a link
         assert not [u for u in outside if "evil.example" in u]
+    finally:
+        ctx.close()
+
+
+AB_SHOT = ROOT / "assets" / "prompt_ab.png"
+WATERFALL_SHOT = ROOT / "assets" / "waterfall.png"
+
+
+def _plotly(page, index=0):
+    return page.locator("[data-testid='stPlotlyChart'] .js-plotly-plot").nth(index)
+
+
+def test_prompt_ab_flip_and_waterfall_screenshots(app_url, browser):
+    from playwright.sync_api import expect
+
+    ctx = browser.new_context(viewport={"width": 1500, "height": 1700})
+    page = ctx.new_page()
+    try:
+        page.goto(app_url)
+        page.get_by_role("link", name="Prompt A/B").click()
+        page.get_by_role("button", name="Pin the current prompt as A").click()
+        expect(page.get_by_text("Prediction B:")).to_be_visible(timeout=180_000)
+        _settle(page)
+        same = _plotly(page).evaluate("gd => gd._fullData.filter(t => t.xaxis === 'x3').flatMap(t => Array.from(t.y))")
+        assert same and all(abs(v) < 1e-9 for v in same)  # B is a copy of A: B − A is zero
+        # Flip demonstration 1's label (the selector starts on #1): B − A is no longer zero.
+        page.get_by_role("button", name="Flip its label").click()
+        expect(page.get_by_text("B = A, then: flip #1")).to_be_visible(timeout=120_000)
+        _settle(page)
+        diff = _plotly(page).evaluate("gd => gd._fullData.filter(t => t.xaxis === 'x3').flatMap(t => Array.from(t.y))")
+        assert any(abs(v) > 1e-6 for v in diff), diff
+        page.locator("[data-testid='stMain']").evaluate("e => e.scrollTo(0, 0)")
+        _settle(page)
+        page.screenshot(path=str(AB_SHOT))
+        assert AB_SHOT.stat().st_size > 10_000
+
+        page.get_by_role("link", name="Demonstrations").click()
+        expect(page.get_by_role("heading", name="Demonstrations")).to_be_visible(timeout=60_000)
+        _plotly(page).wait_for(timeout=180_000)
+        _settle(page)
+        kind, n = _plotly(page).evaluate("gd => [gd.data[0].type, gd.data[0].x.length]")
+        assert kind == "waterfall" and n >= 3  # baseline, the demonstrations, the prediction
+        page.set_viewport_size({"width": 1500, "height": 1000})
+        page.locator("[data-testid='stMain']").evaluate("e => e.scrollTo(0, 0)")
+        _settle(page)
+        page.screenshot(path=str(WATERFALL_SHOT))
+        assert WATERFALL_SHOT.stat().st_size > 10_000
     finally:
         ctx.close()

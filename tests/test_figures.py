@@ -14,7 +14,14 @@ def test_html_embeds_plotly_and_configs_and_altair_selection():
     import pandas as pd
     import plotly.graph_objects as go
 
-    from iclviz.figures import head_heatmap, image_configs, plotly_config, selected_head, standalone_html
+    from iclviz.figures import (
+        head_heatmap,
+        image_configs,
+        plotly_config,
+        selected_head,
+        selected_heads,
+        standalone_html,
+    )
 
     html = standalone_html(go.Figure(go.Bar(y=[1, 2])), "fig")
     assert not re.search(r"<script[^>]*\bsrc=", html)  # nothing loaded from a CDN or anywhere
@@ -31,6 +38,11 @@ def test_html_embeds_plotly_and_configs_and_altair_selection():
                for p in params)
     assert selected_head({"selection": {"head": [{"layer": 11, "head": 0}]}}) == (11, 0)
     assert selected_head({"selection": {"head": []}}) is None
+    two = {"selection": {"head": [{"layer": 11, "head": 0}, {"layer": 10, "head": 1}, {"layer": 11, "head": 0}]}}
+    assert selected_heads(two) == [(11, 0), (10, 1)] and selected_heads(None) == []
+    named = m.copy()
+    named.columns.name = "head"  # as HeadScan.matrix gives it
+    assert len(head_heatmap(named).to_dict()["datasets"]) == 1
 
 
 def test_waterfall_figure(tiny_llama):

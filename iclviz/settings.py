@@ -20,6 +20,8 @@ ICLVIZ_CACHE_TTL               600      seconds a cached result lives in the app
 ICLVIZ_CACHE_ENTRIES           64       cached results per kind in the app
 ICLVIZ_LESSON_FILE             (none)   a lesson file (JSON) the app opens at start, read-only,
                                         without a model (for a class or a static host)
+ICLVIZ_OFFLOAD_FOLDER          (none)   where the "spread" device choice (device_map="auto") may put
+                                        layers that fit on no GPU and not in memory (disk offload)
 =============================  =======  =====================================================
 """
 
@@ -64,6 +66,7 @@ class Settings:
     cache_ttl: int = 600
     cache_entries: int = 64
     lesson_file: str = ""
+    offload_folder: str = ""
 
     @property
     def model_sources(self) -> list[str]:
@@ -123,6 +126,7 @@ def load_settings(env=None) -> Settings:
         cache_ttl=_int(env, "ICLVIZ_CACHE_TTL", 600, 1, 7 * 24 * 3600),
         cache_entries=_int(env, "ICLVIZ_CACHE_ENTRIES", 64, 1, 100_000),
         lesson_file=_path(env, "ICLVIZ_LESSON_FILE"),
+        offload_folder=_path(env, "ICLVIZ_OFFLOAD_FOLDER"),
     )
 
 

@@ -156,4 +156,4 @@ if ss.get("lesson_saved"):
     st.download_button("Download the lesson file (JSON)", ss.lesson_saved.encode(), file_name="iclviz_lesson.json",
                        mime="application/json", key="dl_lesson_json", type="primary")
     st.caption("Open it here (or on any iclviz server) without a model; replaying it (here, or with "
-               "`iclviz.lesson_file.replay`) recomputes every stored result and lists what differs.")
+               "`python -m iclviz replay FILE`) recomputes every stored result and lists what differs.")

@@ -17,10 +17,17 @@ def _load(name: str, device: str, dtype: str, trust_remote_code: bool):
     if name in TINY_MODELS and test_model_name():
         return tiny_model(name)
     settings().check_model(name, trust_remote_code)  # what visitors may load: the operator's choice
+    if device == SPREAD:  # accelerate places the layers over the GPUs and the CPU (and the operator's disk folder)
+        return load_model(name, dtype=None if dtype == "auto" else dtype, trust_remote_code=trust_remote_code,
+                          device_map="auto", offload_folder=settings().offload_folder or None)
     if device != "auto":
         check_device(device)
     return load_model(name, device=None if device == "auto" else device, dtype=None if dtype == "auto" else dtype,
                       trust_remote_code=trust_remote_code)
+
+
+SPREAD = "spread (device_map=auto)"
+DEVICES = ["auto", "cpu", "cuda", SPREAD]
 
 
 def get_model():
@@ -84,8 +91,10 @@ def sidebar(load: bool = True) -> None:
             typed = st.selectbox("Which offline model", names, index=names.index(now), key="w_model_offline",
                                  format_func=lambda n: OFFLINE_MODELS[n].label.split(" (")[0])
         with st.expander("Device and dtype"):
-            dev = st.selectbox("Device", ["auto", "cpu", "cuda"], index=["auto", "cpu", "cuda"].index(device),
-                               key="w_device")
+            dev = st.selectbox("Device", DEVICES, index=DEVICES.index(device) if device in DEVICES else 0,
+                               key="w_device", help="'spread' puts a model larger than one GPU over the GPUs and "
+                                                    "the CPU (accelerate's device_map='auto'), and over the disk "
+                                                    "folder the operator named in ICLVIZ_OFFLOAD_FOLDER")
             dt = st.selectbox("dtype", ["auto", "float32", "bfloat16", "float16"],
                               index=["auto", "float32", "bfloat16", "float16"].index(dtype), key="w_dtype")
             tr = False

@@ -707,3 +707,28 @@ def test_every_chart_goes_through_the_figure_config_and_no_html_uses_a_cdn():
         assert 'include_plotlyjs="cdn"' not in src and "cdn.plot.ly" not in src, p
         if p.name != "widgets.py":  # widgets.chart adds config=plotly_config(...) (PNG or SVG, the sidebar's choice)
             assert ".plotly_chart(" not in src, p
+
+
+def test_spread_device_loads_with_device_map_and_predicts_like_the_library(monkeypatch, tmp_path):
+    from iclviz.models import load_model
+    from iclviz.testing import save_tiny_model
+    from pages.sidebar import SPREAD
+
+    folder = save_tiny_model(tmp_path / "tiny")
+    monkeypatch.setenv("ICLVIZ_ALLOW_LOCAL", "1")
+    monkeypatch.setenv("ICLVIZ_OFFLOAD_FOLDER", str(tmp_path / "offload"))
+    at = new_app()
+    at.radio(key="w_model_source").set_value("Local folder").run()
+    at.text_input(key="w_model_dir").set_value(str(folder)).run()
+    at.selectbox(key="w_device").set_value(SPREAD).run()
+    at.button(key="w_load_model").click().run()
+    assert not at.exception and not at.error
+    assert at.session_state["model_spec"][1] == SPREAD
+    captions = " ".join(c.value for c in at.sidebar.caption)
+    assert "device **cpu**" in captions  # accelerate placed every layer on the only device here
+    lm = load_model(str(folder))
+    want = lm.prompt([(d["text"], d["label"]) for d in at.session_state["demos"]], at.session_state["query"],
+                     at.session_state["label_words"])
+    from iclviz.evaluation import predict_prompt
+
+    assert predict_prompt(lm, want).predicted in predictions(at)[0]

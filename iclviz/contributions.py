@@ -38,7 +38,7 @@ from .compare import PromptSpec, _records
 from .interventions import Head
 from .lens import logit_minus
 from .prompt import BuiltPrompt, PromptError
-from .validation import head_name
+from .validation import head_name, parse_heads
 
 LINEAR_SCALING = "final_scale"
 
@@ -76,6 +76,14 @@ class Contributions:
         rows.append({"step": "prediction", "measure": "total", "value": self.prediction_margin,
                      "cumulative": self.prediction_margin})
         return pd.DataFrame(rows)
+
+    @staticmethod
+    def from_dict(d: dict) -> Contributions:
+        """The inverse of ``to_dict`` (a lesson file's stored contributions, drawn without a model)."""
+        return Contributions(parse_heads(" ".join(d["heads"])), tuple(d["pair"]), float(d["prediction_margin"]),
+                             float(d["baseline_margin"]), float(d["total_contribution"]), float(d["heads_direct"]),
+                             float(d["measured_all"]), str(d["predicted"]), pd.DataFrame(d["table"]),
+                             pd.DataFrame(d.get("per_head", [])), list(d.get("notes", [])))
 
     def to_dict(self) -> dict:
         return {"heads": [head_name(h) for h in self.heads], "pair": list(self.pair),

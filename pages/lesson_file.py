@@ -6,6 +6,8 @@ from pathlib import Path
 import streamlit as st
 
 from iclviz.compare import swap_all_labels
+from iclviz.contributions import Contributions
+from iclviz.figures import waterfall_figure
 from iclviz.interventions import Plan
 from iclviz.lesson_file import load_lesson, make_lesson, replay
 from iclviz.plots import ab_bars, towers_patch_bars
@@ -69,6 +71,9 @@ def show_lesson(lesson, source: str) -> None:
             if name == "compare" and {"head", "label", "attention_a", "attention_diff"} <= set(df.columns):
                 chart(ab_bars(df, "attention", "attention from T on the label's positions"),
                       key="fig_lesson_ab", name="lesson_prompt_ab")
+            if name == "contributions":
+                chart(waterfall_figure(Contributions.from_dict(lesson.results["contributions"])),
+                      key="fig_lesson_waterfall", name="lesson_waterfall")
             if name == "towers" and {"condition", "margin", "predicted"} <= set(df.columns):
                 chart(towers_patch_bars(df, lesson.prompt.label_words), key="fig_lesson_towers",
                       name="lesson_towers_patch")

@@ -618,6 +618,9 @@ def test_lesson_file_opens_read_only_without_a_model_and_replays(monkeypatch, tm
     tables = lesson.tables()
     for column, name in (("head_logit_diff", "compare"), ("measured", "contributions"), ("patched", "towers")):
         pd.testing.assert_frame_equal(_table(at, column).reset_index(drop=True), tables[name], check_exact=False)
+    drawn = {c.key: json.loads(c.proto.spec)["data"] for c in at.get("plotly_chart")}  # from the stored values
+    steps = drawn["fig_lesson_waterfall"][0]
+    assert steps["type"] == "waterfall" and len(steps["x"]) == len(tables["contributions"]) + 2
     # a damaged upload is a message
     at.file_uploader(key="w_lesson_upload").set_value(("bad.json", b'{"format": "iclviz-lesson", "version": 9}',
                                                        "application/json")).run()

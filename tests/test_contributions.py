@@ -62,3 +62,20 @@ def test_contributions_for_more_labels_use_the_predicted_pair(tiny_llama):
     assert demo_contributions(tiny_llama, prompt, HEADS, pair=("film", "foo")).pair == ("film", "foo")
     with pytest.raises(ValueError):
         demo_contributions(tiny_llama, prompt, HEADS, scaling="final_norm")
+
+
+def test_stored_contributions_draw_the_same_waterfall(tiny_llama, tokenizer):
+    """A lesson file stores ``to_dict``; ``from_dict`` gives back what the waterfall is drawn from."""
+    import pandas as pd
+
+    from iclviz.contributions import Contributions
+    from iclviz.figures import waterfall_figure
+    from iclviz.prompt import build_prompt
+
+    p = build_prompt(tokenizer, [("a wonderful film", "foo"), ("dull and boring", "bar"), ("great", "foo")],
+                     "I loved it", ("foo", "bar"))
+    c = demo_contributions(tiny_llama, p, [(1, 0), (2, 3)])
+    back = Contributions.from_dict(json.loads(json.dumps(c.to_dict())))
+    pd.testing.assert_frame_equal(back.waterfall(), c.waterfall())
+    assert back.heads == c.heads and back.pair == c.pair
+    assert waterfall_figure(back).to_json() == waterfall_figure(c).to_json()

@@ -15,7 +15,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from iclviz.memory import limit_heap_growth, release_memory  # noqa: E402
-from pages import state, widgets  # noqa: E402
+from pages import common, state, widgets  # noqa: E402
 
 limit_heap_growth()  # a server's memory stays flat over reruns (see iclviz/memory.py)
 
@@ -37,6 +37,7 @@ PAGES = [
     st.Page("pages/lesson_file.py", title="Lesson file", icon=":material/description:", default=LESSON_START),
 ]
 page = st.navigation(PAGES)
+common.open_deep_link(PAGES)  # a first visit at a page's URL on a fresh server came through here (common.py)
 try:
     page.run()
 except Exception as exc:  # noqa: BLE001 - an error on one page is shown there; the others keep working

@@ -13,6 +13,7 @@ or =tiny forces one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -48,15 +49,16 @@ def _use_default_model() -> bool:
     return (cache_dir() / "models" / QWEN_05B.f32_dir / "iclviz-complete.json").exists()
 
 
-@pytest.fixture(scope="module")
-def app_url():
+@contextlib.contextmanager
+def _serve(tiny: bool):
+    """A fresh ``streamlit run app.py`` on a free port (the default model, or the tiny test model)."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
     pytest.importorskip("playwright.sync_api")
     port = _free_port()
     env = dict(os.environ)
     env.pop("ICLVIZ_TEST_MODEL", None)
-    if not _use_default_model():
+    if tiny:
         env["ICLVIZ_TEST_MODEL"] = "tiny-llama"
     env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] = "false"
     proc = subprocess.Popen(
@@ -76,12 +78,20 @@ def app_url():
         proc.kill()
         out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
         pytest.fail(f"streamlit did not start:\n{out[-3000:]}")
-    yield url
-    proc.terminate()
     try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    with _serve(tiny=not _use_default_model()) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -368,4 +378,21 @@ def test_prompt_ab_flip_and_waterfall_screenshots(app_url, browser):
         page.screenshot(path=str(WATERFALL_SHOT))
         assert WATERFALL_SHOT.stat().st_size > 10_000
     finally:
+        ctx.close()
+
+
+def test_first_visit_at_a_page_url_gets_the_apps_navigation(browser):
+    """On a fresh server, before any session has run app.py, Streamlit runs a page opened by its URL on its own
+    and lists every file of pages/ as a page; the page goes through app.py instead, keeping its query."""
+    with _serve(tiny=True) as url:
+        ctx = browser.new_context(viewport={"width": 1300, "height": 900})
+        page = ctx.new_page()
+        page.goto(f"{url}/two_towers?mode=ticked+heads")  # the very first run of this server
+        page.locator("h1", has_text="Two towers").wait_for(timeout=120_000)
+        nav = page.locator("[data-testid='stSidebarNav']")
+        nav.get_by_text("Guided lesson").wait_for(timeout=60_000)
+        names = nav.inner_text()
+        assert "Prompt A/B" in names and "Demonstrations" in names
+        assert not re.search(r"\b(common|state|sidebar|widgets|runs)\b", names)  # helper modules are no pages
+        assert "/two_towers" in page.url and "mode=ticked" in page.url
         ctx.close()

@@ -107,17 +107,9 @@ def head_heatmap(matrix: pd.DataFrame, value: str = "importance", title: str = "
 
 
 def selected_head(event, param_name: str = HEAD_PARAM) -> tuple[int, int] | None:
-    """The (layer, head) an ``st.altair_chart(..., on_select="rerun")`` event reports, or None."""
-    sel = getattr(event, "selection", None) if event is not None else None
-    if sel is None and isinstance(event, dict):
-        sel = event.get("selection")
-    points = (sel.get(param_name) if isinstance(sel, dict) else getattr(sel, param_name, None)) or []
-    if isinstance(points, dict):
-        points = [points]
-    for pt in points:
-        if isinstance(pt, dict) and "layer" in pt and "head" in pt:
-            return int(pt["layer"]), int(pt["head"])
-    return None
+    """The (layer, head) an ``st.altair_chart(..., on_select="rerun")`` event reports first, or None."""
+    heads = selected_heads(event, param_name)
+    return heads[0] if heads else None
 
 
 def selected_heads(event, param_name: str = HEAD_PARAM) -> list[tuple[int, int]]:

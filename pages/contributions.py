@@ -1,6 +1,5 @@
 """Demonstrations: each demonstration's contribution to the prediction through the in-context heads (a waterfall)."""
 
-import json
 
 import streamlit as st
 
@@ -10,7 +9,7 @@ from iclviz.prompt import PromptError
 from iclviz.validation import ValidationError
 from pages import common
 from pages.runs import contributions_current
-from pages.widgets import chart, csv_download, html_download, safe
+from pages.widgets import chart, safe, view_downloads
 
 ss = st.session_state
 common.page_setup(
@@ -62,11 +61,5 @@ for note in c.notes:
 with st.expander("Per head: each demonstration's term"):
     st.dataframe(c.per_head, key="tbl_contrib_heads", hide_index=True)
 
-d1, d2, d3 = st.columns(3)
-with d1:
-    csv_download(c.to_frame(), "demonstration_contributions.csv", "Contributions (CSV)", key="dl_contrib_csv")
-with d2:
-    st.download_button("Contributions (JSON)", json.dumps({"model": lm.name, **c.to_dict()}, indent=1).encode(),
-                       file_name="demonstration_contributions.json", mime="application/json", key="dl_contrib_json")
-with d3:
-    html_download(fig, "demonstration_waterfall.html", "Waterfall (HTML)", key="dl_contrib_html")
+view_downloads(c.to_frame(), {"model": lm.name, **c.to_dict()}, fig, "demonstration_contributions", "Contributions",
+               "Waterfall (HTML)", key="dl_contrib")

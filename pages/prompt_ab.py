@@ -1,6 +1,5 @@
 """Prompt A/B: pin the current prompt as A, edit a copy B, and see per in-context head and label what changed."""
 
-import json
 
 import streamlit as st
 
@@ -17,7 +16,7 @@ from iclviz.prompt import PromptError
 from iclviz.validation import ValidationError
 from pages import common, state
 from pages.runs import compare_specs
-from pages.widgets import chart, csv_download, html_download, safe
+from pages.widgets import chart, safe, view_downloads
 
 ss = st.session_state
 common.page_setup(
@@ -186,13 +185,6 @@ st.dataframe(cmp.labels, key="tbl_ab_labels", hide_index=True)
 with st.expander("Attention from T to each demonstration's label position (matched by index)"):
     st.dataframe(cmp.positions, key="tbl_ab_positions", hide_index=True)
 
-d1, d2, d3 = st.columns(3)
-with d1:
-    csv_download(cmp.to_frame(), "prompt_ab.csv", "Comparison (CSV)", key="dl_ab_csv")
-with d2:
-    payload = {"prompt_a": a.to_dict(), "prompt_b": b.to_dict(), "edits": list(ss.get("ab_log", [])),
-               "model": lm.name, **cmp.to_dict()}
-    st.download_button("Comparison (JSON)", json.dumps(payload, indent=1, default=str).encode(),
-                       file_name="prompt_ab.json", mime="application/json", key="dl_ab_json")
-with d3:
-    html_download(fig_att, "prompt_ab_attention.html", "Attention figure (HTML)", key="dl_ab_html")
+payload = {"prompt_a": a.to_dict(), "prompt_b": b.to_dict(), "edits": list(ss.get("ab_log", [])), "model": lm.name,
+           **cmp.to_dict()}
+view_downloads(cmp.to_frame(), payload, fig_att, "prompt_ab", "Comparison", "Attention figure (HTML)", key="dl_ab")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import traceback
 
 import pandas as pd
@@ -112,6 +113,18 @@ def downloads(df: pd.DataFrame, csv_name: str, fig, html_name: str, html_label: 
         csv_download(df, csv_name)
     with d2:
         html_download(fig, html_name, html_label)
+
+
+def view_downloads(df: pd.DataFrame, obj: dict, fig, name: str, what: str, fig_label: str, key: str) -> None:
+    """A view's table (CSV), its full result (JSON) and its figure (HTML), side by side."""
+    d1, d2, d3 = st.columns(3)
+    with d1:
+        csv_download(df, f"{name}.csv", f"{what} (CSV)", key=f"{key}_csv")
+    with d2:
+        st.download_button(f"{what} (JSON)", json.dumps(obj, indent=1, default=str).encode(), file_name=f"{name}.json",
+                           mime="application/json", key=f"{key}_json")
+    with d3:
+        html_download(fig, f"{name}.html", fig_label, key=f"{key}_html")
 
 
 # ---------------------------------------------------------------- the demonstrations' order

@@ -34,6 +34,7 @@ from .heads import DEFAULT_SCALING
 from .interventions import NONE, Head, Interventions, Plan
 from .lens import project
 from .prompt import DEFAULT_LABEL_WORDS, DEFAULT_TEMPLATE, TEMPLATES, BuiltPrompt, PromptError, build_prompt
+from .readout import head_label_mass
 from .validation import head_name, parse_shared_state
 
 # ---------------------------------------------------------------- the prompt as data
@@ -202,12 +203,7 @@ def _side(lm, prompt: BuiltPrompt, heads, scaling, plan):
     ho = torch.stack([cap.head_out[0, a, b] for a, b in heads]) if heads else torch.zeros(0, lm.arch.d_model)
     head_logits = project(lm.arch, ho[None], cap.resid_final[:1], scaling, token_ids=ids)[0]  # [n_heads, K]
     attn = cap.attention_at(0, prompt.label_positions)  # [L, H, P]
-    mass = torch.zeros(len(heads), len(ids))
-    for k, w in enumerate(prompt.label_words):
-        sel = [i for i, lab in enumerate(prompt.demo_labels) if lab == w]
-        for j, (a, b) in enumerate(heads):
-            mass[j, k] = attn[a, b, sel].sum() if sel else 0.0
-    return res, cap, head_logits, mass, attn
+    return res, cap, head_logits, head_label_mass(prompt, cap, heads), attn
 
 
 def compare_prompts(lm, prompt_a: BuiltPrompt | PromptSpec, prompt_b: BuiltPrompt | PromptSpec, heads,

@@ -4,7 +4,8 @@ For demonstration ``i`` with label position ``p_i`` and the in-context heads ``H
 
     contribution_i = sum_{(l,h) in H} A[l,h,T,p_i] * logit_minus(z[l,h,p_i])
 
-with ``z[l,h,p] = v_p W_O^h`` the value-output vector (``Capture.values(l, h)``) and
+with ``z[l,h,p] = v_p W_O^h`` the value-output vector (read from the run as label-word logits,
+``Capture.value_label_logits``: ``z`` itself is never built) and
 ``logit_minus(u) = logits(u)[a] - logits(u)[b]`` under the linear ``final_scale`` lens
 (``lens.py``: the final norm's weight and the final residual's scale at ``T``). That lens is
 linear, so the contributions add up exactly to the heads' direct effect through the label
@@ -122,12 +123,14 @@ def demo_contributions(lm, prompt: BuiltPrompt | PromptSpec, heads, pair=None,
     heads = [(int(a), int(b)) for a, b in dict.fromkeys((int(x), int(y)) for x, y in heads)]
     if not heads:
         raise ValueError("choose at least one head")
-    res = lm.run([prompt], capture=True, value_positions=[prompt.label_positions], value_heads=heads)
+    # every head's value vectors at the label positions come out of the run as label-word logits (final_scale)
+    res = lm.run([prompt], capture=True, value_positions=[prompt.label_positions])
     cap = res.capture
     label_logits = res.label_logits[0]
     a, b = choose_pair(prompt.label_words, label_logits, pair)
     ta, tb = prompt.label_token_ids[a], prompt.label_token_ids[b]
     ka, kb = prompt.label_words.index(a), prompt.label_words.index(b)
+    z_minus = cap.value_label_logits[0, ..., ka] - cap.value_label_logits[0, ..., kb]  # [L, H, P]
     margin = float(label_logits[ka] - label_logits[kb])
     attn = cap.attention_at(0, prompt.label_positions)  # [L, H, P]
     P = len(prompt.label_positions)
@@ -135,7 +138,7 @@ def demo_contributions(lm, prompt: BuiltPrompt | PromptSpec, heads, pair=None,
     per_head = []
     heads_direct = 0.0
     for j, (x, y) in enumerate(heads):
-        lm_z = logit_minus(lm.arch, cap.values(x, y)[:1], cap.resid_final[:1], ta, tb)[0]  # [P]
+        lm_z = z_minus[x, y]  # [P]: logit_minus(z[x, y, p]) under the linear lens
         contrib[j] = attn[x, y] * lm_z
         heads_direct += float(logit_minus(lm.arch, cap.head_out[:1, x, y], cap.resid_final[:1], ta, tb)[0])
         for i in range(P):

@@ -129,6 +129,7 @@ def model_info(lm) -> dict:
 def compute_results(lm, lesson: Lesson) -> dict:
     """Every result the lesson asks for, computed on ``lm``."""
     from .contributions import demo_contributions
+    from .readout import head_label_mass
     from .towers_patch import towers_patch
 
     prompt = lesson.prompt.build(lm)
@@ -139,14 +140,9 @@ def compute_results(lm, lesson: Lesson) -> dict:
     out: dict = {"prediction": {"predicted": words[int(res.predictions[0])],
                                 "probs": {w: float(probs[k]) for k, w in enumerate(words)},
                                 "logits": {w: float(logits[k]) for k, w in enumerate(words)}}}
-    attn = res.capture.attention_at(0, prompt.label_positions)
-    rows = []
-    for x, y in lesson.heads:
-        for w in words:
-            sel = [i for i, lab in enumerate(prompt.demo_labels) if lab == w]
-            rows.append({"head": head_name((x, y)), "label": w,
-                         "attention": float(attn[x, y, sel].sum()) if sel else 0.0})
-    out["attention"] = rows
+    mass = head_label_mass(prompt, res.capture, lesson.heads)  # [n_heads, K]
+    out["attention"] = [{"head": head_name(h), "label": w, "attention": float(mass[j, k])}
+                        for j, h in enumerate(lesson.heads) for k, w in enumerate(words)]
     if lesson.prompt_b is not None:
         out["compare"] = compare_prompts(lm, prompt, lesson.prompt_b.build(lm), lesson.heads, lesson.scaling,
                                          lesson.plan).to_dict()

@@ -377,11 +377,20 @@ def label_sums(table: pd.DataFrame) -> pd.DataFrame:
     return (table.groupby(["condition", "head", "label"], sort=False)["attention"].sum().reset_index())
 
 
+def head_label_mass(prompt: BuiltPrompt, capture, heads, b: int = 0) -> torch.Tensor:
+    """[len(heads), K] per head and label word: the attention from T on that label's positions (row ``b``)."""
+    attn = capture.attention_at(b, prompt.label_positions)  # [L, H, P]
+    own = torch.zeros(len(prompt.label_positions), len(prompt.label_words))
+    for i, w in enumerate(prompt.demo_labels):
+        own[i, prompt.label_words.index(w)] = 1.0
+    rows = torch.stack([attn[x, y].float() for x, y in heads]) if heads else torch.zeros(0, own.shape[0])
+    return rows @ own
+
+
 def label_mass(prompt: BuiltPrompt, capture, heads) -> dict[str, float]:
     """Per label word: the attention from T on its positions, summed over ``heads``."""
-    table = label_attention_table(prompt, capture, heads)
-    sums = table.groupby("label")["attention"].sum() if not table.empty else {}
-    return {w: float(sums.get(w, 0.0)) for w in prompt.label_words}
+    sums = head_label_mass(prompt, capture, [tuple(h) for h in heads]).sum(0)
+    return {w: float(sums[k]) for k, w in enumerate(prompt.label_words)}
 
 
 @dataclass

@@ -38,6 +38,7 @@ from .compare import PromptSpec, _records
 from .interventions import Head, Interventions
 from .prompt import BuiltPrompt, PromptError
 from .qkv import HeadPatch, QKVPatch, QKVRecorder
+from .readout import head_label_mass
 from .validation import head_name
 
 DEFAULT_CONDITIONS = ("none", "q", "k", "v", "q+k", "all")
@@ -96,18 +97,6 @@ class TowersPatch:
         return {"heads": [head_name(h) for h in self.heads], "positions": self.positions,
                 "label_words": list(self.label_words), "notes": list(self.notes),
                 "summary": _records(self.summary), "per_head": _records(self.per_head)}
-
-
-def _label_mass(prompt: BuiltPrompt, cap, b: int, heads) -> torch.Tensor:
-    """[n_heads, K] attention from T on each label's positions."""
-    attn = cap.attention_at(b, prompt.label_positions)
-    out = torch.zeros(len(heads), len(prompt.label_words))
-    for k, w in enumerate(prompt.label_words):
-        sel = [i for i, lab in enumerate(prompt.demo_labels) if lab == w]
-        if sel:
-            for j, (x, y) in enumerate(heads):
-                out[j, k] = attn[x, y, sel].sum()
-    return out
 
 
 @torch.no_grad()
@@ -174,7 +163,7 @@ def towers_patch(lm, prompt_a: BuiltPrompt | PromptSpec, prompt_b: BuiltPrompt |
 
     def add(name, parts, r, res_, prompt, cap_row):
         probs, logits = res_.label_probs[r], res_.label_logits[r]
-        mass = _label_mass(prompt, res_.capture, cap_row, heads)
+        mass = head_label_mass(prompt, res_.capture, heads, cap_row)
         row = {"condition": name, "patched": parts, "predicted": words[int(logits.argmax())],
                **{f"prob_{w}": float(probs[k]) for k, w in enumerate(words)},
                **{f"logit_{w}": float(logits[k]) for k, w in enumerate(words)},

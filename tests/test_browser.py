@@ -104,6 +104,16 @@ def browser():
         b.close()
 
 
+@contextlib.contextmanager
+def _new_page(browser, width: int = 1500, height: int = 1100):
+    """A page in its own browser context (its own Streamlit session), closed afterwards."""
+    ctx = browser.new_context(viewport={"width": width, "height": height})
+    try:
+        yield ctx.new_page()
+    finally:
+        ctx.close()
+
+
 def _predictions(page):
     return page.locator("code", has_text="Prediction:")
 
@@ -215,10 +225,8 @@ def _settle(page, timeout=120_000):
 def test_guided_lesson_walk_and_screenshot(app_url, browser):
     from playwright.sync_api import expect
 
-    ctx = browser.new_context(viewport={"width": 1500, "height": 1000})
-    page = ctx.new_page()
-    try:
-        # From the app's front page through the navigation (a deep link shows Streamlit's raw pages-folder list).
+    with _new_page(browser, 1500, 1000) as page:
+        # From the app's front page through the navigation, as a visitor goes.
         page.goto(app_url)
         page.get_by_role("link", name="Guided lesson").click()
         expect(page.get_by_role("heading", name="1. Demonstrations and label positions")).to_be_visible(timeout=120_000)
@@ -235,16 +243,12 @@ def test_guided_lesson_walk_and_screenshot(app_url, browser):
         assert page.get_by_role("button", name="Next").is_disabled()
         page.get_by_role("button", name="Reset the lesson").click()
         expect(page.get_by_role("heading", name="1. Demonstrations and label positions")).to_be_visible(timeout=60_000)
-    finally:
-        ctx.close()
 
 
 def test_heatmap_cell_click_chooses_the_head(app_url, browser):
     from playwright.sync_api import expect
 
-    ctx = browser.new_context(viewport={"width": 1500, "height": 1100})
-    page = ctx.new_page()
-    try:
+    with _new_page(browser) as page:
         page.goto(f"{app_url}/head_finder")
         expect(page.get_by_role("button", name="Scan heads")).to_be_visible(timeout=120_000)
         n = page.get_by_label("Test sentences per seed")
@@ -267,14 +271,10 @@ def test_heatmap_cell_click_chooses_the_head(app_url, browser):
         expect(page.get_by_text(f"Selected head {name}")).to_be_visible(timeout=60_000)  # the panel follows
         page.get_by_role("button", name="Use the selected cells as the in-context heads").click()
         expect(page.get_by_text(f"(shared by all pages): {name}")).to_be_visible(timeout=60_000)
-    finally:
-        ctx.close()
 
 
 def test_bias_lab_reorders_twice(app_url, browser):
-    ctx = browser.new_context(viewport={"width": 1500, "height": 1100})
-    page = ctx.new_page()
-    try:
+    with _new_page(browser) as page:
         page.goto(f"{app_url}/bias_lab")
         page.get_by_text("Reorder the demonstrations").wait_for(timeout=120_000)
         _settle(page)
@@ -286,20 +286,13 @@ def test_bias_lab_reorders_twice(app_url, browser):
         first = order()
         assert len(first) >= 3
         # The first demonstration (id 1 in a fresh session) moves down twice.
-        page.locator(".st-key-bias_order_down_1 button").first.click()
-        page.wait_for_function("""t => [...document.querySelectorAll("[data-testid='stMarkdownContainer'] p")]
-            .some(p => p.innerText.startsWith('#2 · ') && p.innerText.endsWith(t))""", arg=first[0][-20:],
-                               timeout=240_000)
-        _settle(page)
-        assert order()[:3] == [first[1], first[0], first[2]]
-        page.locator(".st-key-bias_order_down_1 button").first.click()
-        page.wait_for_function("""t => [...document.querySelectorAll("[data-testid='stMarkdownContainer'] p")]
-            .some(p => p.innerText.startsWith('#3 · ') && p.innerText.endsWith(t))""", arg=first[0][-20:],
-                               timeout=240_000)
-        _settle(page)
-        assert order()[:3] == [first[1], first[2], first[0]]
-    finally:
-        ctx.close()
+        for slot, want in ((2, [first[1], first[0], first[2]]), (3, [first[1], first[2], first[0]])):
+            page.locator(".st-key-bias_order_down_1 button").first.click()
+            moved = """([s, t]) => [...document.querySelectorAll("[data-testid='stMarkdownContainer'] p")]
+                .some(p => p.innerText.startsWith('#' + s + ' · ') && p.innerText.endsWith(t))"""
+            page.wait_for_function(moved, arg=[slot, first[0][-20:]], timeout=240_000)
+            _settle(page)
+            assert order()[:3] == want
 
 
 def test_visitor_gets_no_model_paths_and_markdown_stays_inert(app_url, browser):
@@ -345,9 +338,7 @@ def _plotly(page, index=0):
 def test_prompt_ab_flip_and_waterfall_screenshots(app_url, browser):
     from playwright.sync_api import expect
 
-    ctx = browser.new_context(viewport={"width": 1500, "height": 1700})
-    page = ctx.new_page()
-    try:
+    with _new_page(browser, 1500, 1700) as page:
         page.goto(app_url)
         page.get_by_role("link", name="Prompt A/B").click()
         page.get_by_role("button", name="Pin the current prompt as A").click()
@@ -377,22 +368,18 @@ def test_prompt_ab_flip_and_waterfall_screenshots(app_url, browser):
         _settle(page)
         page.screenshot(path=str(WATERFALL_SHOT))
         assert WATERFALL_SHOT.stat().st_size > 10_000
-    finally:
-        ctx.close()
 
 
 def test_first_visit_at_a_page_url_gets_the_apps_navigation(browser):
     """On a fresh server, before any session has run app.py, Streamlit runs a page opened by its URL on its own
     and lists every file of pages/ as a page; the page goes through app.py instead, keeping its query."""
     with _serve(tiny=True) as url:
-        ctx = browser.new_context(viewport={"width": 1300, "height": 900})
-        page = ctx.new_page()
-        page.goto(f"{url}/two_towers?mode=ticked+heads")  # the very first run of this server
-        page.locator("h1", has_text="Two towers").wait_for(timeout=120_000)
-        nav = page.locator("[data-testid='stSidebarNav']")
-        nav.get_by_text("Guided lesson").wait_for(timeout=60_000)
-        names = nav.inner_text()
-        assert "Prompt A/B" in names and "Demonstrations" in names
-        assert not re.search(r"\b(common|state|sidebar|widgets|runs)\b", names)  # helper modules are no pages
-        assert "/two_towers" in page.url and "mode=ticked" in page.url
-        ctx.close()
+        with _new_page(browser, 1300, 900) as page:
+            page.goto(f"{url}/two_towers?mode=ticked+heads")  # the very first run of this server
+            page.locator("h1", has_text="Two towers").wait_for(timeout=120_000)
+            nav = page.locator("[data-testid='stSidebarNav']")
+            nav.get_by_text("Guided lesson").wait_for(timeout=60_000)
+            names = nav.inner_text()
+            assert "Prompt A/B" in names and "Demonstrations" in names
+            assert not re.search(r"\b(common|state|sidebar|widgets|runs)\b", names)  # helper modules are no pages
+            assert "/two_towers" in page.url and "mode=ticked" in page.url

@@ -131,18 +131,16 @@ def log_probs(arch, u: torch.Tensor, resid_final: torch.Tensor | None, token_ids
     lse = None
     with _tf32(device.type == "cuda" and w.dtype != torch.float32):
         for start in range(0, w.shape[0], chunk_rows):
-            part = _chunk_lse(x, w[start:start + chunk_rows].to(device, torch.float32),
-                              b[start:start + chunk_rows].to(device, torch.float32) if b is not None else None)
+            part = torch.logsumexp(_logits(x, w, b, slice(start, start + chunk_rows)), -1)
             lse = part if lse is None else torch.logaddexp(lse, part)
-    picked = project(arch, u, resid_final, scaling, token_ids=list(token_ids), unembed_bias=True)
-    return picked - lse[..., None]
+    rows = torch.as_tensor(list(token_ids), dtype=torch.long, device=w.device)
+    return _logits(x, w, b, rows) - lse[..., None]
 
 
-def _chunk_lse(x, w, b):
-    part = x @ w.T
-    if b is not None:
-        part = part + b
-    return torch.logsumexp(part, -1)
+def _logits(x, w, b, rows):
+    """``x . W_U[rows] + b_U[rows]`` in float32 on ``x``'s device (only those rows are cast)."""
+    out = x @ w[rows].to(x.device, torch.float32).T
+    return out + b[rows].to(x.device, torch.float32) if b is not None else out
 
 
 @contextlib.contextmanager

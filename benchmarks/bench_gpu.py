@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -40,7 +41,7 @@ SHAPES = {
                                  num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
                                  max_position_embeddings=32768)),
 }
-SMOKE = {"tiny-llama": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+SMOKE = {"tiny-llama": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=32,
                                       num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
                                       max_position_embeddings=4096))}
 RUNS = [(1, 250, 16), (8, 250, 16), (1, 2000, 128)]  # batch, tokens, label positions
@@ -84,6 +85,31 @@ def measure(fn, device, repeats):
     return statistics.median(times), peak
 
 
+class _KernelCount(TorchDispatchMode):
+    """Counts the operators that launch work (views and metadata-only operators left out)."""
+
+    VIEWS = {"view", "_unsafe_view", "reshape", "select", "slice", "expand", "transpose", "permute", "unsqueeze",
+             "squeeze", "t", "alias", "detach", "as_strided", "split", "split_with_sizes", "chunk", "unbind",
+             "lift_fresh", "_to_copy_noop"}
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ not in self.VIEWS:
+            self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def kernels_per_layer(fn, n_layers: int) -> float:
+    """Operators that launch work in one call of ``fn``, per layer: on a GPU at batch 1 each is a kernel
+    launch, and their count (not the arithmetic) is what a small batch waits for."""
+    with _KernelCount() as count:
+        fn()
+    return count.n / n_layers
+
+
 def bench(name, kind, cfg, device, dtype, repeats, runs):
     model = build(kind, cfg, device, dtype)
     instrument(model)
@@ -99,9 +125,60 @@ def bench(name, kind, cfg, device, dtype, repeats, runs):
     for batch, tokens, n_labels in runs:
         ids = torch.randint(100, vocab, (batch, tokens), generator=g)
         print(one_row(model, ids, n_labels, device, repeats), flush=True)
+    print(importance_arithmetic(cfg, weights / dtype.itemsize, runs))
+    print(vocabulary_products(model, device, repeats))
     del model
     if device == "cuda":
         torch.cuda.empty_cache()
+
+
+def importance_arithmetic(cfg: dict, n_params: float, runs) -> str:
+    """The floor the importance sets, from arithmetic alone: every head's importance needs a log-softmax
+    over the whole vocabulary for L x (H + 1) vectors per prompt (``heads.importance_of``), against about
+    2 x parameters multiply-adds per token for the forward pass."""
+    L, H, D, V = (cfg[k] for k in ("num_hidden_layers", "num_attention_heads", "hidden_size", "vocab_size"))
+    imp = 2 * L * (H + 1) * D * V  # per prompt
+    parts = []
+    for batch, tokens, _ in runs:
+        fwd = 2 * n_params * tokens
+        parts.append(f"{batch} x {tokens}: {imp / fwd:.1%}")
+    return (f"importance arithmetic per prompt: {imp / 1e9:.0f} GFLOP, as a share of the forward pass's "
+            f"({', '.join(parts)}); at equal throughput that share is the least the importance adds")
+
+
+def vocabulary_products(model, device: str, repeats: int) -> str:
+    """One prompt's importance products, ``[L x (H + 1), D] @ W_U^T``, timed alone: float32 inputs with
+    TF32 (what ``lens.log_probs`` does on a half-precision model) against the model's dtype in with
+    float32 out (``torch.mm(..., out_dtype=torch.float32)``, CUDA only), which keeps the logits in
+    float32 at the half-precision rate."""
+    cfg = model.config
+    w = model.get_output_embeddings().weight.detach()
+    rows = cfg.num_hidden_layers * (cfg.num_attention_heads + 1)
+    x = torch.randn(rows, w.shape[1], device=w.device)
+    chunk = max(1024, (1 << 25) // max(w.shape[1], rows))
+
+    def tf32():
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = device == "cuda"
+        try:
+            for start in range(0, w.shape[0], chunk):
+                torch.logsumexp(x @ w[start:start + chunk].float().T, -1)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = old
+
+    def half_in_float_out():
+        xh = x.to(w.dtype)
+        for start in range(0, w.shape[0], chunk):
+            torch.logsumexp(torch.mm(xh, w[start:start + chunk].T, out_dtype=torch.float32), -1)
+
+    t_tf32, _ = measure(tf32, device, repeats)
+    try:
+        t_half, _ = measure(half_in_float_out, device, repeats)
+        half = f"{t_half * 1000:.1f} ms"
+    except (RuntimeError, NotImplementedError, TypeError) as exc:
+        half = f"not available here ({type(exc).__name__})"
+    return (f"importance products alone, one prompt ({rows} rows x {w.shape[0]} words): float32/TF32 "
+            f"{t_tf32 * 1000:.1f} ms; {str(w.dtype).replace('torch.', '')} in, float32 out: {half}")
 
 
 def one_row(model, ids: torch.Tensor, n_labels: int, device: str, repeats: int) -> str:
@@ -126,27 +203,33 @@ def one_row(model, ids: torch.Tensor, n_labels: int, device: str, repeats: int) 
         with torch.no_grad():
             model(input_ids=x, use_cache=False, logits_to_keep=1, output_attentions=True)
 
+    L = model.config.num_hidden_layers
     model.set_attn_implementation("sdpa")
     t_plain, m_plain = measure(plain, device, repeats)
+    k_plain = kernels_per_layer(plain, L)
     model.set_attn_implementation("iclviz")
     t_cap, m_cap = measure(capture, device, repeats)
+    k_cap = kernels_per_layer(capture, L)
     t_read, m_read = measure(readouts, device, repeats)
+    k_read = kernels_per_layer(readouts, L)
     model.set_attn_implementation("eager")
     try:
         t_eager, m_eager = measure(eager, device, repeats)
+        k_eager = kernels_per_layer(eager, L)
     except torch.OutOfMemoryError:
-        t_eager, m_eager = float("nan"), float("nan")
+        t_eager, m_eager, k_eager = float("nan"), float("nan"), float("nan")
         torch.cuda.empty_cache()
     finally:
         model.set_attn_implementation("iclviz")
 
-    def cell(t, m):
+    def cell(t, m, k):
         mem = f", peak +{m / 2**30:.2f} GiB" if device == "cuda" and m == m else ""
-        return f"{t / t_plain:.2f}x ({t * 1000:.0f} ms{mem})"
+        return f"{t / t_plain:.2f}x ({t * 1000:.0f} ms{mem}, {k:.0f} ops/layer)"
 
     plain_mem = f", peak +{m_plain / 2**30:.2f} GiB" if device == "cuda" else ""
-    return (f"| {batch} x {tokens} ({n_labels} label positions) | {t_plain * 1000:.0f} ms{plain_mem} | "
-            f"{cell(t_cap, m_cap)} | {cell(t_read, m_read)} | {cell(t_eager, m_eager)} |")
+    return (f"| {batch} x {tokens} ({n_labels} label positions) | {t_plain * 1000:.0f} ms{plain_mem}, "
+            f"{k_plain:.0f} ops/layer | {cell(t_cap, m_cap, k_cap)} | {cell(t_read, m_read, k_read)} | "
+            f"{cell(t_eager, m_eager, k_eager)} |")
 
 
 def main():
@@ -157,7 +240,8 @@ def main():
     args = ap.parse_args()
     if args.smoke:
         for name, (kind, cfg) in SMOKE.items():
-            bench(name, kind, cfg, "cpu", torch.float32, 1, [(1, 250, 16), (2, 250, 16)])
+            for dtype in (torch.float32, torch.bfloat16):
+                bench(name, kind, cfg, "cpu", dtype, args.repeats, [(1, 250, 16), (2, 250, 16)])
         return 0
     if not torch.cuda.is_available():
         print("bench_gpu: no CUDA device here; nothing measured (run it where a GPU is, or --smoke on the CPU)")

@@ -205,10 +205,14 @@ class _RunState:
         for layer, head in interventions.positional_score_heads:
             self.dep_mask[layer, head] = True
         self.touched = interventions.layers_touched()
+        # per-layer switches as Python booleans: no tensor test inside the layers' loop
+        self._ablates = (self.ablate_mask.any(1) | (self.row_ablate_mask.any(0).any(1) if self.row_ablate_mask
+                                                    is not None else False)).tolist()
+        self._removes_positional = self.dep_mask.any(1).tolist()
         self.label_ids = list(label_ids) if label_ids is not None else None
         self.value_heads = value_heads  # "all", or the (layer, head) pairs whose full value vectors are kept
         self.full_rows_layers = frozenset(full_rows_layers)
-        self._directions: dict = {}
+        self._device_cache: dict = {}
         self.records: dict[str, list] = {k: [None] * L for k in ("attn", "scores", "head_out", "value_label_logits",
                                                                  "value_vectors", "resid_in", "attn_block_out")}
         self.full_attn: dict[int, torch.Tensor] = {}
@@ -216,11 +220,11 @@ class _RunState:
         self._edit_cache: dict[tuple, torch.Tensor] = {}
 
     def edits_row(self, layer: int) -> bool:
-        return bool(self.iv.attention) and (-1 in self.touched or layer in self.touched) or bool(
-            self.dep_mask[layer].any())
+        return bool(self.iv.attention) and (-1 in self.touched or layer in self.touched) or \
+            self._removes_positional[layer]
 
-    def _factor(self, layer: int, batch: int, length: int, device, dtype) -> torch.Tensor | None:
-        """[B, H, S] multiplicative factor on the attention row of this layer, or None."""
+    def _factor(self, layer: int, batch: int, length: int, dtype) -> torch.Tensor | None:
+        """[B, H, S] multiplicative factor on the attention row of this layer, or None (on the host)."""
         factor = None
         for i, edit in enumerate(self.iv.attention):
             heads = self._edit_heads(i, edit, batch)[:, layer]  # [B or 1, H]
@@ -229,7 +233,7 @@ class _RunState:
             f = self._edit_row(i, edit, batch, length)
             f = torch.where(heads[:, :, None], f[:, None, :].to(dtype), torch.ones((), dtype=dtype))
             factor = f if factor is None else factor * f
-        return None if factor is None else factor.to(device)
+        return factor
 
     def _edit_heads(self, i: int, edit, batch: int) -> torch.Tensor:
         """[B or 1, L, H] which heads edit ``i`` touches (built once per run)."""
@@ -268,44 +272,42 @@ class _RunState:
         layer = arch.layer_of(module)
         B, H, _, Dh = query.shape
         S = key.shape[2]
-        ablate = self.ablate_mask[layer][None].expand(B, H)
-        if self.row_ablate_mask is not None and self.row_ablate_mask[:, layer].any():
-            if self.row_ablate_mask.shape[0] != B:
-                raise ValueError(f"per-row ablation for {self.row_ablate_mask.shape[0]} rows in a batch of {B}")
-            ablate = ablate | self.row_ablate_mask[:, layer]
-        qkv = [hk for hk in self.iv.qkv if layer in hk.layers()]
-        if not (self.capture or self.edits_row(layer) or ablate.any() or qkv):
+        ablates, edits = self._ablates[layer], self.edits_row(layer)
+        qkv = [hk for hk in self.iv.qkv if layer in hk.layers()] if self.iv.qkv else ()
+        if not (self.capture or edits or ablates or qkv):
             return out
-        out = out.clone()
         KV = key.shape[1]
         G = H // KV  # query heads per key-value head: computed grouped, never copied per head
         probs = scores = None
-        if self.capture or self.edits_row(layer):
+        if self.capture or edits:
             scale = scaling if scaling is not None else Dh ** -0.5
             q = query[:, :, -1, :]  # [B, H, Dh]
             scores = torch.einsum("bkgd,bksd->bkgs", q.reshape(B, KV, G, Dh), key).reshape(B, H, S) * scale
-            dep = self.dep_mask[layer]
-            if dep.any():
+            if self._removes_positional[layer]:
                 k = key.repeat_interleave(G, dim=1) if G > 1 else key
-                scores = self._positional_free_scores(q, k, scores, dep, scale)
+                scores = self._positional_free_scores(q, k, scores, self.dep_mask[layer], scale)
             if attention_mask is not None:
                 m = attention_mask[:, :, -1, :S]
                 if m.dtype == torch.bool:
                     scores = scores.masked_fill(~m, float("-inf"))
                 else:
                     scores = scores + m
-            probs = torch.softmax(scores.float(), dim=-1).to(query.dtype)
-            factor = self._factor(layer, B, S, probs.device, probs.dtype)
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32)  # kept in float32 (the record's dtype)
+            factor = self._factor(layer, B, S, probs.dtype)
+            factor = None if factor is None else self._on(probs.device, ("factor", layer, S), factor)
             if factor is not None:
                 probs = probs * factor
                 if any(e.renormalize for e in self.iv.attention):
                     probs = probs / probs.sum(-1, keepdim=True).clamp_min(1e-30)
-            row = torch.einsum("bkgs,bksd->bkgd", probs.reshape(B, KV, G, S), value).reshape(B, H, Dh)
-            out[:, -1] = row
+            if edits:  # T's row from the edited pattern, written into SDPA's fresh output (read by no one else)
+                row = torch.einsum("bkgs,bksd->bkgd", probs.to(value.dtype).reshape(B, KV, G, S), value).reshape(
+                    B, H, Dh)
+                out[:, -1] = row
+            # no edit: SDPA's own row stays, so a capture leaves the model's computation untouched
         for hook in qkv:  # query/key/value patches and recorders (qkv.py): T's row of their heads only
             probs, scores = hook.apply(layer, query, key, value, attention_mask, scaling, self.pad, out, probs, scores)
-        if ablate.any():
-            out = out.masked_fill(ablate.to(out.device)[:, None, :, None], 0)
+        if ablates:
+            out = out.masked_fill(self._ablation(layer, B, out.device)[:, None, :, None], 0)
         if self.capture:
             self._record(layer, out, probs, scores, query, key, value, attention_mask, scale, G)
         return out
@@ -316,32 +318,54 @@ class _RunState:
         w_o = self.arch.w_o(layer).to(out.device, out.dtype)  # [H, Dh, D], a view of the weight
         rec = self.records
         rec["attn"][layer] = probs
-        rec["scores"][layer] = scores.float()
+        rec["scores"][layer] = scores  # the model's dtype; float32 on the host
         rec["head_out"][layer] = torch.einsum("bhd,hdm->bhm", out[:, -1], w_o)
         if self.value_positions is not None:
-            idx = self.value_positions.to(value.device)  # [B, P]
+            idx = self._on(value.device, "value_positions", self.value_positions)  # [B, P]
             P, KV = idx.shape[1], value.shape[1]
             vv = torch.gather(value, 2, idx[:, None, :, None].expand(B, KV, P, Dh))  # [B, KV, P, Dh]
             if self.label_ids is not None:  # label-word logits of every head's z, without building z
-                dirs = self._label_directions(value.device)  # [K, D]
                 # in the model's dtype: no float32 copy of W_O (float32 models stay exact)
-                w_dir = torch.einsum("hdm,km->hdk", w_o, dirs.to(w_o.dtype)).reshape(KV, G, Dh, -1)
+                dirs = self._label_directions(value.device, w_o.dtype)  # [K, D]
+                w_dir = torch.einsum("hdm,km->hdk", w_o, dirs).reshape(KV, G, Dh, -1)
                 rec["value_label_logits"][layer] = torch.einsum(
                     "bkpd,kgdc->bkgpc", vv, w_dir).reshape(B, H, P, -1)
             heads = self._vector_heads(layer)
             if heads:
-                sel = torch.as_tensor(heads, device=value.device)
+                sel = self._on(value.device, ("heads", layer), torch.as_tensor(heads))
                 z = torch.einsum("bnpd,ndm->bnpm", vv[:, sel // G], w_o[sel])
                 rec["value_vectors"][layer] = (heads, z)
         if layer in self.full_rows_layers:
             self.full_attn[layer] = self._full_rows(query, key, attention_mask, scale, probs, G)
 
-    def _label_directions(self, device) -> torch.Tensor:
-        if device not in self._directions:
+    def _ablation(self, layer: int, batch: int, device) -> torch.Tensor:
+        """[B, H] the heads zeroed in this layer, for each row (on ``device``, copied there once)."""
+        key = ("ablate", layer, device)
+        if key not in self._device_cache:
+            ablate = self.ablate_mask[layer][None].expand(batch, -1)
+            if self.row_ablate_mask is not None:
+                if self.row_ablate_mask.shape[0] != batch:
+                    raise ValueError(
+                        f"per-row ablation for {self.row_ablate_mask.shape[0]} rows in a batch of {batch}")
+                ablate = ablate | self.row_ablate_mask[:, layer]
+            self._device_cache[key] = ablate.to(device)
+        return self._device_cache[key]
+
+    def _on(self, device, name, t: torch.Tensor) -> torch.Tensor:
+        """``t`` on ``device``, copied there once per run (not once per layer: no host-to-device copy
+        inside the layers' loop, which would make the host wait for the device)."""
+        key = (name, device)
+        if key not in self._device_cache:
+            self._device_cache[key] = t.to(device)
+        return self._device_cache[key]
+
+    def _label_directions(self, device, dtype) -> torch.Tensor:
+        key = ("label_directions", device, dtype)
+        if key not in self._device_cache:
             from .lens import label_directions
 
-            self._directions[device] = label_directions(self.arch, self.label_ids, device)
-        return self._directions[device]
+            self._device_cache[key] = label_directions(self.arch, self.label_ids, device).to(dtype)
+        return self._device_cache[key]
 
     def _vector_heads(self, layer: int) -> list[int]:
         if self.value_heads == "all":

@@ -125,7 +125,8 @@ def log_probs(arch, u: torch.Tensor, resid_final: torch.Tensor | None, token_ids
     x = normed(arch, u, resid_final, scaling)
     device = x.device
     w = arch.unembed_matrix().detach()
-    chunk_rows = chunk_rows or max(1024, (1 << 25) // w.shape[1])
+    # a chunk of W_U in float32 and the chunk's logits each stay near 32M numbers
+    chunk_rows = chunk_rows or max(1024, (1 << 25) // max(w.shape[1], x[..., 0].numel()))
     b = _with_bias(arch, scaling, True)
     b = b.detach() if b is not None else None
     lse = None

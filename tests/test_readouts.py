@@ -15,6 +15,7 @@ from iclviz.capture import MissingRecord, run_ids
 from iclviz.heads import head_importance
 from iclviz.lens import frozen_norm, log_probs, project
 from iclviz.prompt import build_prompt
+from iclviz.testing import ARCHITECTURES, build_tiny_model
 
 DEMOS = [("a wonderful film", "foo"), ("dull and boring", "bar"), ("great acting", "foo"), ("a waste", "bar")]
 
@@ -169,3 +170,17 @@ def test_attention_view_matrices_come_from_the_same_model_without_a_copy(tiny, t
     for layer in (0, 2):
         close(att[layer], ref.attentions[layer][0, [3, 1]])
     assert tiny.model.config._attn_implementation == "iclviz"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_capture_leaves_the_models_computation_bit_for_bit(arch, dtype):
+    """A capture with no intervention reads the pass and writes nothing into it: the logits are the
+    plain pass's bit for bit, in float32 and in bfloat16 (where recomputing T's attention row and
+    writing it back would round differently from the fused kernel)."""
+    model = build_tiny_model(arch).to(dtype)
+    ids = prompts(model.config.vocab_size)
+    captured = run_ids(model, ids, LABEL_IDS, value_positions=[[1, 2]] * 3, importance="final_scale")
+    plain = run_ids(model, ids, LABEL_IDS, capture=False)
+    assert torch.equal(captured.logits, plain.logits)
+    assert captured.capture.importance.values.isfinite().all()

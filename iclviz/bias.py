@@ -19,10 +19,12 @@ bias without the fix is not positive (nothing to reduce).
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from .evaluation import Cancelled, EvalSetup, Progress, evaluate
 from .heads import layers_of, random_heads
@@ -40,10 +42,15 @@ class BiasResult:
     rows: pd.DataFrame  # one row per condition x arrangement
     summary: pd.DataFrame  # per condition: bias, and reduction against no fix
     notes: list[str] = field(default_factory=list)
+    prompts: pd.DataFrame | None = None  # per prompt: condition, arrangement/order, seed, index, correct, margin
 
     def reduction(self, condition: str = "fix in-context heads") -> float:
         s = self.summary.set_index("condition")
         return float(s.loc[condition, "reduction"]) if condition in s.index else float("nan")
+
+    def intervals(self, **kwargs) -> pd.DataFrame:
+        """Paired bootstrap intervals over the test prompts (``bias_intervals``)."""
+        return bias_intervals(self.kind, self.prompts, **kwargs)
 
 
 def _drop_one(label: int):
@@ -66,13 +73,14 @@ def majority_bias(lm: LoadedModel, setup: EvalSetup, heads, batch_size: int = 8,
     words = setup.words()
     arrangements = [("balanced", None)] + [(f"one fewer {w}", k) for k, w in enumerate(words)]
     conds = _conditions(lm, heads, "majority_fix", seed)
-    rows = []
+    rows, per_prompt = [], []
     total = len(arrangements) * len(conds)
     step = 0
     for arr, drop in arrangements:
         s = setup if drop is None else replace(setup, demo_transform=_drop_one(drop))
         for cname, plan in conds:
             res = evaluate(lm, s, plan, batch_size=batch_size)
+            per_prompt.append(_prompt_rows(res, cname, "arrangement", arr))
             share = res.prediction_share()
             minority = None if drop is None else words[drop]
             row = {"condition": cname, "arrangement": arr, "accuracy": res.accuracy, "n": res.n,
@@ -98,7 +106,7 @@ def majority_bias(lm: LoadedModel, setup: EvalSetup, heads, batch_size: int = 8,
     base = summary.set_index("condition").loc["no fix"]
     summary["reduction"] = [reduction(base.bias, b) for b in summary.bias]
     summary["shift_reduction"] = [reduction(base.prediction_shift, b) for b in summary.prediction_shift]
-    return BiasResult("majority", df, summary)
+    return BiasResult("majority", df, summary, prompts=pd.concat(per_prompt, ignore_index=True))
 
 
 def demonstration_orders(n_labels: int, n_random: int = 3, seed: int = 0) -> list[tuple[str, object]]:
@@ -136,13 +144,14 @@ def recency_bias(lm: LoadedModel, setup: EvalSetup, heads, n_random_orders: int 
     conds = _conditions(lm, heads, "remove_positional_score", seed)
     if notes:
         conds = conds[:1]
-    rows = []
+    rows, per_prompt = [], []
     total = len(orders) * len(conds)
     step = 0
     for oname, key in orders:
         s = replace(setup, demo_transform=_reorder(key))
         for cname, plan in conds:
             res = evaluate(lm, s, plan, batch_size=batch_size)
+            per_prompt.append(_prompt_rows(res, cname, "order", oname))
             rows.append({"condition": cname, "order": oname, "accuracy": res.accuracy, "n": res.n,
                          **{f"share_{w}": v for w, v in res.prediction_share().items()}})
             step += 1
@@ -154,4 +163,95 @@ def recency_bias(lm: LoadedModel, setup: EvalSetup, heads, n_random_orders: int 
                                                       orders=("accuracy", "size")).reset_index()
     base = float(summary.set_index("condition").loc["no fix", "bias"])
     summary["reduction"] = [reduction(base, b) for b in summary.bias]
-    return BiasResult("recency", df, summary, notes)
+    return BiasResult("recency", df, summary, notes, prompts=pd.concat(per_prompt, ignore_index=True))
+
+
+def _prompt_rows(res, condition: str, column: str, value: str) -> pd.DataFrame:
+    """One evaluation's per-prompt outcomes, keyed by the test prompt (seed, index) for pairing."""
+    r = res.rows[["seed", "index", "correct", "margin", "pred"]].copy()
+    r.insert(0, column, value)
+    r.insert(0, "condition", condition)
+    return r
+
+
+def _bias_statistic(kind: str):
+    """The bias of every condition from accuracies ``acc`` [condition, arrangement] (the paper's metrics)."""
+    if kind == "majority":  # arrangement 0 is balanced, the others one fewer of a label
+        return lambda acc: acc[:, 0] - acc[:, 1:].mean(1)
+    return lambda acc: acc.std(1)  # recency: spread of accuracy over orders (ddof 0)
+
+
+def bias_intervals(kind: str, prompts: pd.DataFrame, confidence: float = 0.95, n_resamples: int = 2000,
+                   seed: int = 0) -> pd.DataFrame:
+    """Each condition's bias with a bootstrap interval over test prompts, and for each fix its drop
+    (``bias without fix - bias with it``, in the units of the bias) and relative reduction, with intervals;
+    for the in-context heads' fix, also how much more it removes than the random heads' fix
+    (``beyond_random``: ``bias with random fix - bias with in-context fix``). ``kind``: "majority" or
+    "recency"; ``prompts``: ``BiasResult.prompts``.
+
+    Every arrangement (or order) and condition is evaluated on the same test prompts, so a resample
+    draws prompts (seed, index) with replacement and recomputes every condition's bias on them: the
+    intervals are paired. scipy's percentile bootstrap; the relative reduction's interval is NaN when
+    resamples leave no bias to reduce. ``p_no_bias``: a permutation test (scipy, one-sided) of whether
+    there is a bias at all, which a bootstrap interval cannot say for the recency bias (a spread over
+    orders is positive from sampling noise alone).
+    """
+    p = prompts
+    if p is None or p.empty:
+        raise ValueError("no per-prompt outcomes (a bias result computed before they were kept)")
+    column = "arrangement" if kind == "majority" else "order"
+    conds = list(dict.fromkeys(p["condition"]))
+    arrs = list(dict.fromkeys(p[column]))
+    keys = sorted(set(zip(p["seed"], p["index"])))
+    at = {k: i for i, k in enumerate(keys)}
+    correct = np.full((len(conds), len(arrs), len(keys)), np.nan)
+    for c, a, s, i, ok in zip(p["condition"], p[column], p["seed"], p["index"], p["correct"]):
+        correct[conds.index(c), arrs.index(a), at[(s, i)]] = float(ok)
+    if np.isnan(correct).any():
+        raise ValueError("every condition and arrangement needs the same test prompts")
+    bias_of = _bias_statistic(kind)
+
+    def biases(idx):
+        return bias_of(correct[:, :, np.asarray(idx, dtype=int)].mean(-1))
+
+    def interval(fn):
+        with warnings.catch_warnings():  # a statistic equal in every resample is an interval of one point
+            warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+            res = stats.bootstrap((np.arange(len(keys)),), fn, vectorized=False, paired=False,
+                                  confidence_level=confidence, n_resamples=n_resamples, method="percentile",
+                                  rng=np.random.default_rng(seed))
+        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        return (lo, hi) if np.isfinite(lo) and np.isfinite(hi) else (float("nan"), float("nan"))
+
+    def no_bias_p(j):
+        """Permutation test of "the arrangement does not matter": each prompt's outcomes are shuffled
+        among the arrangements (orders), which keeps the prompts' difficulty and breaks any bias."""
+        res = stats.permutation_test(tuple(correct[j]), lambda *a: float(bias_of(np.array([[x.mean() for x in a]]))[0]),
+                                     permutation_type="samples", alternative="greater", vectorized=False,
+                                     n_resamples=n_resamples, rng=np.random.default_rng(seed))
+        return float(res.pvalue)
+
+    full = biases(np.arange(len(keys)))
+    base = conds.index("no fix")
+    rows = []
+    for j, c in enumerate(conds):
+        row = {"condition": c, "bias": float(full[j]), "p_no_bias": no_bias_p(j)}
+        row["bias_low"], row["bias_high"] = interval(lambda idx, j=j: biases(idx)[j])
+        if j != base:
+            row["drop"] = float(full[base] - full[j])
+            row["drop_low"], row["drop_high"] = interval(lambda idx, j=j: (lambda b: b[base] - b[j])(biases(idx)))
+            row["reduction"] = reduction(float(full[base]), float(full[j]))
+
+            def rel(idx, j=j):
+                b = biases(idx)
+                return reduction(float(b[base]), float(b[j]))
+            row["reduction_low"], row["reduction_high"] = interval(rel)
+        if c == "fix in-context heads" and "fix random heads" in conds:
+            k = conds.index("fix random heads")
+            row["beyond_random"] = float(full[k] - full[j])
+            row["beyond_random_low"], row["beyond_random_high"] = interval(
+                lambda idx, j=j, k=k: (lambda b: b[k] - b[j])(biases(idx)))
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out.attrs.update(prompts=len(keys), confidence=confidence, resamples=n_resamples)
+    return out

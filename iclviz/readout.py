@@ -8,8 +8,9 @@ No streamlit here. The app's pages call these functions; tests call the same one
 - ``top_n_margins``: the margin after intervening on the top 1, 2, ..., N heads, to see where
   (if anywhere) the prediction gives way.
 - ``progress_text``: done/total, elapsed and a finish estimate for long runs.
-- ``ratio_reading`` and ``bias_reading``: sample sizes, Wilson/normal intervals, a warning when
-  the sample cannot resolve the effect, and one plain sentence reading the result.
+- ``ratio_reading`` and ``bias_reading``: sample sizes, Wilson intervals (the label ratio) or paired
+  bootstrap intervals and a permutation test (the biases, ``bias.bias_intervals``), a warning when the
+  sample cannot resolve the effect, and one plain sentence reading the result.
 - ``token_table``, ``label_attention_table``, ``label_sums``, ``label_mass``: tidy tables of one
   prompt's tokens and of the attention from T to its label positions.
 - ``LabelCapture`` and ``slim_prediction``: a prediction that keeps only that label attention
@@ -273,66 +274,38 @@ def ratio_reading(table: pd.DataFrame, counts: dict[str, int]) -> tuple[str, str
     return text, warning
 
 
-def majority_intervals(res) -> pd.DataFrame:
-    """Per condition of a majority-bias result: bias (accuracy balanced - one fewer) with a 95% interval."""
-    rows = []
-    for cond, d in res.rows.groupby("condition", sort=False):
-        bal = d[d.arrangement == "balanced"].iloc[0]
-        unb = d[d.arrangement != "balanced"]
-        k = len(unb)
-        var = bal.accuracy * (1 - bal.accuracy) / bal.n + sum(
-            r.accuracy * (1 - r.accuracy) / r.n for r in unb.itertuples()) / (k * k)
-        bias = float(bal.accuracy - unb.accuracy.mean())
-        h = Z95 * math.sqrt(var)
-        rows.append({"condition": cond, "n per arrangement": int(bal.n), "bias": bias, "ci_low": bias - h,
-                     "ci_high": bias + h})
-    return pd.DataFrame(rows)
-
-
-def recency_noise(res) -> pd.DataFrame:
-    """Per condition of a recency-bias result: the sd of accuracy over orders beside the sd that
-    sampling noise alone gives (mean binomial sd of each order's accuracy)."""
-    rows = []
-    for cond, d in res.rows.groupby("condition", sort=False):
-        noise = float(np.mean([math.sqrt(max(a * (1 - a), 1e-9) / n) for a, n in zip(d.accuracy, d.n)]))
-        rows.append({"condition": cond, "n per order": int(d.n.iloc[0]), "orders": len(d),
-                     "bias (sd over orders)": float(np.std(d.accuracy, ddof=0)), "noise sd": noise})
-    return pd.DataFrame(rows)
-
-
 def bias_reading(res) -> tuple[str, str | None, pd.DataFrame]:
-    """A sentence, a warning (or None) and the interval table for a BiasResult."""
+    """A sentence, a warning (or None) and the interval table for a BiasResult.
+
+    The table is ``BiasResult.intervals()`` (``bias.bias_intervals``): paired bootstrap intervals over
+    the test prompts, and a permutation test of whether there is a bias at all; the report reads the
+    same table.
+    """
+    t = res.intervals()
+    s = t.set_index("condition")
+    base = s.loc["no fix"]
+    n, p = int(t.attrs["prompts"]), float(base.p_no_bias)
     if res.kind == "majority":
-        t = majority_intervals(res)
-        base = t.set_index("condition").loc["no fix"]
-        n = int(base["n per arrangement"])
-        text = (f"Without a fix, one fewer demonstration of a label changes accuracy by {-base.bias:+.0%} "
-                f"(95% interval {-base.ci_high:+.0%} to {-base.ci_low:+.0%}, {n} sentences per arrangement).")
-        resolved = base.ci_low > 0
-        if resolved:
-            fix = t.set_index("condition").loc["fix in-context heads"]
-            text += (f" Fixing the in-context heads leaves a bias of {fix.bias:.0%} ({fix.ci_low:+.0%} to "
-                     f"{fix.ci_high:+.0%}); reduction {_pct(res.reduction())}.")
-        else:
-            text += " The interval includes no bias, so a reduction cannot be read from this sample."
-        warning = None if resolved else (
-            f"With {n} sentences per arrangement the bias is not resolved: the reduction "
-            f"({_pct(res.reduction())})" + " means little here. Use more test sentences.")
-        return text, warning, t
-    t = recency_noise(res)
-    base = t.set_index("condition").loc["no fix"]
-    n = int(base["n per order"])
-    b, noise = base["bias (sd over orders)"], base["noise sd"]
-    text = (f"Without a fix, accuracy varies by {b:.0%} (sd) over {int(base.orders)} demonstration orders; sampling "
-            f"noise alone with {n} sentences per order gives about {noise:.0%}.")
-    resolved = b > 2 * noise
-    if resolved and "fix in-context heads" in set(t["condition"]):
-        fix = t.set_index("condition").loc["fix in-context heads"]
-        text += f" Fixing the in-context heads: {fix['bias (sd over orders)']:.0%}; reduction {_pct(res.reduction())}."
+        text = (f"Without a fix, one fewer demonstration of a label lowers accuracy by {base.bias:+.0%} (95% "
+                f"interval {base.bias_low:+.0%} to {base.bias_high:+.0%}; {n} test sentences, the same in every "
+                f"arrangement; permutation test of no bias p = {p:.3f}).")
+    else:
+        orders = int((res.rows["condition"] == "no fix").sum())
+        text = (f"Without a fix, accuracy varies by {base.bias:.0%} (sd) over {orders} demonstration orders ({n} "
+                f"test sentences, the same in every order; permutation test of no bias p = {p:.3f}).")
+    resolved = p < 0.05
+    if resolved and "fix in-context heads" in s.index:
+        fix = s.loc["fix in-context heads"]
+        text += (f" Fixing the in-context heads lowers it by {fix.drop:+.0%} (95% interval {fix.drop_low:+.0%} to "
+                 f"{fix.drop_high:+.0%}); reduction {_pct(fix.reduction)}.")
+        if "beyond_random" in s.columns and fix.beyond_random == fix.beyond_random:
+            text += (f" Compared with the same fix in random heads: {fix.beyond_random:+.0%} more "
+                     f"({fix.beyond_random_low:+.0%} to {fix.beyond_random_high:+.0%}).")
     elif not resolved:
-        text += " That is within noise, so a reduction cannot be read from this sample."
+        text += (" Shuffling each sentence's outcomes among the arrangements gives a bias this large often, so a "
+                 "reduction cannot be read from this sample.")
     warning = None if resolved else (
-        f"With {n} sentences per order the recency bias is within sampling noise; the reduction "
+        f"With {n} test sentences the {res.kind} bias is not resolved (p = {p:.3f}): the reduction "
         f"({_pct(res.reduction())}) means little here. Use more test sentences.")
     return text, warning, t
 

@@ -274,9 +274,9 @@ def _classic_sections(lm, ds, spec, sizes, d, heads, control, ranked, curve_on) 
         label_swap.label_swap_table(lm, setup, heads)))
     tt = _cached(d / "two_towers.csv", lambda: two_towers.rank_correlations(
         two_towers.two_towers_table(lm, setup, heads, control)))
-    mb = _cached(d / "majority_bias.csv", lambda: bias.majority_bias(lm, setup, heads).summary)
-    rb = _cached(d / "recency_bias.csv", lambda: bias.recency_bias(
-        lm, setup, heads, n_random_orders=sizes["n_orders"]).summary)
+    mb, mb_iv = _bias_cached(d, "majority", lambda: bias.majority_bias(lm, setup, heads))
+    rb, rb_iv = _bias_cached(d, "recency", lambda: bias.recency_bias(
+        lm, setup, heads, n_random_orders=sizes["n_orders"]))
     curve = None
     if spec == curve_on:
         curve = _cached(d / "top_n_curve.csv", lambda: locate.top_n_curve(
@@ -308,16 +308,60 @@ def _classic_sections(lm, ds, spec, sizes, d, heads, control, ranked, curve_on) 
         f"{two_towers.default_sim_layer(lm.n_layers)}), averaged over prompts.\n\n" + _fmt(tt),
         f"### Majority label bias (item 7)\nPaper: {PAPER['majority']}.\n\n`bias` = accuracy(balanced) - "
         "accuracy(one fewer of a label); reduction = 1 - fixed/unfixed (NaN when there is no positive bias). "
-        f"{n_small} prompts per arrangement: a reduction computed from a few flipped predictions; "
-        f"**verdict: {_bias_verdict(mb)}**.\n\n" + _fmt(mb),
+        f"{n_small} prompts per arrangement. {_BIAS_INTERVALS} **Verdict: {_bias_verdict(mb, mb_iv)}**.\n\n"
+        + _fmt(mb) + _interval_table(mb_iv),
         f"### Recency bias (item 8)\nPaper: {PAPER['recency']}.\n\n`bias` = standard deviation of accuracy over "
-        f"orders (each all-of-one-label-last order plus {sizes['n_orders']} shuffle); "
-        f"**verdict: {_bias_verdict(rb)}**.\n\n" + _fmt(rb),
+        f"orders (each all-of-one-label-last order plus {sizes['n_orders']} shuffle), {n_small} prompts per "
+        f"order. {_BIAS_INTERVALS} **Verdict: {_bias_verdict(rb, rb_iv)}**.\n\n" + _fmt(rb) + _interval_table(rb_iv),
     ]
     return sections, overview
 
 
-def _bias_verdict(summary: pd.DataFrame) -> str:
+_BIAS_INTERVALS = ("Intervals: 95%, scipy's percentile bootstrap over the test prompts, paired (each resample "
+                   "recomputes every condition's bias on the same prompts); `drop` = bias without the fix - "
+                   "bias with it (in the units of `bias`); `beyond random` = bias with the random heads' fix - bias "
+                   "with the in-context heads' fix; `p (no bias)`: permutation test, each prompt's outcomes "
+                   "shuffled among the arrangements (orders), one-sided, 2,000 permutations.")
+
+
+def _bias_cached(d: Path, kind: str, compute) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The bias summary and its paired intervals; per-prompt outcomes are kept beside the summary so that
+    the intervals can be recomputed. A summary cached before outcomes were kept comes back without them."""
+    summary_path, prompts_path = d / f"{kind}_bias.csv", d / f"{kind}_bias_prompts.csv"
+    if summary_path.exists():
+        summary = pd.read_csv(summary_path)
+        prompts = pd.read_csv(prompts_path) if prompts_path.exists() else None
+    else:
+        res = compute()
+        d.mkdir(parents=True, exist_ok=True)
+        summary, prompts = res.summary, res.prompts
+        summary.to_csv(summary_path, index=False)
+        prompts.to_csv(prompts_path, index=False)
+    return summary, bias.bias_intervals(kind, prompts) if prompts is not None else None
+
+
+def _interval_table(iv: pd.DataFrame | None) -> str:
+    if iv is None:
+        return ("\n\nNo intervals: this result was computed before per-prompt outcomes were kept (delete its CSV "
+                "in `docs/results_data/` and rerun the report to get them).")
+
+    def ci(r, name, pct=False):
+        v, lo, hi = (r.get(f"{name}{x}", float("nan")) for x in ("", "_low", "_high"))
+        if not v == v:
+            return ""
+        f = (lambda x: f"{x:.0%}" if x == x else "n/a") if pct else (lambda x: f"{x:+.3f}")
+        return f"{f(v)} [{f(lo)}, {f(hi)}]"
+
+    rows = [{"condition": r["condition"], "bias [95% CI]": ci(r, "bias"), "p (no bias)": f"{r['p_no_bias']:.3f}",
+             "drop [95% CI]": ci(r, "drop"),
+             "reduction [95% CI]": ci(r, "reduction", pct=True), "beyond random [95% CI]": ci(r, "beyond_random")}
+            for r in iv.to_dict("records")]
+    return "\n\n" + _fmt(pd.DataFrame(rows))
+
+
+def _bias_verdict(summary: pd.DataFrame, iv: pd.DataFrame | None = None) -> str:
+    if iv is not None:
+        return _interval_verdict(iv)
     s = summary.set_index("condition")
     if "fix in-context heads" not in s.index or "no fix" not in s.index:
         return "not measured"
@@ -328,8 +372,33 @@ def _bias_verdict(summary: pd.DataFrame) -> str:
     red = float(fixed["reduction"])
     ctrl_red = float(ctrl["reduction"]) if ctrl is not None else float("nan")
     if red > 0 and (not ctrl_red == ctrl_red or red > ctrl_red):
-        return f"partly (reduction {red:.0%} vs {ctrl_red:.0%} for random heads; too few prompts for an interval)"
+        return f"partly (reduction {red:.0%} vs {ctrl_red:.0%} for random heads; no interval)"
     return f"not reproduced (reduction {red:.0%}, random heads {ctrl_red:.0%})"
+
+
+def _interval_verdict(iv: pd.DataFrame) -> str:
+    """Read from the paired intervals: is there a bias, does the fix remove some, more than random heads'?"""
+    s = iv.set_index("condition")
+    if "fix in-context heads" not in s.index:
+        return "not measured (no fix on this model)"
+    base, fix = s.loc["no fix"], s.loc["fix in-context heads"]
+
+    def fmt(r, name):
+        return f"{r[name]:+.3f} [{r[name + '_low']:+.3f}, {r[name + '_high']:+.3f}]"
+
+    if not base["p_no_bias"] < 0.05:
+        return (f"not reproduced: without a fix there is no bias to reduce ({fmt(base, 'bias')}; permutation "
+                f"test of no bias p = {base['p_no_bias']:.3f})")
+    if not fix["drop_low"] > 0:
+        return f"not reproduced: the fix's drop in bias, {fmt(fix, 'drop')}, is not separated from zero"
+    control = "beyond_random" in s.columns and fix["beyond_random"] == fix["beyond_random"]
+    if not control:
+        return f"the fix lowers the bias by {fmt(fix, 'drop')}; no random-head control to compare with"
+    if not fix["beyond_random_low"] > 0:
+        return (f"partly: the fix lowers the bias by {fmt(fix, 'drop')}, but not separably more than random heads' "
+                f"({fmt(fix, 'beyond_random')})")
+    return (f"reproduced: the fix lowers the bias by {fmt(fix, 'drop')}, more than random heads' by "
+            f"{fmt(fix, 'beyond_random')}")
 
 
 def size_plot_svg(summaries: list[dict], path: Path) -> Path:

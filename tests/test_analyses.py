@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
@@ -173,3 +174,30 @@ def test_similarity_of_identical_sentences_is_one(tokenizer):
     rc = two_towers.rank_correlations(two_towers.two_towers_table(
         lm, EvalSetup(load_dataset("sst2"), k_per_label=2, n_test=4), [(1, 0)], control_heads=[(1, 1)]))
     assert set(rc["group"]) == {"in-context", "random"} and rc["mean_rho"].between(-1, 1).all()
+
+
+def test_bias_intervals_are_paired_over_prompts_and_agree_with_the_summary(tiny_llama, sst2):
+    """The intervals' point estimates are the summary's biases (computed another way, from accuracies per
+    arrangement); each interval holds its estimate; a fix that changes no prediction has a drop of exactly
+    zero in every resample, which only a paired resample gives."""
+    res = bias.majority_bias(tiny_llama, EvalSetup(sst2, k_per_label=2, n_test=6), [(2, 0), (2, 1)])
+    iv = res.intervals(n_resamples=200).set_index("condition")
+    summ = res.summary.set_index("condition")
+    for cond in summ.index:
+        assert iv.loc[cond, "bias"] == pytest.approx(summ.loc[cond, "bias"], abs=1e-12)
+        assert iv.loc[cond, "bias_low"] <= iv.loc[cond, "bias"] + 1e-12 <= iv.loc[cond, "bias_high"] + 2e-12
+    assert iv.attrs["prompts"] == res.prompts.groupby(["seed", "index"]).ngroups == int(res.rows.n.iloc[0])
+    # the same outcomes under another name: a "fix" that changed nothing
+    same = res.prompts[res.prompts.condition == "no fix"].assign(condition="fix in-context heads")
+    none = bias.bias_intervals("majority", pd.concat([res.prompts[res.prompts.condition == "no fix"], same]),
+                               n_resamples=200).set_index("condition")
+    assert none.loc["fix in-context heads", ["drop", "drop_low", "drop_high"]].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_recency_bias_interval_is_the_spread_over_orders(tiny_llama, sst2):
+    res = bias.recency_bias(tiny_llama, EvalSetup(sst2, k_per_label=2, n_test=4), [(2, 0)], n_random_orders=1)
+    iv = res.intervals(n_resamples=200).set_index("condition")
+    for cond, b in res.summary.set_index("condition")["bias"].items():
+        assert iv.loc[cond, "bias"] == pytest.approx(b, abs=1e-12)
+    assert "beyond_random" in iv.columns and iv.loc["fix in-context heads", "beyond_random"] == pytest.approx(
+        res.summary.set_index("condition").loc["fix random heads", "bias"] - iv.loc["fix in-context heads", "bias"])

@@ -381,8 +381,8 @@ def test_bias_lab_paper_metrics_run_with_controls(at):
     res = at.session_state["majority_result"]
     assert {"no fix", "fix in-context heads", "fix random heads"} <= set(res.summary["condition"])
     md = " ".join(m.value for m in at.markdown)
-    assert "sentences per arrangement" in md and "95% interval" in md
-    assert {"ci_low", "ci_high"} <= set(at.dataframe[0].value.columns)
+    assert "the same in every arrangement" in md and "95% interval" in md and "permutation test" in md
+    assert {"bias_low", "bias_high", "p_no_bias"} <= set(at.dataframe[0].value.columns)
     at.button(key="w_recency_go").click().run()
     assert not at.exception and not at.error
     rec = at.session_state["recency_result"]

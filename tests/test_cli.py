@@ -80,6 +80,22 @@ def test_report_quick_on_a_tiny_model(model_dir, tmp_path):
     assert mtime <= (tmp_path / "work").stat().st_mtime
 
 
+def test_report_bias_sections_have_paired_intervals(model_dir, tmp_path):
+    out, work = tmp_path / "results.md", tmp_path / "work"
+    args = ["report", "--models", model_dir, "--datasets", "sst2", "--quick", "--out", str(out), "--work", str(work),
+            "--classic-on", model_dir]
+    assert main(args) == 0
+    text = out.read_text()
+    # the biases come with paired intervals from the per-prompt outcomes kept beside them ...
+    assert text.count(" bias [95% CI] ") == 2 and text.count("**Verdict: ") == 2
+    prompts = list(work.rglob("majority_bias_prompts.csv"))
+    assert len(prompts) == 1 and len(pd.read_csv(prompts[0])) == 3 * 3 * 8  # arrangements x conditions x prompts
+    # ... and a summary cached without them says so instead of inventing an interval
+    prompts[0].unlink()
+    assert main(args) == 0
+    assert out.read_text().count("No intervals: this result was computed before per-prompt outcomes") == 1
+
+
 def test_locate_both_rankings_and_null_distribution(model_dir, tmp_path):
     args = ["--model", model_dir, "--dataset", "sst2", "--k", "1", "--n-test", "4", "--out", str(tmp_path)]
     assert main(["locate", "--method", "both", *args]) == 0

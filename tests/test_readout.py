@@ -68,14 +68,23 @@ def test_ratio_reading_says_when_the_result_reverses_majority_bias():
 
 
 def test_bias_reading_refuses_a_reduction_from_a_tiny_sample():
-    rows = pd.DataFrame([
-        {"condition": c, "arrangement": a, "accuracy": acc, "n": 4}
-        for c, accs in (("no fix", (0.75, 0.5, 0.5)), ("fix in-context heads", (0.75, 1.0, 1.0)))
-        for a, acc in zip(("balanced", "one fewer foo", "one fewer bar"), accs)])
+    """Four sentences: one fewer of a label costs a quarter of them, which shuffling the outcomes among
+    the arrangements gives often, so the reading declines to read the fix's 200% reduction."""
+    outcomes = {"no fix": {"balanced": [1, 1, 1, 0], "one fewer foo": [1, 1, 0, 0], "one fewer bar": [1, 0, 1, 0]},
+                "fix in-context heads": {"balanced": [1, 1, 1, 0], "one fewer foo": [1, 1, 1, 1],
+                                         "one fewer bar": [1, 1, 1, 1]}}
+    prompts = pd.DataFrame([{"condition": c, "arrangement": a, "seed": 0, "index": i, "correct": ok, "margin": 0.0,
+                             "pred": 0} for c, arr in outcomes.items() for a, oks in arr.items()
+                            for i, ok in enumerate(oks)])
+    rows = prompts.groupby(["condition", "arrangement"], sort=False).correct.agg(["mean", "size"]).reset_index()
+    rows = rows.rename(columns={"mean": "accuracy", "size": "n"})
     summary = pd.DataFrame({"condition": ["no fix", "fix in-context heads"], "reduction": [0.0, 2.0]})
-    text, warning, table = bias_reading(BiasResult("majority", rows, summary))
-    assert "cannot be read" in text and warning and "200%" in warning
-    assert (table["ci_low"] < 0).all()
+    text, warning, table = bias_reading(BiasResult("majority", rows, summary, prompts=prompts))
+    assert "cannot be read" in text and warning and "200%" in warning and "4 test sentences" in warning
+    t = table.set_index("condition")
+    assert t.loc["no fix", "bias"] == pytest.approx(0.75 - 0.5) and t.loc["no fix", "p_no_bias"] > 0.05
+    assert t.loc["fix in-context heads", "drop"] == pytest.approx(0.25 - (0.75 - 1.0))
+    assert t.loc["no fix", "bias_low"] <= 0.25 <= t.loc["no fix", "bias_high"]
 
 
 def test_every_lesson_step_has_a_live_result(lm):

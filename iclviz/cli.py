@@ -465,6 +465,20 @@ def _write_rows_and_summary(args, name: str, rows, summary) -> None:
     _write(args, name, df=summary)
 
 
+def _write_bias(args, name: str, res) -> None:
+    """A bias result: its rows and summary, the per-prompt outcomes (``<name>_prompts``), the paired
+    intervals and permutation test (``<name>_intervals``), and the reading on stderr."""
+    from .readout import bias_reading
+
+    _write_rows_and_summary(args, name, res.rows, res.summary)
+    _write(args, f"{name}_prompts", df=res.prompts)
+    text, warning, intervals = bias_reading(res)
+    _write(args, f"{name}_intervals", df=intervals)
+    print(text, file=sys.stderr)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
 def _write_null_test(args, name: str, nt) -> None:
     """A test against random heads: its summary table, its verdict, and the verdict's line on stderr."""
     from .causal import verdict_line
@@ -631,7 +645,7 @@ def cmd_majority_bias(args, lm, setup, bar):
     heads = _in_context_heads(args, lm, setup)
     res = majority_bias(lm, setup, heads, args.batch_size, progress=bar)
     bar.close()
-    _write_rows_and_summary(args, "majority_bias", res.rows, res.summary)
+    _write_bias(args, "majority_bias", res)
 
 
 @_on_dataset
@@ -643,7 +657,7 @@ def cmd_recency_bias(args, lm, setup, bar):
     bar.close()
     for n in res.notes:
         print(f"note: {n}", file=sys.stderr)
-    _write_rows_and_summary(args, "recency_bias", res.rows, res.summary)
+    _write_bias(args, "recency_bias", res)
 
 
 # ---------------------------------------------------------------- the views on one prompt

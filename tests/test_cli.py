@@ -172,3 +172,19 @@ def test_device_map_options_are_checked_before_loading(model_dir, tmp_path, caps
     assert main(["predict", "--model", model_dir, "--demo", "a wonderful film=foo", "--demo", "dull=bar",
                  "--query", "I loved it", "--device-map", "auto", "--offload-folder", str(tmp_path / "off"),
                  "--out", str(tmp_path)]) == 0
+
+
+def test_bias_commands_write_paired_intervals_and_read_them(model_dir, tmp_path, capsys):
+    args = ["--model", model_dir, "--dataset", "sst2", "--k", "1", "--n-test", "4", "--out", str(tmp_path)]
+    assert main(["majority-bias", *args]) == 0
+    err = capsys.readouterr().err
+    assert "permutation test of no bias" in err and "the same in every arrangement" in err
+    iv = pd.read_csv(tmp_path / "majority_bias_intervals.csv").set_index("condition")
+    summary = pd.read_csv(tmp_path / "majority_bias.csv").set_index("condition")
+    for cond in summary.index:  # the interval table's estimates are the summary's biases
+        assert iv.loc[cond, "bias"] == pytest.approx(summary.loc[cond, "bias"])
+    assert len(pd.read_csv(tmp_path / "majority_bias_prompts.csv")) == 3 * 3 * len(
+        pd.read_csv(tmp_path / "majority_bias_prompts.csv").groupby(["seed", "index"]))
+    assert main(["recency-bias", *args, "--orders", "1"]) == 0
+    assert "demonstration orders" in capsys.readouterr().err
+    assert (tmp_path / "recency_bias_intervals.csv").exists()

@@ -15,7 +15,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from iclviz.memory import limit_heap_growth, release_memory  # noqa: E402
-from pages import common, state, widgets  # noqa: E402
+from pages.parts import common, state, widgets  # noqa: E402
 
 limit_heap_growth()  # a server's memory stays flat over reruns (see iclviz/memory.py)
 

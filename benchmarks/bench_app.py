@@ -55,7 +55,7 @@ def main() -> None:
 
     logging.getLogger("streamlit").setLevel(logging.ERROR)
     from iclviz.prompt import build_prompt
-    from pages import sidebar
+    from pages.parts import sidebar
 
     load_before = open("/proc/loadavg").read().split()[:3]
     t0 = time.perf_counter()

@@ -5,10 +5,10 @@ import streamlit as st
 from iclviz.attention_matrix import BERTVIZ_MAX_TOKENS, full_attention
 from iclviz.plots import attention_rows_heatmap
 from iclviz.validation import head_name
-from pages import common
-from pages.bertviz_view import bertviz_height, bertviz_layer_inputs, offline_bertviz_html
-from pages.state import model_key, settings
-from pages.widgets import chart, html_download, safe
+from pages.parts import common
+from pages.parts.bertviz_view import bertviz_height, bertviz_layer_inputs, offline_bertviz_html
+from pages.parts.state import model_key, settings
+from pages.parts.widgets import chart, html_download, safe
 
 ss = st.session_state
 common.page_setup(

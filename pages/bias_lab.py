@@ -10,10 +10,10 @@ from iclviz.evaluation import EvalSetup, evaluate
 from iclviz.interventions import Plan
 from iclviz.plots import bias_bars
 from iclviz.readout import bias_reading, label_mass, ratio_reading, share_table
-from pages import common, state
-from pages.long_run import run_with_progress
-from pages.runs import predict_current
-from pages.widgets import chart, csv_download, dataset_picker, html_download, order_editor, run_size, safe
+from pages.parts import common, state
+from pages.parts.long_run import run_with_progress
+from pages.parts.runs import predict_current
+from pages.parts.widgets import chart, csv_download, dataset_picker, html_download, order_editor, run_size, safe
 
 ss = st.session_state
 common.page_setup(

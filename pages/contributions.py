@@ -7,9 +7,9 @@ from iclviz.contributions import LINEAR_SCALING
 from iclviz.figures import waterfall_figure
 from iclviz.prompt import PromptError
 from iclviz.validation import ValidationError
-from pages import common
-from pages.runs import contributions_current
-from pages.widgets import chart, safe, view_downloads
+from pages.parts import common
+from pages.parts.runs import contributions_current
+from pages.parts.widgets import chart, safe, view_downloads
 
 ss = st.session_state
 common.page_setup(

@@ -10,9 +10,9 @@ from iclviz.lens import SCALINGS
 from iclviz.locate import intervention_table, locate_heads
 from iclviz.plots import importance_heatmap, intervention_bars, null_histogram
 from iclviz.validation import head_name, parse_head
-from pages import common, state
-from pages.long_run import run_with_progress
-from pages.widgets import chart, csv_download, dataset_picker, html_download, safe
+from pages.parts import common, state
+from pages.parts.long_run import run_with_progress
+from pages.parts.widgets import chart, csv_download, dataset_picker, html_download, safe
 
 ss = st.session_state
 common.page_setup(

@@ -5,9 +5,9 @@ import streamlit as st
 from iclviz.label_vectors import label_vector_summary
 from iclviz.lens import SCALINGS
 from iclviz.plots import label_vector_bars
-from pages import common
-from pages.runs import label_vectors_current, predict_current
-from pages.widgets import chart, downloads, safe
+from pages.parts import common
+from pages.parts.runs import label_vectors_current, predict_current
+from pages.parts.widgets import chart, downloads, safe
 
 ss = st.session_state
 common.page_setup(

@@ -8,8 +8,8 @@ from iclviz.plots import label_attention_compact, tokens_html
 from iclviz.prompt import PromptError
 from iclviz.readout import token_table
 from iclviz.validation import head_name
-from pages import common, state
-from pages.widgets import chart
+from pages.parts import common, state
+from pages.parts.widgets import chart
 
 ss = st.session_state
 common.page_setup(

@@ -14,8 +14,8 @@ from iclviz.plots import ab_bars, towers_patch_bars
 from iclviz.prompt import PromptError
 from iclviz.sharing import LabState
 from iclviz.validation import ValidationError, head_name
-from pages import common, sidebar, state
-from pages.widgets import chart, csv_download, safe
+from pages.parts import common, sidebar, state
+from pages.parts.widgets import chart, csv_download, safe
 
 ss = st.session_state
 common.page_setup(

@@ -14,9 +14,9 @@ from iclviz.compare import (
 from iclviz.plots import ab_bars
 from iclviz.prompt import PromptError
 from iclviz.validation import ValidationError
-from pages import common, state
-from pages.runs import compare_specs
-from pages.widgets import chart, safe, view_downloads
+from pages.parts import common, state
+from pages.parts.runs import compare_specs
+from pages.parts.widgets import chart, safe, view_downloads
 
 ss = st.session_state
 common.page_setup(

@@ -19,9 +19,9 @@ from iclviz.prompt import TEMPLATES
 from iclviz.readout import first_flip, label_attention_table, label_sums, token_table
 from iclviz.sharing import state_from_json
 from iclviz.validation import ValidationError, check_demo_count, check_heads, head_name, parse_heads
-from pages import common, state
-from pages.runs import paired_effect_current, predict_current, top_n_current
-from pages.widgets import chart, csv_download, dataset_picker, html_download, safe
+from pages.parts import common, state
+from pages.parts.runs import paired_effect_current, predict_current, top_n_current
+from pages.parts.widgets import chart, csv_download, dataset_picker, html_download, safe
 
 ss = st.session_state
 common.page_setup(

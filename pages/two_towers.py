@@ -10,10 +10,10 @@ from iclviz.plots import score_similarity_scatter, swap_bars, towers_patch_bars
 from iclviz.prompt import PromptError
 from iclviz.two_towers import default_sim_layer, rank_correlations, two_towers_table
 from iclviz.validation import ValidationError, head_name
-from pages import common, state
-from pages.long_run import run_with_progress
-from pages.runs import label_swap_current, score_similarity_current, towers_patch_specs
-from pages.widgets import chart, csv_download, dataset_picker, downloads, run_size, safe
+from pages.parts import common, state
+from pages.parts.long_run import run_with_progress
+from pages.parts.runs import label_swap_current, score_similarity_current, towers_patch_specs
+from pages.parts.widgets import chart, csv_download, dataset_picker, downloads, run_size, safe
 
 ss = st.session_state
 common.page_setup(

@@ -595,7 +595,7 @@ def test_two_towers_patch_section_matches_the_library(at):
 def test_lesson_file_opens_read_only_without_a_model_and_replays(monkeypatch, tmp_path):
     import pandas as pd
 
-    import pages.sidebar
+    import pages.parts.sidebar
     from iclviz.compare import PromptSpec, flip_label, swap_all_labels
     from iclviz.lesson_file import make_lesson, save_lesson
     from iclviz.testing import tiny_model
@@ -610,7 +610,7 @@ def test_lesson_file_opens_read_only_without_a_model_and_replays(monkeypatch, tm
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(pages.sidebar, "_load", no_model)
+    monkeypatch.setattr(pages.parts.sidebar, "_load", no_model)
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()  # the operator's lesson opens first
     assert not at.exception and not at.error, errors(at)
@@ -715,7 +715,7 @@ def test_every_chart_goes_through_the_figure_config_and_no_html_uses_a_cdn():
 def test_spread_device_loads_with_device_map_and_predicts_like_the_library(monkeypatch, tmp_path):
     from iclviz.models import load_model
     from iclviz.testing import save_tiny_model
-    from pages.sidebar import SPREAD
+    from pages.parts.sidebar import SPREAD
 
     folder = save_tiny_model(tmp_path / "tiny")
     monkeypatch.setenv("ICLVIZ_ALLOW_LOCAL", "1")

@@ -383,3 +383,14 @@ def test_first_visit_at_a_page_url_gets_the_apps_navigation(browser):
             assert "Prompt A/B" in names and "Demonstrations" in names
             assert not re.search(r"\b(common|state|sidebar|widgets|runs)\b", names)  # helper modules are no pages
             assert "/two_towers" in page.url and "mode=ticked" in page.url
+
+
+def test_first_visit_at_a_shared_parts_url_finds_no_page(browser):
+    """The pages' shared parts live in pages/parts/, which Streamlit never lists: on a fresh server their
+    names are no URLs (before, /common ran the helper module alone and showed a blank page)."""
+    with _serve(tiny=True) as url:
+        with _new_page(browser, 1300, 900) as page:
+            page.goto(f"{url}/common")  # the very first run of this server
+            nav = page.locator("[data-testid='stSidebarNav']")
+            nav.get_by_text("Guided lesson").wait_for(timeout=120_000)  # app.py's navigation ran
+            assert not re.search(r"\b(common|state|sidebar|widgets|runs)\b", nav.inner_text())

@@ -146,7 +146,7 @@ def test_figures_use_label_colours_for_labels_only_plain_legends_and_one_axis_ti
 def test_bertviz_inputs_keep_real_numbers_and_frames_fit_their_content():
     import torch
 
-    from pages.bertviz_view import bertviz_height, bertviz_layer_inputs
+    from pages.parts.bertviz_view import bertviz_height, bertviz_layer_inputs
 
     att = {2: torch.rand(4, 5, 5)}
     tup, toks = bertviz_layer_inputs(att, 3, 2, list("abcde"), only_from_t=True)

@@ -8,8 +8,8 @@ from iclviz.models import ModelLoadError, load_model
 from iclviz.offline import OFFLINE_MODELS, offline_model
 from iclviz.testing import TINY_MODELS, tiny_model
 from iclviz.validation import ValidationError, check_device, head_name
-from pages.state import APP_MODEL, chosen_heads, current_state, model_spec, settings, test_model_name
-from pages.widgets import safe
+from pages.parts.state import APP_MODEL, chosen_heads, current_state, model_spec, settings, test_model_name
+from pages.parts.widgets import safe
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)

@@ -8,9 +8,9 @@ from urllib.parse import urlparse
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from pages import state
-from pages.sidebar import get_model, sidebar
-from pages.widgets import help_text, show_page_error
+from pages.parts import state
+from pages.parts.sidebar import get_model, sidebar
+from pages.parts.widgets import help_text, show_page_error
 
 APP_NAVIGATION = "_iclviz_app_navigation"  # set once app.py's navigation has run in this session
 DEEP_LINK = "_iclviz_deep_link"
@@ -21,8 +21,9 @@ def through_app() -> None:
 
     Until some session on a server has run app.py's ``st.navigation``, Streamlit treats the folder named
     ``pages/`` as an old-style page folder: a first visitor who opens a page's URL directly (a shared link)
-    gets that file run alone, with every helper module of ``pages/`` listed as a page. The page then
-    switches to app.py, which opens the page asked for through the app's own navigation.
+    gets that file run alone, with the other files of ``pages/`` listed as pages (the shared parts live in
+    ``pages/parts/``, which Streamlit never lists). The page then switches to app.py, which opens the page
+    asked for through the app's own navigation.
     """
     if st.session_state.get(APP_NAVIGATION):
         return

@@ -20,7 +20,7 @@ from iclviz.prompt import build_prompt
 from iclviz.readout import paired_effect, slim_prediction, top_n_margins
 from iclviz.towers_patch import towers_patch
 from iclviz.two_towers import score_similarity
-from pages.state import CFG, model_key, prompt_key
+from pages.parts.state import CFG, model_key, prompt_key
 
 _BOUNDED = dict(show_spinner=False, max_entries=CFG.cache_entries, ttl=CFG.cache_ttl)
 

@@ -11,7 +11,7 @@ import streamlit as st
 from iclviz.data import SHIPPED_DIR, DataError, dataset_from_table, list_datasets, load_dataset, read_table
 from iclviz.figures import IMAGE_FORMATS, plotly_config, standalone_html
 from iclviz.validation import escape_markdown
-from pages.state import CFG, move_demo, settings
+from pages.parts.state import CFG, move_demo, settings
 
 CITATION = ("Yu & Ananiadou, *How do Large Language Models Learn In-Context? Query and Key Matrices of "
             "In-Context Heads are Two Towers for Metric Learning*, EMNLP 2024 "

@@ -9,7 +9,7 @@ import streamlit as st
 
 from iclviz.evaluation import Cancelled
 from iclviz.readout import progress_text
-from pages.widgets import safe
+from pages.parts.widgets import safe
 
 
 class ProgressRun:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-VENDOR_DIR = Path(__file__).resolve().parents[1] / "assets" / "vendor"
+VENDOR_DIR = Path(__file__).resolve().parents[2] / "assets" / "vendor"
 _REQUIRE_TAG = re.compile(r'<script src="https://cdnjs\.cloudflare\.com/ajax/libs/require\.js/[^"]*"></script>')
 _SHIM = ("window.require = window.require || {}; window.require.config = function () {};\n"
          "window.requirejs = function (deps, cb) { cb(window.jQuery, window.d3); };")

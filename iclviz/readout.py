@@ -285,14 +285,15 @@ def bias_reading(res) -> tuple[str, str | None, pd.DataFrame]:
     s = t.set_index("condition")
     base = s.loc["no fix"]
     n, p = int(t.attrs["prompts"]), float(base.p_no_bias)
+    p_text = "< 0.001" if p < 0.001 else f"= {p:.3f}"
     if res.kind == "majority":
         text = (f"Without a fix, one fewer demonstration of a label lowers accuracy by {base.bias:+.0%} (95% "
                 f"interval {base.bias_low:+.0%} to {base.bias_high:+.0%}; {n} test sentences, the same in every "
-                f"arrangement; permutation test of no bias p = {p:.3f}).")
+                f"arrangement; permutation test of no bias p {p_text}).")
     else:
         orders = int((res.rows["condition"] == "no fix").sum())
         text = (f"Without a fix, accuracy varies by {base.bias:.0%} (sd) over {orders} demonstration orders ({n} "
-                f"test sentences, the same in every order; permutation test of no bias p = {p:.3f}).")
+                f"test sentences, the same in every order; permutation test of no bias p {p_text}).")
     resolved = p < 0.05
     if resolved and "fix in-context heads" in s.index:
         fix = s.loc["fix in-context heads"]
@@ -305,7 +306,7 @@ def bias_reading(res) -> tuple[str, str | None, pd.DataFrame]:
         text += (" Shuffling each sentence's outcomes among the arrangements gives a bias this large often, so a "
                  "reduction cannot be read from this sample.")
     warning = None if resolved else (
-        f"With {n} test sentences the {res.kind} bias is not resolved (p = {p:.3f}): the reduction "
+        f"With {n} test sentences the {res.kind} bias is not resolved (p {p_text}): the reduction "
         f"({_pct(res.reduction())}) means little here. Use more test sentences.")
     return text, warning, t
 

@@ -340,6 +340,11 @@ def _bias_cached(d: Path, kind: str, compute) -> tuple[pd.DataFrame, pd.DataFram
     return summary, bias.bias_intervals(kind, prompts) if prompts is not None else None
 
 
+def _p(p: float, eq: str = "") -> str:
+    """A permutation p-value as printed: never 0 (the smallest is 1 / (permutations + 1))."""
+    return "< 0.001" if p < 0.001 else f"{eq}{p:.3f}"
+
+
 def _interval_table(iv: pd.DataFrame | None) -> str:
     if iv is None:
         return ("\n\nNo intervals: this result was computed before per-prompt outcomes were kept (delete its CSV "
@@ -352,7 +357,7 @@ def _interval_table(iv: pd.DataFrame | None) -> str:
         f = (lambda x: f"{x:.0%}" if x == x else "n/a") if pct else (lambda x: f"{x:+.3f}")
         return f"{f(v)} [{f(lo)}, {f(hi)}]"
 
-    rows = [{"condition": r["condition"], "bias [95% CI]": ci(r, "bias"), "p (no bias)": f"{r['p_no_bias']:.3f}",
+    rows = [{"condition": r["condition"], "bias [95% CI]": ci(r, "bias"), "p (no bias)": _p(r["p_no_bias"]),
              "drop [95% CI]": ci(r, "drop"),
              "reduction [95% CI]": ci(r, "reduction", pct=True), "beyond random [95% CI]": ci(r, "beyond_random")}
             for r in iv.to_dict("records")]
@@ -388,7 +393,7 @@ def _interval_verdict(iv: pd.DataFrame) -> str:
 
     if not base["p_no_bias"] < 0.05:
         return (f"not reproduced: without a fix there is no bias to reduce ({fmt(base, 'bias')}; permutation "
-                f"test of no bias p = {base['p_no_bias']:.3f})")
+                f"test of no bias p {_p(base['p_no_bias'], '= ')})")
     if not fix["drop_low"] > 0:
         return f"not reproduced: the fix's drop in bias, {fmt(fix, 'drop')}, is not separated from zero"
     control = "beyond_random" in s.columns and fix["beyond_random"] == fix["beyond_random"]

@@ -290,7 +290,8 @@ def _classic_sections(lm, ds, spec, sizes, d, heads, control, ranked, curve_on) 
         if "fix in-context heads" in set(rb.condition) else float("nan")
     overview = {"ablate in-context": acc.get(("in-context heads", "ablate")),
                 "ablate random": acc.get(("random heads", "ablate")),
-                "majority bias reduction": mred, "recency bias reduction": rred}
+                "majority bias reduction": _reduction_cell(mred, mb_iv),
+                "recency bias reduction": _reduction_cell(rred, rb_iv)}
     sections = [
         f"### Interventions, a first look (item 3)\nPaper: {PAPER['interventions']}.\n\n{n_small} prompts; random "
         f"rows are the mean over {sizes['draws']} draws (`draw_sd` their spread): too few to separate the sets "
@@ -338,6 +339,17 @@ def _bias_cached(d: Path, kind: str, compute) -> tuple[pd.DataFrame, pd.DataFram
         summary.to_csv(summary_path, index=False)
         prompts.to_csv(prompts_path, index=False)
     return summary, bias.bias_intervals(kind, prompts) if prompts is not None else None
+
+
+def _reduction_cell(red: float, iv: pd.DataFrame | None) -> str:
+    """The overview's bias cell: the reduction beside the fix's drop and its interval, and whether there was
+    a bias to reduce (a reduction alone reads as an effect even when it is noise)."""
+    if iv is None or "fix in-context heads" not in set(iv["condition"]):
+        return f"{red:.3f}"
+    s = iv.set_index("condition")
+    fix, p = s.loc["fix in-context heads"], float(s.loc["no fix", "p_no_bias"])
+    return (f"{red:.0%}: drop {fix['drop']:+.3f} [{fix['drop_low']:+.3f}, {fix['drop_high']:+.3f}]"
+            + ("" if p < 0.05 else f", no bias (p {_p(p, '= ')})") if red == red else f"n/a (p {_p(p, '= ')})")
 
 
 def _p(p: float, eq: str = "") -> str:

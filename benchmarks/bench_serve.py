@@ -164,14 +164,14 @@ def drive(url: str, pid: int, modes: list[str], reruns: int, counter: dict) -> l
 def expected_texts(entries: list[dict], model: str) -> list[tuple[dict, list[str]]]:
     """Recompute what each sampled rerun should have shown, with the library (no streamlit)."""
     from iclviz.evaluation import predict
-    from iclviz.heads import control_heads, default_heads
+    from iclviz.heads import APP_HEAD_RULE, control_heads, default_heads
     from iclviz.interventions import Plan
     from iclviz.models import load_model
     from iclviz.sharing import START_DEMOS
     from iclviz.testing import tiny_model
 
     lm = tiny_model("tiny-llama") if model == "tiny" else load_model()
-    heads = default_heads(lm.name, lm.n_layers, lm.n_heads)
+    heads = default_heads(lm.name, lm.n_layers, lm.n_heads, APP_HEAD_RULE)  # the app's heads, not the CLI's
     words = ("foo", "bar")
 
     def text(pred):

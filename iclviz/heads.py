@@ -188,6 +188,9 @@ def record_located_heads(model_name: str, dataset: str, entries: dict, path: Pat
 
 # ---------------------------------------------------------------- head sets for the app and the CLI
 
+APP_HEAD_RULE = "causal"  # the rule the app's in-context heads come from until a user picks others (Head finder)
+
+
 def default_heads(model_name: str, n_layers: int, n_heads: int, rule: str = "importance") -> list[tuple[int, int]]:
     """A head set before any scan: the heads the report located on this model by ``rule`` (on its
     SST-2 location sample; :func:`located_heads`), else the first heads of the last layer(s)

@@ -10,7 +10,7 @@ import os
 
 import streamlit as st
 
-from iclviz.heads import default_heads, valid_heads
+from iclviz.heads import APP_HEAD_RULE, default_heads, valid_heads
 from iclviz.offline import DEFAULT_MODEL
 from iclviz.prompt import PromptError, build_prompt
 from iclviz.settings import Settings, load_settings
@@ -19,7 +19,7 @@ from iclviz.testing import TINY_MODELS
 from iclviz.validation import ValidationError, check_demo_count, check_prompt_size, escape_markdown, head_name
 
 APP_MODEL = DEFAULT_MODEL  # the offline model the app opens with (README: why)
-DEFAULT_HEAD_RULE = "causal"  # how the default in-context heads were located (the Head finder switches it)
+DEFAULT_HEAD_RULE = APP_HEAD_RULE  # how the default in-context heads were located (the Head finder switches it)
 INTERVENTION_MODES = ["none", "all in-context heads", "top N in-context heads", "ticked heads",
                       "random heads (control)"]
 

@@ -206,8 +206,10 @@ class _RunState:
             self.dep_mask[layer, head] = True
         self.touched = interventions.layers_touched()
         # per-layer switches as Python booleans: no tensor test inside the layers' loop
-        self._ablates = (self.ablate_mask.any(1) | (self.row_ablate_mask.any(0).any(1) if self.row_ablate_mask
-                                                    is not None else False)).tolist()
+        ablates = self.ablate_mask.any(1)
+        if self.row_ablate_mask is not None:
+            ablates = ablates | self.row_ablate_mask.any(0).any(1)
+        self._ablates = ablates.tolist()
         self._removes_positional = self.dep_mask.any(1).tolist()
         self.label_ids = list(label_ids) if label_ids is not None else None
         self.value_heads = value_heads  # "all", or the (layer, head) pairs whose full value vectors are kept
@@ -223,15 +225,17 @@ class _RunState:
         return bool(self.iv.attention) and (-1 in self.touched or layer in self.touched) or \
             self._removes_positional[layer]
 
-    def _factor(self, layer: int, batch: int, length: int, dtype) -> torch.Tensor | None:
-        """[B, H, S] multiplicative factor on the attention row of this layer, or None (on the host)."""
+    def _factor(self, layer: int, batch: int, length: int, device, dtype) -> torch.Tensor | None:
+        """[B, H, S] multiplicative factor on the attention row of this layer, or None. Computed on ``device``
+        from each edit's head mask and factors, copied there once per run (not once per layer)."""
         factor = None
         for i, edit in enumerate(self.iv.attention):
-            heads = self._edit_heads(i, edit, batch)[:, layer]  # [B or 1, H]
-            if not heads.any():
+            heads = self._edit_heads(i, edit, batch)  # [B or 1, L, H] on the host: the test below syncs nothing
+            if not heads[:, layer].any():
                 continue
-            f = self._edit_row(i, edit, batch, length)
-            f = torch.where(heads[:, :, None], f[:, None, :].to(dtype), torch.ones((), dtype=dtype))
+            h = self._on(device, ("edit_heads", i), heads)[:, layer]
+            f = self._on(device, ("edit_row", i, length), self._edit_row(i, edit, batch, length)).to(dtype)
+            f = torch.where(h[:, :, None], f[:, None, :], torch.ones((), dtype=dtype, device=device))
             factor = f if factor is None else factor * f
         return factor
 
@@ -285,7 +289,7 @@ class _RunState:
             scores = torch.einsum("bkgd,bksd->bkgs", q.reshape(B, KV, G, Dh), key).reshape(B, H, S) * scale
             if self._removes_positional[layer]:
                 k = key.repeat_interleave(G, dim=1) if G > 1 else key
-                scores = self._positional_free_scores(q, k, scores, self.dep_mask[layer], scale)
+                scores = self._positional_free_scores(q, k, scores, layer, scale)
             if attention_mask is not None:
                 m = attention_mask[:, :, -1, :S]
                 if m.dtype == torch.bool:
@@ -293,8 +297,7 @@ class _RunState:
                 else:
                     scores = scores + m
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32)  # kept in float32 (the record's dtype)
-            factor = self._factor(layer, B, S, probs.dtype)
-            factor = None if factor is None else self._on(probs.device, ("factor", layer, S), factor)
+            factor = self._factor(layer, B, S, probs.device, probs.dtype)
             if factor is not None:
                 probs = probs * factor
                 if any(e.renormalize for e in self.iv.attention):
@@ -307,7 +310,7 @@ class _RunState:
         for hook in qkv:  # query/key/value patches and recorders (qkv.py): T's row of their heads only
             probs, scores = hook.apply(layer, query, key, value, attention_mask, scaling, self.pad, out, probs, scores)
         if ablates:
-            out = out.masked_fill(self._ablation(layer, B, out.device)[:, None, :, None], 0)
+            out = out.masked_fill(self._ablation(B, out.device)[:, layer, None, :, None], 0)
         if self.capture:
             self._record(layer, out, probs, scores, query, key, value, attention_mask, scale, G)
         return out
@@ -332,31 +335,31 @@ class _RunState:
                     "bkpd,kgdc->bkgpc", vv, w_dir).reshape(B, H, P, -1)
             heads = self._vector_heads(layer)
             if heads:
-                sel = self._on(value.device, ("heads", layer), torch.as_tensor(heads))
+                sel = self._on(value.device, "value_heads", self._value_head_table)[layer, :len(heads)]
                 z = torch.einsum("bnpd,ndm->bnpm", vv[:, sel // G], w_o[sel])
                 rec["value_vectors"][layer] = (heads, z)
         if layer in self.full_rows_layers:
             self.full_attn[layer] = self._full_rows(query, key, attention_mask, scale, probs, G)
 
-    def _ablation(self, layer: int, batch: int, device) -> torch.Tensor:
-        """[B, H] the heads zeroed in this layer, for each row (on ``device``, copied there once)."""
-        key = ("ablate", layer, device)
+    def _ablation(self, batch: int, device) -> torch.Tensor:
+        """[B, L, H] the heads zeroed, per row and layer (on ``device``, copied there once per run)."""
+        key = ("ablate", device)
         if key not in self._device_cache:
-            ablate = self.ablate_mask[layer][None].expand(batch, -1)
+            ablate = self.ablate_mask[None].expand(batch, -1, -1)
             if self.row_ablate_mask is not None:
                 if self.row_ablate_mask.shape[0] != batch:
                     raise ValueError(
                         f"per-row ablation for {self.row_ablate_mask.shape[0]} rows in a batch of {batch}")
-                ablate = ablate | self.row_ablate_mask[:, layer]
+                ablate = ablate | self.row_ablate_mask
             self._device_cache[key] = ablate.to(device)
         return self._device_cache[key]
 
-    def _on(self, device, name, t: torch.Tensor) -> torch.Tensor:
-        """``t`` on ``device``, copied there once per run (not once per layer: no host-to-device copy
-        inside the layers' loop, which would make the host wait for the device)."""
+    def _on(self, device, name, t) -> torch.Tensor:
+        """``t`` (a host tensor, or a function making it) on ``device``, copied there once per run (not once
+        per layer: no host-to-device copy inside the layers' loop, which would make the host wait)."""
         key = (name, device)
         if key not in self._device_cache:
-            self._device_cache[key] = t.to(device)
+            self._device_cache[key] = (t() if callable(t) else t).to(device)
         return self._device_cache[key]
 
     def _label_directions(self, device, dtype) -> torch.Tensor:
@@ -366,6 +369,14 @@ class _RunState:
 
             self._device_cache[key] = label_directions(self.arch, self.label_ids, device).to(dtype)
         return self._device_cache[key]
+
+    def _value_head_table(self) -> torch.Tensor:
+        """[L, H] each layer's value heads first (``_vector_heads``), so one copy serves every layer."""
+        table = torch.zeros(self.arch.n_layers, self.arch.n_heads, dtype=torch.long)
+        for layer in range(self.arch.n_layers):
+            heads = self._vector_heads(layer)
+            table[layer, :len(heads)] = torch.as_tensor(heads, dtype=torch.long)
+        return table
 
     def _vector_heads(self, layer: int) -> list[int]:
         if self.value_heads == "all":
@@ -390,22 +401,22 @@ class _RunState:
         rows[:, :, -1] = last_row.float()
         return rows
 
-    def _positional_free_scores(self, q, k, scores, dep, scale):
-        """Scores at the chosen positions with each key rotated to T's position."""
+    def _positional_free_scores(self, q, k, scores, layer, scale):
+        """Scores at the chosen positions with each key rotated to T's position (the positions, offsets and
+        head mask are copied to the device once per run)."""
         if self.rotary_fn is None:
             raise UnsupportedArchitecture("removing the positional part of the score needs a rotary model")
         scores = scores.clone()
+        dev, T = k.device, k.shape[2] - 1
+        dep = self._on(dev, "positional_heads", self.dep_mask)[layer]
         for b, positions in enumerate(self.iv.positional_score_positions):
             if not positions:
                 continue
-            cols = torch.tensor(positions, dtype=torch.long) + int(self.pad[b])
-            T = k.shape[2] - 1
-            offsets = (T - cols).to(k.device)  # rotate by (T - p) more: R(p) then R(T - p) = R(T)
-            kb = k[b][:, cols.to(k.device), :]  # [H, P, Dh]
-            rotated = self.rotary_fn(kb, offsets)
-            new = torch.einsum("hd,hpd->hp", q[b], rotated) * scale
-            s = scores[b][:, cols.to(k.device)]
-            scores[b][:, cols.to(k.device)] = torch.where(dep.to(k.device)[:, None], new, s)
+            cols = self._on(dev, ("positional_cols", b),  # padded positions of prompt b
+                            lambda b=b, p=positions: torch.tensor(p, dtype=torch.long) + int(self.pad[b]))
+            rotated = self.rotary_fn(k[b][:, cols, :], T - cols)  # rotate by (T - p) more: R(p) R(T - p) = R(T)
+            new = torch.einsum("hd,hpd->hp", q[b], rotated) * scale  # [H, P]
+            scores[b][:, cols] = torch.where(dep[:, None], new, scores[b][:, cols])
         return scores
 
 

@@ -19,7 +19,6 @@ bias without the fix is not positive (nothing to reduce).
 from __future__ import annotations
 
 import random
-import warnings
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -30,6 +29,7 @@ from .evaluation import Cancelled, EvalSetup, Progress, evaluate
 from .heads import layers_of, random_heads
 from .interventions import Plan
 from .models import LoadedModel
+from .stats import unit_bootstrap
 
 
 def reduction(bias: float, bias_fixed: float) -> float:
@@ -210,18 +210,16 @@ def bias_intervals(kind: str, prompts: pd.DataFrame, confidence: float = 0.95, n
     if np.isnan(correct).any():
         raise ValueError("every condition and arrangement needs the same test prompts")
     bias_of = _bias_statistic(kind)
+    base = conds.index("no fix")
+    fixes = [j for j in range(len(conds)) if j != base]
+    control = (conds.index("fix in-context heads"), conds.index("fix random heads")) \
+        if {"fix in-context heads", "fix random heads"} <= set(conds) else None
 
-    def biases(idx):
-        return bias_of(correct[:, :, np.asarray(idx, dtype=int)].mean(-1))
-
-    def interval(fn):
-        with warnings.catch_warnings():  # a statistic equal in every resample is an interval of one point
-            warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-            res = stats.bootstrap((np.arange(len(keys)),), fn, vectorized=False, paired=False,
-                                  confidence_level=confidence, n_resamples=n_resamples, method="percentile",
-                                  rng=np.random.default_rng(seed))
-        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-        return (lo, hi) if np.isfinite(lo) and np.isfinite(hi) else (float("nan"), float("nan"))
+    def statistics(idx):
+        """[biases..., drops..., reductions..., beyond random] of the prompts ``idx``."""
+        b = bias_of(correct[:, :, idx].mean(-1))
+        extra = [b[control[1]] - b[control[0]]] if control else []
+        return np.concatenate([b, b[base] - b[fixes], [reduction(b[base], b[j]) for j in fixes], extra])
 
     def no_bias_p(j):
         """Permutation test of "the arrangement does not matter": each prompt's outcomes are shuffled
@@ -231,26 +229,24 @@ def bias_intervals(kind: str, prompts: pd.DataFrame, confidence: float = 0.95, n
                                      n_resamples=n_resamples, rng=np.random.default_rng(seed))
         return float(res.pvalue)
 
-    full = biases(np.arange(len(keys)))
-    base = conds.index("no fix")
+    est = statistics(np.arange(len(keys)))
+    lo, hi = unit_bootstrap(len(keys), statistics, confidence, n_resamples, seed)
+    C, F = len(conds), len(fixes)
+
+    def entry(i):
+        return float(est[i]), float(lo[i]), float(hi[i])
+
     rows = []
     for j, c in enumerate(conds):
-        row = {"condition": c, "bias": float(full[j]), "p_no_bias": no_bias_p(j)}
-        row["bias_low"], row["bias_high"] = interval(lambda idx, j=j: biases(idx)[j])
+        row = {"condition": c}
+        row["bias"], row["bias_low"], row["bias_high"] = entry(j)
+        row["p_no_bias"] = no_bias_p(j)
         if j != base:
-            row["drop"] = float(full[base] - full[j])
-            row["drop_low"], row["drop_high"] = interval(lambda idx, j=j: (lambda b: b[base] - b[j])(biases(idx)))
-            row["reduction"] = reduction(float(full[base]), float(full[j]))
-
-            def rel(idx, j=j):
-                b = biases(idx)
-                return reduction(float(b[base]), float(b[j]))
-            row["reduction_low"], row["reduction_high"] = interval(rel)
-        if c == "fix in-context heads" and "fix random heads" in conds:
-            k = conds.index("fix random heads")
-            row["beyond_random"] = float(full[k] - full[j])
-            row["beyond_random_low"], row["beyond_random_high"] = interval(
-                lambda idx, j=j, k=k: (lambda b: b[k] - b[j])(biases(idx)))
+            f = fixes.index(j)
+            row["drop"], row["drop_low"], row["drop_high"] = entry(C + f)
+            row["reduction"], row["reduction_low"], row["reduction_high"] = entry(C + F + f)
+        if control and j == control[0]:
+            row["beyond_random"], row["beyond_random_low"], row["beyond_random_high"] = entry(C + 2 * F)
         rows.append(row)
     out = pd.DataFrame(rows)
     out.attrs.update(prompts=len(keys), confidence=confidence, resamples=n_resamples)

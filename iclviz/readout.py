@@ -31,6 +31,7 @@ from .evaluation import Prediction, predict_prompt, wilson_interval
 from .heads import control_heads
 from .interventions import Plan
 from .prompt import BuiltPrompt
+from .stats import format_p
 from .validation import head_name
 
 Z95 = 1.96
@@ -285,7 +286,7 @@ def bias_reading(res) -> tuple[str, str | None, pd.DataFrame]:
     s = t.set_index("condition")
     base = s.loc["no fix"]
     n, p = int(t.attrs["prompts"]), float(base.p_no_bias)
-    p_text = "< 0.001" if p < 0.001 else f"= {p:.3f}"
+    p_text = format_p(p)
     if res.kind == "majority":
         text = (f"Without a fix, one fewer demonstration of a label lowers accuracy by {base.bias:+.0%} (95% "
                 f"interval {base.bias_low:+.0%} to {base.bias_high:+.0%}; {n} test sentences, the same in every "

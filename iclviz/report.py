@@ -25,6 +25,7 @@ from .data import load_dataset
 from .evaluation import EvalSetup
 from .heads import control_heads, default_top_n, record_located_heads
 from .models import load_model
+from .stats import format_p
 from .validation import head_name
 
 PAPER = {
@@ -349,12 +350,7 @@ def _reduction_cell(red: float, iv: pd.DataFrame | None) -> str:
     s = iv.set_index("condition")
     fix, p = s.loc["fix in-context heads"], float(s.loc["no fix", "p_no_bias"])
     return (f"{red:.0%}: drop {fix['drop']:+.3f} [{fix['drop_low']:+.3f}, {fix['drop_high']:+.3f}]"
-            + ("" if p < 0.05 else f", no bias (p {_p(p, '= ')})") if red == red else f"n/a (p {_p(p, '= ')})")
-
-
-def _p(p: float, eq: str = "") -> str:
-    """A permutation p-value as printed: never 0 (the smallest is 1 / (permutations + 1))."""
-    return "< 0.001" if p < 0.001 else f"{eq}{p:.3f}"
+            + ("" if p < 0.05 else f", no bias (p {format_p(p)})") if red == red else f"n/a (p {format_p(p)})")
 
 
 def _interval_table(iv: pd.DataFrame | None) -> str:
@@ -369,7 +365,8 @@ def _interval_table(iv: pd.DataFrame | None) -> str:
         f = (lambda x: f"{x:.0%}" if x == x else "n/a") if pct else (lambda x: f"{x:+.3f}")
         return f"{f(v)} [{f(lo)}, {f(hi)}]"
 
-    rows = [{"condition": r["condition"], "bias [95% CI]": ci(r, "bias"), "p (no bias)": _p(r["p_no_bias"]),
+    rows = [{"condition": r["condition"], "bias [95% CI]": ci(r, "bias"),
+             "p (no bias)": format_p(r["p_no_bias"]).removeprefix("= "),
              "drop [95% CI]": ci(r, "drop"),
              "reduction [95% CI]": ci(r, "reduction", pct=True), "beyond random [95% CI]": ci(r, "beyond_random")}
             for r in iv.to_dict("records")]
@@ -405,7 +402,7 @@ def _interval_verdict(iv: pd.DataFrame) -> str:
 
     if not base["p_no_bias"] < 0.05:
         return (f"not reproduced: without a fix there is no bias to reduce ({fmt(base, 'bias')}; permutation "
-                f"test of no bias p {_p(base['p_no_bias'], '= ')})")
+                f"test of no bias p {format_p(base['p_no_bias'])})")
     if not fix["drop_low"] > 0:
         return f"not reproduced: the fix's drop in bias, {fmt(fix, 'drop')}, is not separated from zero"
     control = "beyond_random" in s.columns and fix["beyond_random"] == fix["beyond_random"]

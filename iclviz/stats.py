@@ -5,12 +5,16 @@
   discordant prompts (``binomtest(b, b + c, 0.5)``).
 - ``paired_bootstrap``: mean of per-prompt differences with a bootstrap interval
   (``scipy.stats.bootstrap``).
+- ``unit_bootstrap``: percentile intervals of several statistics from one set of resamples of paired
+  units (e.g. every condition's bias over the same test prompts).
 - ``empirical_p``: where an observed effect falls in a null distribution of random draws.
+- ``format_p``: a p-value as printed.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from scipy import stats
@@ -65,6 +69,30 @@ def bootstrap_ci(values, statistic, confidence: float = 0.95, n_resamples: int =
                           method="percentile", rng=np.random.default_rng(seed))
     lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
     return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) else (float("nan"), float("nan"))
+
+
+def unit_bootstrap(n_units: int, statistic, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile intervals of a vector of statistics of ``n_units`` paired units (e.g. test prompts).
+
+    ``statistic(idx)`` gets the indices of one resample (units drawn with replacement) and returns a
+    vector; every entry is computed on the same resamples, so differences between conditions measured on
+    the same units are paired. Entries that are not finite on some resample get NaN intervals; a statistic
+    equal in every resample gets an interval of one point."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        res = stats.bootstrap((np.arange(n_units),), lambda i: np.asarray(statistic(i.astype(int)), dtype=float),
+                              vectorized=False, confidence_level=confidence, n_resamples=n_resamples,
+                              method="percentile", rng=np.random.default_rng(seed))
+    lo, hi = np.asarray(res.confidence_interval.low, float), np.asarray(res.confidence_interval.high, float)
+    bad = ~(np.isfinite(lo) & np.isfinite(hi))
+    lo[bad], hi[bad] = np.nan, np.nan
+    return lo, hi
+
+
+def format_p(p: float) -> str:
+    """A p-value as printed after "p": "= 0.203", or "< 0.001" (a permutation p is never 0)."""
+    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
 
 def empirical_p(observed: float, null) -> dict:

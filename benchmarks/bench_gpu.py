@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from iclviz.capture import instrument, run_ids  # noqa: E402
 from iclviz.heads import head_importance  # noqa: E402
+from iclviz.lens import vocab_chunk_rows  # noqa: E402
 
 SHAPES = {
     "Llama-2-7B": ("llama", dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
@@ -90,7 +91,7 @@ class _KernelCount(TorchDispatchMode):
 
     VIEWS = {"view", "_unsafe_view", "reshape", "select", "slice", "expand", "transpose", "permute", "unsqueeze",
              "squeeze", "t", "alias", "detach", "as_strided", "split", "split_with_sizes", "chunk", "unbind",
-             "lift_fresh", "_to_copy_noop"}
+             "lift_fresh"}
 
     def __init__(self):
         super().__init__()
@@ -155,7 +156,7 @@ def vocabulary_products(model, device: str, repeats: int) -> str:
     w = model.get_output_embeddings().weight.detach()
     rows = cfg.num_hidden_layers * (cfg.num_attention_heads + 1)
     x = torch.randn(rows, w.shape[1], device=w.device)
-    chunk = max(1024, (1 << 25) // max(w.shape[1], rows))
+    chunk = vocab_chunk_rows(w.shape[1], rows)  # as lens.log_probs chunks it
 
     def tf32():
         old = torch.backends.cuda.matmul.allow_tf32

@@ -125,8 +125,7 @@ def log_probs(arch, u: torch.Tensor, resid_final: torch.Tensor | None, token_ids
     x = normed(arch, u, resid_final, scaling)
     device = x.device
     w = arch.unembed_matrix().detach()
-    # a chunk of W_U in float32 and the chunk's logits each stay near 32M numbers
-    chunk_rows = chunk_rows or max(1024, (1 << 25) // max(w.shape[1], x[..., 0].numel()))
+    chunk_rows = chunk_rows or vocab_chunk_rows(w.shape[1], x[..., 0].numel())
     b = _with_bias(arch, scaling, True)
     b = b.detach() if b is not None else None
     lse = None
@@ -136,6 +135,11 @@ def log_probs(arch, u: torch.Tensor, resid_final: torch.Tensor | None, token_ids
             lse = part if lse is None else torch.logaddexp(lse, part)
     rows = torch.as_tensor(list(token_ids), dtype=torch.long, device=w.device)
     return _logits(x, w, b, rows) - lse[..., None]
+
+
+def vocab_chunk_rows(d_model: int, n_vectors: int) -> int:
+    """Rows of ``W_U`` per chunk of ``log_probs``: a chunk in float32 and its logits each stay near 32M numbers."""
+    return max(1024, (1 << 25) // max(d_model, n_vectors))
 
 
 def _logits(x, w, b, rows):

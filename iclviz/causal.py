@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 from .capture import _ACTIVE, _input_device, _RunState, common_prefix_length, instrument
+from .discrimination import split_support
 from .evaluation import Cancelled, EvalSetup, Progress
 from .heads import default_layers, random_heads
 from .interventions import Head, ablate_rows, combine, knockout_rows
@@ -329,7 +330,11 @@ class CausalScan:
     in logits; positive = the head supports the correct label), ``effect_<label>`` (the same on
     prompts whose gold label is that word), ``label_effect`` (the larger of those),
     ``supports`` (that label), ``vote`` (mean drop of logit(first label) - logit(second):
-    positive = the head pushes toward the first label), ``acc_drop`` and ``n``.
+    positive = the head pushes toward the first label), ``acc_drop`` and ``n``; and the effect split in
+    two (``discrimination.split_support``): ``context_effect`` (the label-balanced mean of the
+    ``effect_<label>``: the part that helps whichever label is gold, i.e. follows the demonstrations),
+    ``prior_effect`` (the constant vote, >= 0) toward ``prior_toward``, and for two labels
+    ``prior_first`` (signed, positive = toward the first label).
     """
 
     table: pd.DataFrame
@@ -341,6 +346,13 @@ class CausalScan:
     n_prompts: int
     kinds: tuple[str, ...]
     per_prompt: dict = field(default_factory=dict, repr=False)  # kind -> [N, R] margin drops
+
+    def __post_init__(self):
+        if "context_effect" not in self.table.columns and len(self.table):  # a table saved before the split
+            parts = [split_support({w: r[f"effect_{w}"] for w in self.label_words}) for _, r in self.table.iterrows()]
+            for col, key in (("context_effect", "context"), ("prior_effect", "prior"), ("prior_toward", "prior_toward"),
+                             ("prior_first", "prior_first")):
+                self.table[col] = [p[key] for p in parts]
 
     def ranked(self, kind: str = "knockout", by: str = "label_effect") -> pd.DataFrame:
         df = self.table[self.table.kind == kind]
@@ -397,6 +409,11 @@ def causal_scan(lm: LoadedModel, setup: EvalSetup, layers=None, kinds=("knockout
             best = max(per_label, key=lambda w: -np.inf if np.isnan(per_label[w]) else per_label[w])
             rec["label_effect"] = per_label[best]
             rec["supports"] = best
+            parts = split_support(per_label)
+            rec["context_effect"] = parts["context"]
+            rec["prior_effect"] = parts["prior"]
+            rec["prior_toward"] = parts["prior_toward"]
+            rec["prior_first"] = parts["prior_first"]
             records.append(rec)
     table = pd.DataFrame(records)
     base_summary = {"accuracy": float(base["correct"][:, 0].mean()), "margin": float(base["margin"][:, 0].mean()),

@@ -19,6 +19,7 @@ SHIPPED_DIR = Path(__file__).parent / "datasets"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_UPLOAD_ROWS = 200_000
 UNRELATED_LABEL_WORDS = ("foo", "bar", "baz", "qux", "zip", "zap")
+TEST_PARTS = ("locate", "evaluate")  # the halves of a test split (Dataset.test_part)
 
 
 class DataError(ValueError):
@@ -37,6 +38,18 @@ class Dataset:
         """Keep only train sentences of at most ``max_chars`` characters (prompt length stays bounded)."""
         train = self.train[self.train["text"].str.len() <= max_chars].reset_index(drop=True)
         return Dataset(self.name, self.labels, train, self.test, self.meta)
+
+    def test_part(self, part: str) -> Dataset:
+        """Half of the test split, so that heads are located on sentences the test never sees.
+
+        ``"locate"`` keeps the test rows at even positions, ``"evaluate"`` those at odd positions
+        (``"all"``: the whole split). The split is fixed by position, so every run agrees on it."""
+        if part == "all":
+            return self
+        if part not in TEST_PARTS:
+            raise DataError(f"a test part is one of {', '.join(TEST_PARTS)}, not {part!r}")
+        test = self.test.iloc[TEST_PARTS.index(part)::2].reset_index(drop=True)
+        return Dataset(self.name, self.labels, self.train, test, dict(self.meta, test_part=part))
 
     def restrict(self, classes: list[int]) -> Dataset:
         """Keep only the given class indices, re-indexed 0..k-1 (e.g. AGNews World vs Sports)."""

@@ -145,7 +145,10 @@ def layers_of(heads) -> list[int]:
 LOCATED_HEADS_FILE = Path(__file__).with_name("located_heads.json")
 HEAD_RULES = {
     "importance": "logit-lens importance (the paper's attribution, one pass)",
-    "causal": "causal effect (each head's label attention from T knocked out alone, per label)",
+    "causal": "causal effect (each head's label attention from T knocked out alone, per label: label voters "
+              "rank first)",
+    "context": "in-context effect (each head's label attention from T knocked out alone: the part of its effect "
+               "that helps whichever label is gold, on location prompts the tests never see)",
 }
 
 

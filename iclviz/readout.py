@@ -392,3 +392,72 @@ def slim_prediction(pred: Prediction) -> Prediction:
         positions = tuple(pred.prompt.label_positions)
         cap = LabelCapture(pred.capture.attention_at(0, positions).detach().float().cpu().clone(), positions)
     return Prediction(pred.prompt, dict(pred.probs), dict(pred.logits), pred.predicted, cap)
+
+
+# ---------------------------------------------------------------- one prompt: in-context part and prior part
+
+def exchange_first_two(demonstrations, label_words) -> list:
+    """The demonstrations with the first two label words exchanged (the others kept): the paper's label
+    swap for two labels, and for more labels the swap that flips ``m = logit(first) - logit(second)``."""
+    from .prompt import Demonstration
+
+    a, b = label_words[0], label_words[1]
+    out = []
+    for d in demonstrations:
+        d = d if isinstance(d, Demonstration) else Demonstration(*d)
+        out.append(Demonstration(d.text, b if d.label == a else a if d.label == b else d.label))
+    return out
+
+
+@dataclass
+class SwapCheck:
+    """One prompt and its label-swapped twin, each before and after intervening on ``heads`` (and on
+    each head alone): the margin ``m = logit(first) - logit(second)`` and its change (after minus
+    before), split into the part that flips with the demonstrations' labels and the part that stays
+    (``discrimination.swap_split``)."""
+
+    kind: str
+    heads: list[tuple[int, int]]
+    label_words: tuple[str, ...]
+    margins: pd.DataFrame  # rows: the set, then each head; columns: before/after on original/swapped
+    split: dict  # the set's change, in-context part, prior part
+
+    def per_head(self) -> pd.DataFrame:
+        """Each head alone: change, in-context part and prior part."""
+        from .discrimination import swap_split
+
+        rows = []
+        for r in self.margins.itertuples():
+            if r.heads == "set":
+                continue
+            s = swap_split(r.after_original - r.before_original, r.after_swapped - r.before_swapped)
+            rows.append({"head": r.heads, **s})
+        return pd.DataFrame(rows)
+
+    def sentence(self) -> str:
+        from .discrimination import swap_reading
+
+        w = self.label_words
+        return (f"On this prompt, the {len(self.heads)} head{'s' if len(self.heads) != 1 else ''} change the margin "
+                f"{w[0]}−{w[1]} by {self.split['change']:+.2f}: " + swap_reading(self.split, w) + ".")
+
+
+def swap_check(lm, demonstrations, query: str, label_words, template, heads, kind: str = "knockout") -> SwapCheck:
+    """Intervene on ``heads`` (together, and each alone) on the prompt and on its label-swapped twin:
+    one batched run per prompt (``margins_of_head_sets``)."""
+    from .discrimination import swap_split
+    from .prompt import build_prompt
+
+    heads = [(int(a), int(b)) for a, b in heads]
+    words = tuple(label_words)
+    orig = build_prompt(lm.tokenizer, demonstrations, query, words, template, max_tokens=lm.context_length)
+    swap = build_prompt(lm.tokenizer, exchange_first_two(demonstrations, words), query, words, template,
+                        max_tokens=lm.context_length)
+    sets = [[], heads] + ([[h] for h in heads] if len(heads) > 1 else [])
+    mo = [m for m, _ in margins_of_head_sets(lm, orig, sets, kind)]
+    ms = [m for m, _ in margins_of_head_sets(lm, swap, sets, kind)]
+    names = ["set"] + ([head_name(h) for h in heads] if len(heads) > 1 else [])
+    margins = pd.DataFrame([{"heads": n, "before_original": mo[0], "after_original": mo[1 + i],
+                             "before_swapped": ms[0], "after_swapped": ms[1 + i]} for i, n in enumerate(names)])
+    split = swap_split(mo[1] - mo[0], ms[1] - ms[0])
+    return SwapCheck(kind, heads, words, margins, split)

@@ -1,0 +1,206 @@
+"""Discrimination beside accuracy, and a head's effect split into an in-context part and a prior part.
+
+The measures are checked against scipy and hand counts; the split against constructed cases whose
+answer is known exactly; the scan's split on the tiny models of every architecture, where the gold
+labels are made to carry no information about the prompts (so every head's in-context part must be 0);
+the one-prompt label-swap split against independent full passes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.stats import mannwhitneyu
+
+from iclviz.causal import causal_scan
+from iclviz.context_heads import ContextTest, choose_n_heads, context_test
+from iclviz.data import Dataset, load_dataset
+from iclviz.discrimination import (
+    auc,
+    label_auc,
+    measures,
+    paired_change,
+    reading,
+    recentred_predictions,
+    split_support,
+    swap_reading,
+    swap_split,
+)
+from iclviz.evaluation import EvalSetup
+from iclviz.interventions import NONE, knockout
+from iclviz.prompt import DEFAULT_TEMPLATE, build_prompt
+from iclviz.readout import exchange_first_two, swap_check
+
+RNG = np.random.default_rng(0)
+
+
+def _two_label_logits(n=200, separation=1.0, shift=0.0):
+    gold = np.repeat([0, 1], n // 2)
+    m = np.where(gold == 0, separation, -separation) + RNG.normal(0, 1, n) + shift
+    return np.stack([m / 2, -m / 2], -1), gold
+
+
+def test_auc_equals_mann_whitney_and_pair_counts():
+    s = RNG.normal(size=60).round(1)  # ties on purpose
+    pos = RNG.random(60) < 0.4
+    u = mannwhitneyu(s[pos], s[~pos]).statistic
+    assert auc(s, pos) == pytest.approx(u / (pos.sum() * (~pos).sum()))
+    pairs = [(a > b) + 0.5 * (a == b) for a in s[pos] for b in s[~pos]]
+    assert auc(s, pos) == pytest.approx(np.mean(pairs))
+    assert np.isnan(auc(s, np.zeros(60, bool)))
+
+
+def test_a_prior_shift_moves_accuracy_but_not_auc_nor_recentred_accuracy():
+    lg, gold = _two_label_logits(shift=0.0)
+    shifted = lg + np.array([2.0, -2.0])  # every prompt pushed toward the first label by 4 logits of m
+    before, after = measures(lg, gold), measures(shifted, gold)
+    assert after["auc"] == pytest.approx(before["auc"])
+    assert after["recentred_accuracy"] == pytest.approx(before["recentred_accuracy"])
+    assert after["mean_margin"] == pytest.approx(before["mean_margin"] + 4)
+    assert after["accuracy"] < before["accuracy"] - 0.1  # the test could fail: accuracy does move
+    # more labels: a constant per-label push leaves the one-vs-rest AUC and the recentred predictions alone
+    lg3 = RNG.normal(size=(90, 3)) + 1.5 * np.eye(3)[np.repeat([0, 1, 2], 30)]
+    gold3 = np.repeat([0, 1, 2], 30)
+    push = lg3 + np.array([3.0, 0.0, -1.0])
+    assert label_auc(push, gold3) == pytest.approx(label_auc(lg3, gold3))
+    assert (recentred_predictions(push) == recentred_predictions(lg3)).all()
+    assert measures(push, gold3)["accuracy"] != pytest.approx(measures(lg3, gold3)["accuracy"])
+
+
+def test_the_reading_follows_the_intervals():
+    lg, gold = _two_label_logits(n=300, separation=1.5)
+    shifted = lg + np.array([1.5, -1.5])
+    scrambled = np.stack([lg[RNG.permutation(len(lg))][:, 0], lg[RNG.permutation(len(lg))][:, 1]], -1) * 0
+    scrambled += RNG.normal(0, 1, scrambled.shape)
+    both = np.stack([lg, shifted, scrambled, lg + 1e-9], 1)
+    prior = paired_change(both, gold, 0, 1, ("foo", "bar"), n_resamples=300)
+    lost = paired_change(both, gold, 0, 2, ("foo", "bar"), n_resamples=300)
+    same = paired_change(both, gold, 0, 3, ("foo", "bar"), n_resamples=300)
+    assert prior.separable("mean_margin") and not prior.separable("auc")
+    assert "a prior shift" in reading(prior) and "toward foo" in reading(prior)
+    assert lost.separable("auc") and lost.change["auc"] < 0
+    assert "in-context reading lost" in reading(lost)
+    assert reading(same).startswith("no measurable change")
+    # the interval is a paired bootstrap: it contains the observed change
+    assert lost.low["auc"] <= lost.change["auc"] <= lost.high["auc"]
+
+
+def test_split_support_pure_vote_and_pure_in_context():
+    vote = split_support({"foo": 2.35, "bar": -2.35})  # L23H10-like: a constant push toward foo
+    assert vote["context"] == pytest.approx(0) and vote["prior"] == pytest.approx(2.35)
+    assert vote["prior_toward"] == "foo" and vote["prior_first"] == pytest.approx(2.35)
+    ctx = split_support({"foo": 0.8, "bar": 0.8})  # helps whichever label is gold
+    assert ctx["context"] == pytest.approx(0.8) and ctx["prior"] == pytest.approx(0)
+    bar_voter = split_support({"foo": -0.2, "bar": 0.6})
+    assert bar_voter["prior_toward"] == "bar" and bar_voter["prior_first"] == pytest.approx(-0.4)
+    assert bar_voter["context"] + bar_voter["prior"] == pytest.approx(0.6)
+    three = split_support({"foo": 1.0, "bar": 1.0, "baz": 1.0})
+    assert three["prior"] == pytest.approx(0) and np.isnan(three["prior_first"])
+
+
+def _no_information_dataset() -> Dataset:
+    """Every test sentence twice, once with each gold label: the gold label says nothing about the prompt."""
+    sst = load_dataset("sst2")
+    texts = sst.test["text"].head(3).tolist()
+    test = pd.DataFrame({"text": texts * 2, "label": [0] * 3 + [1] * 3})
+    return Dataset("no-information", sst.labels, sst.train, test)
+
+
+def test_scan_split_is_all_prior_when_gold_carries_no_information(tiny):
+    """With each prompt present under both gold labels, a head's support on foo-gold prompts is minus its
+    support on bar-gold prompts: the in-context part is 0 for every head, on every architecture, and the
+    prior part is the head's mean push on m."""
+    setup = EvalSetup(_no_information_dataset(), k_per_label=2, n_test=6, seeds=(0,))
+    scan = causal_scan(tiny, setup, layers=[tiny.n_layers - 1], kinds=("knockout",))
+    t = scan.table
+    assert np.allclose(t.context_effect, 0, atol=1e-5)
+    assert np.allclose(t.prior_first, (t.effect_foo - t.effect_bar) / 2, atol=1e-6)
+    assert (t.prior_effect.abs() > 1e-4).any()  # the heads do push: the test could fail
+    assert np.allclose(t.prior_effect, t.prior_first.abs(), atol=1e-6)
+
+
+def test_label_swap_split_adds_up_to_full_pass_knockouts(tiny):
+    """On one prompt, the change of m under the knockout (from T-rows over the cache) equals the change in
+    independent full passes, on the prompt and on its swapped twin; the two parts add up to it."""
+    demos = [("a wonderful film", "foo"), ("dull and boring", "bar"), ("I loved every minute", "foo"),
+             ("a waste of time", "bar")]
+    query, words = "great acting", ("foo", "bar")
+    L = tiny.n_layers
+    heads = [(L - 1, 0), (L - 2, 1)]
+    chk = swap_check(tiny, demos, query, words, DEFAULT_TEMPLATE, heads, "knockout")
+
+    def full_change(demo_list):
+        p = build_prompt(tiny.tokenizer, demo_list, query, words, DEFAULT_TEMPLATE)
+        ids = p.label_token_id_list()
+        lg0 = tiny.run([p], NONE, capture=False).logits[0, ids]
+        lg1 = tiny.run([p], knockout([p.label_positions], heads=heads), capture=False).logits[0, ids]
+        return float((lg1[0] - lg1[1]) - (lg0[0] - lg0[1]))
+
+    d_orig, d_swap = full_change(demos), full_change(exchange_first_two(demos, words))
+    assert chk.split["change"] == pytest.approx(d_orig, abs=1e-4)
+    assert chk.split["context"] == pytest.approx((d_orig - d_swap) / 2, abs=1e-4)
+    assert chk.split["prior"] == pytest.approx((d_orig + d_swap) / 2, abs=1e-4)
+    assert chk.split["context"] + chk.split["prior"] == pytest.approx(chk.split["change"], abs=1e-9)
+    assert abs(d_orig) > 1e-4 and abs(d_orig - d_swap) > 1e-5  # something moved: the test could fail
+    assert len(chk.per_head()) == 2
+    assert chk.sentence().startswith("On this prompt, the 2 heads change the margin")
+
+
+def test_swap_reading_says_which_part_dominates():
+    assert swap_reading(swap_split(-1.0, 1.0)).startswith("mostly in-context reading")
+    assert swap_reading(swap_split(-1.0, -0.9)).startswith("mostly a prior shift")
+    assert "toward bar" in swap_reading(swap_split(-1.0, -0.9))
+    assert swap_reading(swap_split(0.01, 0.0)).startswith("the margin barely moves")
+
+
+def test_context_test_rows_and_null(tiny_llama):
+    lm = tiny_llama
+    setup = EvalSetup(load_dataset("sst2").test_part("evaluate"), k_per_label=2, n_test=8, seeds=(0,))
+    ranking = [(2, 1), (2, 3), (1, 0), (1, 2)]
+    t = context_test(lm, setup, ranking, sizes=(1, 3), head_sets={"other": [(0, 1)]}, n_draws={1: 3, 3: 2},
+                     layers=[1, 2])
+    assert t.names[:4] == ["none", "top:1", "top:3", "set:other"]
+    assert len(t.draws[1]) == 3 and len(t.draws[3]) == 2
+    for k, sets in t.draws.items():  # random sets come from the layers given and avoid the top k
+        for hs in sets:
+            assert len(hs) == k and all(a in (1, 2) for a, _ in hs)
+            assert not set(hs) & set(ranking[:k])
+    tbl = t.table()
+    lg = t.logits.double().numpy()
+    assert tbl.loc[1, "auc"] == pytest.approx(measures(lg[:, 1], t.gold)["auc"])
+    v = t.verdict("top:3", n_resamples=200)
+    null = t.null(3)
+    assert v["auc null min"] == pytest.approx(null["auc"].min())
+    assert v["auc beyond all"] == bool(v["auc after"] < null["auc"].min())
+    curve = t.curve()
+    assert list(curve.k) == [1, 3]
+    assert t.verdict("set:other", n_resamples=200)["draws"] == 3  # a set of 1 head meets the draws of size 1
+
+
+def test_test_halves_are_disjoint_and_cover_the_split():
+    sst = load_dataset("sst2")
+    a, b = sst.test_part("locate").test, sst.test_part("evaluate").test
+    assert len(a) + len(b) == len(sst.test)
+    assert not set(zip(a.text, a.label)) & set(zip(b.text, b.label)) or sst.test.duplicated().any()
+    with pytest.raises(ValueError):
+        sst.test_part("train")
+
+
+def test_choose_n_heads_rule():
+    curve = pd.DataFrame({"k": [1, 2, 4, 8], "auc top": [0.70, 0.66, 0.58, 0.55],
+                          "auc null min": [0.68, 0.67, 0.66, 0.64]})
+    curve.attrs["auc none"] = 0.72
+    # drops 0.02, 0.06, 0.14, 0.17: half of the largest is 0.085 -> k = 4 (below every random set)
+    assert choose_n_heads(curve) == 4
+    curve["auc null min"] = [0.5, 0.5, 0.5, 0.5]  # nothing beyond the null: the largest drop
+    assert choose_n_heads(curve) == 8
+
+
+def test_context_test_round_trips(tmp_path, tiny_llama):
+    setup = EvalSetup(load_dataset("sst2"), k_per_label=1, n_test=4, seeds=(0,))
+    t = context_test(tiny_llama, setup, [(2, 0), (2, 1)], sizes=(1,), n_draws=2, layers=[2])
+    t.save(tmp_path / "t.pt")
+    back = ContextTest.load(tmp_path / "t.pt")
+    torch.testing.assert_close(back.logits, t.logits)
+    assert back.names == t.names and back.draws == t.draws

@@ -162,9 +162,11 @@ def _common(p: argparse.ArgumentParser, dataset: bool = True):
         p.add_argument("--scaling", default="final_scale", choices=["final_scale", "final_norm"])
         p.add_argument("--layers", type=int_type(0, 100_000), nargs="+", default=None,
                        help="layers to search (default deep half)")
-        p.add_argument("--rule", default="importance", choices=["importance", "causal"],
-                       help="without --heads, locate heads by logit-lens importance or by causal effect (knockout "
-                            "of each head's label attention, per label)")
+        p.add_argument("--rule", default="importance", choices=["importance", "causal", "context"],
+                       help="without --heads, locate heads by logit-lens importance, by causal effect (knockout "
+                            "of each head's label attention, per label: label voters first) or by the in-context "
+                            "part of that effect (on the locate half of the test split; heads that read the "
+                            "demonstrations)")
         p.add_argument("--locate-seed", type=int_type(0, 2**32 - 1), default=100,
                        help="demonstration seed of the prompts heads are located on (kept apart from --seeds)")
 
@@ -185,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("interventions", cmd_interventions, "accuracy: none vs in-context heads vs random heads (ablation, knockout)"),
         ("causal", cmd_causal, "accuracy drop when each of the top-N located heads is intervened alone"),
         ("null", cmd_null, "the in-context heads' effect against a null distribution of random heads (many draws)"),
+        ("context-test", cmd_context_test,
+         "the paper's claim on discrimination: AUC, recentred accuracy and accuracy with the in-context heads knocked "
+         "out (top-k curve) against random head sets, on the evaluate half of the test split"),
         ("label-specific", cmd_label_specific,
          "knock out the foo heads on foo-gold queries and the bar heads on bar-gold ones"),
         ("label-vectors", cmd_label_vectors, "value-output vectors at label positions for the first test prompt"),
@@ -202,12 +207,20 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("interventions",):
             p.add_argument("--draws", type=int_type(1, 1000), default=3)
         if name == "locate":
-            p.add_argument("--method", default="importance", choices=["importance", "causal", "both"],
+            p.add_argument("--method", default="importance", choices=["importance", "causal", "both", "context"],
                            help="logit-lens importance (one pass), causal effect of each head alone (knockout and "
-                                "output removal at T, batched), or both side by side")
+                                "output removal at T, batched), both side by side, or the context rule (each "
+                                "head's effect split into its in-context part and its label prior, on the locate "
+                                "half of the test split; the label voters listed apart; k from a top-k curve)")
             p.add_argument("--kinds", nargs="+", default=["knockout", "ablate_t"], choices=["knockout", "ablate_t"])
             p.add_argument("--full-ablation-top", type=int_type(0, 100_000), default=0,
                            help="also ablate (at every position) the top N heads of the causal ranking, alone")
+        if name == "context-test":
+            p.add_argument("--draws", type=int_type(1, 10_000), default=50,
+                           help="random head sets per size (at least 50 recommended)")
+            p.add_argument("--sizes", type=int_type(1, 100_000), nargs="+", default=None,
+                           help="the k of the top-k curve (default: 1 2 3 4 6 8 12 16, the chosen k and 1%%, 2%%, "
+                                "5%% of the heads)")
         if name in ("null", "label-specific"):
             p.add_argument("--draws", type=int_type(1, 10_000), default=100,
                            help="random head sets (at least 50 recommended)")
@@ -355,6 +368,8 @@ def _located_heads(args, lm, setup):
     n = args.n_heads or default_top_n(lm.n_layers * lm.n_heads)
     bar = _Bar(f"locating heads ({args.rule})")
     try:
+        if args.rule == "context":
+            return _context_heads(args, lm, setup, bar)
         if args.rule == "causal":
             from .causal import causal_scan
 
@@ -367,6 +382,32 @@ def _located_heads(args, lm, setup):
         return scan.top(n), scan
     finally:
         bar.close()
+
+
+def _context_location(args, setup):
+    """The location prompts of the context rule: the locate half of the test split, --locate-seed."""
+    import dataclasses
+
+    return dataclasses.replace(setup, dataset=setup.dataset.test_part("locate"), seeds=(args.locate_seed,))
+
+
+def _context_heads(args, lm, setup, bar, curve_out: dict | None = None):
+    """The context rule: scan on the location prompts, rank by the in-context part; k from --n-heads or
+    from the location top-k curve (``context_heads.choose_n_heads``)."""
+    from . import context_heads
+
+    loc = _context_location(args, setup)
+    scan = context_heads.locate_context_heads(lm, loc, layers=args.layers, progress=bar)
+    ranking = context_heads.context_ranking(scan)
+    if args.n_heads:
+        return ranking[:args.n_heads], scan
+    bar.close()
+    curve = context_heads.location_curve(lm, loc, ranking, n_draws=5, layers=args.layers, progress=bar)
+    k = context_heads.choose_n_heads(curve)
+    print(f"context rule: k = {k} from the location top-k curve", file=sys.stderr)
+    if curve_out is not None:
+        curve_out["curve"] = curve
+    return ranking[:k], scan
 
 
 def _heads_by_label(args, lm, setup) -> dict:
@@ -521,6 +562,20 @@ def cmd_locate(args, lm, setup, bar):
     layers = args.layers or default_layers(lm.n_layers)
     result = {"scaling": args.scaling, "layers": layers, "method": args.method}
     scan = None
+    if args.method == "context":
+        from .context_heads import head_parts, voter_ranking
+
+        args.layers = layers
+        extra: dict = {}
+        heads, cs = _context_heads(args, lm, setup, bar, extra)
+        bar.close()
+        _write(args, "context_scan", df=head_parts(cs))
+        if "curve" in extra:
+            _write(args, "context_location_curve", df=extra["curve"])
+        result["context"] = {"prompts": cs.n_prompts, "test_part": "locate", "seed": args.locate_seed,
+                             "heads": _names(heads), "label_voters": _names(voter_ranking(cs)[:len(heads)])}
+        _write(args, "top_heads", obj=result)
+        return
     if args.method in ("importance", "both"):
         from .locate import locate_heads
 
@@ -605,6 +660,37 @@ def cmd_null(args, lm, setup, bar):
     nt = null_distribution(lm, setup, heads, kind=args.kind, n_draws=args.draws, layers=args.layers, progress=bar)
     bar.close()
     _write_null_test(args, "null", nt)
+
+
+@_on_dataset
+def cmd_context_test(args, lm, setup, bar):
+    """Knock out the top k in-context heads for every k of the curve, and random sets of k heads, on the
+    evaluate half of the test split: every measure, the curve with its null band, and the verdict."""
+    import dataclasses
+
+    from . import context_heads
+    from .heads import default_layers
+
+    if args.rule != "context" and not args.heads:
+        print("context-test locates heads by the context rule (--rule context)", file=sys.stderr)
+        args.rule = "context"
+    heads, scan = _located_heads(args, lm, setup)
+    bar.close()
+    ranking = context_heads.context_ranking(scan) if scan is not None else list(heads)
+    k = len(heads)
+    sizes = args.sizes or sorted(set(context_heads.CURVE_SIZES) | {k}
+                                 | set(context_heads.share_sizes(lm.n_layers * lm.n_heads).values()))
+    sizes = [s for s in sizes if s <= len(ranking)] or [k]
+    test_setup = dataclasses.replace(setup, dataset=setup.dataset.test_part("evaluate"))
+    layers = args.layers or default_layers(lm.n_layers)
+    t = context_heads.context_test(lm, test_setup, ranking[:max(sizes)], sizes, n_draws=args.draws, layers=layers,
+                                   progress=bar)
+    bar.close()
+    _write(args, "context_test", df=t.table())
+    _write(args, "context_curve", df=t.curve())
+    v = t.verdict(f"top:{k}" if f"top:{k}" in t.names else t.names[1])
+    _write(args, "context_verdict", obj=v)
+    print(v["reading"], file=sys.stderr)
 
 
 @_on_dataset

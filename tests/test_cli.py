@@ -188,3 +188,24 @@ def test_bias_commands_write_paired_intervals_and_read_them(model_dir, tmp_path,
     assert main(["recency-bias", *args, "--orders", "1"]) == 0
     assert "demonstration orders" in capsys.readouterr().err
     assert (tmp_path / "recency_bias_intervals.csv").exists()
+
+
+def test_context_rule_and_context_test_from_the_command_line(model_dir, tmp_path, capsys):
+    """locate --method context: each head's in-context part and prior, on the locate half; context-test: the
+    discrimination measures of the top-k curve against random sets, on the evaluate half, with a verdict."""
+    args = ["--model", model_dir, "--dataset", "sst2", "--k", "1", "--n-test", "4", "--out", str(tmp_path)]
+    assert main(["locate", "--method", "context", "--n-heads", "2", *args]) == 0
+    scan = pd.read_csv(tmp_path / "context_scan.csv")
+    assert len(scan) == 2 * 4  # layers 1-2 x 4 heads, knockout only
+    assert (scan.context_effect.diff().dropna() <= 1e-12).all()  # ranked by the in-context part
+    assert scan.context_effect.iloc[0] + scan.prior_first.iloc[0] == pytest.approx(scan.effect_foo.iloc[0], abs=1e-6)
+    top = json.loads((tmp_path / "top_heads.json").read_text())
+    assert top["context"]["test_part"] == "locate" and len(top["context"]["heads"]) == 2
+    capsys.readouterr()
+    assert main(["context-test", "--n-heads", "2", "--draws", "3", "--sizes", "1", "2", *args]) == 0
+    table = pd.read_csv(tmp_path / "context_test.csv")
+    assert list(table.condition[:3]) == ["none", "top:1", "top:2"] and len(table) == 3 + 2 * 3
+    assert {"auc", "recentred_accuracy", "accuracy", "mean_margin"} <= set(table.columns)
+    verdict = json.loads((tmp_path / "context_verdict.json").read_text())
+    assert verdict["k"] == 2 and verdict["draws"] == 3
+    assert verdict["reading"] in capsys.readouterr().err

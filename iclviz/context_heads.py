@@ -64,10 +64,10 @@ def voter_ranking(scan: CausalScan) -> list[Head]:
     return scan.top(len(scan.table), "knockout", by="prior_effect")
 
 
-def head_parts(scan: CausalScan) -> pd.DataFrame:
+def head_parts(scan: CausalScan, kind: str = "knockout") -> pd.DataFrame:
     """One row per scanned head: name, in-context support, prior (signed toward the first label for two
     labels) and the label it votes for; sorted by in-context support."""
-    df = scan.ranked("knockout", "context_effect").copy()
+    df = scan.ranked(kind, "context_effect").copy()
     df.insert(0, "name", [head_name(h) for h in zip(df.layer, df["head"])])
     cols = ["name", "layer", "head", "context_effect", "prior_effect", "prior_toward", "prior_first", "effect",
             "acc_drop"] + [c for c in df.columns if c.startswith("effect_")]

@@ -106,6 +106,35 @@ def head_heatmap(matrix: pd.DataFrame, value: str = "importance", title: str = "
     return rect.properties(width=width)
 
 
+def context_prior_scatter(parts: pd.DataFrame, label_words, chosen=(), param_name: str = HEAD_PARAM,
+                          width: int = 420):
+    """Each scanned head as a point: its in-context support (x) against its prior (y; two labels: signed,
+    up = toward the first label), from ``context_heads.head_parts``; click a point to select the head."""
+    import altair as alt
+
+    df = parts.copy()
+    signed = "prior_first" in df.columns and df["prior_first"].notna().all()
+    y = "prior_first" if signed else "prior_effect"
+    y_title = (f"prior: constant vote (up = toward {label_words[0]}, down = toward {label_words[1]})" if signed
+               else "prior: constant vote for one label")
+    chosen = {(int(a), int(b)) for a, b in chosen}
+    df["chosen"] = [(int(a), int(b)) in chosen for a, b in zip(df["layer"], df["head"])]
+    df["kind"] = ["chosen in-context head" if c else "other head" for c in df["chosen"]]
+    sel = alt.selection_point(name=param_name, fields=["layer", "head"], on="click", clear="dblclick")
+    pts = alt.Chart(df, title="In-context part against prior, per head").mark_circle(size=70).encode(
+        x=alt.X("context_effect:Q", title="in-context part: helps whichever label is gold (logits)"),
+        y=alt.Y(f"{y}:Q", title=y_title),
+        color=alt.Color("kind:N", scale=alt.Scale(domain=["chosen in-context head", "other head"],
+                                                  range=["#d62728", "#7f7f7f"]), title=None,
+                        legend=alt.Legend(orient="bottom")),
+        opacity=alt.condition(sel, alt.value(0.95), alt.value(0.35)),
+        tooltip=[alt.Tooltip("name:N", title="head"), alt.Tooltip("context_effect:Q", format=".3f"),
+                 alt.Tooltip(f"{y}:Q", format=".3f"), alt.Tooltip("prior_toward:N", title="votes for")],
+    ).add_params(sel)
+    zero = alt.Chart(pd.DataFrame({"z": [0.0]})).mark_rule(color="#999999", strokeDash=[3, 3])
+    return (pts + zero.encode(y="z:Q") + zero.encode(x="z:Q")).properties(width=width, height=320)
+
+
 def selected_head(event, param_name: str = HEAD_PARAM) -> tuple[int, int] | None:
     """The (layer, head) an ``st.altair_chart(..., on_select="rerun")`` event reports first, or None."""
     heads = selected_heads(event, param_name)

@@ -3,8 +3,10 @@
 import streamlit as st
 
 from iclviz.causal import KIND_TEXT, causal_scan, compare_rankings, null_distribution, verdict_line
+from iclviz.context_heads import context_test
+from iclviz.context_heads import head_parts as head_parts_of
 from iclviz.evaluation import EvalSetup
-from iclviz.figures import head_heatmap, selected_heads
+from iclviz.figures import context_prior_scatter, head_heatmap, selected_heads
 from iclviz.heads import HEAD_RULES, default_layers, default_top_n, located_heads
 from iclviz.lens import SCALINGS
 from iclviz.locate import intervention_table, locate_heads
@@ -15,12 +17,16 @@ from pages.parts.long_run import run_with_progress
 from pages.parts.widgets import chart, csv_download, dataset_picker, html_download, safe
 
 ss = st.session_state
+
+
 common.page_setup(
     "Head finder",
-    "Each cell is a head's importance: how much adding its output at the last position T raises the log-probability "
-    "of the correct label word, averaged over prompts from a dataset (the authors' attribution method). The top "
-    "heads, about 1% of all, are the in-context heads; the intervention table checks them against as many random "
-    "heads of the same layers.")
+    "Which heads carry in-context learning? The importance map scores each head by how much adding its output at "
+    "the last position T raises the log-probability of the correct label word (the authors' attribution method). "
+    "The causal scan knocks each head out alone and splits its effect into the part that follows the "
+    "demonstrations (the in-context part) and a constant vote for one label (the prior): the app's in-context heads "
+    "are ranked by the first. The tests below check the chosen heads against as many random heads of the same "
+    "layers, on accuracy and on discrimination (AUC).")
 
 lm = common.require_model()
 heads = state.chosen_heads(lm)
@@ -37,7 +43,15 @@ with st.container(border=True):
         r2.markdown(
             f"{HEAD_RULES[rule]}: **{', '.join(map(head_name, found['heads']))}**, located by `python -m iclviz "
             f"report` on {found['n_prompts']} SST-2 prompts (demonstration seed {found['seed']}).")
-        if t:
+        if t and rule == "context":
+            r2.caption(
+                f"Measured on this model, {t['n_prompts']} held-out SST-2 prompts (the evaluate half of the test "
+                f"split): knocking out their label attention moves the AUC {t['auc before']:.3f} -> "
+                f"{t['auc after']:.3f} (lowest of {t['draws']} random sets of as many heads: "
+                f"{t['auc null min']:.3f}), accuracy {t['accuracy before']:.1%} -> {t['accuracy after']:.1%}. "
+                + ("Label voters (largest constant vote, listed apart): "
+                   + ", ".join(map(head_name, map(tuple, found["voters"]))) + "." if found.get("voters") else ""))
+        elif t:
             r2.caption(
                 f"Measured on this model, {t['n_prompts']} other SST-2 prompts: knocking out their label attention "
                 f"moves accuracy {t['accuracy_none']:.1%} -> {t['accuracy_heads']:.1%} (as many random heads: "
@@ -179,9 +193,11 @@ if table is not None:
 st.subheader("Causal effect of each head")
 st.caption("Each head of the chosen layers intervened **alone**, on the dataset sample above: its attention from T to "
            "every label position knocked out, or its output at T removed. All heads run as rows of one batch over each "
-           "prompt's cache, so the scan costs about as much as a few forward passes per prompt. The effect is the drop "
-           "of the correct label's margin (logit of the gold label word minus the other's); a head that votes for one "
-           "label helps only that label's prompts, so the ranking uses the larger per-label effect.")
+           "prompt's cache. A head's support for the correct label (the drop of the gold margin when it is knocked "
+           "out) splits in two: the **in-context part** (the label-balanced mean: it helps whichever label is gold, so "
+           "it follows the demonstrations) and the **prior** (a constant vote for one label, whatever the query). The "
+           "in-context heads are ranked by the first; label voters, which move accuracy without changing how well the "
+           "model tells the classes apart, are listed by the second.")
 with st.form("causal_form"):
     q1, q2 = st.columns([2, 1])
     cs_kinds = q1.multiselect("Interventions", ["knockout", "ablate_t"], default=["knockout"], key="w_cs_kinds",
@@ -202,17 +218,29 @@ if cs is not None and (cs.n_layers, cs.n_heads) == (lm.n_layers, lm.n_heads):
     kind_tabs = st.tabs([KIND_TEXT[k] for k in cs.kinds])
     for tab, kind in zip(kind_tabs, cs.kinds):
         with tab:
-            cs_clicked = sorted(set(_heatmap(cs.matrix(kind, "label_effect"), "label_effect",
-                                             f"{KIND_TEXT[kind]}: larger per-label effect (gold-margin drop)",
-                                             f"fig_cs_{kind}")))
+            h1, h2 = st.columns(2)
+            with h1:
+                cs_clicked = sorted(set(_heatmap(cs.matrix(kind, "context_effect"), "context_effect",
+                                                 f"{KIND_TEXT[kind]}: in-context part", f"fig_cs_{kind}")))
+            with h2:
+                parts = head_parts_of(cs, kind)
+                ev = st.altair_chart(context_prior_scatter(parts, cs.label_words, heads), key=f"fig_scatter_{kind}",
+                                     on_select="rerun")
+                sc_picked = selected_heads(ev)
+                if sc_picked != ss.get(f"_picked_scatter_{kind}", []):
+                    ss[f"_picked_scatter_{kind}"] = sc_picked
+                    if sc_picked:
+                        ss.hf_focus = sc_picked[-1]
+                cs_clicked = sorted(set(cs_clicked) | set(sc_picked))
             if cs_clicked:
                 st.markdown("Selected cells: " + ", ".join(map(head_name, cs_clicked)))
                 if st.button("Use the selected cells as the in-context heads", key=f"w_use_cs_clicked_{kind}"):
                     state.set_heads(cs_clicked)
                     st.rerun()
-            ranked = cs.ranked(kind).head(10).copy()
-            ranked.insert(0, "name", [head_name((a, b)) for a, b in zip(ranked.layer, ranked["head"])])
-            st.dataframe(ranked.drop(columns=["kind"]), key=f"tbl_cs_{kind}", hide_index=True)
+            st.dataframe(head_parts_of(cs, kind).head(10), key=f"tbl_cs_{kind}", hide_index=True)
+            voters = head_parts_of(cs, kind).sort_values("prior_effect", ascending=False).head(5)
+            st.caption("Label voters (largest constant vote): " + ", ".join(
+                f"{r.name} ({r.prior_effect:.2f} toward {safe(r.prior_toward)})" for r in voters.itertuples()))
     kind0 = cs.kinds[0]
     scan_imp = ss.get("scan")
     if scan_imp is not None and (scan_imp.n_layers, scan_imp.n_heads) == (lm.n_layers, lm.n_heads):
@@ -224,12 +252,12 @@ if cs is not None and (cs.n_layers, cs.n_heads) == (lm.n_layers, lm.n_heads):
     else:
         st.caption("Run the importance scan above to compare the two rankings.")
     n_cs = default_top_n(lm.n_layers * lm.n_heads)
-    by_label = cs.top_by_label(max(n_cs, 4), kind0)
-    st.markdown(" · ".join(f"{w} heads: {', '.join(map(head_name, hs)) or 'none'}" for w, hs in by_label.items()))
-    cs_n = st.number_input("Top N by causal effect", 1, lm.n_layers * lm.n_heads, n_cs, key="w_cs_topn")
-    if st.button("Use the top N by causal effect", key="w_use_causal"):
-        ss.head_rule = "causal"
-        state.set_heads(cs.top(int(cs_n), kind0))
+    cs_n = st.number_input("Top N by the in-context part", 1, lm.n_layers * lm.n_heads, n_cs, key="w_cs_topn")
+    st.markdown("Top by the in-context part: " + ", ".join(map(head_name, cs.top(int(cs_n), kind0,
+                                                                                  by="context_effect"))))
+    if st.button("Use the top N by the in-context part", key="w_use_causal"):
+        ss.head_rule = "context"
+        state.set_heads(cs.top(int(cs_n), kind0, by="context_effect"))
         st.rerun()
     csv_download(cs.table, "causal_scan.csv", "Causal scan (CSV)", key="dl_cs")
 
@@ -267,6 +295,47 @@ if nt is not None and all(0 <= a < lm.n_layers and 0 <= b < lm.n_heads for a, b 
     st.markdown(f"**{verdict_line(v)}.**")
     chart(null_histogram(100 * nt.null("acc_drop"), 100 * v["acc_drop"], "accuracy drop (points)"), key="fig_null")
     csv_download(nt.summary, "null_distribution.csv", "Null distribution (CSV)", key="dl_null")
+
+
+st.subheader("Do the chosen heads carry in-context learning? Discrimination against random heads")
+st.caption("Accuracy moves when a label prior shifts; whether the model still tells the classes apart is read from "
+           "the AUC of the margin against the gold label and from the accuracy at a recentred threshold (the median "
+           "margin). The chosen heads' label attention knocked out, against many random sets of as many heads from the "
+           "chosen layers, every set on the same prompts.")
+with st.form("disc_form"):
+    e1, e2 = st.columns(2)
+    disc_draws = e1.number_input("Random draws", 5, 500, 20, key="w_disc_draws",
+                                 help="20 to see whether the heads are beyond every draw; 50 or more for a percentile")
+    disc_size = e2.radio("Size", ["quick: 8 prompts", "the sample above"], key="w_disc_size")
+    go_disc = st.form_submit_button("Test discrimination against random heads")
+
+
+def _disc_setup():
+    s = _setup(False)
+    return EvalSetup(ds, k_per_label=int(k), n_test=8, seeds=seeds[:1], template=ss.template) \
+        if disc_size.startswith("quick") else s
+
+
+dt = run_with_progress(
+    go_disc and ds is not None, "Discrimination test (prompts)", "run_disc",
+    lambda cb: context_test(lm, _disc_setup(), heads, sizes=(len(heads),), n_draws=int(disc_draws),
+                            layers=_layers(), progress=cb),
+    "The test failed", "The last discrimination test was stopped before it finished.")
+if dt is not None:
+    ss.disc_test = dt
+dt = ss.get("disc_test")
+if dt is not None and all(0 <= a < lm.n_layers and 0 <= b < lm.n_heads for a, b in dt.ranking):
+    dv = dt.verdict(f"top:{len(dt.ranking)}", n_resamples=500)
+    d1, d2, d3 = st.columns(3)
+    d1.metric("AUC", f"{dv['auc before']:.3f} → {dv['auc after']:.3f}",
+              help=f"lowest of {dv['draws']} random sets: {dv['auc null min']:.3f}; percentile of the drop "
+                   f"{dv['auc percentile']:.0f}")
+    d2.metric("Recentred accuracy", f"{dv['recentred_accuracy before']:.1%} → {dv['recentred_accuracy after']:.1%}")
+    d3.metric("Accuracy", f"{dv['accuracy before']:.1%} → {dv['accuracy after']:.1%}")
+    st.markdown(f"**{safe(dv['reading'])}.**")
+    chart(null_histogram(dt.null(len(dt.ranking))["auc"], dv["auc after"], "AUC with the heads knocked out"),
+          key="fig_disc_null")
+    csv_download(dt.table(), "discrimination_test.csv", "Discrimination test (CSV)", key="dl_disc")
 
 
 def _focus_panel(head) -> None:

@@ -397,13 +397,28 @@ def test_head_finder_causal_scan_and_null_distribution(at):
     cs = at.session_state["causal_scan"]
     lo, hi = at.slider(key="w_hf_layers").value
     assert len(cs.table) == (hi - lo + 1) * 4 and set(cs.table.kind) == {"knockout"}
+    # beside the in-context heatmap, a scatter of each head's in-context part against its prior, clickable
+    specs = [c.proto.spec for c in at.get("vega_lite_chart")]
+    scatter = [sp for sp in specs if "In-context part against prior" in sp]
+    assert scatter and '"name": "head"' in scatter[0].replace('"name":"head"', '"name": "head"')
     at.number_input(key="w_cs_topn").set_value(2).run()
     at.button(key="w_use_causal").click().run()
-    assert at.session_state["heads"] == cs.top(2) and at.session_state["head_rule"] == "causal"
+    want = cs.top(2, by="context_effect")
+    assert at.session_state["heads"] == want and at.session_state["head_rule"] == "context"
+    assert cs.table.set_index(["layer", "head"]).loc[want[0], "context_effect"] == cs.table.context_effect.max()
     [b for b in at.button if b.label == "Test against random heads"][0].click().run()
     assert not at.exception and not at.error
     nt = at.session_state["null_test"]
-    assert nt.heads == cs.top(2) and nt.verdict["draws"] == 50
+    assert nt.heads == want and nt.verdict["draws"] == 50
+    # discrimination against random heads: the numbers shown are the library's, the words follow them
+    at.number_input(key="w_disc_draws").set_value(6)  # a form: applied by its submit button
+    [b for b in at.button if b.label == "Test discrimination against random heads"][0].click().run()
+    assert not at.exception and not at.error
+    dt = at.session_state["disc_test"]
+    dv = dt.verdict("top:2", n_resamples=500)
+    assert dt.ranking == want and len(dt.draws[2]) == 6
+    assert metrics(at)["AUC"] == f"{dv['auc before']:.3f} → {dv['auc after']:.3f}"
+    assert any(m.value.startswith(f"**{dv['reading'].split(';')[0]}") for m in at.markdown)
     shown = {m.label: m.value for m in at.metric}
     assert shown["Accuracy drop: percentile among random"] == f"{nt.verdict['acc_percentile']:.0f}"
     assert any(verdict.value.startswith("**") and "random draws" in verdict.value for verdict in at.markdown)
@@ -701,6 +716,7 @@ def test_head_finder_altair_heatmap_and_the_selected_head_panel(at):
     focus = _table(at, "kind")  # the panel follows: the causal scan's rows for that head
     want = cs.table[(cs.table["layer"] == head[0]) & (cs.table["head"] == head[1])]
     assert focus["label_effect"].round(6).tolist() == want["label_effect"].round(6).tolist()
+    assert focus["context_effect"].round(6).tolist() == want["context_effect"].round(6).tolist()
 
 
 def test_every_chart_goes_through_the_figure_config_and_no_html_uses_a_cdn():

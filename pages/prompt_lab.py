@@ -20,7 +20,7 @@ from iclviz.readout import first_flip, label_attention_table, label_sums, token_
 from iclviz.sharing import state_from_json
 from iclviz.validation import ValidationError, check_demo_count, check_heads, head_name, parse_heads
 from pages.parts import common, state
-from pages.parts.runs import paired_effect_current, predict_current, top_n_current
+from pages.parts.runs import paired_effect_current, predict_current, swap_check_current, top_n_current
 from pages.parts.widgets import chart, csv_download, dataset_picker, html_download, safe
 
 ss = st.session_state
@@ -285,6 +285,15 @@ def intervention_panel():
         m2.metric(f"Δ margin, random (mean, n = {eff.n_draws})", f"{eff.random_mean:+.2f}",
                   f"range {lo:+.2f} to {hi:+.2f}", delta_color="off")
         st.markdown(eff.sentence())
+        with st.spinner("Splitting the effect with the label swap"):
+            sw = swap_check_current(lm, heads, kind)
+        s1, s2 = st.columns(2)
+        s1.metric("In-context part", f"{sw.split['context']:+.2f}",
+                  help="The part of the margin's change that flips sign when every demonstration's label is swapped: "
+                       "it follows the demonstrations.")
+        s2.metric("Prior part", f"{sw.split['prior']:+.2f}",
+                  help=f"The part that stays under the swap: a constant vote (positive: toward {words[0]}).")
+        st.markdown(safe(sw.sentence()))
         if mode == "top N in-context heads":
             curve = top_n_current(lm, heads, kind)
             chart(top_n_figure(curve, words), key="fig_topn")

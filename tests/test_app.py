@@ -445,6 +445,16 @@ def test_prompt_lab_shows_live_paired_effect_and_top_n(at):
     eff = paired_effect(lm, prompt, ss["heads"], "ablate", 3)
     assert icl[0] == f"{eff.icl_change:+.2f}"
     assert any(eff.sentence() == md.value for md in at.markdown)
+    # The label-swap split: the two parts shown are the library's, add up to the change, and the sentence says
+    # which part dominates (the words follow the numbers).
+    from iclviz.readout import swap_check
+
+    sw = swap_check(lm, [(d["text"], d["label"]) for d in ss["demos"]], ss["query"], tuple(ss["label_words"]),
+                    ss["template"], ss["heads"], "ablate")
+    assert m["In-context part"] == f"{sw.split['context']:+.2f}" and m["Prior part"] == f"{sw.split['prior']:+.2f}"
+    assert abs(sw.split["context"] + sw.split["prior"] - eff.icl_change) < 1e-4
+    word = "mostly in-context reading" if abs(sw.split["context"]) >= abs(sw.split["prior"]) else "mostly a prior"
+    assert any(word in md.value and "On this prompt" in md.value for md in at.markdown)
     # Top N: a slider, the curve, and where (if anywhere) the prediction gives way.
     assert not [c for c in at.checkbox if c.key and c.key.startswith("w_tick_")]  # ticks only in "ticked heads"
     at.radio(key="w_mode").set_value("top N in-context heads").run()

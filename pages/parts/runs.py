@@ -17,7 +17,7 @@ from iclviz.interventions import Plan
 from iclviz.label_swap import label_swap_one
 from iclviz.label_vectors import label_vector_table
 from iclviz.prompt import build_prompt
-from iclviz.readout import paired_effect, slim_prediction, top_n_margins
+from iclviz.readout import paired_effect, slim_prediction, swap_check, top_n_margins
 from iclviz.towers_patch import towers_patch
 from iclviz.two_towers import score_similarity
 from pages.parts.state import CFG, model_key, prompt_key
@@ -82,6 +82,17 @@ def _label_swap(_lm, key: str, demos, query: str, words, template: str, heads):
 def label_swap_current(lm, heads):
     """iclviz.label_swap.label_swap_one: the session's prompt with its labels as they are and swapped."""
     return _label_swap(lm, model_key(), *prompt_key(), tuple(map(tuple, heads)))
+
+
+@st.cache_resource(**_BOUNDED)
+def _swap_check(_lm, key: str, demos, query: str, words, template: str, heads, kind: str):
+    return swap_check(_lm, list(demos), query, tuple(words), template, list(heads), kind)
+
+
+def swap_check_current(lm, heads, kind: str = "knockout"):
+    """iclviz.readout.swap_check on the session's prompt: the heads' change of the margin split into the part
+    that flips with the demonstrations' labels and the part that stays (a prior)."""
+    return _swap_check(lm, model_key(), *prompt_key(), tuple(map(tuple, heads)), kind)
 
 
 @st.cache_resource(**_BOUNDED)

@@ -212,6 +212,14 @@ def default_heads(model_name: str, n_layers: int, n_heads: int, rule: str = "imp
     return out
 
 
+def default_voters(model_name: str, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
+    """The label voters the report listed beside the context rule's heads on this model (the heads with the
+    largest constant vote for one label), or none."""
+    found = located_heads(model_name, "context")
+    voters = [(int(a), int(b)) for a, b in (found or {}).get("voters", [])]
+    return [h for h in voters if 0 <= h[0] < n_layers and 0 <= h[1] < n_heads]
+
+
 def valid_heads(heads, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
     """The heads of ``heads`` that exist in a model of ``n_layers`` x ``n_heads``, as int pairs."""
     return [(int(a), int(b)) for a, b in heads if 0 <= int(a) < n_layers and 0 <= int(b) < n_heads]

@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from .discrimination import swap_reading
 from .evaluation import predict_prompt
+from .heads import default_voters
 from .interventions import Plan
 from .prompt import BuiltPrompt, build_prompt, swap_labels
-from .readout import label_attention_table, label_mass, paired_effect
+from .readout import label_attention_table, label_mass, paired_effect, swap_check
 from .sharing import LabState
 from .validation import head_name
 
@@ -43,9 +45,12 @@ STEPS = [
     Step("Attention from T",
          "A few deep in-context heads look back from T to the label positions: the label whose positions get more "
          "of their attention is the label they copy into the prediction."),
-    Step("Ablation against random heads",
-         "If those heads carry the decision, removing their output should move the prediction more than removing "
-         "as many random heads of the same layers, the control."),
+    Step("Readers and voters",
+         "Knock out the in-context heads' attention from T to the label positions, beside as many random heads of "
+         "the same layers (the control). Then tell two kinds of heads apart with the label swap: a head that reads "
+         "the demonstrations moves the margin one way with the labels as written and the other way when every label "
+         "is swapped; a label voter pushes toward the same label either way, which moves accuracy without helping "
+         "the model tell the classes apart."),
     Step("The label swap",
          "Swap every demonstration's label: the heads still copy foo from foo positions, but their attention moves "
          "to the positions whose sentences resemble the query, so the prediction follows the swapped labels."),
@@ -66,8 +71,10 @@ def _p(pred, w) -> str:
     return f"{pred.probs[w]:.2f}"
 
 
-def step_result(lm, step: int, demos, query: str, label_words, template: str, heads, draws: int = 3) -> StepResult:
-    """Step ``step``'s (0-based) live result on the prompt (demos as (text, label word)) with the chosen heads.
+def step_result(lm, step: int, demos, query: str, label_words, template: str, heads, draws: int = 3,
+                voters=None) -> StepResult:
+    """Step ``step``'s (0-based) live result on the prompt (demos as (text, label word)) with the chosen heads
+    (``voters``: the label voters step 2 sets beside them; default: those the report found on this model).
 
     Raises PromptError for a prompt that cannot be built.
     """
@@ -98,12 +105,29 @@ def step_result(lm, step: int, demos, query: str, label_words, template: str, he
         table = label_attention_table(prompt, before.capture, heads, "before")
         return StepResult(sentence, [(f"attention on {w}", f"{mass[w]:.2f}", None) for w in words], table)
     if step == 2:
-        eff = paired_effect(lm, prompt, heads, "ablate", draws=draws)
+        eff = paired_effect(lm, prompt, heads, "knockout", draws=draws)
         lo, hi = eff.random_range
-        return StepResult(eff.sentence(), [
-            ("Δ margin, in-context heads", f"{eff.icl_change:+.2f}", None),
-            (f"Δ margin, random heads (mean of {eff.n_draws})", f"{eff.random_mean:+.2f}",
-             f"range {lo:+.2f} to {hi:+.2f}")])
+        readers = swap_check(lm, demos, query, words, template, heads, "knockout")
+        voters = [tuple(h) for h in (voters if voters is not None else default_voters(lm.name, lm.n_layers,
+                                                                                         lm.n_heads))]
+        voters = [h for h in voters if h not in set(heads)]
+        sentence = (eff.sentence() + f" Split by the label swap, the in-context heads' change "
+                    f"{readers.split['change']:+.2f} is {readers.split['context']:+.2f} that flips with the labels and "
+                    f"{readers.split['prior']:+.2f} that stays: {swap_reading(readers.split, words)}.")
+        metrics = [("Δ margin, in-context heads", f"{eff.icl_change:+.2f}", None),
+                   (f"Δ margin, random heads (mean of {eff.n_draws})", f"{eff.random_mean:+.2f}",
+                    f"range {lo:+.2f} to {hi:+.2f}"),
+                   ("in-context heads: part that flips", f"{readers.split['context']:+.2f}", None)]
+        rows = [{"heads": "in-context heads", "set": ", ".join(map(head_name, heads)), **readers.split}]
+        if voters:
+            vote = swap_check(lm, demos, query, words, template, voters, "knockout")
+            sentence += (f" The label voters ({', '.join(map(head_name, voters))}) change it by "
+                         f"{vote.split['change']:+.2f}: {swap_reading(vote.split, words)}.")
+            metrics.append(("label voters: part that stays", f"{vote.split['prior']:+.2f}", None))
+            rows.append({"heads": "label voters", "set": ", ".join(map(head_name, voters)), **vote.split})
+        table = pd.DataFrame(rows).rename(columns={"change": "Δ margin", "context": "flips with the labels",
+                                                   "prior": "stays (a vote)"})
+        return StepResult(sentence, metrics, table)
     if step == 3:
         swapped = _rebuild([(d.text, d.label) for d in swap_labels(demos, words)])
         after = predict_prompt(lm, swapped)

@@ -108,3 +108,28 @@ def test_unknown_hub_model_fails_fast_with_a_message(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(ModelLoadError, match="no-such-org/no-such-model"):
         load_model("no-such-org/no-such-model")
+
+
+def test_the_lesson_teaches_readers_and_voters_with_its_own_numbers(lm):
+    """Step 3 of the guided lesson on the prepared prompt: the app's heads and the label voters, each split by
+    the label swap; every number in the sentence is the library's, and its words follow those numbers."""
+    from iclviz.discrimination import swap_reading
+    from iclviz.heads import APP_HEAD_RULE, default_heads, default_voters
+    from iclviz.lesson import LESSON_STATE, step_result
+    from iclviz.prompt import DEFAULT_LABEL_WORDS, DEFAULT_TEMPLATE
+    from iclviz.readout import swap_check
+
+    heads = default_heads(lm.name, lm.n_layers, lm.n_heads, APP_HEAD_RULE)
+    voters = [h for h in default_voters(lm.name, lm.n_layers, lm.n_heads) if h not in set(heads)]
+    assert voters, "the report lists the label voters beside the context heads"
+    words = DEFAULT_LABEL_WORDS
+    res = step_result(lm, 2, LESSON_STATE.demos, LESSON_STATE.query, words, DEFAULT_TEMPLATE, heads)
+    readers = swap_check(lm, LESSON_STATE.demos, LESSON_STATE.query, words, DEFAULT_TEMPLATE, heads)
+    vote = swap_check(lm, LESSON_STATE.demos, LESSON_STATE.query, words, DEFAULT_TEMPLATE, voters)
+    for split in (readers.split, vote.split):
+        assert f"{split['change']:+.2f}" in res.sentence
+        assert swap_reading(split, words) in res.sentence
+    assert f"{readers.split['context']:+.2f} that flips with the labels" in res.sentence
+    # what the lesson teaches holds on this prompt: the voters' change is mostly a vote, the readers' is not
+    assert abs(vote.split["prior"]) > abs(vote.split["context"])
+    assert abs(readers.split["context"]) > abs(vote.split["context"])

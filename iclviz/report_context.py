@@ -29,7 +29,7 @@ CONTEXT_SIZES = dict(n_locate=32, locate_seed=100, locate_draws=5, n_test=64, te
                      headline_draws=50, share_draws=20, curve_draws=10, n_swap=32)
 QUICK_SIZES = dict(n_locate=4, locate_seed=100, locate_draws=2, n_test=4, test_seeds=(0, 1), headline_draws=4,
                    share_draws=3, curve_draws=2, n_swap=2)
-LARGE_MODEL_SIZES = dict(n_locate=24, n_test=32)  # models of over 1B parameters, on the CPU
+LARGE_MODEL_SIZES = dict(n_locate=24, n_test=24)  # models of over 1B parameters, on the CPU
 
 
 def _progress(desc: str):

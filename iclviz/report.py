@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from . import bias, label_swap, locate, two_towers
+from . import bias, label_swap, locate, report_context, two_towers
 from .data import load_dataset
 from .evaluation import EvalSetup
 from .heads import control_heads, default_top_n, record_located_heads
@@ -186,7 +186,7 @@ def _causal_section(lm, ds, spec: str, sizes: dict, d: Path, overall: pd.DataFra
                               "margin none": float(pp.margin_none[sel].mean()),
                               "margin knocked out": float(pp.margin_heads[sel].mean())})
     text = "\n\n".join([
-        "### Head location: logit-lens importance beside causal effect (issue 7)",
+        "### The older rules: logit-lens importance beside the larger per-label causal effect",
         f"Causal scan: each head of layers {layers[0]}-{layers[-1]} alone, its attention from T to every label "
         f"position knocked out, on {scan.n_prompts} prompts (demonstration seed 100, the location prompts). "
         "`effect` = mean drop of the gold label's margin (logits); `effect_<label>` = the same on prompts whose gold "
@@ -197,7 +197,7 @@ def _causal_section(lm, ds, spec: str, sizes: dict, d: Path, overall: pd.DataFra
         f"**{cmp['spearman']:.2f}** (p = {cmp['spearman_p']:.2g}); top-10 overlap {cmp['overlap']}/10 "
         f"(against the mean causal effect: rho {cmp_mean['spearman']:.2f}, overlap {cmp_mean['overlap']}/10).\n\n"
         f"Label heads by causal effect: " + "; ".join(f"{w}: {_heads_str(hs) or '-'}" for w, hs in by_label.items()),
-        f"### Do the in-context heads carry the decision? (issue 7)\n{n} prompts "
+        f"### The older rules judged on accuracy, then on discrimination\n{n} prompts "
         f"({n // len(sizes['test_seeds'])} balanced test sentences x demonstration seeds {list(sizes['test_seeds'])}), "
         "every "
         f"condition on the same prompts. Random control: {ct.draws and len(ct.draws)} draws of {n_top} heads from "
@@ -215,10 +215,16 @@ def _causal_section(lm, ds, spec: str, sizes: dict, d: Path, overall: pd.DataFra
         "rising.\n\n" + _fmt(pd.DataFrame(per_label)),
         f"**Verdicts.** Importance heads: {causal.verdict_line(nulls[('importance', 'knockout')].verdict)}.\n\n"
         f"Causal heads: {causal.verdict_line(nulls[('causal', 'knockout')].verdict)}.",
-        "### Label-specific heads (issue 7)\nEach label's heads (by causal effect, located on the seed-100 prompts) "
+        "### Label-specific knockout (it shows the vote, not in-context learning)\nEach label's heads (by causal "
+        "effect, located on the seed-100 prompts) "
         "knocked out on the prompts whose gold is that label, against random sets of the same sizes "
         f"({len(ct.ls_draws)} draws).\n\n**Verdict.** {causal.verdict_line(lsv)}.",
     ])
+    disc_rows, disc_text = _discrimination_of(ct, {"importance": heads_imp, "causal": heads_causal})
+    text += ("\n\n**The same knockouts read on discrimination.** Accuracy moves when every prediction is pushed "
+             "toward one label; whether the model still tells the classes apart is read from the AUC of the margin "
+             "against the gold label and from the accuracy at a recentred threshold (the median margin), on the same "
+             f"prompts, against the same {len(ct.draws)} random sets.\n\n" + _fmt(disc_rows) + "\n\n" + disc_text)
     located = {}
     for rule, heads in (("importance", heads_imp), ("causal", heads_causal)):
         v = nulls[(rule, "knockout")].verdict
@@ -231,7 +237,9 @@ def _causal_section(lm, ds, spec: str, sizes: dict, d: Path, overall: pd.DataFra
                                                     "abs_change", "abs_percentile")},
                          "verdict": causal.verdict_line(v)}
     located["causal"]["by_label"] = {w: [list(h) for h in hs] for w, hs in by_label.items()}
-    summary = {"located": located, "model": lm.name.split(" (")[0],
+    summary = {"located": located, "model": lm.name.split(" (")[0], "auc": float(disc_rows["AUC none"].iloc[0]),
+               **{f"{r['rule']} auc": r["AUC heads"] for r in disc_rows.to_dict("records")},
+               **{f"{r['rule']} auc reading": r["reading"] for r in disc_rows.to_dict("records")},
                "params": sum(p.numel() for p in lm.model.parameters()),
                "dataset": ds.name, "n": n, "accuracy": nulls[("causal", "knockout")].verdict["accuracy_none"]}
     for rule in ("importance", "causal"):
@@ -247,6 +255,33 @@ def _causal_section(lm, ds, spec: str, sizes: dict, d: Path, overall: pd.DataFra
                     "verdict causal": causal.verdict_line(nulls[("causal", "knockout")].verdict).split(":")[0],
                     "verdict label-specific": causal.verdict_line(lsv).split(":")[0]})
     return text, summary
+
+
+def _discrimination_of(ct, sets: dict) -> tuple[pd.DataFrame, str]:
+    """AUC, recentred accuracy and accuracy of each knocked-out set of a causal test against its random draws,
+    with the reading (``discrimination.reading``) and the share of the way to chance."""
+    from .discrimination import measures, paired_change, reading
+
+    lg = ct.logits.double().numpy()
+    rnd = [ct.names.index(f"knockout:random:{d}") for d in range(len(ct.draws))
+           if f"knockout:random:{d}" in ct.names]
+    null = pd.DataFrame([measures(lg[:, c], ct.gold) for c in rnd])
+    rows, lines = [], []
+    for rule, heads in sets.items():
+        c = paired_change(lg, ct.gold, 0, ct.names.index(f"knockout:{rule}"), ct.label_words)
+        beyond = bool(len(null) and c.after["auc"] < null["auc"].min())
+        share = (c.before["auc"] - c.after["auc"]) / (c.before["auc"] - 0.5) if c.before["auc"] > 0.5 else float("nan")
+        rows.append({"rule": rule, "heads": _heads_str(heads), "AUC none": c.before["auc"], "AUC heads": c.after["auc"],
+                     "AUC change [95% CI]": f"{c.change['auc']:+.3f} [{c.low['auc']:+.3f}, {c.high['auc']:+.3f}]",
+                     "random sets: lowest AUC": float(null["auc"].min()) if len(null) else float("nan"),
+                     "below every random set": beyond,
+                     "recentred accuracy": f"{c.before['recentred_accuracy']:.1%} -> "
+                                           f"{c.after['recentred_accuracy']:.1%}",
+                     "accuracy": f"{c.before['accuracy']:.1%} -> {c.after['accuracy']:.1%}",
+                     "share of the way to chance": share, "reading": reading(c)})
+        lines.append(f"{rule.capitalize()} heads ({_heads_str(heads)}): {reading(c)}.")
+    df = pd.DataFrame(rows)
+    return df.drop(columns=["reading"]).assign(reading=[r.split(" (")[0] for r in df["reading"]]), " ".join(lines)
 
 
 def _tqdm_progress(desc: str):
@@ -294,25 +329,28 @@ def _classic_sections(lm, ds, spec, sizes, d, heads, control, ranked, curve_on) 
                 "majority bias reduction": _reduction_cell(mred, mb_iv),
                 "recency bias reduction": _reduction_cell(rred, rb_iv)}
     sections = [
-        f"### Interventions, a first look (item 3)\nPaper: {PAPER['interventions']}.\n\n{n_small} prompts; random "
+        f"### Interventions, a first look\nPaper: {PAPER['interventions']}.\n\n{n_small} prompts; random "
         f"rows are the mean over {sizes['draws']} draws (`draw_sd` their spread): too few to separate the sets "
         "(the causal test above has the null distribution).\n\n" + _fmt(iv_sum),
         ("### Top-n curve\nLabel knockout in the top-n located heads (importance) vs n random heads of the same "
          "layers.\n\n" + _fmt(curve.groupby(["n", "heads"]).agg(accuracy=("accuracy", "mean")).reset_index().pivot(
              index="n", columns="heads", values="accuracy").reset_index())) if curve is not None else "",
-        f"### Label swap (item 5)\nPaper: {PAPER['label_swap']}.\n\n`attn_gold_word`: attention from T on the "
+        f"### Label swap on the importance heads\nPaper: {PAPER['label_swap']}.\n\n`attn_gold_word`: attention "
+        "from T on the "
         "positions labelled with the query's gold label word; `vo_agrees_with_label`: share of label positions "
         "whose value-output vector ranks its own label word above the other; `pred_is_gold_word`: how often "
         "the prediction is the gold label word (it should fall after the swap).\n\n" + _fmt(ls),
-        f"### Two towers (item 6)\nPaper: {PAPER['two_towers']}.\n\nSpearman correlation, within each prompt, "
+        f"### Two towers\nPaper: {PAPER['two_towers']}.\n\nSpearman correlation, within each prompt, "
         "between the head's pre-softmax score at each label position and the cosine similarity of the query "
         "and that demonstration (entering layer "
         f"{two_towers.default_sim_layer(lm.n_layers)}), averaged over prompts.\n\n" + _fmt(tt),
-        f"### Majority label bias (item 7)\nPaper: {PAPER['majority']}.\n\n`bias` = accuracy(balanced) - "
+        f"### Majority label bias (fix applied to the importance heads)\nPaper: {PAPER['majority']}.\n\n`bias` = "
+        "accuracy(balanced) - "
         "accuracy(one fewer of a label); reduction = 1 - fixed/unfixed (NaN when there is no positive bias). "
         f"{n_small} prompts per arrangement. {_BIAS_INTERVALS} **Verdict: {_bias_verdict(mb, mb_iv)}**.\n\n"
         + _fmt(mb) + _interval_table(mb_iv),
-        f"### Recency bias (item 8)\nPaper: {PAPER['recency']}.\n\n`bias` = standard deviation of accuracy over "
+        f"### Recency bias (fix applied to the importance heads)\nPaper: {PAPER['recency']}.\n\n`bias` = standard "
+        "deviation of accuracy over "
         f"orders (each all-of-one-label-last order plus {sizes['n_orders']} shuffle), {n_small} prompts per "
         f"order. {_BIAS_INTERVALS} **Verdict: {_bias_verdict(rb, rb_iv)}**.\n\n" + _fmt(rb) + _interval_table(rb_iv),
     ]
@@ -467,7 +505,8 @@ def size_plot_svg(summaries: list[dict], path: Path) -> Path:
 def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:3,4"), out="docs/results.md",
                 work="docs/results_data", quick: bool = False, curve_on: str = "sst2", data_dir=None,
                 classic_on: tuple[str, ...] | None = None, record_heads: bool = True,
-                cached_only: bool = False, n_test: int | None = None) -> Path:
+                cached_only: bool = False, n_test: int | None = None, context_on: tuple[str, ...] = ("sst2",)
+                ) -> Path:
     """Regenerate the results page over ``models`` x ``datasets``. Every experiment is cached in
     ``work`` (per model, per dataset), so a rerun resumes; ``classic_on`` limits the first
     report's analyses (label swap, two towers, biases) to those models (default: all). With
@@ -510,26 +549,51 @@ def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:
             heads = [(int(r.layer), int(r.head)) for r in ranked.head(n_top).itertuples()]
             control = control_heads(heads, lm.n_layers, lm.n_heads, 0)
             causal_text, summary = _causal_section(lm, ds, spec, sizes, d, overall, n_top)
-            if record_heads:
-                record_located_heads(lm.name, spec, summary.pop("located"))
+            located = summary.pop("located")
+            context_text = ""
+            if spec in context_on and not (cached_only and not (d / "context_test.pt").exists()):
+                big = sum(p.numel() for p in lm.model.parameters()) > 1e9
+                ctx_sizes = report_context.QUICK_SIZES if quick else (report_context.LARGE_MODEL_SIZES if big
+                                                                      else None)
+                res = report_context.run_context(lm, ds, d, ctx_sizes, importance_heads=heads)
+                context_text, ctx = report_context.section(res, lm)
+                located["context"] = ctx["located"]
+                summary.update({f"context {k}": v for k, v in ctx["summary"].items()})
+            elif spec in context_on:
+                context_text = ("### Heads that read the demonstrations\n\nNot measured in this run (no finished "
+                                f"context test in `{d}`).")
             else:
-                summary.pop("located")
+                context_text = ("### Heads that read the demonstrations\n\nThe context rule was not run on this "
+                                "dataset (CPU time on the machine that made this page); the older rules below are "
+                                "read on discrimination too.")
+            if record_heads:
+                record_located_heads(lm.name, spec, located)
             summaries.append(summary)
+            ctx_cell = "not run"
+            if summary.get("context k"):
+                ctx_cell = (f"{summary['context context heads']}: AUC {summary['context auc none']:.3f} -> "
+                            f"{summary['context auc heads']:.3f} ("
+                            + ("below every" if summary["context auc beyond all"] else "not below every")
+                            + f" random set; {summary['context auc share to chance']:.0%} of the way to chance), "
+                            f"accuracy {summary['context accuracy none']:.1%} -> "
+                            f"{summary['context accuracy heads']:.1%}"
+                            f"; n = {summary['context n']}")
             row = {"model": summary["model"], "dataset": ds.name, "ICL accuracy (n)": f"{summary['accuracy']:.1%} "
-                   f"({summary['n']})",
-                   "knock out importance heads: accuracy (percentile, p)": (
-                       f"{summary['importance acc']:.1%} ({summary['importance percentile']:.0f}th, "
-                       f"{summary['importance p']:.3f}) {summary['verdict importance']}"),
-                   "knock out causal heads": (
-                       f"{summary['causal acc']:.1%} ({summary['causal percentile']:.0f}th, "
-                       f"{summary['causal p']:.3f}) {summary['verdict causal']}"),
-                   "label-specific knockout": f"{summary['label-specific acc']:.1%} "
-                                              f"{summary['verdict label-specific']}"}
+                   f"({summary['n']})", "AUC": f"{summary['auc']:.3f}",
+                   "knock out the in-context heads (context rule, held-out prompts)": ctx_cell,
+                   "knock out the label voters (causal rule): AUC, reading": (
+                       f"{summary['causal auc']:.3f}, {summary['causal auc reading']}"),
+                   "knock out the label voters: accuracy (accuracy-drop percentile)": (
+                       f"{summary['causal acc']:.1%} ({summary['causal percentile']:.0f}th)"),
+                   "knock out the importance heads: AUC; accuracy": (
+                       f"{summary['importance auc']:.3f}; {summary['importance acc']:.1%}")}
             sections = [f"## {ds.name} ({lm.name.split(' (')[0]})",
                         f"Labels: {', '.join(ds.labels)} -> {', '.join(setup_loc.words())}; {sizes['k']} "
-                        f"demonstrations per label (train sentences of at most {sizes['max_chars']} characters). "
-                        f"In-context heads (top {n_top}, ~1%): by importance **{_heads_str(heads)}** (located on "
-                        f"{sizes['n_locate']} prompts, demonstration seed 100, scaling `final_scale`, deep half).",
+                        f"demonstrations per label (train sentences of at most {sizes['max_chars']} characters).",
+                        context_text,
+                        f"Older rules (top {n_top}, ~1%): by importance **{_heads_str(heads)}** (located on "
+                        f"{sizes['n_locate']} prompts of the whole test split, demonstration seed 100, scaling "
+                        "`final_scale`, deep half); by the larger per-label causal effect (label voters rank first).",
                         causal_text]
             if classic_on is None or model_name in classic_on:
                 classic, ov = _classic_sections(lm, ds, spec, sizes, d, heads, control, ranked, curve_on)

@@ -6,6 +6,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 from iclviz.cli import main
 
@@ -67,8 +68,16 @@ def test_report_quick_on_a_tiny_model(model_dir, tmp_path):
     assert main(["report", "--models", model_dir, "--datasets", "sst2", "--quick", "--out", str(out),
                  "--work", str(tmp_path / "work"), "--classic-on"]) == 0
     text = out.read_text()
-    assert "Head location: logit-lens importance beside causal effect" in text
+    # the central section: heads located by the in-context part on the locate half, tested on held-out prompts
+    assert "### Heads that read the demonstrations, and heads that vote for a label" in text
+    assert "### Does knocking them out stop the model telling the classes apart?" in text
+    assert "**Verdict (the app's" in text and "of the way from its unablated value to chance" in text
+    assert "(issue" not in text and "(item" not in text  # a document for readers, not a log
+    # the older rules, read on accuracy and then on discrimination
     assert "**Verdicts.** Importance heads: " in text and "percentile of 8 random draws" in text
+    assert "**The same knockouts read on discrimination.**" in text
+    test = torch.load(next((tmp_path / "work").rglob("context_test.pt")), weights_only=False)
+    assert test["meta"]["test_part"] == "evaluate"
     assert (tmp_path / "effect_by_model_size.svg").read_text().startswith("<svg")
     summary = pd.read_csv(tmp_path / "work" / "summary.csv")
     assert len(summary) == 1 and summary["n"].iloc[0] == 8

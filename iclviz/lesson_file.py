@@ -97,17 +97,20 @@ class Lesson:
         return out
 
 
-def _clean(obj):
-    """JSON-safe copy: NaN and infinities become None, tuples lists, numpy scalars Python numbers."""
+def json_safe(obj):
+    """JSON-safe copy: NaN and infinities become None (``null``), tuples lists, numpy scalars Python numbers."""
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+_clean = json_safe
 
 
 def package_versions() -> dict:

@@ -113,7 +113,7 @@ if scan is None or (scan.n_layers, scan.n_heads) != (lm.n_layers, lm.n_heads):
             f"the default heads {', '.join(map(head_name, heads))}.")
 else:
     st.caption(f"Scan over {scan.n_prompts} prompts ({ss.get('scan_inputs', '')}).")
-    tabs = st.tabs(["overall (gold label)"] + [f"raises {w}" for w in scan.label_words])
+    tabs = st.tabs(["overall (gold label)"] + [f"raises {safe(w)}" for w in scan.label_words])
     clicked = []
     for tab, label in zip(tabs, [None, *scan.label_words]):
         with tab:
@@ -141,7 +141,7 @@ else:
     else:
         t2.caption("Click a cell of the heatmap to pick a head (shift-click for several; double-click clears).")
     t2.markdown("Top heads: " + ", ".join(map(head_name, top)))
-    t2.markdown(" · ".join(f"{w} heads: {', '.join(map(head_name, hs)) or 'none'}" for w, hs in by_label.items()))
+    t2.markdown(" · ".join(f"{safe(w)} heads: {', '.join(map(head_name, hs)) or 'none'}" for w, hs in by_label.items()))
 
 focus_slot = st.container()  # the selected head's numbers, filled at the end (a click on any heatmap moves it)
 
@@ -225,7 +225,7 @@ if cs is not None and (cs.n_layers, cs.n_heads) == (lm.n_layers, lm.n_heads):
         st.caption("Run the importance scan above to compare the two rankings.")
     n_cs = default_top_n(lm.n_layers * lm.n_heads)
     by_label = cs.top_by_label(max(n_cs, 4), kind0)
-    st.markdown(" · ".join(f"{w} heads: {', '.join(map(head_name, hs)) or 'none'}" for w, hs in by_label.items()))
+    st.markdown(" · ".join(f"{safe(w)} heads: {', '.join(map(head_name, hs)) or 'none'}" for w, hs in by_label.items()))
     cs_n = st.number_input("Top N by causal effect", 1, lm.n_layers * lm.n_heads, n_cs, key="w_cs_topn")
     if st.button("Use the top N by causal effect", key="w_use_causal"):
         ss.head_rule = "causal"

@@ -138,11 +138,11 @@ with left:
         if lk not in ss:
             ss[lk] = d["label"] if d["label"] in words else words[0]
         cols[1].selectbox(f"Label {i + 1}", words, key=lk, label_visibility="collapsed")
-        cols[2].button("", icon=":material/arrow_upward:", key=f"up_{d['id']}", on_click=_move, args=(i, -1),
+        cols[2].button("", icon="⬆️", key=f"up_{d['id']}", on_click=_move, args=(i, -1),
                        help=f"move demonstration {i + 1} up")
-        cols[3].button("", icon=":material/arrow_downward:", key=f"down_{d['id']}", on_click=_move, args=(i, 1),
+        cols[3].button("", icon="⬇️", key=f"down_{d['id']}", on_click=_move, args=(i, 1),
                        help=f"move demonstration {i + 1} down")
-        cols[4].button("", icon=":material/delete:", key=f"del_{d['id']}", on_click=_delete, args=(i,),
+        cols[4].button("", icon="🗑️", key=f"del_{d['id']}", on_click=_delete, args=(i,),
                        help=f"delete demonstration {i + 1}")
     _sync_demos()
     b1, b2 = st.columns(2)
@@ -177,7 +177,7 @@ with left:
                 ss.pop("w_label_words", None)
                 ss.pop("w_query", None)
                 ss.pop("w_template", None)
-                ss.share_message = ("success", f"Loaded {up.name}.")
+                ss.share_message = ("success", safe(f"Loaded {up.name}."))
                 st.rerun()
             except ValueError as exc:
                 st.error(safe(f"Could not load {up.name}: {exc}"))
@@ -253,7 +253,7 @@ def intervention_panel():
         p2.markdown(f"`{_pred_text(after)}`")
         flip = " — the prediction flipped" if after.predicted != before.predicted else ""
         p2.caption(safe(f"margin {words[0]}−{words[1]}: {before.margin:+.3f} → {after.margin:+.3f}{flip}"))
-        p1.metric(f"Margin {words[0]}−{words[1]} before", f"{before.margin:+.2f}")
+        p1.metric(safe(f"Margin {words[0]}−{words[1]} before"), f"{before.margin:+.2f}")
         p2.metric(f"Margin after ({mode})", f"{after.margin:+.2f}", f"{after.margin - before.margin:+.2f}",
                   delta_color="off")
     else:
@@ -306,7 +306,7 @@ def intervention_panel():
         sum_table.columns = [f"{c} {w}" for c, w in sum_table.columns]
         total = sums.groupby(["condition", "label"], sort=False)["attention"].sum()
         st.dataframe(sum_table.style.format("{:.3f}"), key="tbl_sums")
-        st.markdown("All chosen heads: " + "; ".join(f"{c} {w} = {v:.3f}" for (c, w), v in total.items()))
+        st.markdown("All chosen heads: " + "; ".join(f"{c} {safe(w)} = {v:.3f}" for (c, w), v in total.items()))
         chart(label_sum_bars(sums, words), key="fig_sums")
         d1, d2 = st.columns(2)
         with d1:

@@ -394,3 +394,56 @@ def test_first_visit_at_a_shared_parts_url_finds_no_page(browser):
             nav = page.locator("[data-testid='stSidebarNav']")
             nav.get_by_text("Guided lesson").wait_for(timeout=120_000)  # app.py's navigation ran
             assert not re.search(r"\b(common|state|sidebar|widgets|runs)\b", nav.inner_text())
+
+
+def _local_only(outside: list[str]):
+    """A route handler: requests to the app (127.0.0.1) go through; any other is recorded in ``outside`` and
+    aborted (nothing leaves the machine)."""
+    from urllib.parse import urlsplit
+
+    def handle(route):
+        url = route.request.url
+        if url.startswith(("data:", "blob:")) or urlsplit(url).hostname in ("127.0.0.1", "localhost"):
+            route.continue_()
+        else:
+            outside.append(url)
+            route.abort()
+
+    return handle
+
+
+HOSTILE_PAGES = ["lesson", "prompt_lab", "head_finder", "label_vectors", "two_towers", "bias_lab", "attention",
+                 "prompt_ab", "contributions", "lesson_file"]
+
+
+def test_hostile_link_on_every_page_fetches_nothing_outside(app_url, browser):
+    """Every page, opened with a shared link whose demonstrations and query hold markdown images, links and HTML:
+    the browser requests nothing from any address but the app's (no image, no icon font from a font host), and
+    no image or link of the visitor's text is in the page."""
+    import base64
+    import json
+
+    evil = "203.0.113.9"  # TEST-NET-3: never a real host
+    hostile = (f"![p](http://{evil}/px.png) <img src='http://{evil}/i.png'> [go](http://{evil}/a) "
+               f"<a href='http://{evil}/b'>b</a> **bold**")
+    state = {"demonstrations": [{"text": f"a lovely film {hostile}", "label": "foo"},
+                                {"text": "a dull film", "label": "bar"},
+                                {"text": f"superb {hostile}", "label": "foo"}, {"text": "boring", "label": "bar"}],
+             "query": f"fine {hostile}", "label_words": ["foo", "bar"]}
+    link = base64.urlsafe_b64encode(json.dumps(state).encode()).decode().rstrip("=")
+    for path in HOSTILE_PAGES:
+        ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+        outside: list[str] = []
+        ctx.route("**/*", _local_only(outside))
+        page = ctx.new_page()
+        try:
+            page.goto(f"{app_url}/{path}?s={link}")
+            page.locator("h1").first.wait_for(timeout=120_000)
+            if path == "prompt_lab":  # the page that says so: the link was read (not refused)
+                page.get_by_text("Loaded the prompt and heads from the shared link").first.wait_for(timeout=120_000)
+            _settle(page, timeout=240_000)
+            assert not outside, (path, outside)
+            assert page.locator(f"img[src*='{evil}'], a[href*='{evil}'], [src*='{evil}']").count() == 0, path
+            assert page.locator("[data-testid='stMain'] strong", has_text="bold").count() == 0, path
+        finally:
+            ctx.close()

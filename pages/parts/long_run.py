@@ -32,7 +32,7 @@ class ProgressRun:
 
     def __enter__(self):
         st.session_state[f"{self.key}_running"] = True
-        self.stop_slot.button("Stop", key=f"{self.key}_stop", icon=":material/stop_circle:")
+        self.stop_slot.button("Stop", key=f"{self.key}_stop", icon="⏹️")
         return self
 
     def __exit__(self, exc_type, exc, tb):

@@ -217,6 +217,41 @@ def _heads(raw, what: str) -> list[Head]:
     return list(dict.fromkeys(out))
 
 
+_RESULT_TABLES = {"attention": None, "compare": ("head_table", "labels"), "contributions": ("table",),
+                  "towers": ("summary",)}
+
+
+def _check_results(results) -> None:
+    """The stored results' shapes (what ``Lesson.tables`` and the app read): objects and lists of rows."""
+    if not isinstance(results, dict):
+        raise ValidationError("'results' must be an object")
+    unknown = sorted(set(results) - {"prediction", *_RESULT_TABLES})
+    if unknown:
+        raise ValidationError(f"unknown result(s) in the lesson file: {', '.join(k[:40] for k in unknown[:5])}")
+
+    def rows(value, where: str) -> None:
+        if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+            raise ValidationError(f"'{where}' must be a list of rows (objects)")
+
+    if "prediction" in results:
+        p = results["prediction"]
+        if (not isinstance(p, dict) or not isinstance(p.get("probs"), dict)
+                or not isinstance(p.get("logits", {}), dict) or not isinstance(p.get("predicted", ""), str)):
+            raise ValidationError("'results.prediction' must hold 'predicted' (a label word), 'probs' and 'logits' "
+                                  "(objects of label word: number)")
+    for key, tables in _RESULT_TABLES.items():
+        if key not in results:
+            continue
+        if tables is None:
+            rows(results[key], f"results.{key}")
+            continue
+        if not isinstance(results[key], dict):
+            raise ValidationError(f"'results.{key}' must be an object")
+        for t in tables:
+            if t in results[key]:
+                rows(results[key][t], f"results.{key}.{t}")
+
+
 def lesson_from_dict(d) -> Lesson:
     """Validate a parsed lesson (ValidationError with a clear message)."""
     if not isinstance(d, dict):
@@ -252,8 +287,7 @@ def lesson_from_dict(d) -> Lesson:
     if pair is not None and not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(w, str) for w in pair)):
         raise ValidationError("'pair' must be two label words")
     results = d.get("results", {})
-    if not isinstance(results, dict):
-        raise ValidationError("'results' must be an object")
+    _check_results(results)
     n = 0
     for key, leaf in _leaves(results):
         n += 1
@@ -341,7 +375,11 @@ def replay(lesson: Lesson, lm, rtol: float = RTOL, atol: float = ATOL) -> Replay
         notes.append(f"stored with model {lesson.model['name']!r}, replayed on {now['name']!r}")
     sha = lesson.model.get("weights_sha256") or ""
     if sha and now["weights_sha256"] and sha != now["weights_sha256"]:
-        notes.append("the model's weights differ (sha256) from the stored model's")
+        notes.append(f"the model's weights differ from the stored model's (sha256 {now['weights_sha256'][:12]}… now, "
+                     f"{sha[:12]}… in the file)")
+    elif sha and not now["weights_sha256"]:
+        notes.append(f"the file records the weights' sha256 {sha[:12]}…; {now['name']!r} has none to compare with "
+                     "(not an offline model), so the weights may differ")
     for k, v in package_versions().items():
         if k in lesson.packages and str(lesson.packages[k]) != v and k != "python":
             notes.append(f"{k} {lesson.packages[k]} when stored, {v} now")

@@ -344,8 +344,8 @@ class ReplayReport:
 
     def summary(self) -> str:
         head = (f"all {self.n_compared} stored values agree (rtol {self.rtol:g}, atol {self.atol:g})" if self.ok else
-                f"{len(self.differences)} of {self.n_compared} stored values differ (rtol {self.rtol:g}, "
-                f"atol {self.atol:g})")
+                f"{len(self.differences)} of {self.n_compared} values differ (rtol {self.rtol:g}, "
+                f"atol {self.atol:g}; a value missing on one side counts as differing)")
         return "; ".join([head] + self.notes)
 
 
@@ -363,11 +363,14 @@ def compare_results(stored: dict, replayed: dict, rtol: float = RTOL, atol: floa
         if key not in r or key not in s or not _same(a, b, rtol, atol):
             num = isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool)
             rows.append({"key": key, "stored": a, "replayed": b, "abs_diff": abs(a - b) if num else None})
-    return pd.DataFrame(rows, columns=["key", "stored", "replayed", "abs_diff"]), len(s)
+    # every value either side holds (one missing from the file counts once, so the differences never outnumber it)
+    return pd.DataFrame(rows, columns=["key", "stored", "replayed", "abs_diff"]), len(set(s) | set(r))
 
 
 def replay(lesson: Lesson, lm, rtol: float = RTOL, atol: float = ATOL) -> ReplayReport:
-    """Recompute every stored result on ``lm`` and report what differs."""
+    """Recompute every stored result on ``lm`` and report what differs (a lesson without results is refused)."""
+    if not lesson.results:
+        raise ValidationError("the lesson file holds no results to compare (nothing to replay)")
     _check_heads_fit(lesson.heads + list(lesson.plan.heads), lm)
     notes = []
     now = model_info(lm)

@@ -575,3 +575,16 @@ def test_nan_hint_names_the_actual_cache_folder(tmp_path, monkeypatch):
     with pytest.raises(NonFiniteOutput) as exc:
         check_finite(Result())
     assert str(tmp_path / "my-cache" / "models") in str(exc.value) and "~/.cache" not in str(exc.value)
+
+
+def test_replay_counts_never_say_more_differ_than_were_compared(lesson_text, tiny_llama):
+    """Before: a file without results gave '204 of 0 stored values differ'."""
+    from iclviz.lesson_file import load_lesson, replay
+
+    d = json.loads(lesson_text)
+    d["results"] = {"prediction": d["results"]["prediction"]}  # the attention values are missing from the file
+    report = replay(load_lesson(json.dumps(d)), tiny_llama)
+    assert 0 < len(report.differences) <= report.n_compared, report.summary()
+    d["results"] = {}
+    with pytest.raises(ValidationError, match="holds no results"):
+        replay(load_lesson(json.dumps(d)), tiny_llama)

@@ -397,7 +397,7 @@ def tolerance_type(name: str):
 
 # ---------------------------------------------------------------- markdown
 
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]()<>#!|~$])")
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|~$])")  # with [ ] and < > escaped no link, image or tag can form
 
 
 def escape_markdown(text) -> str:

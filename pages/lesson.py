@@ -77,7 +77,7 @@ with st.container(border=True):
     st.markdown("**What this model does, measured now**")
     cols = st.columns(len(res.metrics))
     for c, (label, value, note) in zip(cols, res.metrics):
-        c.metric(safe(label), safe(value), safe(note) if note else note, delta_color="off")
+        c.metric(safe(label), safe(value), safe(note) if note else None, delta_color="off")
     st.markdown(safe(res.sentence))
 
 if step == 0:

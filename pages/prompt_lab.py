@@ -284,7 +284,7 @@ def intervention_panel():
         m1.metric(f"Δ margin, {len(heads)} in-context heads", f"{eff.icl_change:+.2f}")
         m2.metric(f"Δ margin, random (mean, n = {eff.n_draws})", f"{eff.random_mean:+.2f}",
                   f"range {lo:+.2f} to {hi:+.2f}", delta_color="off")
-        st.markdown(eff.sentence())
+        st.markdown(safe(eff.sentence()))
         if mode == "top N in-context heads":
             curve = top_n_current(lm, heads, kind)
             chart(top_n_figure(curve, words), key="fig_topn")

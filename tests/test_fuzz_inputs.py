@@ -588,3 +588,71 @@ def test_replay_counts_never_say_more_differ_than_were_compared(lesson_text, tin
     d["results"] = {}
     with pytest.raises(ValidationError, match="holds no results"):
         replay(load_lesson(json.dumps(d)), tiny_llama)
+
+
+# ---------------------------------------------------------------- the pages' sources: visitors' text reaches markdown
+# only through the escaping helper (widgets.safe); the browser test shows the rendered result
+
+MD_CALLS = {"markdown", "caption", "info", "warning", "error", "success", "toast", "write", "metric", "subheader",
+            "header", "title", "expander", "tabs", "button", "checkbox", "radio", "slider", "select_slider", "toggle",
+            "text_input", "text_area", "number_input", "selectbox", "multiselect", "download_button", "popover",
+            "spinner", "help_text", "progress", "page_link", "link_button", "segmented_control", "pills", "status"}
+MD_KEYWORDS = {"label", "help", "body", "text", "placeholder", "caption"}  # ``value`` only for st.metric
+USER_TEXT = r"\b(text|texts|query|(\w+_)?words?|w|demos?|up|exc|note|notes|predicted|sentence|warning|msg)\b"
+# escape_markdown is widgets.safe's body (state.py cannot import widgets); tokens_html escapes every token as HTML;
+# prompt_ab's _demo_line escapes the text and puts the label in a code span
+ESCAPERS = {"safe", "escape_markdown", "head_name", "tokens_html", "_demo_line"}
+
+
+def _reaching_values(node):
+    """Expressions whose text reaches a markdown argument unescaped: f-string fields and bare names, not under
+    an escaper, not a number format, not a comprehension's loop variable."""
+    import ast
+
+    if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) in ESCAPERS:
+        return
+    if isinstance(node, ast.JoinedStr):
+        for v in node.values:
+            if isinstance(v, ast.FormattedValue) and v.format_spec is None:
+                yield from _reaching_values(v.value)
+        return
+    if isinstance(node, (ast.GeneratorExp, ast.ListComp)):
+        yield from _reaching_values(node.elt)
+        return
+    if isinstance(node, ast.IfExp):  # the condition is not shown
+        yield from _reaching_values(node.body)
+        yield from _reaching_values(node.orelse)
+        return
+    if isinstance(node, (ast.Name, ast.Attribute, ast.Subscript)):
+        yield node
+        return
+    if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "replace" and "'`'" in ast.unparse(node):
+        return  # a code span's content with its backticks replaced: inert
+    for child in ast.iter_child_nodes(node):
+        yield from _reaching_values(child)
+
+
+def unescaped_markdown(root: Path) -> list[str]:
+    import ast
+    import re
+
+    found = []
+    for f in sorted([root / "app.py", *root.glob("pages/*.py"), *root.glob("pages/parts/*.py")]):
+        lines = f.read_text().splitlines()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "attr", getattr(node.func, "id", None))
+            if name not in MD_CALLS or "# inert:" in lines[node.lineno - 1]:
+                continue
+            args = list(node.args[:3] if name == "metric" else node.args[:1])
+            args += [k.value for k in node.keywords if k.arg in MD_KEYWORDS or (name == "metric" and k.arg == "value")]
+            for a in args:
+                for v in _reaching_values(a):
+                    if re.search(USER_TEXT, ast.unparse(v)):
+                        found.append(f"{f.relative_to(root)}:{node.lineno}: {ast.unparse(v)}")
+    return found
+
+
+def test_pages_pass_visitors_text_through_the_escaping_helper():
+    assert unescaped_markdown(ROOT) == []

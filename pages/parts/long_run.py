@@ -28,7 +28,7 @@ class ProgressRun:
 
     def __call__(self, done, total, note=""):
         self.bar.progress(min(1.0, done / max(total, 1)),
-                          text=progress_text(self.label, done, total, time.perf_counter() - self.t0, str(note)))
+                          text=safe(progress_text(self.label, done, total, time.perf_counter() - self.t0, str(note))))
 
     def __enter__(self):
         st.session_state[f"{self.key}_running"] = True

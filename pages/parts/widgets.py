@@ -27,7 +27,7 @@ def safe(text) -> str:
 
 
 def help_text(text: str) -> None:
-    st.caption(f"{text} See {CITATION}.")
+    st.caption(f"{text} See {CITATION}.")  # inert: the pages' own text (markdown on purpose)
 
 
 def show_page_error(exc: BaseException) -> None:

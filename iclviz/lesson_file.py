@@ -160,7 +160,12 @@ def compute_results(lm, lesson: Lesson) -> dict:
 def make_lesson(lm, prompt: PromptSpec, heads, plan: Plan | None = None, prompt_b: PromptSpec | None = None,
                 donor: PromptSpec | None = None, towers_positions: str = "labels", contributions: bool = False,
                 pair=None, scaling: str = DEFAULT_SCALING) -> Lesson:
-    """A lesson of the current views' state, with its results computed on ``lm``."""
+    """A lesson of the current views' state, with its results computed on ``lm``.
+
+    A prompt the file could not read back (text past the limits) is refused first (ValidationError)."""
+    for spec in (prompt, prompt_b, donor):
+        if spec is not None:
+            PromptSpec.from_dict(spec.to_dict())
     heads = [(int(a), int(b)) for a, b in heads]
     _check_heads_fit(heads, lm)
     lesson = Lesson(prompt, heads, plan or Plan(), scaling, prompt_b, donor, towers_positions, contributions,

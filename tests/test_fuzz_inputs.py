@@ -444,6 +444,15 @@ def test_text_is_never_cut_without_a_word(case, lesson_text):
         state_from_query_param(link)
 
 
+def test_a_lesson_is_never_saved_with_text_it_cannot_read_back(tiny_llama):
+    from iclviz.compare import PromptSpec
+    from iclviz.lesson_file import make_lesson
+
+    long = PromptSpec((("x" * (MAX_TEXT + 1), "foo"), ("bad", "bar")), "q", ("foo", "bar"), "review")
+    with pytest.raises(ValidationError, match="demonstration 1 is 2,001 characters"):
+        make_lesson(tiny_llama, long, [(1, 1)])
+
+
 def _mutations(obj, rng: random.Random, n: int):
     """``n`` damaged copies of a JSON object: a value replaced by another type, a key dropped, a list emptied or
     grown, a string made huge or hostile."""

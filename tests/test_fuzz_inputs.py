@@ -174,6 +174,15 @@ def test_cli_input_errors_exit_2_before_the_model(case, tmp_path, capsys, no_mod
     check_rc2(rc, err, message)
 
 
+def test_cli_undecodable_bytes_in_argv_are_a_message(tmp_path):
+    """A real command line with a byte that is not UTF-8 (bash: --query $'\\xff'): exit 2, one line."""
+    r = subprocess.run([sys.executable.encode(), b"-m", b"iclviz", b"predict", b"--model", str(tmp_path).encode(),
+                        b"--demo", b"a=foo", b"--demo", b"b=bar", b"--query", b"\xff"], cwd=ROOT, capture_output=True,
+                       timeout=120)
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 2 and "Traceback" not in err and "--query holds a character that is not valid text" in err
+
+
 def test_cli_prompt_past_the_time_budget_is_refused_with_an_estimate(model_dir, capsys):
     rc, err = run_cli(["predict", "--model", model_dir, *DEMOS, "--query", "fine " * 200, "--max-seconds", "1e-6"],
                       capsys)

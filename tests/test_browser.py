@@ -412,14 +412,17 @@ def _local_only(outside: list[str]):
     return handle
 
 
-HOSTILE_PAGES = ["lesson", "prompt_lab", "head_finder", "label_vectors", "two_towers", "bias_lab", "attention",
-                 "prompt_ab", "contributions", "lesson_file"]
+HOSTILE_PAGES = [("prompt_lab", "Prompt lab"), ("head_finder", "Head finder"), ("label_vectors", "Label vectors"),
+                 ("two_towers", "Two towers"), ("bias_lab", "Bias lab"), ("attention", "Attention"),
+                 ("prompt_ab", "Prompt A/B"), ("contributions", "Demonstrations"), ("lesson_file", "Lesson file"),
+                 ("lesson", "Guided lesson")]  # the guided lesson loads its own prompt: last
 
 
-def test_hostile_link_on_every_page_fetches_nothing_outside(app_url, browser):
-    """Every page, opened with a shared link whose demonstrations and query hold markdown images, links and HTML:
-    the browser requests nothing from any address but the app's (no image, no icon font from a font host), and
-    no image or link of the visitor's text is in the page."""
+def test_hostile_link_on_every_page_fetches_nothing_outside(browser):
+    """Every page, in one session opened with a shared link whose demonstrations and query hold markdown images,
+    links and HTML: the browser requests nothing from any address but the app's (no image, no icon font from a
+    font host), and no image, link or bold text of the visitor's is in the page. The tiny model: the rendering is
+    what is tested, and the real model's pages take minutes on 2 cores."""
     import base64
     import json
 
@@ -431,19 +434,20 @@ def test_hostile_link_on_every_page_fetches_nothing_outside(app_url, browser):
                                 {"text": f"superb {hostile}", "label": "foo"}, {"text": "boring", "label": "bar"}],
              "query": f"fine {hostile}", "label_words": ["foo", "bar"]}
     link = base64.urlsafe_b64encode(json.dumps(state).encode()).decode().rstrip("=")
-    for path in HOSTILE_PAGES:
-        ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
-        outside: list[str] = []
-        ctx.route("**/*", _local_only(outside))
-        page = ctx.new_page()
-        try:
-            page.goto(f"{app_url}/{path}?s={link}")
-            page.locator("h1").first.wait_for(timeout=120_000)
-            if path == "prompt_lab":  # the page that says so: the link was read (not refused)
+    outside: list[str] = []
+    with _serve(tiny=True) as url, _new_page(browser, 1400, 1000) as page:
+        page.context.route("**/*", _local_only(outside))
+        for i, (path, title) in enumerate(HOSTILE_PAGES):
+            if i == 0:
+                page.goto(f"{url}/?s={link}")  # the Prompt lab, the app's first page
                 page.get_by_text("Loaded the prompt and heads from the shared link").first.wait_for(timeout=120_000)
+            else:  # the same session: the shared prompt stays
+                page.locator("[data-testid='stSidebarNav']").get_by_text(title, exact=True).click()
+                page.wait_for_url(f"**/{path}*", timeout=60_000)
+            page.locator("h1").first.wait_for(timeout=120_000)
             _settle(page, timeout=240_000)
             assert not outside, (path, outside)
             assert page.locator(f"img[src*='{evil}'], a[href*='{evil}'], [src*='{evil}']").count() == 0, path
             assert page.locator("[data-testid='stMain'] strong", has_text="bold").count() == 0, path
-        finally:
-            ctx.close()
+            if path == "bias_lab":  # the demonstrations' order shows the text, as text
+                assert page.get_by_text(f"http://{evil}/px.png", exact=False).count() > 0

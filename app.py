@@ -23,18 +23,19 @@ st.set_page_config(page_title="iclviz: in-context heads", layout="wide")
 
 # An operator's lesson file (ICLVIZ_LESSON_FILE) opens first: a class or a static host shows it without a model.
 LESSON_START = bool(state._settings()[0].lesson_file)
+# Emoji icons: Material icons (':material/...:') make every visitor's browser fetch them from fonts.gstatic.com.
 PAGES = [
-    st.Page("pages/lesson.py", title="Guided lesson", icon=":material/school:"),
-    st.Page("pages/prompt_lab.py", title="Prompt lab", icon=":material/science:",
+    st.Page("pages/lesson.py", title="Guided lesson", icon="🎓"),
+    st.Page("pages/prompt_lab.py", title="Prompt lab", icon="🧪",
             default=not LESSON_START),
-    st.Page("pages/head_finder.py", title="Head finder", icon=":material/grid_on:"),
-    st.Page("pages/label_vectors.py", title="Label vectors", icon=":material/label:"),
-    st.Page("pages/two_towers.py", title="Two towers", icon=":material/compare_arrows:"),
-    st.Page("pages/bias_lab.py", title="Bias lab", icon=":material/balance:"),
-    st.Page("pages/attention.py", title="Attention", icon=":material/visibility:"),
-    st.Page("pages/prompt_ab.py", title="Prompt A/B", icon=":material/difference:"),
-    st.Page("pages/contributions.py", title="Demonstrations", icon=":material/waterfall_chart:"),
-    st.Page("pages/lesson_file.py", title="Lesson file", icon=":material/description:", default=LESSON_START),
+    st.Page("pages/head_finder.py", title="Head finder", icon="🔎"),
+    st.Page("pages/label_vectors.py", title="Label vectors", icon="🏷️"),
+    st.Page("pages/two_towers.py", title="Two towers", icon="↔️"),
+    st.Page("pages/bias_lab.py", title="Bias lab", icon="⚖️"),
+    st.Page("pages/attention.py", title="Attention", icon="👁️"),
+    st.Page("pages/prompt_ab.py", title="Prompt A/B", icon="🆚"),
+    st.Page("pages/contributions.py", title="Demonstrations", icon="📊"),
+    st.Page("pages/lesson_file.py", title="Lesson file", icon="📄", default=LESSON_START),
 ]
 page = st.navigation(PAGES)
 common.open_deep_link(PAGES)  # a first visit at a page's URL on a fresh server came through here (common.py)

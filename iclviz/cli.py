@@ -27,9 +27,11 @@ from .validation import (
     check_heads,
     check_layers,
     check_output_dir,
+    check_text,
     head_name,
     int_type,
     parse_heads,
+    tolerance_type,
 )
 
 
@@ -56,13 +58,32 @@ class _Bar:
 
 
 MAX_TOKENS = 4096  # longest prompt the CLI runs unless --max-tokens says otherwise
+MAX_SECONDS = 60.0  # longest estimated forward pass of one prompt on a CPU unless --max-seconds says otherwise
+# a rough CPU rate (float32) for the estimate, on the high side of the time: the default model's pass over 1,021
+# and 2,021 tokens took 18 s and 35 s on 2 cores shared with other work (estimated: 29 s and 58 s)
+CPU_FLOPS = 5e10
 
 
-def check_prompt_tokens(prompts, limit: int) -> None:
-    """Refuse, before the forward pass, a prompt longer than ``limit`` tokens (saying how long it is)."""
+def pass_seconds(lm, n_tokens: int) -> float:
+    """A rough estimate of one forward pass over ``n_tokens`` tokens on a CPU: the weights' products
+    (2 x parameters per token) plus attention (4 x layers x width per pair of tokens)."""
+    n_params = sum(t.numel() for t in lm.model.parameters())
+    width = int(getattr(lm.model.config, "hidden_size", 0) or getattr(lm.model.config, "n_embd", 0) or 0)
+    flops = 2.0 * n_params * n_tokens + 4.0 * lm.n_layers * width * n_tokens * n_tokens
+    return flops / CPU_FLOPS
+
+
+def check_prompt_tokens(prompts, limit: int, lm=None, max_seconds: float | None = None) -> None:
+    """Refuse, before the forward pass, a prompt longer than ``limit`` tokens (saying how long it is), and on a
+    CPU a prompt whose pass is estimated to take more than ``max_seconds`` (saying the estimate)."""
     longest = max((p.n_tokens for p in prompts), default=0)
     if longest > limit:
         raise ValidationError(f"a prompt is {longest:,} tokens; --max-tokens is {limit:,} (raise it if you mean it)")
+    if lm is not None and max_seconds is not None and getattr(lm.device, "type", str(lm.device)) == "cpu":
+        est = pass_seconds(lm, longest)
+        if est > max_seconds:
+            raise ValidationError(f"a prompt is {longest:,} tokens: one pass would take about {est:,.0f} s on this "
+                                  f"CPU (a rough estimate); --max-seconds is {max_seconds:g} (raise it if you mean it)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,6 +100,16 @@ def _device_type(text: str) -> str:
     return t
 
 
+def _seconds_type(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--max-seconds must be a number; got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"--max-seconds must be a finite number above 0; got {text!r}")
+    return value
+
+
 def _heads_type(text: str) -> str:
     try:
         parse_heads(text)
@@ -92,15 +123,21 @@ def validate_args(args) -> None:
 
     Run before the model is loaded, so that nothing is computed for output that cannot be written.
     """
+    check_cli_text(args)
+    seeds = getattr(args, "seeds", None)
+    if seeds and len(set(seeds)) != len(seeds):
+        twice = sorted({s for s in seeds if seeds.count(s) > 1})
+        raise ValidationError(f"--seeds: seed {', '.join(map(str, twice))} is given more than once; each seed is one "
+                              "sample of demonstrations and counts once (give distinct seeds)")
     if getattr(args, "device", None):
         args.device = check_device(args.device)
-    if getattr(args, "out", None) and args.command != "report":
+    if getattr(args, "out", None) is not None and args.command != "report":
         check_output_dir(args.out)
-    if getattr(args, "checkpoint", None):
+    if getattr(args, "checkpoint", None) is not None:
         check_file_target(args.checkpoint, "--checkpoint")
-    if getattr(args, "save", None):
+    if getattr(args, "save", None) is not None:
         check_file_target(args.save, "--save")
-    if getattr(args, "html", None):
+    if getattr(args, "html", None) is not None:
         check_file_target(args.html, "--html")
     if getattr(args, "device_map", None) not in (None, "auto"):
         raise ValidationError(f"--device-map {args.device_map!r}: only 'auto' (or none) is accepted here")
@@ -108,6 +145,18 @@ def validate_args(args) -> None:
         if not getattr(args, "device_map", None):
             raise ValidationError("--offload-folder needs --device-map auto")
         check_output_dir(args.offload_folder)
+
+
+TEXT_OPTIONS = ("demo", "query", "labels", "b_query", "b_labels", "dataset", "pair", "heads", "ablate")
+
+
+def check_cli_text(args) -> None:
+    """Text options must be valid text: a lone surrogate (undecodable bytes, e.g. $'\\udcff') is refused."""
+    for opt in TEXT_OPTIONS:
+        value = getattr(args, opt, None)
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str):
+                check_text(v, f"--{opt.replace('_', '-')}")
 
 
 def validate_against_model(args, lm) -> None:
@@ -146,6 +195,9 @@ def _common(p: argparse.ArgumentParser, dataset: bool = True):
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the trace of an error")
     p.add_argument("--max-tokens", type=int_type(16, 10_000_000), default=MAX_TOKENS,
                    help=f"refuse prompts longer than this, before any forward pass (default {MAX_TOKENS})")
+    p.add_argument("--max-seconds", type=_seconds_type, default=MAX_SECONDS,
+                   help="on a CPU, refuse a prompt whose one pass is estimated to take longer than this "
+                        f"(default {MAX_SECONDS:g})")
     if dataset:
         p.add_argument("--dataset", default="sst2", help="shipped name, a name in --data-dir, or hub:NAME")
         p.add_argument("--data-dir", default=None, help="folder with more datasets (e.g. ethos)")
@@ -233,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--orders", type=int_type(0, 1000), default=3,
                            help="random orders besides the label-last ones")
     _view_parsers(sub)
+    p = sub.add_parser("verify", help="hash every weights file of the offline models' caches (sha256) against "
+                                      "their record (the load's fast check compares sizes and modification times)")
+    p.add_argument("--model", default=None,
+                   help="one offline model (default: every offline model whose cache is built)")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the trace of an error")
+    p.set_defaults(func=cmd_verify)
     p = sub.add_parser("report", help="regenerate docs/results.md on several models and datasets")
     p.add_argument("--models", nargs="+", default=["default", "qwen2.5-coder-1.5b"],
                    help="offline model names, Hub names or folders")
@@ -312,12 +370,13 @@ def _view_parsers(sub) -> None:
     p.set_defaults(func=cmd_lesson)
     p = sub.add_parser("replay", help="recompute a lesson file on a model and say what differs")
     p.add_argument("file", help="a lesson file (JSON) written by the app or `lesson --save`")
-    p.add_argument("--model", default=None, help="the model to replay on (default: the one the file names)")
+    p.add_argument("--model", default=None, help="the model to replay on (default: the offline model the file names, "
+                                                 "else the default offline model; a Hub name or a folder only here)")
     p.add_argument("--device", default="auto", type=_device_type)
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument("--out", default=None, help="folder for the differences (CSV/JSON)")
-    p.add_argument("--rtol", type=float, default=1e-3)
-    p.add_argument("--atol", type=float, default=1e-4)
+    p.add_argument("--rtol", type=tolerance_type("--rtol"), default=1e-3, help="relative tolerance (finite, >= 0)")
+    p.add_argument("--atol", type=tolerance_type("--atol"), default=1e-4, help="absolute tolerance (finite, >= 0)")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the trace of an error")
     p.set_defaults(func=cmd_replay)
 
@@ -337,7 +396,7 @@ def _load(args):
         bar.close()
 
 
-def _setup(args, lm):
+def _setup(args):
     from .evaluation import EvalSetup
 
     if args.dataset.startswith("hub:"):  # a Hugging Face dataset by name (internet and `datasets` needed)
@@ -348,8 +407,10 @@ def _setup(args, lm):
         ds = load_dataset(args.dataset, args.data_dir)
     if args.classes:
         ds = ds.restrict(args.classes)
-    return EvalSetup(ds, k_per_label=args.k, n_test=args.n_test, seeds=tuple(args.seeds),
-                     label_words=tuple(args.labels) if args.labels else None, template=args.template)
+    setup = EvalSetup(ds, k_per_label=args.k, n_test=args.n_test, seeds=tuple(args.seeds),
+                      label_words=tuple(args.labels) if args.labels else None, template=args.template)
+    setup.words()  # label words that do not fit the classes: refused before the model loads
+    return setup
 
 
 def _locate_setup(args, setup):
@@ -421,14 +482,17 @@ def _write(args, name: str, df=None, obj=None):
     if df is not None:
         print(df.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     elif obj is not None:
-        print(json.dumps(obj, indent=2))
+        from .lesson_file import json_safe
+
+        obj = json_safe(obj)
+        print(json.dumps(obj, indent=2, allow_nan=False))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         if df is not None:
             atomic_write(out / f"{name}.csv", df.to_csv(index=False))
         if obj is not None:
-            atomic_write(out / f"{name}.json", json.dumps(obj, indent=2))
+            atomic_write(out / f"{name}.json", json.dumps(obj, indent=2, allow_nan=False))
         print(f"wrote {out}/{name}.*", file=sys.stderr)
 
 
@@ -437,7 +501,9 @@ def _save_json(args, name: str, obj) -> None:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / f"{name}.json", json.dumps(obj, indent=2))
+        from .lesson_file import json_safe
+
+        atomic_write(out / f"{name}.json", json.dumps(json_safe(obj), indent=2, allow_nan=False))
 
 
 # ---------------------------------------------------------------- one function per subcommand
@@ -450,6 +516,39 @@ def cmd_report(args) -> int:
                 classic_on=tuple(args.classic_on) if args.classic_on is not None else None,
                 record_heads=not args.quick, cached_only=args.cached_only, n_test=args.n_test)
     return 0
+
+
+def cmd_verify(args) -> int:
+    """The full check of the offline models' caches: exit 0 when every file matches, 1 when one does not."""
+    from .offline import OFFLINE_MODELS, cache_root, offline_model, verify_model_cache
+
+    if args.model:
+        spec = offline_model(args.model)
+        if spec is None:
+            raise ValidationError(f"{args.model[:80]!r} is not an offline model; choose one of "
+                                  f"{', '.join(OFFLINE_MODELS)}")
+        specs = [spec]
+    else:
+        specs = list(dict.fromkeys(OFFLINE_MODELS.values()))
+    root = cache_root() / "models"
+    checked = damaged = 0
+    for spec in specs:
+        folder = root / spec.f32_dir
+        if not folder.is_dir():
+            if args.model:
+                print(f"{spec.name}: no cache in {folder} yet (it is built on first use)")
+            continue
+        checked += 1
+        print(f"{spec.name}: hashing {folder} ...", file=sys.stderr)
+        problem = verify_model_cache(folder)
+        if problem:
+            damaged += 1
+            print(f"{spec.name}: DAMAGED: {problem} ({folder}); delete that folder and it is rebuilt on the next load")
+        else:
+            print(f"{spec.name}: ok: every weights file matches its recorded sha256 ({folder})")
+    if not checked and not args.model:
+        print(f"no offline model cache in {root} yet: nothing to verify")
+    return 1 if damaged else 0
 
 
 def _model(args):
@@ -469,7 +568,7 @@ def cmd_predict(args) -> int:
     lm = _model(args)
     plan = Plan("ablate", tuple(parse_heads(args.ablate))) if args.ablate else Plan()
     prompt = spec.build(lm)
-    check_prompt_tokens([prompt], args.max_tokens)
+    check_prompt_tokens([prompt], args.max_tokens, lm, args.max_seconds)
     t0 = time.perf_counter()
     pred = predict_prompt(lm, prompt, plan, capture=False)
     obj = {"prediction": pred.predicted, "probabilities": pred.probs, "logits": pred.logits,
@@ -484,10 +583,11 @@ def _on_dataset(body):
     the sample and refusing too-long prompts, with one progress bar."""
 
     def command(args) -> int:
+        validate_args(args)
+        setup = _setup(args)  # the dataset is read and checked before the model loads
         lm = _model(args)
-        setup = _setup(args, lm)
         for seed in setup.seeds:  # tokenizing is cheap; a pass over a too-long prompt is not
-            check_prompt_tokens(setup.prompts(lm, seed)[0], args.max_tokens)
+            check_prompt_tokens(setup.prompts(lm, seed)[0], args.max_tokens, lm, args.max_seconds)
         bar = _Bar(args.command)
         try:
             body(args, lm, setup, bar)
@@ -791,7 +891,7 @@ def _view_setup(args):
     spec = _spec(args)
     lm = _model(args)
     prompt = spec.build(lm)
-    check_prompt_tokens([prompt], args.max_tokens)
+    check_prompt_tokens([prompt], args.max_tokens, lm, args.max_seconds)
     heads = parse_heads(args.heads)
     if not heads:
         entry = located_heads(lm.name, rule="causal")
@@ -821,7 +921,7 @@ def cmd_compare(args) -> int:
         raise ValidationError("say how B differs from A: --label-swap, --flip N, --order ..., --reverse, --b-query "
                               "or --b-labels")
     b = spec_b.build(lm)
-    check_prompt_tokens([b], args.max_tokens)
+    check_prompt_tokens([b], args.max_tokens, lm, args.max_seconds)
     cmp = compare_prompts(lm, prompt, b, heads)
     for n in cmp.notes:
         print(f"note: {n}", file=sys.stderr)
@@ -855,7 +955,7 @@ def cmd_towers_patch(args) -> int:
     if spec_b is None:
         raise ValidationError("say how the donor B differs from A (--label-swap is the default; it was turned off)")
     b = spec_b.build(lm)
-    check_prompt_tokens([b], args.max_tokens)
+    check_prompt_tokens([b], args.max_tokens, lm, args.max_seconds)
     try:
         tp = towers_patch(lm, prompt, b, heads, positions=args.positions, conditions=args.conditions)
     except ValueError as exc:
@@ -872,8 +972,10 @@ def cmd_towers_patch(args) -> int:
 
 
 def cmd_lesson(args) -> int:
+    from .compare import PromptSpec
     from .lesson_file import make_lesson, save_lesson
 
+    PromptSpec.from_dict(_spec(args).to_dict())  # a lesson file holds what it can read back (lengths), or nothing
     lm, spec, _, heads = _view_setup(args)
     spec_b = _spec_b(args, spec)
     if args.towers and spec_b is None:
@@ -894,7 +996,9 @@ def cmd_replay(args) -> int:
     except ValueError as exc:
         raise ValidationError(f"{args.file}: {exc}") from None
     validate_args(args)
-    name = args.model or lesson.model.get("name") or "default"
+    if not lesson.results:
+        raise ValidationError(f"{args.file}: the lesson file holds no results to compare (nothing to replay)")
+    name = replay_model_name(lesson, args.model)
     bar = _Bar("loading model")
     try:
         lm = load_model(name, device=args.device, dtype=args.dtype,
@@ -908,6 +1012,21 @@ def cmd_replay(args) -> int:
         _write(args, "replay", df=report.to_frame())
         _save_json(args, "replay", report.to_dict())
     return 0 if report.ok else 1
+
+
+def replay_model_name(lesson, model: str | None) -> str:
+    """The model a replay loads: ``--model`` when given; else the offline model the file names, else the default
+    offline model (a file never makes the CLI load a Hub name or a folder; the difference is said)."""
+    from .offline import DEFAULT_MODEL, offline_model
+
+    if model:
+        return model
+    stored = str(lesson.model.get("name") or "")
+    if not stored or offline_model(stored) is not None:
+        return stored or DEFAULT_MODEL
+    print(f"note: the file names the model {stored[:80]!r}, which is not an offline model; replaying on the "
+          f"{DEFAULT_MODEL!r} offline model (give --model to choose another)", file=sys.stderr)
+    return DEFAULT_MODEL
 
 
 def main(argv=None) -> int:
@@ -924,7 +1043,10 @@ def main(argv=None) -> int:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except (Cancelled, KeyboardInterrupt) as exc:
-        print(f"stopped: {exc}", file=sys.stderr)
+        reason = str(exc) or "interrupted (Ctrl-C or SIGINT)"
+        print(f"stopped: {reason}; outputs written before this are complete, the rest was not written"
+              + (" (finished rows are kept in --checkpoint)" if getattr(args, "checkpoint", None) else ""),
+              file=sys.stderr)
         return 130
     except (OSError, MemoryError) as exc:  # the machine refused: disk, permissions, memory
         if debug:

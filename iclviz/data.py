@@ -103,11 +103,93 @@ def dataset_path(name: str, data_dir=None) -> Path:
 
 
 def load_dataset(name: str, data_dir=None) -> Dataset:
+    """A dataset folder (``meta.json``, ``train.jsonl``, ``test.jsonl``), every file checked: DataError naming
+    the file and the line on the first problem (run before any model is loaded)."""
     path = dataset_path(name, data_dir)
-    meta = json.loads((path / "meta.json").read_text())
-    train = pd.read_json(path / "train.jsonl", lines=True)[["text", "label"]]
-    test = pd.read_json(path / "test.jsonl", lines=True)[["text", "label"]]
-    return Dataset(name, list(meta["labels"]), train, test, meta)
+    meta = _read_meta(path / "meta.json")
+    labels = [str(x) for x in meta["labels"]]
+    train = _read_rows(path / "train.jsonl", labels)
+    test = _read_rows(path / "test.jsonl", labels)
+    return Dataset(name, labels, train, test, meta)
+
+
+MAX_DATA_FILE_BYTES = 500 * 1024 * 1024
+
+
+def _read_bytes(path: Path, limit: int = MAX_DATA_FILE_BYTES) -> bytes:
+    """A data file's bytes: a regular file (not a device, FIFO or folder, also through a link) under ``limit``."""
+    import stat
+
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing (a dataset folder holds meta.json, train.jsonl and test.jsonl)") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"{path}: not a regular file")
+    if st.st_size > limit:
+        raise DataError(f"{path}: {st.st_size / 1e6:,.0f} MB; the limit is {limit / 1e6:,.0f} MB")
+    if st.st_size == 0:
+        raise DataError(f"{path}: the file is empty")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+
+
+def _decode(path: Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise DataError(f"{path} line {line}: not UTF-8 text (a binary file?)") from None
+
+
+def _read_meta(path: Path) -> dict:
+    text = _decode(path, _read_bytes(path, 10 * 1024 * 1024))
+    try:
+        meta = json.loads(text)
+    except ValueError as exc:
+        raise DataError(f"{path} line {getattr(exc, 'lineno', 1)}: not valid JSON") from None
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    if (not isinstance(labels, list) or len(labels) < 2
+            or not all(isinstance(x, str) and x.strip() for x in labels) or len(set(labels)) != len(labels)):
+        raise DataError(f"{path}: needs \"labels\", a list of at least two distinct class names")
+    return meta
+
+
+def _read_rows(path: Path, labels: list[str]) -> pd.DataFrame:
+    """A JSONL file of {"text": ..., "label": ...} rows (label: an index into ``labels`` or one of them)."""
+    index = {w: i for i, w in enumerate(labels)}
+    texts, codes = [], []
+    for n, line in enumerate(_decode(path, _read_bytes(path)).splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {n}"
+        try:
+            r = json.loads(line)
+        except ValueError:
+            raise DataError(f"{where}: not valid JSON") from None
+        if not isinstance(r, dict) or "text" not in r or "label" not in r:
+            raise DataError(f"{where}: each line needs \"text\" and \"label\"")
+        text, label = r["text"], r["label"]
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{where}: \"text\" must be a non-empty string; got {json.dumps(text)[:40]}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(f"{where}: \"text\" holds a character that is not valid text (a lone surrogate)") from None
+        if isinstance(label, str) and label in index:
+            label = index[label]
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(labels):
+            raise DataError(f"{where}: \"label\" must be a class index from 0 to {len(labels) - 1} (or a class "
+                            f"name from meta.json); got {json.dumps(label)[:40]}")
+        texts.append(text)
+        codes.append(label)
+    if not texts:
+        raise DataError(f"{path}: no rows")
+    return pd.DataFrame({"text": texts, "label": pd.Series(codes, dtype="int64")})
 
 
 def read_table(content: bytes, filename: str, max_bytes: int = MAX_UPLOAD_BYTES) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from .data import Dataset, label_words_for, sample_demonstrations, sample_test
 from .interventions import NONE, Interventions, Plan
 from .models import LoadedModel
 from .prompt import DEFAULT_LABEL_WORDS, DEFAULT_TEMPLATE, BuiltPrompt, build_prompt
-from .validation import ValidationError
+from .validation import ValidationError, check_regular_file
 
 Progress = Callable[[int, int, str], bool | None]  # return False to stop
 
@@ -238,6 +238,7 @@ def open_checkpoint(path: Path, identity: dict, warnings: list[str]) -> dict[tup
     line (the process was killed while writing it) is dropped with a warning and cut from the file.
     """
     header = {"iclviz_checkpoint": CHECKPOINT_FORMAT, "run": identity}
+    check_regular_file(path, "the checkpoint")
     if not path.exists() or path.stat().st_size == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(header) + "\n")
@@ -274,10 +275,63 @@ def open_checkpoint(path: Path, identity: dict, warnings: list[str]) -> dict[tup
             continue
         try:
             r = json.loads(line)
-            done[(int(r["seed"]), int(r["index"]))] = r
-        except (ValueError, KeyError, TypeError):
+        except ValueError:
             raise CheckpointMismatch(f"{path} line {n} is damaged; delete the checkpoint to start again") from None
+        problem = checkpoint_row_problem(r, identity)
+        if problem:
+            raise CheckpointMismatch(f"{path} line {n}: {problem}; its rows are not trusted: delete that line (the "
+                                     "prompt is computed again) or the checkpoint")
+        done[(r["seed"], r["index"])] = r
     return done
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def checkpoint_row_problem(r, identity: dict) -> str | None:
+    """Why a checkpoint row cannot be one of this run's rows (types, ranges, internal consistency), or None."""
+    if not isinstance(r, dict):
+        return "not a row object"
+    words = list(identity.get("label_words") or [])
+    k = len(words)
+    n_test = identity.get("n_test")
+    for key in ("seed", "index", "gold", "pred"):
+        if not _is_int(r.get(key)):
+            return f"{key!r} must be a whole number; got {_short(r.get(key))}"
+    if r["seed"] < 0:
+        return f"'seed' must be at least 0; got {r['seed']}"
+    if not 0 <= r["index"] < (n_test if _is_int(n_test) else r["index"] + 1):
+        return f"'index' must be from 0 to {n_test - 1}; got {r['index']}"
+    for key in ("gold", "pred"):
+        if not 0 <= r[key] < k:
+            return f"{key!r} must be a label index from 0 to {k - 1}; got {r[key]}"
+    if not isinstance(r.get("correct"), bool):
+        return f"'correct' must be true or false; got {_short(r.get('correct'))}"
+    if r["correct"] != (r["gold"] == r["pred"]):
+        return f"'correct' is {json.dumps(r['correct'])} but gold {r['gold']} and pred {r['pred']} say otherwise"
+    if not _is_number(r.get("margin")):
+        return f"'margin' must be a finite number; got {_short(r.get('margin'))}"
+    if (r["correct"] and r["margin"] < 0) or (not r["correct"] and r["margin"] > 0):
+        return f"'margin' {r['margin']:g} contradicts 'correct' {json.dumps(r['correct'])}"
+    probs = []
+    for w in words:
+        v = r.get(f"p_{w}")
+        if not _is_number(v) or not 0.0 <= v <= 1.0:
+            return f"'p_{w}' must be a probability from 0 to 1; got {_short(v)}"
+        probs.append(v)
+    if probs and probs[r["pred"]] < max(probs) - 1e-6:
+        return f"'pred' {r['pred']} is not the most probable label word"
+    plan = identity.get("plan") or {}
+    if isinstance(plan, dict) and "kind" in plan:
+        want = Plan(plan["kind"], tuple(map(tuple, plan.get("heads", [])))).label()
+        if r.get("plan") != want:
+            return f"'plan' is {_short(r.get('plan'))}, this run's is {want!r}"
+    return None
 
 
 def _short(v) -> str:

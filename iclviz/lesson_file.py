@@ -97,17 +97,20 @@ class Lesson:
         return out
 
 
-def _clean(obj):
-    """JSON-safe copy: NaN and infinities become None, tuples lists, numpy scalars Python numbers."""
+def json_safe(obj):
+    """JSON-safe copy: NaN and infinities become None (``null``), tuples lists, numpy scalars Python numbers."""
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+_clean = json_safe
 
 
 def package_versions() -> dict:
@@ -157,7 +160,12 @@ def compute_results(lm, lesson: Lesson) -> dict:
 def make_lesson(lm, prompt: PromptSpec, heads, plan: Plan | None = None, prompt_b: PromptSpec | None = None,
                 donor: PromptSpec | None = None, towers_positions: str = "labels", contributions: bool = False,
                 pair=None, scaling: str = DEFAULT_SCALING) -> Lesson:
-    """A lesson of the current views' state, with its results computed on ``lm``."""
+    """A lesson of the current views' state, with its results computed on ``lm``.
+
+    A prompt the file could not read back (text past the limits) is refused first (ValidationError)."""
+    for spec in (prompt, prompt_b, donor):
+        if spec is not None:
+            PromptSpec.from_dict(spec.to_dict())
     heads = [(int(a), int(b)) for a, b in heads]
     _check_heads_fit(heads, lm)
     lesson = Lesson(prompt, heads, plan or Plan(), scaling, prompt_b, donor, towers_positions, contributions,
@@ -214,6 +222,41 @@ def _heads(raw, what: str) -> list[Head]:
     return list(dict.fromkeys(out))
 
 
+_RESULT_TABLES = {"attention": None, "compare": ("head_table", "labels"), "contributions": ("table",),
+                  "towers": ("summary",)}
+
+
+def _check_results(results) -> None:
+    """The stored results' shapes (what ``Lesson.tables`` and the app read): objects and lists of rows."""
+    if not isinstance(results, dict):
+        raise ValidationError("'results' must be an object")
+    unknown = sorted(set(results) - {"prediction", *_RESULT_TABLES})
+    if unknown:
+        raise ValidationError(f"unknown result(s) in the lesson file: {', '.join(k[:40] for k in unknown[:5])}")
+
+    def rows(value, where: str) -> None:
+        if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+            raise ValidationError(f"'{where}' must be a list of rows (objects)")
+
+    if "prediction" in results:
+        p = results["prediction"]
+        if (not isinstance(p, dict) or not isinstance(p.get("probs"), dict)
+                or not isinstance(p.get("logits", {}), dict) or not isinstance(p.get("predicted", ""), str)):
+            raise ValidationError("'results.prediction' must hold 'predicted' (a label word), 'probs' and 'logits' "
+                                  "(objects of label word: number)")
+    for key, tables in _RESULT_TABLES.items():
+        if key not in results:
+            continue
+        if tables is None:
+            rows(results[key], f"results.{key}")
+            continue
+        if not isinstance(results[key], dict):
+            raise ValidationError(f"'results.{key}' must be an object")
+        for t in tables:
+            if t in results[key]:
+                rows(results[key][t], f"results.{key}.{t}")
+
+
 def lesson_from_dict(d) -> Lesson:
     """Validate a parsed lesson (ValidationError with a clear message)."""
     if not isinstance(d, dict):
@@ -249,8 +292,7 @@ def lesson_from_dict(d) -> Lesson:
     if pair is not None and not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(w, str) for w in pair)):
         raise ValidationError("'pair' must be two label words")
     results = d.get("results", {})
-    if not isinstance(results, dict):
-        raise ValidationError("'results' must be an object")
+    _check_results(results)
     n = 0
     for key, leaf in _leaves(results):
         n += 1
@@ -307,8 +349,8 @@ class ReplayReport:
 
     def summary(self) -> str:
         head = (f"all {self.n_compared} stored values agree (rtol {self.rtol:g}, atol {self.atol:g})" if self.ok else
-                f"{len(self.differences)} of {self.n_compared} stored values differ (rtol {self.rtol:g}, "
-                f"atol {self.atol:g})")
+                f"{len(self.differences)} of {self.n_compared} values differ (rtol {self.rtol:g}, "
+                f"atol {self.atol:g}; a value missing on one side counts as differing)")
         return "; ".join([head] + self.notes)
 
 
@@ -326,11 +368,14 @@ def compare_results(stored: dict, replayed: dict, rtol: float = RTOL, atol: floa
         if key not in r or key not in s or not _same(a, b, rtol, atol):
             num = isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool)
             rows.append({"key": key, "stored": a, "replayed": b, "abs_diff": abs(a - b) if num else None})
-    return pd.DataFrame(rows, columns=["key", "stored", "replayed", "abs_diff"]), len(s)
+    # every value either side holds (one missing from the file counts once, so the differences never outnumber it)
+    return pd.DataFrame(rows, columns=["key", "stored", "replayed", "abs_diff"]), len(set(s) | set(r))
 
 
 def replay(lesson: Lesson, lm, rtol: float = RTOL, atol: float = ATOL) -> ReplayReport:
-    """Recompute every stored result on ``lm`` and report what differs."""
+    """Recompute every stored result on ``lm`` and report what differs (a lesson without results is refused)."""
+    if not lesson.results:
+        raise ValidationError("the lesson file holds no results to compare (nothing to replay)")
     _check_heads_fit(lesson.heads + list(lesson.plan.heads), lm)
     notes = []
     now = model_info(lm)
@@ -338,7 +383,11 @@ def replay(lesson: Lesson, lm, rtol: float = RTOL, atol: float = ATOL) -> Replay
         notes.append(f"stored with model {lesson.model['name']!r}, replayed on {now['name']!r}")
     sha = lesson.model.get("weights_sha256") or ""
     if sha and now["weights_sha256"] and sha != now["weights_sha256"]:
-        notes.append("the model's weights differ (sha256) from the stored model's")
+        notes.append(f"the model's weights differ from the stored model's (sha256 {now['weights_sha256'][:12]}… now, "
+                     f"{sha[:12]}… in the file)")
+    elif sha and not now["weights_sha256"]:
+        notes.append(f"the file records the weights' sha256 {sha[:12]}…; {now['name']!r} has none to compare with "
+                     "(not an offline model), so the weights may differ")
     for k, v in package_versions().items():
         if k in lesson.packages and str(lesson.packages[k]) != v and k != "python":
             notes.append(f"{k} {lesson.packages[k]} when stored, {v} now")

@@ -133,9 +133,11 @@ def check_finite(res: RunResult, name: str = "the model") -> None:
     """Raise NonFiniteOutput when a pass produced NaN or infinite label logits (never print garbage)."""
     logits = res.label_logits
     if logits is not None and not bool(torch.isfinite(logits).all()):
-        raise NonFiniteOutput(f"{name} produced NaN or infinite logits: its weights are damaged (for the default "
-                              "model, delete ~/.cache/iclviz/models to rebuild it) or the dtype overflows "
-                              "(try float32)")
+        from .offline import cache_root
+
+        raise NonFiniteOutput(f"{name} produced NaN or infinite logits: its weights are damaged (for an offline "
+                              f"model, run `python -m iclviz verify`, or delete {cache_root() / 'models'} to rebuild "
+                              "it) or the dtype overflows (try float32)")
 
 
 def choose_device_and_dtype(device: str | None = None, dtype: str | None = None) -> tuple[str, torch.dtype]:

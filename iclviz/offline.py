@@ -67,9 +67,14 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {"default": QWEN_05B, "qwen2.5-coder-0
                                            "qwen2.5-coder-1.5b": QWEN_15B}
 
 
+def cache_root() -> Path:
+    """The cache folder named by ICLVIZ_CACHE (else $XDG_CACHE_HOME/iclviz or ~/.cache/iclviz), not created."""
+    return Path(os.environ.get("ICLVIZ_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                / "iclviz")
+
+
 def cache_dir() -> Path:
-    root = os.environ.get("ICLVIZ_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "iclviz"
-    path = Path(root)
+    path = cache_root()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -170,9 +175,11 @@ def _weights_record(folder: Path) -> dict:
 def check_model_cache(folder: Path) -> str | None:
     """Why the converted cache in ``folder`` cannot be trusted, or None when it is intact.
 
-    Sizes are checked on every load; a file's sha256 whenever its size or modification time
+    The fast check, on every load: sizes, and a file's sha256 whenever its size or modification time
     differs from the recorded ones (a cache built before the record existed is hashed once and
-    its record added).
+    its record added). Bytes changed in place with the size and modification time restored pass it:
+    :func:`verify_model_cache` (``python -m iclviz verify``, or ICLVIZ_VERIFY_WEIGHTS=1 at every load)
+    hashes every file.
     """
     marker = folder / COMPLETE_FILE
     if not marker.is_file():
@@ -211,6 +218,34 @@ def check_model_cache(folder: Path) -> str | None:
     return None
 
 
+def verify_model_cache(folder: Path) -> str | None:
+    """Why the converted cache in ``folder`` does not match its record, or None: the full check, every weights
+    file hashed (sha256) whatever its size and modification time say (``python -m iclviz verify``)."""
+    marker = folder / COMPLETE_FILE
+    if not marker.is_file():
+        return "the cache is incomplete (no record)"
+    try:
+        meta = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return f"{COMPLETE_FILE} is damaged"
+    rec = meta.get("weights") if isinstance(meta, dict) else None
+    files = rec.get("files") if isinstance(rec, dict) else None
+    if not isinstance(files, dict) or not files:
+        return f"{COMPLETE_FILE} holds no record of the weights' sha256 (an older cache: load it once to record it)"
+    unrecorded = sorted({w.name for w in _weight_files(folder)} - set(files))
+    if unrecorded:
+        return f"{unrecorded[0]} is not in the record"
+    for name, r in sorted(files.items()):
+        w = folder / name
+        if not w.is_file():
+            return f"{name} is missing"
+        if not isinstance(r, dict) or w.stat().st_size != r.get("size"):
+            return f"{name} is {w.stat().st_size:,} bytes, expected {r.get('size', 0) if isinstance(r, dict) else 0:,}"
+        if _sha256(w) != r.get("sha256"):
+            return f"{name} does not match its recorded sha256"
+    return None
+
+
 def _write_quietly(path: Path, obj) -> None:
     try:
         path.write_text(json.dumps(obj))
@@ -242,9 +277,11 @@ def offline_model_dir(spec: OfflineModel, progress=None, rebuild: bool = False) 
 
     A cache whose weights do not match their recorded sizes and sha256 is rebuilt from the GGUF file.
     """
+    from .settings import verify_weights_at_load
+
     folder = cache_dir() / "models" / spec.f32_dir
     if (folder / COMPLETE_FILE).exists() and not rebuild:
-        problem = check_model_cache(folder)
+        problem = verify_model_cache(folder) if verify_weights_at_load() else check_model_cache(folder)
         if problem is None:
             return folder
         log.warning("the cache of %s is damaged (%s): rebuilding it from the GGUF file", spec.name, problem)

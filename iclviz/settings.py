@@ -22,6 +22,9 @@ ICLVIZ_LESSON_FILE             (none)   a lesson file (JSON) the app opens at st
                                         without a model (for a class or a static host)
 ICLVIZ_OFFLOAD_FOLDER          (none)   where the "spread" device choice (device_map="auto") may put
                                         layers that fit on no GPU and not in memory (disk offload)
+ICLVIZ_VERIFY_WEIGHTS          0        hash every weights file of an offline model's cache at each
+                                        load (sha256, ~seconds per GB) instead of the fast check of
+                                        sizes and modification times; applies to the CLI too
 =============================  =======  =====================================================
 """
 
@@ -128,6 +131,11 @@ def load_settings(env=None) -> Settings:
         lesson_file=_path(env, "ICLVIZ_LESSON_FILE"),
         offload_folder=_path(env, "ICLVIZ_OFFLOAD_FOLDER"),
     )
+
+
+def verify_weights_at_load(env=None) -> bool:
+    """ICLVIZ_VERIFY_WEIGHTS: the full sha256 check of an offline model's cache at every load (CLI and app)."""
+    return _flag(os.environ if env is None else env, "ICLVIZ_VERIFY_WEIGHTS")
 
 
 def _path(env, name: str) -> str:

@@ -10,8 +10,10 @@ the app shows it and keeps the previous state.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 
@@ -161,6 +163,8 @@ def check_device(device: str | None) -> str:
 
 def check_output_dir(path) -> Path:
     """Create ``path`` if needed and prove it writable now, before any work is done."""
+    if not str(path).strip():
+        raise ValidationError("--out is empty; give a folder (or leave --out out)")
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
         raise ValidationError(f"--out {str(path)!r} exists and is not a folder")
@@ -177,8 +181,11 @@ def check_output_dir(path) -> Path:
 def check_file_target(path, what: str = "file") -> Path:
     """A file path that can be created or appended to: not a folder, its folder writable."""
     p = Path(path).expanduser()
+    if not str(path).strip():
+        raise ValidationError(f"{what} is empty; give a file name")
     if p.is_dir():
         raise ValidationError(f"{what} {str(path)!r} is a folder; give a file name")
+    check_regular_file(p, what)
     if p.exists() and not os.access(p, os.R_OK | os.W_OK):
         raise ValidationError(f"{what} {str(path)!r} cannot be read and written")
     try:
@@ -190,9 +197,30 @@ def check_file_target(path, what: str = "file") -> Path:
     return p
 
 
+def check_regular_file(path, what: str = "file") -> None:
+    """Refuse a path that exists and is not a regular file (a device, a FIFO, a socket, a folder, or a
+    link to one of them): a write would replace it (``os.replace``) or block on it. A missing path is fine."""
+    try:
+        mode = os.stat(path).st_mode  # follows links: a link to /dev/null is a device
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ValidationError(f"{what} {str(path)!r} cannot be used: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else
+                "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "not a regular file")
+        raise ValidationError(f"{what} {str(path)!r} exists and is {kind}, not a regular file; it is left "
+                              "untouched: give another file name")
+
+
 def atomic_write(path, data: str | bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it over ``path`` (never a half-written file)."""
+    """Write to a temporary file beside ``path`` and rename it over ``path`` (never a half-written file).
+
+    A ``path`` that exists and is not a regular file is refused (ValidationError): never replaced.
+    """
     p = Path(path)
+    check_regular_file(p, "the output")
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -289,7 +317,8 @@ def parse_shared_state(d, templates) -> dict:
             raise ValidationError(f"demonstration {i + 1} must be {{\"text\": ..., \"label\": ...}}")
         if not isinstance(text, str) or not isinstance(label, str):
             raise ValidationError(f"demonstration {i + 1}: text and label must be strings")
-        demos.append((text[:MAX_TEXT], label[:MAX_LABEL_CHARS]))
+        demos.append((_fits(text, MAX_TEXT, f"demonstration {i + 1}"),
+                      _fits(label, MAX_LABEL_CHARS, f"the label of demonstration {i + 1}")))
     query = d.get("query", "")
     if not isinstance(query, str):
         raise ValidationError("'query' must be a string")
@@ -316,13 +345,59 @@ def parse_shared_state(d, templates) -> dict:
             heads.append(check_heads([(h[0], h[1])], None, None)[0])
         else:
             raise ValidationError(f"head {h!r}: write heads like \"L21H1\" (or [21, 1])")
-    return {"demos": demos, "query": query[:MAX_TEXT], "label_words": tuple(w[:MAX_LABEL_CHARS] for w in words),
+    query = _fits(query, MAX_TEXT, "the query")
+    words = [_fits(w, MAX_LABEL_CHARS, f"label word {i + 1}") for i, w in enumerate(words)]
+    return {"demos": demos, "query": query, "label_words": tuple(words),
             "template": template, "heads": list(dict.fromkeys(heads))}
+
+
+def _fits(text: str, limit: int, what: str) -> str:
+    """``text`` unchanged, or a refusal: text is never cut without a word."""
+    if len(text) > limit:
+        raise ValidationError(f"{what} is {len(text):,} characters; a shared prompt or a lesson file holds at most "
+                              f"{limit:,}: shorten it")
+    return check_text(text, what)
+
+
+def check_text(text: str, what: str) -> str:
+    """``text`` when it is valid Unicode text; a lone surrogate (e.g. undecodable bytes on a command line,
+    ``$'\\udcff'``) is refused with its position."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(f"{what} holds a character that is not valid text (U+{ord(text[exc.start]):04X} at "
+                              f"position {exc.start + 1}; undecodable bytes?): write it as UTF-8 text") from None
+    return text
+
+
+def check_tolerance(name: str, value) -> float:
+    """A replay tolerance: a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValidationError(f"{name} must be a finite number of at least 0; got {value!r}")
+    return float(value)
+
+
+def tolerance_type(name: str):
+    """An argparse ``type`` for a tolerance (finite, >= 0)."""
+    import argparse
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number; got {text!r}") from None
+        try:
+            return check_tolerance(name, value)
+        except ValidationError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = "tolerance"
+    return parse
 
 
 # ---------------------------------------------------------------- markdown
 
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]()<>#!|~$])")
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|~$])")  # with [ ] and < > escaped no link, image or tag can form
 
 
 def escape_markdown(text) -> str:

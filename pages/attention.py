@@ -64,7 +64,7 @@ else:
     try:
         from bertviz import head_view, model_view
     except ImportError as exc:
-        st.error(f"bertviz is not available: {exc}")
+        st.error(safe(f"bertviz is not available: {exc}"))
         st.stop()
 
 

@@ -88,7 +88,8 @@ tab1, tab2, tab3 = st.tabs(["Label ratio", "Majority bias (paper metric)", "Rece
 
 with tab1:
     total = st.number_input("Demonstrations in all", 2, 16, 6, key="w_ratio_total")
-    n_first = st.slider(f"of which labelled {setup_words[0]}", 0, int(total), int(total) // 2, key="w_ratio_first")
+    n_first = st.slider(f"of which labelled {safe(setup_words[0])}", 0, int(total), int(total) // 2,
+                        key="w_ratio_first")
 
     def _ratio(run):
         """No fix, then the majority fix, on one progress bar."""
@@ -111,12 +112,12 @@ with tab1:
         ss.ratio_counts = {setup_words[0]: int(n_first), setup_words[1]: int(total - n_first)}
     if ss.get("ratio_table") is not None:
         counts = ss.ratio_counts
-        st.caption("Demonstrations: " + " / ".join(f"{c} {w}" for w, c in counts.items())
+        st.caption("Demonstrations: " + " / ".join(f"{c} {safe(w)}" for w, c in counts.items())
                    + f" · n = {int(ss.ratio_table['n'].iloc[0])} test sentences · bars: 95% Wilson intervals")
         text, warning = ratio_reading(ss.ratio_table, counts)
-        st.markdown(text)
+        st.markdown(safe(text))
         if warning:
-            st.warning(warning)
+            st.warning(safe(warning))
         fig = bias_bars(ss.ratio_table, "quantity", "value", y_title="share of test sentences", x_title="")
         chart(fig, key="fig_ratio")
         csv_download(ss.ratio_table, "label_ratio.csv")
@@ -139,11 +140,11 @@ for tab, kind, measure in ((tab2, "majority", majority_bias), (tab3, "recency", 
         res = ss.get(f"{kind}_result")
         if res is not None:
             for note in res.notes:
-                st.info(note)
+                st.info(safe(note))
             text, warning, intervals = bias_reading(res)
-            st.markdown(text)
+            st.markdown(safe(text))
             if warning:
-                st.warning(warning)
+                st.warning(safe(warning))
             st.dataframe(intervals, key=f"tbl_{kind}_intervals")
             with st.expander("The paper's summary table"):
                 st.dataframe(res.summary, key=f"tbl_{kind}_summary")

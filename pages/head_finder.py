@@ -127,7 +127,7 @@ if scan is None or (scan.n_layers, scan.n_heads) != (lm.n_layers, lm.n_heads):
             f"the default heads {', '.join(map(head_name, heads))}.")
 else:
     st.caption(f"Scan over {scan.n_prompts} prompts ({ss.get('scan_inputs', '')}).")
-    tabs = st.tabs(["overall (gold label)"] + [f"raises {w}" for w in scan.label_words])
+    tabs = st.tabs(["overall (gold label)"] + [f"raises {safe(w)}" for w in scan.label_words])
     clicked = []
     for tab, label in zip(tabs, [None, *scan.label_words]):
         with tab:
@@ -155,7 +155,7 @@ else:
     else:
         t2.caption("Click a cell of the heatmap to pick a head (shift-click for several; double-click clears).")
     t2.markdown("Top heads: " + ", ".join(map(head_name, top)))
-    t2.markdown(" · ".join(f"{w} heads: {', '.join(map(head_name, hs)) or 'none'}" for w, hs in by_label.items()))
+    t2.markdown(" · ".join(f"{safe(w)} heads: {', '.join(map(head_name, hs)) or 'none'}" for w, hs in by_label.items()))
 
 focus_slot = st.container()  # the selected head's numbers, filled at the end (a click on any heatmap moves it)
 

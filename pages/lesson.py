@@ -9,7 +9,7 @@ from iclviz.prompt import PromptError
 from iclviz.readout import token_table
 from iclviz.validation import head_name
 from pages.parts import common, state
-from pages.parts.widgets import chart
+from pages.parts.widgets import chart, safe
 
 ss = st.session_state
 common.page_setup(
@@ -42,12 +42,12 @@ if not ss.get("lesson_loaded"):
 step = int(ss.get("lesson_step", 0))
 
 nav = st.columns([1, 1, 6, 2], vertical_alignment="center")
-nav[0].button("Back", icon=":material/arrow_back:", key="w_lesson_back", on_click=_go, args=(step - 1,),
+nav[0].button("Back", icon="⬅️", key="w_lesson_back", on_click=_go, args=(step - 1,),
               disabled=step == 0)
-nav[1].button("Next", icon=":material/arrow_forward:", key="w_lesson_next", on_click=_go, args=(step + 1,),
+nav[1].button("Next", icon="➡️", key="w_lesson_next", on_click=_go, args=(step + 1,),
               disabled=step == len(STEPS) - 1, type="primary")
 nav[2].progress((step + 1) / len(STEPS), text=f"Step {step + 1} of {len(STEPS)}")
-nav[3].button("Reset the lesson", icon=":material/restart_alt:", key="w_lesson_reset", on_click=_reset,
+nav[3].button("Reset the lesson", icon="🔄", key="w_lesson_reset", on_click=_reset,
               help="restore the prepared prompt and the default in-context heads")
 
 s = STEPS[step]
@@ -70,15 +70,15 @@ with st.spinner("Measuring on this model"):
     try:
         res = _result(lm, state.model_key(), step, *state.prompt_key(), tuple(map(tuple, heads)))
     except PromptError as exc:
-        st.error(f"The prompt cannot be run: {exc}")
+        st.error(safe(f"The prompt cannot be run: {exc}"))
         st.stop()
 
 with st.container(border=True):
     st.markdown("**What this model does, measured now**")
     cols = st.columns(len(res.metrics))
     for c, (label, value, note) in zip(cols, res.metrics):
-        c.metric(label, value, note, delta_color="off")
-    st.markdown(res.sentence)
+        c.metric(safe(label), safe(value), safe(note) if note else None, delta_color="off")
+    st.markdown(safe(res.sentence))
 
 if step == 0:
     st.markdown(tokens_html(token_table(lm.tokenizer, prompt), prompt.label_words), unsafe_allow_html=True)

@@ -138,11 +138,11 @@ with left:
         if lk not in ss:
             ss[lk] = d["label"] if d["label"] in words else words[0]
         cols[1].selectbox(f"Label {i + 1}", words, key=lk, label_visibility="collapsed")
-        cols[2].button("", icon=":material/arrow_upward:", key=f"up_{d['id']}", on_click=_move, args=(i, -1),
+        cols[2].button("", icon="⬆️", key=f"up_{d['id']}", on_click=_move, args=(i, -1),
                        help=f"move demonstration {i + 1} up")
-        cols[3].button("", icon=":material/arrow_downward:", key=f"down_{d['id']}", on_click=_move, args=(i, 1),
+        cols[3].button("", icon="⬇️", key=f"down_{d['id']}", on_click=_move, args=(i, 1),
                        help=f"move demonstration {i + 1} down")
-        cols[4].button("", icon=":material/delete:", key=f"del_{d['id']}", on_click=_delete, args=(i,),
+        cols[4].button("", icon="🗑️", key=f"del_{d['id']}", on_click=_delete, args=(i,),
                        help=f"delete demonstration {i + 1}")
     _sync_demos()
     b1, b2 = st.columns(2)
@@ -177,7 +177,7 @@ with left:
                 ss.pop("w_label_words", None)
                 ss.pop("w_query", None)
                 ss.pop("w_template", None)
-                ss.share_message = ("success", f"Loaded {up.name}.")
+                ss.share_message = ("success", safe(f"Loaded {up.name}."))
                 st.rerun()
             except ValueError as exc:
                 st.error(safe(f"Could not load {up.name}: {exc}"))
@@ -253,7 +253,7 @@ def intervention_panel():
         p2.markdown(f"`{_pred_text(after)}`")
         flip = " — the prediction flipped" if after.predicted != before.predicted else ""
         p2.caption(safe(f"margin {words[0]}−{words[1]}: {before.margin:+.3f} → {after.margin:+.3f}{flip}"))
-        p1.metric(f"Margin {words[0]}−{words[1]} before", f"{before.margin:+.2f}")
+        p1.metric(safe(f"Margin {words[0]}−{words[1]} before"), f"{before.margin:+.2f}")
         p2.metric(f"Margin after ({mode})", f"{after.margin:+.2f}", f"{after.margin - before.margin:+.2f}",
                   delta_color="off")
     else:
@@ -284,7 +284,7 @@ def intervention_panel():
         m1.metric(f"Δ margin, {len(heads)} in-context heads", f"{eff.icl_change:+.2f}")
         m2.metric(f"Δ margin, random (mean, n = {eff.n_draws})", f"{eff.random_mean:+.2f}",
                   f"range {lo:+.2f} to {hi:+.2f}", delta_color="off")
-        st.markdown(eff.sentence())
+        st.markdown(safe(eff.sentence()))
         with st.spinner("Splitting the effect with the label swap"):
             sw = swap_check_current(lm, heads, kind)
         s1, s2 = st.columns(2)
@@ -292,7 +292,7 @@ def intervention_panel():
                   help="The part of the margin's change that flips sign when every demonstration's label is swapped: "
                        "it follows the demonstrations.")
         s2.metric("Prior part", f"{sw.split['prior']:+.2f}",
-                  help=f"The part that stays under the swap: a constant vote (positive: toward {words[0]}).")
+                  help=safe(f"The part that stays under the swap: a constant vote (positive: toward {words[0]})."))
         st.markdown(safe(sw.sentence()))
         if mode == "top N in-context heads":
             curve = top_n_current(lm, heads, kind)
@@ -315,7 +315,7 @@ def intervention_panel():
         sum_table.columns = [f"{c} {w}" for c, w in sum_table.columns]
         total = sums.groupby(["condition", "label"], sort=False)["attention"].sum()
         st.dataframe(sum_table.style.format("{:.3f}"), key="tbl_sums")
-        st.markdown("All chosen heads: " + "; ".join(f"{c} {w} = {v:.3f}" for (c, w), v in total.items()))
+        st.markdown("All chosen heads: " + "; ".join(f"{c} {safe(w)} = {v:.3f}" for (c, w), v in total.items()))
         chart(label_sum_bars(sums, words), key="fig_sums")
         d1, d2 = st.columns(2)
         with d1:

@@ -53,7 +53,8 @@ if table is not None:
     s1.markdown("**Attention from T on each label's positions**")
     chart(where=s1, fig=fig, key="fig_swap_attn")
     vo_cols = [c for c in wide.columns if c.startswith("vo_")]
-    s2.markdown(f"**Value-output logit minus ({words[0]}−{words[1]}) at {words[0]} / {words[1]} positions**")
+    s2.markdown("**" + safe(f"Value-output logit minus ({words[0]}−{words[1]}) at {words[0]} / {words[1]} positions")
+                + "**")
     chart(where=s2, fig=swap_bars(wide, vo_cols, id_col="head_name", names=names,
                                   y_title=f"logit {words[0]} − logit {words[1]}"), key="fig_swap_vo")
     st.dataframe(table, key="tbl_swap")

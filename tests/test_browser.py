@@ -394,3 +394,60 @@ def test_first_visit_at_a_shared_parts_url_finds_no_page(browser):
             nav = page.locator("[data-testid='stSidebarNav']")
             nav.get_by_text("Guided lesson").wait_for(timeout=120_000)  # app.py's navigation ran
             assert not re.search(r"\b(common|state|sidebar|widgets|runs)\b", nav.inner_text())
+
+
+def _local_only(outside: list[str]):
+    """A route handler: requests to the app (127.0.0.1) go through; any other is recorded in ``outside`` and
+    aborted (nothing leaves the machine)."""
+    from urllib.parse import urlsplit
+
+    def handle(route):
+        url = route.request.url
+        if url.startswith(("data:", "blob:")) or urlsplit(url).hostname in ("127.0.0.1", "localhost"):
+            route.continue_()
+        else:
+            outside.append(url)
+            route.abort()
+
+    return handle
+
+
+HOSTILE_PAGES = [("prompt_lab", "Prompt lab"), ("head_finder", "Head finder"), ("label_vectors", "Label vectors"),
+                 ("two_towers", "Two towers"), ("bias_lab", "Bias lab"), ("attention", "Attention"),
+                 ("prompt_ab", "Prompt A/B"), ("contributions", "Demonstrations"), ("lesson_file", "Lesson file"),
+                 ("lesson", "Guided lesson")]  # the guided lesson loads its own prompt: last
+
+
+def test_hostile_link_on_every_page_fetches_nothing_outside(browser):
+    """Every page, in one session opened with a shared link whose demonstrations and query hold markdown images,
+    links and HTML: the browser requests nothing from any address but the app's (no image, no icon font from a
+    font host), and no image, link or bold text of the visitor's is in the page. The tiny model: the rendering is
+    what is tested, and the real model's pages take minutes on 2 cores."""
+    import base64
+    import json
+
+    evil = "203.0.113.9"  # TEST-NET-3: never a real host
+    hostile = (f"![p](http://{evil}/px.png) <img src='http://{evil}/i.png'> [go](http://{evil}/a) "
+               f"<a href='http://{evil}/b'>b</a> **bold**")
+    state = {"demonstrations": [{"text": f"a lovely film {hostile}", "label": "foo"},
+                                {"text": "a dull film", "label": "bar"},
+                                {"text": f"superb {hostile}", "label": "foo"}, {"text": "boring", "label": "bar"}],
+             "query": f"fine {hostile}", "label_words": ["foo", "bar"]}
+    link = base64.urlsafe_b64encode(json.dumps(state).encode()).decode().rstrip("=")
+    outside: list[str] = []
+    with _serve(tiny=True) as url, _new_page(browser, 1400, 1000) as page:
+        page.context.route("**/*", _local_only(outside))
+        for i, (path, title) in enumerate(HOSTILE_PAGES):
+            if i == 0:
+                page.goto(f"{url}/?s={link}")  # the Prompt lab, the app's first page
+                page.get_by_text("Loaded the prompt and heads from the shared link").first.wait_for(timeout=120_000)
+            else:  # the same session: the shared prompt stays
+                page.locator("[data-testid='stSidebarNav']").get_by_text(title, exact=True).click()
+                page.wait_for_url(f"**/{path}*", timeout=60_000)
+            page.locator("h1").first.wait_for(timeout=120_000)
+            _settle(page, timeout=240_000)
+            assert not outside, (path, outside)
+            assert page.locator(f"img[src*='{evil}'], a[href*='{evil}'], [src*='{evil}']").count() == 0, path
+            assert page.locator("[data-testid='stMain'] strong", has_text="bold").count() == 0, path
+            if path == "bias_lab":  # the demonstrations' order shows the text, as text
+                assert page.get_by_text(f"http://{evil}/px.png", exact=False).count() > 0

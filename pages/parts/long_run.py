@@ -28,11 +28,11 @@ class ProgressRun:
 
     def __call__(self, done, total, note=""):
         self.bar.progress(min(1.0, done / max(total, 1)),
-                          text=progress_text(self.label, done, total, time.perf_counter() - self.t0, str(note)))
+                          text=safe(progress_text(self.label, done, total, time.perf_counter() - self.t0, str(note))))
 
     def __enter__(self):
         st.session_state[f"{self.key}_running"] = True
-        self.stop_slot.button("Stop", key=f"{self.key}_stop", icon=":material/stop_circle:")
+        self.stop_slot.button("Stop", key=f"{self.key}_stop", icon="⏹️")
         return self
 
     def __exit__(self, exc_type, exc, tb):

@@ -124,7 +124,7 @@ def sidebar(load: bool = True) -> None:
             st.caption(f"device **{lm.device}**, dtype **{str(lm.dtype).replace('torch.', '')}**, "
                        f"context {lm.context_length} tokens")
             for note in lm.notes:
-                st.caption(f"note: {note}")
+                st.caption(safe(f"note: {note}"))
             heads = chosen_heads(lm)
             st.markdown("**In-context heads** (shared by all pages): " + (", ".join(map(head_name, heads)) or "none"))
         with st.expander("Figures"):

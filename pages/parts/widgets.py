@@ -20,12 +20,14 @@ UPLOAD = "your own file (CSV/JSONL)"
 
 
 def safe(text) -> str:
-    """User-supplied text (words, file names, messages quoting them) made inert for markdown."""
+    """User-supplied text (words, file names, messages quoting them) made inert for markdown: the one helper every
+    page uses before a visitor's text reaches st.markdown, st.caption, st.error/warning/info/success, a widget's
+    label or help, a tab or a metric (all of them render markdown: an image there is fetched by the browser)."""
     return escape_markdown(text)
 
 
 def help_text(text: str) -> None:
-    st.caption(f"{text} See {CITATION}.")
+    st.caption(f"{text} See {CITATION}.")  # inert: the pages' own text (markdown on purpose)
 
 
 def show_page_error(exc: BaseException) -> None:
@@ -134,8 +136,8 @@ def order_editor(prefix: str) -> None:
     for i, d in enumerate(st.session_state.demos):
         c0, c1, c2 = st.columns([12, 1, 1], vertical_alignment="center")
         text = d["text"] if len(d["text"]) <= 90 else d["text"][:87] + "…"
-        c0.markdown(f"#{i + 1} · `{d['label']}` {text or '*(empty)*'}")
-        c1.button("", icon=":material/arrow_upward:", key=f"{prefix}_up_{d['id']}", on_click=move_demo,
+        c0.markdown(f"#{i + 1} · `{d['label'].replace('`', 'ˋ')}` " + (safe(text) if text else "*(empty)*"))
+        c1.button("", icon="⬆️", key=f"{prefix}_up_{d['id']}", on_click=move_demo,
                   args=(i, -1), disabled=i == 0, help=f"move demonstration {i + 1} up")
-        c2.button("", icon=":material/arrow_downward:", key=f"{prefix}_down_{d['id']}", on_click=move_demo,
+        c2.button("", icon="⬇️", key=f"{prefix}_down_{d['id']}", on_click=move_demo,
                   args=(i, 1), disabled=i == len(st.session_state.demos) - 1, help=f"move demonstration {i + 1} down")

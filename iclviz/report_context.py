@@ -233,3 +233,52 @@ def swap_reading(swap: pd.DataFrame) -> str:
             f"positions changes by {moved.mean():+.3f} on average (range {moved.min():+.3f} to {moved.max():+.3f}); "
             f"their value-output vectors rank the position's own label first on {keep.mean():.0%} of the label "
             "positions after the swap.")
+
+
+BIAS_SIZES = dict(n_test=64, seeds=(0, 1), n_orders=8)
+QUICK_BIAS_SIZES = dict(n_test=4, seeds=(0,), n_orders=1)
+
+
+def bias_section(lm, ds, d: Path, res: ContextResult, sizes: dict | None = None, compute: bool = True) -> str:
+    """The paper's two bias fixes applied to the context rule's heads, on the evaluate half, with the paired
+    intervals and permutation tests of ``bias.bias_intervals``; and whether the heads that the fixes act on
+    read the demonstrations (their in-context part against their prior, from the location scan)."""
+    from . import bias
+    from .report import _BIAS_INTERVALS, _bias_verdict, _interval_table
+    from .report import _fmt as fmt
+
+    sizes = dict(BIAS_SIZES, **(sizes or {}))
+    heads = res.heads
+    setup = EvalSetup(ds.test_part("evaluate"), k_per_label=4, n_test=sizes["n_test"], seeds=tuple(sizes["seeds"]))
+    out = []
+    for kind, title, run in (
+            ("majority", "Majority label bias", lambda: bias.majority_bias(lm, setup, heads)),
+            ("recency", "Recency bias",
+             lambda: bias.recency_bias(lm, setup, heads, n_random_orders=sizes["n_orders"]))):
+        summary_path, prompts_path = d / f"context_{kind}_bias.csv", d / f"context_{kind}_bias_prompts.csv"
+        if summary_path.exists() and prompts_path.exists():
+            summary, prompts = pd.read_csv(summary_path), pd.read_csv(prompts_path)
+        elif compute:
+            r = run()
+            summary, prompts = r.summary, r.prompts
+            summary.to_csv(summary_path, index=False)
+            prompts.to_csv(prompts_path, index=False)
+        else:
+            out.append(f"### {title}, fix in the in-context heads\n\nNot measured in this run.")
+            continue
+        iv = bias.bias_intervals(kind, prompts)
+        n = len(prompts.drop_duplicates(["seed", "index"]))
+        what = ("accuracy(balanced) - accuracy(one fewer of a label)" if kind == "majority" else
+                f"the standard deviation of accuracy over {prompts['order'].nunique()} orders "
+                "(each all-of-one-label-last order and seeded shuffles)")
+        out.append(f"### {title}, fix in the in-context heads ({_heads(heads)})\n\n`bias` = {what}; "
+                   f"{n} held-out prompts per arrangement. {_BIAS_INTERVALS} **Verdict: {_bias_verdict(summary, iv)}**."
+                   "\n\n" + fmt(summary) + _interval_table(iv))
+    parts = context_heads.head_parts(res.scan).set_index("name")
+    rows = [parts.loc[head_name(h)] for h in heads if head_name(h) in parts.index]
+    if rows:
+        reads = sum(r.context_effect > r.prior_effect for r in rows)
+        out.append(f"The fixes act on heads that read the demonstrations: {reads} of the {len(rows)} have an "
+                   "in-context part larger than their prior on the location prompts ("
+                   + ", ".join(f"{r.name} {r.context_effect:+.2f} / {r.prior_effect:.2f}" for r in rows) + ").")
+    return "\n\n".join(out)

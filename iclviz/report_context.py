@@ -235,7 +235,7 @@ def swap_reading(swap: pd.DataFrame) -> str:
             "positions after the swap.")
 
 
-BIAS_SIZES = dict(n_test=64, seeds=(0, 1), n_orders=8)
+BIAS_SIZES = dict(n_test=32, seeds=(0, 1), n_orders=8)
 QUICK_BIAS_SIZES = dict(n_test=4, seeds=(0,), n_orders=1)
 
 

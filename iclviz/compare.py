@@ -115,6 +115,12 @@ def swap_all_labels(spec: PromptSpec) -> PromptSpec:
     return PromptSpec(tuple((t, nxt[w]) for t, w in spec.demos), spec.query, words, spec.template)
 
 
+def is_label_swap(a: PromptSpec, b: PromptSpec) -> bool:
+    """B is A with every demonstration's label swapped (two label words), nothing else changed."""
+    return (len(a.label_words) == 2 and a.label_words == b.label_words and a.query == b.query
+            and a.template == b.template and len(a.demos) == len(b.demos) and b == swap_all_labels(a))
+
+
 def label_swap_pair(spec: PromptSpec) -> tuple[PromptSpec, PromptSpec]:
     """The label swap of ``label_swap.py`` as an A/B pair."""
     return spec, swap_all_labels(spec)
@@ -178,6 +184,22 @@ class PromptComparison:
                 "predicted_b": self.predicted_b, "scaling": self.scaling, "notes": list(self.notes),
                 "head_table": _records(self.head_table), "labels": _records(self.labels),
                 "positions": _records(self.positions)}
+
+    def swap_split(self) -> pd.DataFrame:
+        """When B is A with the labels swapped: each head's direct contribution to the margin
+        ``logit(first) - logit(second)`` in A and in B, the part that flips with the labels
+        (``(A - B) / 2``: it follows the demonstrations) and the part that stays (``(A + B) / 2``: a vote)."""
+        t = self.head_table
+        rows = []
+        for name in dict.fromkeys(t["head"]):
+            h = t[t["head"] == name].set_index("label_index")
+            ma = float(h.loc[0, "head_logit_a"] - h.loc[1, "head_logit_a"])
+            mb = float(h.loc[0, "head_logit_b"] - h.loc[1, "head_logit_b"])
+            rows.append({"head": name, "margin_part_a": ma, "margin_part_b": mb, "flips": (ma - mb) / 2,
+                         "stays": (ma + mb) / 2})
+        df = pd.DataFrame(rows, columns=["head", "margin_part_a", "margin_part_b", "flips", "stays"])
+        df["reads"] = df["flips"].abs() > df["stays"].abs()
+        return df
 
     def diff(self, head: Head, label: int = 0) -> dict:
         r = self.head_table[(self.head_table["head"] == head_name(head)) & (self.head_table["label_index"] == label)]

@@ -6,6 +6,7 @@ import streamlit as st
 from iclviz.compare import (
     change_label_words,
     flip_label,
+    is_label_swap,
     label_swap_pair,
     reorder,
     reorder_pairs,
@@ -180,6 +181,16 @@ chart(fig_att, key="fig_ab_attention", name="prompt_ab_attention")
 fig_logit = ab_bars(cmp.head_table, "head_logit", "head's direct contribution to the label's logit")
 chart(fig_logit, key="fig_ab_logit", name="prompt_ab_head_logit")
 st.dataframe(cmp.head_table, key="tbl_ab_heads", hide_index=True)
+if is_label_swap(a, b):
+    split = cmp.swap_split()
+    st.markdown("**B is A with every label swapped: what flips and what stays, per head**")
+    st.caption(safe(f"Each head's direct contribution to the margin {w0}−{w1} in A and in B. The part that flips "
+                    "with the labels, (A − B) / 2, follows the demonstrations; the part that stays, (A + B) / 2, is "
+                    "a constant vote."))
+    st.dataframe(split, key="tbl_ab_split", hide_index=True)
+    n_reads = int(split["reads"].sum())
+    st.markdown(safe(f"{n_reads} of the {len(split)} heads read the demonstrations here (more of their "
+                     f"contribution flips than stays); {len(split) - n_reads} vote."))
 st.markdown("**The model's label probabilities and logits**")
 st.dataframe(cmp.labels, key="tbl_ab_labels", hide_index=True)
 with st.expander("Attention from T to each demonstration's label position (matched by index)"):

@@ -558,6 +558,12 @@ def test_prompt_ab_pin_flip_and_label_swap_match_the_library(at):
     want = compare_prompts(lm, *label_swap_pair(spec), heads)
     pd.testing.assert_frame_equal(_table(at, "prob_diff").reset_index(drop=True), want.labels,
                                   check_exact=False, rtol=1e-5)
+    # under the label swap each head's contribution to the margin splits into what flips and what stays
+    split = want.swap_split()
+    pd.testing.assert_frame_equal(_table(at, "flips").reset_index(drop=True), split, check_exact=False, rtol=1e-5)
+    assert (split["flips"] + split["stays"] - split["margin_part_a"]).abs().max() < 1e-9
+    n_reads = int(split["reads"].sum())
+    assert any(m.value.startswith(f"{n_reads} of the {len(split)} heads read") for m in at.markdown)
     # a bad edit is a message and keeps B
     at.text_input(key="w_ab_words").set_value("foo").run()
     at.button(key="w_ab_words_go").click().run()

@@ -184,6 +184,8 @@ def verdict_text(v: dict, c: Change) -> str:
         word = "reproduced on discrimination: the model tells the classes apart less well"
     elif falls:
         word = "partly: the AUC falls, but some random set of the same size lowers it as much"
+    elif v["auc beyond all"] and c.change["auc"] < 0:
+        word = "partly: the AUC is below every random set, but its paired interval includes no change"
     elif c.separable("accuracy") or c.separable("mean_margin"):
         word = "not reproduced on discrimination: a prior shift (accuracy moves, the classes stay apart)"
     else:

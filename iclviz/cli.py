@@ -321,8 +321,8 @@ def _prompt_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--demo", action="append", default=[], help="'sentence=label' (repeat)")
     p.add_argument("--query", required=True)
     p.add_argument("--heads", default=None, type=_heads_type,
-                   help="in-context heads, e.g. 'L23H10 L22H9'; default: the heads the report located on this model "
-                        "(causal rule)")
+                   help="in-context heads, e.g. 'L16H12 L16H3'; default: the heads the report located on this model "
+                        "(the app's rule: context)")
     p.add_argument("--html", default=None, help="also write the view's figure as a standalone HTML file "
                                                "(plotly.js embedded: opens offline, PNG/SVG buttons)")
 
@@ -886,7 +886,7 @@ def _spec_b(args, a):
 
 def _view_setup(args):
     """The model, prompt A (built and checked against --max-tokens) and the heads."""
-    from .heads import located_heads
+    from .heads import APP_HEAD_RULE, located_heads
 
     spec = _spec(args)
     lm = _model(args)
@@ -894,12 +894,13 @@ def _view_setup(args):
     check_prompt_tokens([prompt], args.max_tokens, lm, args.max_seconds)
     heads = parse_heads(args.heads)
     if not heads:
-        entry = located_heads(lm.name, rule="causal")
+        entry = located_heads(lm.name, rule=APP_HEAD_RULE)
         if entry is None:
             raise ValidationError(f"no located heads are recorded for {lm.name}: give --heads (e.g. from "
-                                  "`locate --method causal`)")
+                                  "`locate --method context`)")
         heads = entry["heads"]
-        print(f"heads: {' '.join(map(head_name, heads))} (located by the report, causal rule)", file=sys.stderr)
+        print(f"heads: {' '.join(map(head_name, heads))} (located by the report, {APP_HEAD_RULE} rule)",
+              file=sys.stderr)
     check_heads(heads, lm.n_layers, lm.n_heads)
     return lm, spec, prompt, heads
 

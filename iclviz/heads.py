@@ -191,7 +191,7 @@ def record_located_heads(model_name: str, dataset: str, entries: dict, path: Pat
 
 # ---------------------------------------------------------------- head sets for the app and the CLI
 
-APP_HEAD_RULE = "causal"  # the rule the app's in-context heads come from until a user picks others (Head finder)
+APP_HEAD_RULE = "context"  # the rule the app's in-context heads come from until a user picks others (Head finder)
 
 
 def default_heads(model_name: str, n_layers: int, n_heads: int, rule: str = "importance") -> list[tuple[int, int]]:

@@ -12,7 +12,7 @@ from views_common import close
 from iclviz import interventions as iv
 from iclviz.compare import PromptSpec, compare_prompts, flip_label, swap_all_labels
 from iclviz.contributions import demo_contributions
-from iclviz.heads import located_heads
+from iclviz.heads import APP_HEAD_RULE, located_heads
 from iclviz.models import load_model
 from iclviz.towers_patch import towers_patch
 
@@ -32,7 +32,7 @@ def lm():
 
 @pytest.fixture(scope="module")
 def heads(lm):
-    entry = located_heads(lm.name, rule="causal")  # keyed by the model's short name, not the alias "default"
+    entry = located_heads(lm.name, rule=APP_HEAD_RULE)  # keyed by the model's short name, not the alias "default"
     assert entry is not None and entry["heads"]
     return entry["heads"]
 

@@ -41,11 +41,7 @@ lm = common.require_model()
 
 # ---------------------------------------------------------------- editor callbacks
 
-def _sync_demos():
-    words = ss.label_words
-    for d in ss.demos:
-        d["text"] = ss.get(f"dt_{d['id']}", d["text"])
-        d["label"] = ss.get(f"dl_{d['id']}_{'|'.join(words)}", d["label"])
+_sync_demos = state.sync_demos
 
 
 def _move(i, step):
@@ -63,7 +59,7 @@ def _delete(i):
 def _add():
     _sync_demos()
     ss.demo_counter += 1
-    words = ss.label_words
+    words = state.valid_words()
     counts = {w: sum(d["label"] == w for d in ss.demos) for w in words}
     ss.demos.append({"id": ss.demo_counter, "text": "", "label": min(words, key=lambda w: counts[w])})
 
@@ -75,12 +71,7 @@ def _reverse():
 
 def _words_changed():
     _sync_demos()
-    new = [w.strip() for w in ss.w_label_words.split(",")]
-    old = list(ss.label_words)
-    mapping = {o: new[i] for i, o in enumerate(old) if i < len(new)}
-    for d in ss.demos:
-        d["label"] = mapping.get(d["label"], d["label"])
-    ss.label_words = new
+    state.set_label_words(ss.w_label_words)  # an invalid entry leaves the demonstrations' labels as they were
 
 
 def _sample(ds, k, seed):
@@ -99,6 +90,7 @@ def _sample(ds, k, seed):
         ss.demo_counter += 1
         ss.demos.append({"id": ss.demo_counter, "text": text, "label": words[y]})
     ss.label_words = list(words)
+    ss.label_words_valid = list(words)
     ss.w_label_words = ", ".join(words)
     ss.query = query
     ss.w_query = ss.query
@@ -118,7 +110,7 @@ with left:
     _bind("w_label_words", ", ".join(ss.label_words))
     c1.text_input("Label words (comma separated)", key="w_label_words", on_change=_words_changed,
                   help="Each must be a single token; the paper uses unrelated words like foo and bar.")
-    ss.label_words = [w.strip() for w in ss.w_label_words.split(",")]
+    state.set_label_words(ss.w_label_words)
     names = list(TEMPLATES)
     _bind("w_template", ss.template)
     c2.selectbox("Template", names, key="w_template",
@@ -126,8 +118,10 @@ with left:
     ss.template = ss.w_template
 
     st.markdown("**Demonstrations**")
-    words = list(dict.fromkeys(w for w in ss.label_words if w)) or ["foo"]
-    wkey = "|".join(ss.label_words)
+    # The pickers offer the last valid label words: while the typed ones are invalid, nothing is relabelled.
+    words = state.valid_words()
+    wkey = state.label_key()
+    words_ok = state.label_words_ok(ss.label_words)
     for i, d in enumerate(ss.demos):
         cols = st.columns([7, 2.4, 1, 1, 1], vertical_alignment="bottom", gap="small")
         _bind(f"dt_{d['id']}", d["text"])
@@ -137,7 +131,8 @@ with left:
         lk = f"dl_{d['id']}_{wkey}"
         if lk not in ss:
             ss[lk] = d["label"] if d["label"] in words else words[0]
-        cols[1].selectbox(f"Label {i + 1}", words, key=lk, label_visibility="collapsed")
+        cols[1].selectbox(f"Label {i + 1}", words, key=lk, label_visibility="collapsed", disabled=not words_ok,
+                          help=None if words_ok else "fix the label words first: the labels stay as they were")
         cols[2].button("", icon=":material/arrow_upward:", key=f"up_{d['id']}", on_click=_move, args=(i, -1),
                        help=f"move demonstration {i + 1} up")
         cols[3].button("", icon=":material/arrow_downward:", key=f"down_{d['id']}", on_click=_move, args=(i, 1),

@@ -135,6 +135,22 @@ def test_bad_label_words_give_a_message(at, words, message):
     assert not predictions(at)
 
 
+def test_an_invalid_label_word_leaves_the_demonstrations_labels_alone(at):
+    """Type one label word (invalid), then the two words again, then edit the query: before, every
+    demonstration had become the first word."""
+    labels = [d["label"] for d in at.session_state["demos"]]
+    assert set(labels) == {"foo", "bar"}
+    for words in ("good", "foo, bar"):
+        at.text_input(key="w_label_words").set_value(words).run()
+        assert not at.exception
+        assert [d["label"] for d in at.session_state["demos"]] == labels
+    at.text_input(key="w_query").set_value("a fine film").run()
+    assert [d["label"] for d in at.session_state["demos"]] == labels
+    assert not errors(at)
+    at.text_input(key="w_label_words").set_value("good, bad").run()  # valid words relabel, in order
+    assert [d["label"] for d in at.session_state["demos"]] == [{"foo": "good", "bar": "bad"}[w] for w in labels]
+
+
 def test_empty_demonstrations_and_query_give_a_message(at):
     at.text_input(key="w_query").set_value("   ").run()
     assert "query sentence is empty" in errors(at)

@@ -394,3 +394,36 @@ def test_first_visit_at_a_shared_parts_url_finds_no_page(browser):
             nav = page.locator("[data-testid='stSidebarNav']")
             nav.get_by_text("Guided lesson").wait_for(timeout=120_000)  # app.py's navigation ran
             assert not re.search(r"\b(common|state|sidebar|widgets|runs)\b", nav.inner_text())
+
+
+def _demo_labels(page):
+    """The demonstrations' labels as their pickers show them."""
+    return [page.get_by_label(f"Label {i}", exact=True).first.input_value() for i in range(1, _n_demos(page) + 1)]
+
+
+def _n_demos(page):
+    return page.locator("textarea[aria-label^='Demonstration ']").count()
+
+
+def test_invalid_label_word_leaves_the_labels_alone_at_1366(app_url, browser):
+    """An invalid label word, restored, then a query edit: the demonstrations keep their labels (before, every
+    demonstration had become the first word)."""
+    from playwright.sync_api import expect
+
+    with _new_page(browser, 1366, 768) as page:
+        page.goto(app_url)
+        _wait_idle(page, timeout=120_000)
+        labels = _demo_labels(page)
+        assert set(labels) == {"foo", "bar"}, labels
+        words = page.get_by_role("textbox", name="Label words (comma separated)")
+        for typed in ("good", "foo, bar"):
+            words.fill(typed)
+            words.press("Enter")
+            _settle(page)
+        q = page.get_by_label("Query")
+        q.fill("a fine and gentle film")
+        q.press("Enter")
+        expect(_predictions(page).first).to_be_visible(timeout=60_000)
+        _settle(page)
+        assert _demo_labels(page) == labels
+        assert page.get_by_text("no demonstration has label").count() == 0

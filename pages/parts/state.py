@@ -12,7 +12,7 @@ import streamlit as st
 
 from iclviz.heads import APP_HEAD_RULE, default_heads, valid_heads
 from iclviz.offline import DEFAULT_MODEL
-from iclviz.prompt import PromptError, build_prompt
+from iclviz.prompt import PromptError, _check_label_words, build_prompt
 from iclviz.settings import Settings, load_settings
 from iclviz.sharing import LabState, state_from_query_param
 from iclviz.testing import TINY_MODELS
@@ -81,19 +81,65 @@ def init_state() -> None:
             ss.share_message = ("error", escape_markdown(f"The shared link could not be read: {exc}"))
 
 
+def label_words_ok(words) -> bool:
+    """Whether ``words`` can label demonstrations at all (two or more, distinct, one word each); whether each is
+    one token is the model's question, answered when the prompt is built."""
+    try:
+        _check_label_words(tuple(words))
+        return True
+    except PromptError:
+        return False
+
+
+def label_key() -> str:
+    """The label words the demonstrations' label pickers are keyed by: the last valid ones (``valid_words``)."""
+    return "|".join(valid_words())
+
+
+def valid_words() -> list[str]:
+    ss = st.session_state
+    if "label_words_valid" not in ss:
+        ss.label_words_valid = list(ss.label_words) if label_words_ok(ss.get("label_words", ())) else ["foo", "bar"]
+    return ss.label_words_valid
+
+
+def set_label_words(text: str) -> None:
+    """The label words as typed. Valid ones relabel the demonstrations (the i-th old word becomes the i-th new
+    one); invalid ones (one word, a repeat, an empty entry) are kept for the error message and change nothing
+    else: the demonstrations keep their labels until the words are valid again."""
+    ss = st.session_state
+    new = [w.strip() for w in str(text).split(",")]
+    if new == list(ss.get("label_words", ())):
+        return
+    ss.label_words = new
+    if not label_words_ok(new):
+        return
+    old = valid_words()
+    mapping = {o: new[i] for i, o in enumerate(old) if i < len(new)}
+    for d in ss.get("demos", []):
+        d["label"] = mapping.get(d["label"], d["label"])
+    ss.label_words_valid = list(new)
+
+
+def sync_demos() -> None:
+    """Copy the demonstrations' editor widgets (text, label picker) into the session's demonstrations."""
+    ss = st.session_state
+    words = label_key()
+    for d in ss.get("demos", []):
+        d["text"] = ss.get(f"dt_{d['id']}", d["text"])
+        d["label"] = ss.get(f"dl_{d['id']}_{words}", d["label"])
+
+
 def sync_from_widgets() -> None:
     """Copy the prompt lab's widget values into the session's prompt (widgets update before a run starts)."""
     ss = st.session_state
+    sync_demos()
     if "w_label_words" in ss:
-        ss.label_words = [w.strip() for w in ss.w_label_words.split(",")]
+        set_label_words(ss.w_label_words)
     if "w_query" in ss:
         ss.query = ss.w_query
     if "w_template" in ss:
         ss.template = ss.w_template
-    words = "|".join(ss.label_words)
-    for d in ss.get("demos", []):
-        d["text"] = ss.get(f"dt_{d['id']}", d["text"])
-        d["label"] = ss.get(f"dl_{d['id']}_{words}", d["label"])
 
 
 def apply_state(state: LabState) -> None:
@@ -104,6 +150,7 @@ def apply_state(state: LabState) -> None:
         ss.demos.append({"id": ss.demo_counter, "text": text, "label": label})
     ss.query = state.query
     ss.label_words = list(state.label_words)
+    ss.label_words_valid = list(state.label_words) if label_words_ok(state.label_words) else ["foo", "bar"]
     ss.template = state.template
     ss.editor_version = ss.get("editor_version", 0) + 1
     if state.heads:

@@ -140,11 +140,13 @@ with left:
         cols[4].button("", icon=":material/delete:", key=f"del_{d['id']}", on_click=_delete, args=(i,),
                        help=f"delete demonstration {i + 1}")
     _sync_demos()
-    b1, b2 = st.columns(2)
+    b1, b2, b3 = st.columns(3)
     full = len(ss.demos) >= state.settings().max_demos
     b1.button("Add demonstration", on_click=_add, key="w_add_demo", disabled=full,
               help=f"at most {state.settings().max_demos} demonstrations on this server" if full else None)
     b2.button("Reverse order", on_click=_reverse, key="w_reverse")
+    b3.button("Undo last change", icon=":material/undo:", on_click=state.undo, key="w_undo",
+              disabled=not state.can_undo(), help="the prompt and heads as they were before the last change")
 
     _bind("w_query", ss.query)
     st.text_input("Query", key="w_query")
@@ -178,7 +180,7 @@ with left:
                 st.error(safe(f"Could not load {up.name}: {exc}"))
         if st.button("Put the prompt and heads in the URL", key="w_share_url"):
             st.query_params["s"] = shared.to_query_param()
-            st.query_params["mode"] = ss.get("w_mode", "none")
+            st.query_params["mode"] = state.current_mode()
             st.success("The page address now holds this prompt and head set: copy it from the address bar.")
 
 prompt = state.current_prompt(lm)
@@ -203,12 +205,22 @@ def intervention_panel():
             st.rerun()
     except ValueError as exc:
         st.error(safe(exc))
+    if "w_mode" not in ss:  # the session's mode, kept while other pages were open
+        ss.w_mode = state.current_mode()
     mode = st.radio("Intervene on", MODES, horizontal=True, key="w_mode")
+    if mode != state.current_mode():
+        ss.mode = mode
+        state.mode_to_url()
     i1, i2 = st.columns(2)
+    n_default = min(len(heads), max(1, len(heads) // 2))
+    for key, default in (("w_kind", None), ("w_rseed", 0), ("w_topn", n_default)):
+        state.keep(key, default)
+    if not 1 <= ss.get("w_topn", 1) <= max(1, len(heads)):  # fewer heads than when N was chosen
+        ss.w_topn = n_default
     kind = i1.selectbox("How", ["ablate", "knockout"], key="w_kind",
                         format_func=lambda k: {"ablate": "ablate (remove the head's output)",
                                                "knockout": "knock out attention from T to label positions"}[k])
-    rseed = i2.number_input("Random-heads seed", 0, 10_000, 0, key="w_rseed")
+    rseed = i2.number_input("Random-heads seed", 0, 10_000, key="w_rseed")
     if mode == "all in-context heads":
         iv_heads = heads
     elif mode == "ticked heads":
@@ -216,13 +228,14 @@ def intervention_panel():
         iv_heads = [h for i, h in enumerate(heads)
                     if tick_cols[i % len(tick_cols)].checkbox(head_name(h), key=f"w_tick_{head_name(h)}")]
     elif mode == "top N in-context heads":
-        n_top = st.slider("N (the heads in their listed order, best first)", 1, max(1, len(heads)),
-                          min(len(heads), max(1, len(heads) // 2)), key="w_topn")
+        n_top = st.slider("N (the heads in their listed order, best first)", 1, max(1, len(heads)), key="w_topn")
         iv_heads = heads[:n_top]
     elif mode == "random heads (control)":
         iv_heads = control_heads(heads, lm.n_layers, lm.n_heads, int(rseed))
     else:
         iv_heads = []
+    for key in ("w_kind", "w_rseed", "w_topn"):
+        state.kept(key)
     if mode != "none":
         st.caption(f"{kind} on {len(iv_heads)} heads: " + (", ".join(map(head_name, iv_heads)) or "none ticked"))
 

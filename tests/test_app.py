@@ -474,11 +474,17 @@ def test_shared_url_keeps_the_intervention_mode(at):
 
 
 def test_guided_lesson_walks_five_steps_and_resets(at):
+    from iclviz.heads import APP_HEAD_RULE, default_heads
     from iclviz.lesson import LESSON_STATE, STEPS
 
+    at.text_input(key="w_query").set_value("a prepared query").run()
     goto(at, "lesson")
     assert not at.error
-    assert [d["text"] for d in at.session_state["demos"]] == [t for t, _ in LESSON_STATE.demos]
+    assert at.session_state["query"] == "a prepared query"  # the lesson keeps its own prompt
+    assert [d["text"] for d in at.session_state["demos"]] != [t for t, _ in LESSON_STATE.demos]
+    lesson_heads = default_heads("tiny-llama", 3, 4, APP_HEAD_RULE)
+    names = ", ".join(f"L{a}H{b}" for a, b in lesson_heads)
+    assert any(names in c.value and APP_HEAD_RULE in c.value for c in at.caption)  # which heads, by which rule
     seen = []
     for i, step in enumerate(STEPS):
         assert any(h.value == f"{i + 1}. {step.title}" for h in at.header)
@@ -489,16 +495,49 @@ def test_guided_lesson_walks_five_steps_and_resets(at):
             at.button(key="w_lesson_next").click().run()
             assert not at.exception and not at.error
     assert len(set(seen)) == len(STEPS)  # each step shows its own result
-    # Edit the prompt elsewhere, come back: the lesson measures the edited prompt; Reset restores the prepared one.
     goto(at, "prompt_lab")
-    at.text_input(key="w_query").set_value("a dull and tedious film").run()
+    assert at.text_input(key="w_query").value == "a prepared query"
     goto(at, "lesson")
-    assert at.session_state["query"] == "a dull and tedious film"
     at.button(key="w_lesson_reset").click().run()
-    assert at.session_state["query"] == LESSON_STATE.query and at.session_state["lesson_step"] == 0
+    assert at.session_state["lesson_step"] == 0 and at.session_state["query"] == "a prepared query"
     assert any(h.value == f"1. {STEPS[0].title}" for h in at.header)
-    goto(at, "prompt_lab")
+    # Only on request: the lesson's step opens in the Prompt lab; Undo brings the prepared query back.
+    at.button(key="w_lesson_next").click().run()
+    at.button(key="w_lesson_next").click().run()
+    at.button(key="w_lesson_open_lab").click().run()
+    assert not at.exception
+    goto(at, "prompt_lab")  # (AppTest reruns the page it last switched to, not the one the script switched to)
     assert at.text_input(key="w_query").value == LESSON_STATE.query
+    assert at.session_state["heads"] == lesson_heads and at.radio(key="w_mode").value == "all in-context heads"
+    at.button(key="w_undo").click().run()
+    assert at.text_input(key="w_query").value == "a prepared query"
+
+
+def test_mode_and_how_persist_across_pages_and_in_the_url(at):
+    at.radio(key="w_mode").set_value("top N in-context heads").run()
+    at.selectbox(key="w_kind").set_value("knockout").run()
+    assert at.query_params["mode"] in ("top N in-context heads", ["top N in-context heads"])
+    goto(at, "two_towers")
+    assert at.query_params["mode"] in ("top N in-context heads", ["top N in-context heads"])
+    goto(at, "prompt_lab")
+    assert at.radio(key="w_mode").value == "top N in-context heads"
+    assert at.selectbox(key="w_kind").value == "knockout"
+    assert len(predictions(at)) == 2
+    at.button(key="w_side_url").click().run()
+    params = {k: (v[0] if isinstance(v, list) else v) for k, v in at.query_params.items()}
+    assert params["mode"] == "top N in-context heads"
+
+
+def test_undo_restores_the_prompt(at):
+    assert at.button(key="w_undo").disabled
+    at.text_input(key="w_query").set_value("first edit").run()
+    at.text_input(key="w_label_words").set_value("good, bad").run()
+    at.button(key="w_undo").click().run()
+    assert at.text_input(key="w_label_words").value == "foo, bar"
+    assert {d["label"] for d in at.session_state["demos"]} == {"foo", "bar"}
+    assert at.text_input(key="w_query").value == "first edit"
+    at.button(key="w_undo").click().run()
+    assert at.text_input(key="w_query").value != "first edit"
 
 
 # ---------------------------------------------------------------- issue 11: the views no other tool has

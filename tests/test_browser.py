@@ -427,3 +427,28 @@ def test_invalid_label_word_leaves_the_labels_alone_at_1366(app_url, browser):
         _settle(page)
         assert _demo_labels(page) == labels
         assert page.get_by_text("no demonstration has label").count() == 0
+
+
+def test_lesson_keeps_the_prepared_query_and_the_mode_persists_at_1366(app_url, browser):
+    """A teacher prepares a query and a mode in the Prompt lab, opens the lesson, comes back: both are kept, and
+    the page address carries the mode on every page."""
+    from playwright.sync_api import expect
+
+    with _new_page(browser, 1366, 768) as page:
+        page.goto(app_url)
+        _wait_idle(page, timeout=120_000)
+        q = page.get_by_label("Query")
+        q.fill("a prepared query for the class")
+        q.press("Enter")
+        _settle(page)
+        _choose_mode(page, "random heads (control)")
+        page.get_by_role("link", name="Guided lesson").click()
+        expect(page.get_by_role("heading", name="1. Demonstrations and label positions")).to_be_visible(timeout=120_000)
+        _settle(page)
+        assert "mode=random" in page.url
+        page.get_by_role("link", name="Prompt lab").click()
+        expect(page.get_by_label("Query")).to_have_value("a prepared query for the class", timeout=60_000)
+        _wait_idle(page)
+        assert page.get_by_role("radiogroup", name="Intervene on").get_by_role(
+            "radio", name="random heads (control)").is_checked()
+        assert _predictions(page).count() == 2 and "mode=random" in page.url

@@ -55,6 +55,8 @@ def page_setup(title: str, intro: str, load_model: bool = True) -> None:
     through_app()
     state.init_state()
     state.sync_from_widgets()
+    state.remember()
+    state.mode_to_url()
     try:
         sidebar(load=load_model)
     except Exception as exc:  # noqa: BLE001 - the sidebar never takes the page down

@@ -8,7 +8,15 @@ from iclviz.models import ModelLoadError, load_model
 from iclviz.offline import OFFLINE_MODELS, offline_model
 from iclviz.testing import TINY_MODELS, tiny_model
 from iclviz.validation import ValidationError, check_device, head_name
-from pages.parts.state import APP_MODEL, chosen_heads, current_state, model_spec, settings, test_model_name
+from pages.parts.state import (
+    APP_MODEL,
+    chosen_heads,
+    current_mode,
+    current_state,
+    model_spec,
+    settings,
+    test_model_name,
+)
 from pages.parts.widgets import safe
 
 
@@ -135,5 +143,5 @@ def sidebar(load: bool = True) -> None:
                                mime="application/json", key="w_side_json")
             if st.button("Put them in the page address", key="w_side_url"):
                 st.query_params["s"] = state.to_query_param()
-                st.query_params["mode"] = st.session_state.get("w_mode", "none")
+                st.query_params["mode"] = current_mode()
                 st.caption("Done: copy the address from the browser's address bar; opening it restores them.")

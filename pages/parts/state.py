@@ -70,8 +70,7 @@ def init_state() -> None:
     ss.demo_counter = 0
     apply_state(LabState())
     mode = st.query_params.get("mode")
-    if mode in INTERVENTION_MODES:
-        ss.w_mode = mode
+    ss.mode = mode if mode in INTERVENTION_MODES else "none"
     shared = st.query_params.get("s")
     if shared:
         try:
@@ -142,6 +141,89 @@ def sync_from_widgets() -> None:
         ss.template = ss.w_template
 
 
+# ---------------------------------------------------------------- what outlives a page's widgets
+
+def set_mode(mode: str) -> None:
+    """The intervention mode: kept in the session (not only in the Prompt lab's widget, which Streamlit forgets
+    on every other page) and written to the page address by ``mode_to_url``."""
+    if mode in INTERVENTION_MODES:
+        st.session_state.mode = mode
+        st.session_state.w_mode = mode
+
+
+def current_mode() -> str:
+    mode = st.session_state.get("mode", "none")
+    return mode if mode in INTERVENTION_MODES else "none"
+
+
+def keep(widget_key: str, default=None) -> None:
+    """Before a widget is drawn (with no ``value`` argument): give it back the value it had when the user last left
+    its page, else ``default`` (Streamlit drops a widget's state on any run that does not draw it). Call
+    ``kept(widget_key)`` after drawing it."""
+    ss = st.session_state
+    if widget_key not in ss:
+        value = ss.get(f"_kept_{widget_key}", default)
+        if value is not None:
+            ss[widget_key] = value
+
+
+def kept(widget_key: str) -> None:
+    ss = st.session_state
+    if widget_key in ss:
+        ss[f"_kept_{widget_key}"] = ss[widget_key]
+
+
+def mode_to_url() -> None:
+    """The intervention mode in the page address on every page (so that the address is a shareable link)."""
+    mode = current_mode()
+    if mode == "none":
+        if "mode" in st.query_params:
+            del st.query_params["mode"]
+    elif st.query_params.get("mode") != mode:
+        st.query_params["mode"] = mode
+
+
+# ---------------------------------------------------------------- undo
+
+UNDO_DEPTH = 20
+
+
+def _snapshot() -> tuple:
+    ss = st.session_state
+    return (tuple((d["text"], d["label"]) for d in ss.get("demos", [])), ss.get("query", ""),
+            tuple(ss.get("label_words", ())), ss.get("template", ""), tuple(map(tuple, ss.get("heads") or ())))
+
+
+def remember() -> None:
+    """Called once per run after the widgets are read: a changed prompt puts the previous one on the undo stack."""
+    ss = st.session_state
+    now = _snapshot()
+    last = ss.get("_last_snapshot")
+    if last is not None and last != now:
+        ss.setdefault("undo_stack", []).append(last)
+        del ss.undo_stack[:-UNDO_DEPTH]
+    ss._last_snapshot = now
+
+
+def can_undo() -> bool:
+    return bool(st.session_state.get("undo_stack"))
+
+
+def undo() -> None:
+    """A button callback: the prompt and heads as they were before the last change."""
+    ss = st.session_state
+    if not ss.get("undo_stack"):
+        return
+    demos, query, words, template, heads = ss.undo_stack.pop()
+    apply_state(LabState(list(demos), query, tuple(words), template, list(heads)))
+    ss.label_words = list(words)
+    for key in ("w_query", "w_label_words", "w_template"):
+        ss.pop(key, None)
+    if not heads:
+        ss.heads = None
+    ss._last_snapshot = _snapshot()
+
+
 def apply_state(state: LabState) -> None:
     ss = st.session_state
     ss.demos = []
@@ -150,7 +232,8 @@ def apply_state(state: LabState) -> None:
         ss.demos.append({"id": ss.demo_counter, "text": text, "label": label})
     ss.query = state.query
     ss.label_words = list(state.label_words)
-    ss.label_words_valid = list(state.label_words) if label_words_ok(state.label_words) else ["foo", "bar"]
+    if label_words_ok(state.label_words):
+        ss.label_words_valid = list(state.label_words)
     ss.template = state.template
     ss.editor_version = ss.get("editor_version", 0) + 1
     if state.heads:

@@ -218,8 +218,9 @@ def intervention_panel():
     if not 1 <= ss.get("w_topn", 1) <= max(1, len(heads)):  # fewer heads than when N was chosen
         ss.w_topn = n_default
     kind = i1.selectbox("How", ["ablate", "knockout"], key="w_kind",
-                        format_func=lambda k: {"ablate": "ablate (remove the head's output)",
-                                               "knockout": "knock out attention from T to label positions"}[k])
+                        format_func=lambda k: {"ablate": "ablate output", "knockout": "knock out T→labels"}[k],
+                        help="ablate: remove the heads' output at T; knock out: cut their attention from the last "
+                             "position T to the label positions")
     rseed = i2.number_input("Random-heads seed", 0, 10_000, key="w_rseed")
     if mode == "all in-context heads":
         iv_heads = heads

@@ -370,19 +370,55 @@ def test_prompt_ab_flip_and_waterfall_screenshots(app_url, browser):
         assert WATERFALL_SHOT.stat().st_size > 10_000
 
 
+RAW_NAMES = re.compile(r"\b(app|contributions|prompt ab|prompt_ab|common|state|sidebar|widgets|runs)\b",
+                       re.IGNORECASE)
+
+
+def _menu(page):
+    """The app's menu: its page links in the sidebar (pages/parts/menu.py)."""
+    return page.locator("[data-testid='stSidebar'] [data-testid='stPageLink'] [data-testid='stMarkdownContainer']")
+
+
+def test_first_visit_shows_no_raw_file_names_and_the_title_at_once(browser):
+    """A fresh server, read from the first paint on: Streamlit's own menu (which lists pages/'s raw file names
+    until a session runs st.navigation) never shows, the app's menu and the page's title come first, and there is
+    no Deploy button."""
+    with _serve(tiny=True) as url:
+        with _new_page(browser, 1366, 768) as page:
+            t0 = time.time()
+            page.goto(url, wait_until="commit")  # the very first run of this server
+            seen, title_at = [], None
+            while time.time() - t0 < 120 and title_at is None:
+                seen.append(page.locator("[data-testid='stSidebar']").all_inner_texts())
+                assert page.locator("[data-testid='stSidebarNav']").count() == 0
+                if page.locator("h1", has_text="Prompt lab").count():
+                    title_at = time.time() - t0
+                page.wait_for_timeout(50)
+            assert title_at is not None, "no title"
+            menu = _menu(page).all_inner_texts()
+            assert "Guided lesson" in menu and "Demonstrations" in menu, menu
+            assert not [t for t in seen for x in t if RAW_NAMES.search(x.split("Model")[0])], seen[-1]
+            assert page.get_by_role("button", name="Deploy").count() == 0
+            _predictions(page).first.wait_for(timeout=120_000)
+
+
 def test_first_visit_at_a_page_url_gets_the_apps_navigation(browser):
     """On a fresh server, before any session has run app.py, Streamlit runs a page opened by its URL on its own
-    and lists every file of pages/ as a page; the page goes through app.py instead, keeping its query."""
+    (its file-based fallback); the page draws the app's own menu and keeps its address and query."""
     with _serve(tiny=True) as url:
         with _new_page(browser, 1300, 900) as page:
             page.goto(f"{url}/two_towers?mode=ticked+heads")  # the very first run of this server
             page.locator("h1", has_text="Two towers").wait_for(timeout=120_000)
-            nav = page.locator("[data-testid='stSidebarNav']")
-            nav.get_by_text("Guided lesson").wait_for(timeout=60_000)
-            names = nav.inner_text()
+            _menu(page).get_by_text("Guided lesson").wait_for(timeout=60_000)
+            names = " ".join(_menu(page).all_inner_texts())
             assert "Prompt A/B" in names and "Demonstrations" in names
-            assert not re.search(r"\b(common|state|sidebar|widgets|runs)\b", names)  # helper modules are no pages
+            assert page.locator("[data-testid='stSidebarNav']").count() == 0
+            assert not RAW_NAMES.search(names)  # helper modules are no pages
             assert "/two_towers" in page.url and "mode=ticked" in page.url
+            _menu(page).get_by_text("Prompt lab").click()  # the menu works from the fallback too
+            page.locator("h1", has_text="Prompt lab").wait_for(timeout=120_000)
+            assert page.get_by_role("radiogroup", name="Intervene on").get_by_role(
+                "radio", name="ticked heads").is_checked()
 
 
 def test_first_visit_at_a_shared_parts_url_finds_no_page(browser):
@@ -391,9 +427,8 @@ def test_first_visit_at_a_shared_parts_url_finds_no_page(browser):
     with _serve(tiny=True) as url:
         with _new_page(browser, 1300, 900) as page:
             page.goto(f"{url}/common")  # the very first run of this server
-            nav = page.locator("[data-testid='stSidebarNav']")
-            nav.get_by_text("Guided lesson").wait_for(timeout=120_000)  # app.py's navigation ran
-            assert not re.search(r"\b(common|state|sidebar|widgets|runs)\b", nav.inner_text())
+            _menu(page).get_by_text("Guided lesson").wait_for(timeout=120_000)  # the app's menu
+            assert not RAW_NAMES.search(" ".join(_menu(page).all_inner_texts()))
 
 
 def _demo_labels(page):

@@ -38,12 +38,22 @@ SPREAD = "spread (device_map=auto)"
 DEVICES = ["auto", "cpu", "cuda", SPREAD]
 
 
+LOADED: set = set()  # the model specs this process has loaded (a set's add is atomic: sessions share it safely)
+
+
+def is_loaded() -> bool:
+    """Whether the session's model is loaded in this process already (no loading message is needed)."""
+    return model_spec() in LOADED
+
+
 def get_model():
     """The session's model (loaded once per process), or None after showing why not."""
     spec = model_spec()
     try:
         with st.spinner(f"Loading {spec[0]} (the first load of the default model builds its cache, ~1 minute)"):
-            return _load(*spec)
+            lm = _load(*spec)
+        LOADED.add(spec)
+        return lm
     except (ModelLoadError, ValidationError) as exc:
         st.error(safe(f"The model could not be loaded: {exc}"))
     except Exception as exc:  # noqa: BLE001 - anything else becomes a message, not a crash

@@ -605,7 +605,7 @@ def test_demonstrations_waterfall_matches_the_library(at):
     assert not at.error
     lm, spec, heads = _tiny_and_spec(at)
     want = demo_contributions(lm, spec, heads)
-    shown = _table(at, "measured")
+    shown = _table(at, "knockout_effect")
     pd.testing.assert_frame_equal(shown.reset_index(drop=True), want.table, check_exact=False, rtol=1e-5)
     assert abs(shown["contribution"].sum() - want.total_contribution) < 1e-5  # they add up
     m = metrics(at)
@@ -618,7 +618,23 @@ def test_demonstrations_waterfall_matches_the_library(at):
     demo_key = [t.key for t in at.text_area if t.key and t.key.startswith("dt_")][0]
     at.text_area(key=demo_key).set_value("the worst film ever made").run()
     goto(at, "contributions")
-    assert not _table(at, "measured")["contribution"].round(6).equals(shown["contribution"].round(6))
+    assert not _table(at, "knockout_effect")["contribution"].round(6).equals(shown["contribution"].round(6))
+
+
+def test_knockout_effect_has_one_sign_on_the_prompt_lab_and_the_demonstrations_page(at):
+    """The same knockout (every label position, all in-context heads): before, the Demonstrations page said
+    "+1.892" where the Prompt lab said "-1.89"."""
+    import re
+
+    at.radio(key="w_mode").set_value("all in-context heads").run()
+    at.selectbox(key="w_kind").set_value("knockout").run()
+    lab = [m for m in at.metric if m.label.startswith("Margin after")][0]
+    lab_change = float(str(lab.delta).replace("−", "-"))
+    goto(at, "contributions")
+    text = " ".join(m.value for m in at.markdown)
+    page_change = float(re.search(r"changes the margin by ([+-][0-9.]+)", text).group(1))
+    assert abs(lab_change - page_change) < 0.011, (lab_change, page_change)
+    assert any("an effect is the margin after" in c.value for c in at.caption)  # the convention, stated
 
 
 def test_two_towers_patch_section_matches_the_library(at):
@@ -671,7 +687,7 @@ def test_lesson_file_opens_read_only_without_a_model_and_replays(monkeypatch, tm
     assert not at.exception and not at.error, errors(at)
     assert any("Read-only" in s.value and "class.json" in s.value for s in at.success)
     tables = lesson.tables()
-    for column, name in (("head_logit_diff", "compare"), ("measured", "contributions"), ("patched", "towers")):
+    for column, name in (("head_logit_diff", "compare"), ("knockout_effect", "contributions"), ("patched", "towers")):
         pd.testing.assert_frame_equal(_table(at, column).reset_index(drop=True), tables[name], check_exact=False)
     drawn = {c.key: json.loads(c.proto.spec)["data"] for c in at.get("plotly_chart")}  # from the stored values
     steps = drawn["fig_lesson_waterfall"][0]

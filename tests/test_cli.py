@@ -137,7 +137,7 @@ def test_compare_writes_a_b_and_differences_equal_to_the_library(model_dir, tmp_
 def test_contributions_and_towers_patch_from_the_command_line(model_dir, tmp_path, capsys):
     assert main(["contributions", "--model", model_dir, *VIEW_PROMPT, "--out", str(tmp_path)]) == 0
     c = pd.read_csv(tmp_path / "contributions.csv")
-    assert list(c["demo"]) == [1, 2, 3] and {"contribution", "measured"} <= set(c.columns)
+    assert list(c["demo"]) == [1, 2, 3] and {"contribution", "knockout_effect"} <= set(c.columns)
     d = json.loads((tmp_path / "contributions.json").read_text())
     assert d["baseline_margin"] + c["contribution"].sum() == pytest.approx(d["prediction_margin"], abs=1e-5)
     assert main(["towers-patch", "--model", model_dir, *VIEW_PROMPT, "--out", str(tmp_path)]) == 0

@@ -487,3 +487,23 @@ def test_lesson_keeps_the_prepared_query_and_the_mode_persists_at_1366(app_url, 
         assert page.get_by_role("radiogroup", name="Intervene on").get_by_role(
             "radio", name="random heads (control)").is_checked()
         assert _predictions(page).count() == 2 and "mode=random" in page.url
+
+
+def test_compact_chart_draws_every_head_row_at_1366(app_url, browser):
+    """The Prompt lab's compact attention chart at 1366 x 768: one row (a y tick) per chosen in-context head
+    (before, a narrow column left room for two of three)."""
+    with _new_page(browser, 1366, 768) as page:
+        page.goto(app_url)
+        _wait_idle(page, timeout=120_000)
+        heads = page.get_by_role("textbox", name="In-context heads (shared by all pages)").input_value()
+        names = [h.strip() for h in heads.split(",") if h.strip()]
+        chart = page.locator(".st-key-fig_compact .js-plotly-plot")
+        chart.scroll_into_view_if_needed()
+        page.wait_for_timeout(500)
+        drawn = [t.strip(" *") for t in chart.locator(".ytick text").evaluate_all("els => els.map(e => e.textContent)")]
+        assert sorted(drawn) == sorted(names), (drawn, names)
+        rows = chart.evaluate("gd => new Set(gd._fullData.flatMap(t => Array.from(t.y))).size")
+        assert rows == len(names)
+        box = chart.bounding_box()
+        legend = chart.locator(".legend").bounding_box()
+        assert legend["y"] > box["y"] + box["height"] / 2  # under the plot, not under the toolbar

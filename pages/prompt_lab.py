@@ -238,7 +238,9 @@ def intervention_panel():
     for key in ("w_kind", "w_rseed", "w_topn"):
         state.kept(key)
     if mode != "none":
-        st.caption(f"{kind} on {len(iv_heads)} heads: " + (", ".join(map(head_name, iv_heads)) or "none ticked"))
+        n_iv = len(iv_heads)
+        st.caption(f"{kind} on {n_iv} head{'' if n_iv == 1 else 's'}: "
+                   + (", ".join(map(head_name, iv_heads)) or "none ticked"))
 
     if prompt is None:
         return
@@ -257,13 +259,15 @@ def intervention_panel():
 
     p1.markdown("**Before** (no intervention)")
     p1.markdown(f"`{_pred_text(before)}`")
-    p2.markdown("**After** " + (f"({kind}, {len(iv_heads)} heads)" if after else "(no intervention chosen)"))
+    p2.markdown("**After** " + (f"({kind}, {len(iv_heads)} head{'' if len(iv_heads) == 1 else 's'})" if after
+                                else "(no intervention chosen)"))
     if after is not None:
         p2.markdown(f"`{_pred_text(after)}`")
         flip = " — the prediction flipped" if after.predicted != before.predicted else ""
         p2.caption(safe(f"margin {words[0]}−{words[1]}: {before.margin:+.3f} → {after.margin:+.3f}{flip}"))
-        p1.metric(f"Margin {words[0]}−{words[1]} before", f"{before.margin:+.2f}")
-        p2.metric(f"Margin after ({mode})", f"{after.margin:+.2f}", f"{after.margin - before.margin:+.2f}",
+        p1.metric("Margin before", f"{before.margin:+.2f}", help=safe(f"logit({words[0]}) − logit({words[1]})"))
+        p2.metric("Margin after", f"{after.margin:+.2f}", f"{after.margin - before.margin:+.2f}",
+                  help=safe(f"{mode}; the change below is after − before"),
                   delta_color="off")
     else:
         p2.markdown("`—`")
@@ -290,16 +294,25 @@ def intervention_panel():
             eff = paired_effect_current(lm, heads, kind, draws)
         lo, hi = eff.random_range
         m1, m2 = st.columns(2)
-        m1.metric(f"Δ margin, {len(heads)} in-context heads", f"{eff.icl_change:+.2f}")
-        m2.metric(f"Δ margin, random (mean, n = {eff.n_draws})", f"{eff.random_mean:+.2f}",
-                  f"range {lo:+.2f} to {hi:+.2f}", delta_color="off")
+        m1.metric("Δ margin, in-context", f"{eff.icl_change:+.2f}",
+                  help=f"after − before, intervening on the {len(heads)} in-context head"
+                       f"{'' if len(heads) == 1 else 's'}")
+        m2.metric("Δ margin, random", f"{eff.random_mean:+.2f}",
+                  f"range {lo:+.2f} to {hi:+.2f}", delta_color="off",
+                  help=f"after − before, the mean over {eff.n_draws} random sets of as many heads")
         st.markdown(eff.sentence())
         if mode == "top N in-context heads":
             curve = top_n_current(lm, heads, kind)
             chart(top_n_figure(curve, words), key="fig_topn")
             n_flip = first_flip(curve)
-            st.caption("The prediction gives way at the top " + (f"**{n_flip}** heads." if n_flip else
-                       f"— nowhere: even all {len(heads)} heads do not flip it on this prompt."))
+            if n_flip:
+                back = curve[(curve["n"] > n_flip) & ~curve["flipped"]]
+                st.caption(f"The prediction first gives way at the top **{n_flip}** head{'' if n_flip == 1 else 's'}"
+                           + (f", and is back at the top {int(back['n'].iloc[0])}: near a margin of 0 it can go "
+                              "either way." if len(back) else "."))
+            else:
+                st.caption(f"The prediction gives way nowhere: even all {len(heads)} heads do not flip it on this "
+                           "prompt.")
         st.caption("One prompt is an example, not a measurement: the Head finder's intervention table measures "
                    "the same comparison over a dataset sample, with intervals.")
 

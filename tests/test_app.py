@@ -436,7 +436,7 @@ def test_prompt_lab_shows_live_paired_effect_and_top_n(at):
 
     m = metrics(at)
     icl = [v for k, v in m.items() if k.startswith("Δ margin") and "in-context" in k]
-    rnd = [k for k in m if k.startswith("Δ margin, random") and "n = " in k]
+    rnd = [k for k in m if k.startswith("Δ margin, random")]
     assert icl and rnd
     # The same number the library computes on the same prompt.
     lm = tiny_model("tiny-llama")

@@ -141,7 +141,8 @@ for tab, kind, measure in ((tab2, "majority", majority_bias), (tab3, "recency", 
             for note in res.notes:
                 st.info(note)
             text, warning, intervals = bias_reading(res)
-            st.markdown(text)
+            if warning != text:  # at chance, the one sentence is the warning
+                st.markdown(text)
             if warning:
                 st.warning(warning)
             st.dataframe(intervals, key=f"tbl_{kind}_intervals")

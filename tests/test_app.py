@@ -388,7 +388,11 @@ def test_sidebar_share_puts_the_current_prompt_in_the_url(at):
     assert at.button(key="w_side_url") is not None
 
 
-def test_bias_lab_paper_metrics_run_with_controls(at):
+def test_bias_lab_paper_metrics_run_with_controls(at, monkeypatch):
+    import iclviz.readout
+
+    # the random tiny model is at chance, which the page would say instead (test_bias_lab_flags_chance)
+    monkeypatch.setattr(iclviz.readout, "at_chance", lambda res, n: None)
     goto(at, "bias_lab")
     at.radio(key="w_bias_size").set_value("custom").run()
     at.number_input(key="w_bias_n").set_value(4).run()
@@ -635,6 +639,14 @@ def test_knockout_effect_has_one_sign_on_the_prompt_lab_and_the_demonstrations_p
     page_change = float(re.search(r"changes the margin by ([+-][0-9.]+)", text).group(1))
     assert abs(lab_change - page_change) < 0.011, (lab_change, page_change)
     assert any("an effect is the margin after" in c.value for c in at.caption)  # the convention, stated
+
+
+def test_bias_lab_flags_chance(at):
+    goto(at, "bias_lab")
+    at.radio(key="w_bias_size").set_value("custom").run()
+    at.number_input(key="w_bias_n").set_value(4).run()
+    at.button(key="w_majority_go").click().run()
+    assert "the model is at chance here: no bias can be read" in " ".join(w.value for w in at.warning).lower()
 
 
 def test_two_towers_patch_section_matches_the_library(at):

@@ -73,6 +73,12 @@ def towers_causally():
                "only, the query at T, the keys or the values at the label positions of prompt A (the current "
                "prompt) are replaced by those of prompt B, and the prediction of A is read again; the numbers are "
                "this model's on this prompt.")
+    state.keep("w_tp_on")
+    on = st.toggle("Run the patch (about as long as the label swap above)", key="w_tp_on",
+                   help="deferred so that the page opens fast; it stays on for this session")
+    state.kept("w_tp_on")
+    if not on:
+        return
     c1, c2 = st.columns(2)
     donor = c1.radio("Prompt B (the donor)", list(DONORS), key="w_tp_donor", horizontal=True,
                      captions=list(DONORS.values()))
@@ -105,6 +111,12 @@ towers_causally()
 def score_vs_similarity():
     """Its layer slider and control checkbox rerun only this section."""
     st.subheader("Query-key score vs query-demonstration similarity")
+    state.keep("w_tt_on")
+    on = st.toggle("Compute the scores and similarities", key="w_tt_on",
+                   help="deferred so that the page opens fast; it stays on for this session")
+    state.kept("w_tt_on")
+    if not on:
+        return
     c1, c2 = st.columns(2)
     sim_layer = c1.slider("Similarity layer (mean hidden states entering it, cosine)", 0, lm.n_layers - 1,
                           default_sim_layer(lm.n_layers), key="w_tt_layer")

@@ -251,6 +251,9 @@ def test_two_towers_page_swap_and_similarity(at):
     assert not at.error
     swap = at.dataframe[0].value
     assert set(swap["condition"]) == {"original", "swapped"}
+    # the first screen only: the patch and the scores wait for a click (the page opens fast)
+    assert not [d for d in at.dataframe if "similarity" in d.value.columns or "patched" in d.value.columns]
+    at.toggle(key="w_tt_on").set_value(True).run()
     sims1 = at.dataframe[-1].value["similarity"].round(6).tolist()
     at.checkbox(key="w_tt_ctrl").check().run()
     corr = [d.value for d in at.dataframe if "group" in d.value.columns and "head" in d.value.columns][0]
@@ -657,6 +660,7 @@ def test_two_towers_patch_section_matches_the_library(at):
 
     goto(at, "two_towers")
     assert not at.error
+    at.toggle(key="w_tp_on").set_value(True).run()
     lm, spec, heads = _tiny_and_spec(at)
     want = towers_patch(lm, spec, swap_all_labels(spec), heads, "labels")
     shown = _table(at, "patched")

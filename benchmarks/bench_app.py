@@ -202,7 +202,7 @@ def browser_bench(args) -> None:
                     page.get_by_label("Random-heads seed").last.press("Enter")
                     _idle(page)
                     t0 = time.perf_counter()
-                    page.get_by_text("random heads (control)", exact=True).click()
+                    page.get_by_text("random heads (control)", exact=True).last.click()
                     _until(lambda preds=preds: preds.count() == 2)
                     results.setdefault((name, "change mode: after-prediction shown"), []).append(
                         time.perf_counter() - t0)

@@ -131,6 +131,12 @@ def _measure(measure, progress):
 
 for tab, kind, measure in ((tab2, "majority", majority_bias), (tab3, "recency", recency_bias)):
     with tab:
+        # Why a quick run is not quick on a CPU: every condition x arrangement is a pass over every test sentence.
+        per = "3 arrangements" if kind == "majority" else "every demonstration order"
+        st.caption(f"A run is 3 conditions (no fix, the fix in the in-context heads, in random heads) x {per} x "
+                   f"{int(n_test)} test sentences, one forward pass each: seconds on a GPU, minutes on a few CPU "
+                   "cores (a quick majority run took 6 min on 2 shared cores), so the quick size is for a GPU or "
+                   "for a run started before the class.")
         go = st.button(f"Measure {kind} bias", key=f"w_{kind}_go")
         res = run_with_progress(go, f"{kind} bias", kind, partial(_measure, measure), "The measurement failed",
                                 f"The last {kind}-bias run was stopped before it finished.")

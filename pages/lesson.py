@@ -1,5 +1,7 @@
 """Guided lesson: the paper in five steps on a prepared prompt, each with one sentence and a live result."""
 
+import threading
+
 import streamlit as st
 
 from iclviz.heads import default_heads, located_heads
@@ -81,6 +83,27 @@ def _result(_lm, key, step, demos, query, words, template, heads):
     return step_result(_lm, step, list(demos), query, words, template, list(heads))
 
 
+_AHEAD: set = set()  # (model, step, heads) already computed or being computed ahead, in this process
+
+
+def _compute_ahead(first: int, key, head_key) -> None:
+    """The later steps' results, computed one after the other in the background while the user reads (they land
+    in ``_result``'s cache, so that Next answers at once; steps 3 and 5 take tens of seconds on a loaded CPU)."""
+    todo = [s for s in range(first, len(STEPS)) if (key, s, head_key) not in _AHEAD]
+    if not todo:
+        return
+    _AHEAD.update((key, s, head_key) for s in todo)
+
+    def work():
+        for s in todo:
+            try:
+                _result(lm, key, s, *LESSON_KEY, head_key)
+            except Exception:  # noqa: BLE001 - the step computes (and reports) it again when opened
+                _AHEAD.discard((key, s, head_key))
+
+    threading.Thread(target=work, daemon=True, name="iclviz-lesson-ahead").start()
+
+
 LESSON_KEY = (tuple(LESSON_STATE.demos), LESSON_STATE.query, tuple(LESSON_STATE.label_words), LESSON_STATE.template)
 with st.spinner("Measuring on this model"):
     try:
@@ -114,3 +137,5 @@ st.caption(f"Model: {lm.name}; the lesson's {n} in-context head{'s' if n != 1 el
 st.button("Open this step in the Prompt lab", icon=":material/science:", key="w_lesson_open_lab",
           on_click=_open_in_lab, args=(step,),
           help="replaces the Prompt lab's prompt and heads with the lesson's (Undo there brings yours back)")
+
+_compute_ahead(step + 1, state.model_key(), tuple(map(tuple, heads)))

@@ -448,6 +448,7 @@ def test_invalid_label_word_leaves_the_labels_alone_at_1366(app_url, browser):
     with _new_page(browser, 1366, 768) as page:
         page.goto(app_url)
         _wait_idle(page, timeout=120_000)
+        page.get_by_label("Label 4", exact=True).first.wait_for(timeout=60_000)
         labels = _demo_labels(page)
         assert set(labels) == {"foo", "bar"}, labels
         words = page.get_by_role("textbox", name="Label words (comma separated)")

@@ -156,6 +156,6 @@ for tab, kind, measure in ((tab2, "majority", majority_bias), (tab3, "recency", 
                 st.dataframe(res.summary, key=f"tbl_{kind}_summary")
             x = "arrangement" if "arrangement" in res.rows.columns else res.rows.columns[1]
             fig = bias_bars(res.rows, x, "accuracy", y_title="accuracy", x_title=x)
-            chart(fig, key=f"fig_{kind}")
+            chart(fig, key=f"fig_{kind}", name=f"{kind}_bias")
             csv_download(res.rows, f"{kind}_bias.csv")
             html_download(fig, f"{kind}_bias.html", "Figure (HTML)", key=f"dl_{kind}_html")

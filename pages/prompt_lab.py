@@ -321,7 +321,7 @@ def intervention_panel():
                  key="w_full_chart"):
         chart(probability_bars(probs, words), key="fig_probs")
         fig = label_attention_bars(att, words, ablated)
-        chart(fig, key="fig_attention")
+        chart(fig, key="fig_attention", name="label_attention")
         sums = label_sums(att)
         st.markdown("**Attention summed per label**")
         sum_table = sums.pivot_table(index="head", columns=["condition", "label"], values="attention", sort=False)

@@ -51,7 +51,7 @@ if table is not None:
     fig = swap_bars(wide, cols, id_col="head_name", names=names, y_title="attention from T")
     s1, s2 = st.columns(2)
     s1.markdown("**Attention from T on each label's positions**")
-    chart(where=s1, fig=fig, key="fig_swap_attn")
+    chart(where=s1, fig=fig, key="fig_swap_attn", name="label_swap")
     vo_cols = [c for c in wide.columns if c.startswith("vo_")]
     s2.markdown(f"**Value-output logit minus ({words[0]}−{words[1]}) at {words[0]} / {words[1]} positions**")
     chart(where=s2, fig=swap_bars(wide, vo_cols, id_col="head_name", names=names,
@@ -127,7 +127,7 @@ def score_vs_similarity():
     icl_names = set(map(head_name, heads))
     df["group"] = ["in-context" if h in icl_names else "random (control)" for h in df["head_name"]]
     fig2 = score_similarity_scatter(df, words)
-    chart(fig2, key="fig_tt")
+    chart(fig2, key="fig_tt", name="score_similarity")
     if len(prompt.label_positions) >= 3:
         corr = rank_correlations(df.assign(prompt=0))
         if not corr.empty:  # one prompt: one correlation per head, no spread to show

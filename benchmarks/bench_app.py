@@ -12,7 +12,8 @@ Prints medians and the ratio re-render / plain pass (goal: <= 2x). Never fails.
 Streamlit server, fragments included, which AppTest always reruns as a whole page): the time from
 an edit to the new prediction on screen, and to the page settling (every result drawn). With
 ``--compare-dir DIR`` (an export of an earlier commit) both versions run side by side, measured in
-turns, so that load from other processes hits both alike:
+turns, so that load from other processes hits both alike. It then opens every page from the menu in a fresh
+session at 1366 x 768 (seconds from the click to the page settled) and walks the lesson's steps:
 
     git archive BASE | tar -x -C /tmp/base
     python benchmarks/bench_app.py --browser --compare-dir /tmp/base --repeats 3
@@ -39,6 +40,7 @@ def main() -> None:
     ap.add_argument("--model", default="default", help="default, or tiny-llama for a quick check")
     ap.add_argument("--browser", action="store_true", help="edit-to-result in headless Chromium (real server)")
     ap.add_argument("--compare-dir", default=None, help="with --browser: also measure the app in this folder")
+    ap.add_argument("--edits-only", action="store_true", help="with --browser: skip the per-page open times")
     args = ap.parse_args()
     if args.browser:
         browser_bench(args)
@@ -186,7 +188,7 @@ def browser_bench(args) -> None:
                     preds = page.locator("code", has_text="Prediction:")
                     # 1. edit the query (a new text each time: nothing cached)
                     old = preds.first.inner_text()
-                    q = page.get_by_label("Query")
+                    q = page.get_by_label("Query").last
                     q.fill(f"I loved every minute of it {next(counter)}")
                     t0 = time.perf_counter()
                     q.press("Enter")
@@ -196,11 +198,11 @@ def browser_bench(args) -> None:
                     _idle(page)
                     results.setdefault((name, "edit query: page settled"), []).append(time.perf_counter() - t0)
                     # 2. change the intervention mode (the prompt is cached; the after pass is new)
-                    page.get_by_label("Random-heads seed").fill(str(next(counter)))  # a new random set each time
-                    page.get_by_label("Random-heads seed").press("Enter")
+                    page.get_by_label("Random-heads seed").last.fill(str(next(counter)))  # a new random set each time
+                    page.get_by_label("Random-heads seed").last.press("Enter")
                     _idle(page)
                     t0 = time.perf_counter()
-                    page.get_by_text("random heads (control)", exact=True).click()
+                    page.get_by_text("random heads (control)", exact=True).last.click()
                     _until(lambda preds=preds: preds.count() == 2)
                     results.setdefault((name, "change mode: after-prediction shown"), []).append(
                         time.perf_counter() - t0)
@@ -209,6 +211,7 @@ def browser_bench(args) -> None:
                     page.get_by_text("none", exact=True).first.click()
                     _until(lambda preds=preds: preds.count() == 1)
                     _idle(page)
+            opens = _page_opens(browser, servers[0][2]) if not args.edits_only else []
             browser.close()
     finally:
         for _, proc, _ in servers:
@@ -217,6 +220,46 @@ def browser_bench(args) -> None:
     print(f"edit-to-result in headless Chromium, model {args.model}, median of {args.repeats} (min-max)")
     for (name, case), v in results.items():
         print(f"{name:10s} {case:42s} {statistics.median(v):6.2f} s  ({min(v):.2f}-{max(v):.2f})")
+    if opens:
+        print("first open of each page from the menu (this tree, model loaded, the page's results not yet cached; "
+              "goal < 3 s for Two towers, Label vectors, Attention),")
+        print(f"then the lesson's steps, Next pressed after {READ_S} s of reading each (goal < 2 s):")
+        for case, sec in opens:
+            print(f"  {case:48s} {sec:6.2f} s")
+
+
+READ_S = 15  # seconds spent reading each lesson step before pressing Next
+MENU = ["Guided lesson", "Head finder", "Label vectors", "Two towers", "Bias lab", "Attention", "Prompt A/B",
+        "Demonstrations", "Lesson file", "Prompt lab"]
+
+
+def _page_opens(browser, url) -> list[tuple[str, float]]:
+    """Seconds from a menu click to the page settled (its title drawn, no run in progress), for every page of a
+    fresh session; then from each lesson "Next" to the step settled."""
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(url)
+    page.locator("code", has_text="Prediction:").first.wait_for(timeout=600_000)
+    _idle(page)
+    out = []
+    for title in MENU:
+        link = page.locator("[data-testid='stSidebar'] [data-testid='stPageLink']", has_text=title).first
+        t0 = time.perf_counter()
+        link.click()
+        page.locator("h1").filter(has_text=title.split()[0]).first.wait_for(timeout=600_000)
+        _idle(page, quiet=1.0)
+        out.append((f"open {title}", time.perf_counter() - t0 - 1.0))
+    link = page.locator("[data-testid='stSidebar'] [data-testid='stPageLink']", has_text="Guided lesson").first
+    link.click()
+    _idle(page, quiet=1.0)
+    for step in range(2, 6):
+        page.wait_for_timeout(READ_S * 1000)  # a teacher reads the step; the app computes the next ones meanwhile
+        t0 = time.perf_counter()
+        page.get_by_role("button", name="Next").click()
+        page.get_by_role("heading", name=f"{step}. ").first.wait_for(timeout=600_000)
+        _idle(page, quiet=1.0)
+        out.append((f"lesson: Next to step {step}", time.perf_counter() - t0 - 1.0))
+    page.close()
+    return out
 
 
 def _until(cond, timeout: float = 600.0) -> None:

@@ -939,9 +939,9 @@ def cmd_contributions(args) -> int:
 
     lm, _, prompt, heads = _view_setup(args)
     c = demo_contributions(lm, prompt, heads, pair=tuple(args.pair) if args.pair else None)
-    print(f"margin {c.pair[0]} - {c.pair[1]}: {c.prediction_margin:.3f} = baseline {c.baseline_margin:.3f} + "
-          f"contributions {c.total_contribution:.3f}; measured with every label position knocked out: "
-          f"{c.measured_all:.3f}", file=sys.stderr)
+    print(f"margin logit({c.pair[0]}) - logit({c.pair[1]}): {c.prediction_margin:+.3f} = baseline "
+          f"{c.baseline_margin:+.3f} + contributions {c.total_contribution:+.3f}; knocking out every label "
+          f"position changes it by {c.knockout_all:+.3f} (after - before)", file=sys.stderr)
     _write(args, "contributions", df=c.to_frame())
     _save_json(args, "contributions", c.to_dict())
     _write_html(args, waterfall_figure(c))

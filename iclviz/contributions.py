@@ -16,10 +16,11 @@ The label pair ``(a, b)``: the first and the second label word for two labels (t
 rest of iclviz shows, ``logit(first) - logit(second)``); for more labels, the predicted label
 and the runner-up (by the model's label logits), unless ``pair`` names two label words.
 
-Beside each contribution, the measured effect: the drop of the margin when the attention from
-``T`` to ``p_i`` is knocked out in the heads (``A[l,h,T,p_i] = 0``, not renormalized), all
-demonstrations as rows of one batched run (``causal.knockout_each``: one pass up to ``T-1``,
-then one single-token row per demonstration), plus a row with every label position knocked out.
+Beside each contribution, the measured knockout effect (``conventions.SIGN_CONVENTION``: the margin
+after minus the margin before) of knocking out the attention from ``T`` to ``p_i`` in the heads
+(``A[l,h,T,p_i] = 0``, not renormalized), all demonstrations as rows of one batched run
+(``causal.knockout_each``: one pass up to ``T-1``, then one single-token row per demonstration),
+plus a row with every label position knocked out.
 
 The waterfall goes from the baseline margin to the prediction's margin: the baseline is the
 prediction's margin minus the sum of the contributions, i.e. the margin with the heads'
@@ -36,6 +37,7 @@ import torch
 
 from .causal import knockout_each
 from .compare import PromptSpec, _records
+from .conventions import effect
 from .interventions import Head
 from .lens import logit_minus
 from .prompt import BuiltPrompt, PromptError
@@ -46,8 +48,9 @@ LINEAR_SCALING = "final_scale"
 
 @dataclass
 class Contributions:
-    """Per demonstration: ``contribution`` (the formula above) and ``measured`` (margin without
-    the knockout minus margin with it); ``per_head``: the terms of each contribution."""
+    """Per demonstration: ``contribution`` (the formula above: a term of the margin) and ``knockout_effect``
+    (the margin with that position knocked out minus the margin without: after − before, so the opposite sign
+    of the contribution when the direct term dominates); ``per_head``: the terms of each contribution."""
 
     heads: list[Head]
     pair: tuple[str, str]
@@ -55,9 +58,9 @@ class Contributions:
     baseline_margin: float  # prediction_margin - sum of contributions
     total_contribution: float  # sum over demonstrations
     heads_direct: float  # the heads' whole output at T (every position), projected: for context
-    measured_all: float  # margin drop with every label position knocked out in the heads
+    knockout_all: float  # after − before: every label position knocked out in the heads
     predicted: str
-    table: pd.DataFrame  # demo, position, label, text, attention (summed over heads), contribution, measured
+    table: pd.DataFrame  # demo, position, label, text, attention (summed over heads), contribution, knockout_effect
     per_head: pd.DataFrame  # demo, head, attention, logit_minus_z, contribution
     notes: list[str] = field(default_factory=list)
 
@@ -80,17 +83,23 @@ class Contributions:
 
     @staticmethod
     def from_dict(d: dict) -> Contributions:
-        """The inverse of ``to_dict`` (a lesson file's stored contributions, drawn without a model)."""
+        """The inverse of ``to_dict`` (a lesson file's stored contributions, drawn without a model). A file from
+        before the one sign convention stored ``measured`` as before − after: it is turned around."""
+        table = pd.DataFrame(d["table"])
+        if "measured" in table.columns and "knockout_effect" not in table.columns:
+            table = table.rename(columns={"measured": "knockout_effect"})
+            table["knockout_effect"] = -table["knockout_effect"]
+        everything = float(d["knockout_all"]) if "knockout_all" in d else -float(d["measured_all"])
         return Contributions(parse_heads(" ".join(d["heads"])), tuple(d["pair"]), float(d["prediction_margin"]),
                              float(d["baseline_margin"]), float(d["total_contribution"]), float(d["heads_direct"]),
-                             float(d["measured_all"]), str(d["predicted"]), pd.DataFrame(d["table"]),
+                             everything, str(d["predicted"]), table,
                              pd.DataFrame(d.get("per_head", [])), list(d.get("notes", [])))
 
     def to_dict(self) -> dict:
         return {"heads": [head_name(h) for h in self.heads], "pair": list(self.pair),
                 "prediction_margin": self.prediction_margin, "baseline_margin": self.baseline_margin,
                 "total_contribution": self.total_contribution, "heads_direct": self.heads_direct,
-                "measured_all": self.measured_all, "predicted": self.predicted, "notes": list(self.notes),
+                "knockout_all": self.knockout_all, "predicted": self.predicted, "notes": list(self.notes),
                 "table": _records(self.table), "per_head": _records(self.per_head)}
 
 
@@ -155,10 +164,11 @@ def demo_contributions(lm, prompt: BuiltPrompt | PromptSpec, heads, pair=None,
         notes.append(f"the cached run's margin {margins[0]:.5f} differs from the full pass's {margin:.5f}")
     table = pd.DataFrame([{"demo": i + 1, "position": prompt.label_positions[i], "label": prompt.demo_labels[i],
                            "text": _text_of(lm, prompt, i), "attention": float(sum(attn[x, y, i] for x, y in heads)),
-                           "contribution": float(per_demo[i]), "measured": margins[0] - margins[1 + i]}
+                           "contribution": float(per_demo[i]),
+                           "knockout_effect": effect(margins[0], margins[1 + i])}
                           for i in range(P)],
-                         columns=["demo", "position", "label", "text", "attention", "contribution", "measured"])
-    return Contributions(heads, (a, b), margin, margin - total, total, heads_direct, margins[0] - margins[-1],
+                         columns=["demo", "position", "label", "text", "attention", "contribution", "knockout_effect"])
+    return Contributions(heads, (a, b), margin, margin - total, total, heads_direct, effect(margins[0], margins[-1]),
                          prompt.label_words[int(label_logits.argmax())], table,
                          pd.DataFrame(per_head, columns=["demo", "position", "label", "head", "attention",
                                                          "logit_minus_z", "contribution"]), notes)

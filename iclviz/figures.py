@@ -168,12 +168,15 @@ def waterfall_figure(contributions, title: str | None = None) -> go.Figure:
         textposition="outside", connector=dict(line=dict(color="#999")),
         increasing=dict(marker=dict(color="#1f77b4")), decreasing=dict(marker=dict(color="#d62728")),
         totals=dict(marker=dict(color="#555"))))
-    measured = contributions.table["measured"].tolist()
-    fig.add_trace(go.Scatter(x=w["step"].iloc[1:-1], y=[w["cumulative"].iloc[i] - w["value"].iloc[i] + m
-                                                         for i, m in enumerate(measured, start=1)],
+    # The knockout effect is after − before; the marker shows what the knockout removed (−effect), on the bar's
+    # scale: it sits at the bar's top where the measured and the direct reading agree.
+    effects = contributions.table["knockout_effect"].tolist()
+    fig.add_trace(go.Scatter(x=w["step"].iloc[1:-1], y=[w["cumulative"].iloc[i] - w["value"].iloc[i] - e
+                                                         for i, e in enumerate(effects, start=1)],
                              mode="markers", marker=dict(symbol="diamond", size=10, color="black"),
-                             name="measured (knockout)", hovertemplate="measured %{customdata:+.3f}<extra></extra>",
-                             customdata=measured))
+                             name="removed by a knockout (−effect)",
+                             hovertemplate="knockout effect (after − before) %{customdata:+.3f}<extra></extra>",
+                             customdata=effects))
     fig.update_layout(title=title or f"Each demonstration's contribution to logit({a}) − logit({b})", height=360,
                       margin=dict(l=10, r=10, t=40, b=10), showlegend=True,
                       legend=dict(orientation="h", y=1.02, yanchor="bottom", x=1, xanchor="right"))

@@ -39,18 +39,20 @@ def label_vector_table(lm: LoadedModel, prompt: BuiltPrompt, heads, scaling: str
         weighted = project(lm.arch, (a[:, None] * z)[None], capture.resid_final[:1], scaling, token_ids=ids)[0]
         for i, (pos, label) in enumerate(zip(prompt.label_positions, prompt.demo_labels)):
             lg = logits[i]
-            order = torch.argsort(lg, descending=True)
-            rank = torch.empty_like(order)
-            rank[order] = torch.arange(1, len(order) + 1)
+            order = torch.topk(lg, top_k).indices  # no full sort of the vocabulary: a rank is a count
+
+            def rank(t, lg=lg):
+                return int((lg > lg[int(t)]).sum()) + 1
+
             row = {
                 "layer": layer, "head": head, "head_name": head_name((layer, head)), "demo": i + 1, "position": pos,
                 "label": label, "attention": float(a[i]),
                 "logit_minus": float(lg[ids[0]] - lg[ids[1]]),
                 "weighted_logit_minus": float(weighted[i, 0] - weighted[i, 1]),
-                "own_label_rank": int(rank[prompt.label_token_ids[label]]),
+                "own_label_rank": rank(prompt.label_token_ids[label]),
                 "top_tokens": " | ".join(lm.tokenizer.decode([int(t)]) for t in order[:top_k]),
             }
-            row.update({f"rank_{w}": int(rank[t]) for w, t in zip(words, ids)})
+            row.update({f"rank_{w}": rank(t) for w, t in zip(words, ids)})
             rows.append(row)
     return pd.DataFrame(rows)
 

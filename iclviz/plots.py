@@ -97,13 +97,19 @@ def label_attention_compact(table: pd.DataFrame, label_words, ablated=()) -> go.
                 customdata=d[["attention", "position"]].to_numpy(),
                 hovertemplate="%{y} → %{x}<br>attention from T %{customdata[0]:.3f}" + (" (after)" if after else "")
                               + "<extra></extra>"))
-    fig.update_layout(height=150 + 36 * len(rows), margin=dict(l=10, r=10, t=40, b=10),
-                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0, title_text="", font=dict(size=11)),
+    # Every head gets its row and its tick (a fixed range and explicit ticks: plotly thins category ticks when a
+    # narrow column leaves the plot little height), and the legend sits under the axis, away from the toolbar.
+    plot_h = 44 * max(len(rows), 2)
+    below = 95  # the angled x tick labels and the axis title, in pixels
+    fig.update_layout(height=plot_h + 20 + below + 45, margin=dict(l=10, r=10, t=20, b=below + 45),
+                      legend=dict(orientation="h", y=-below / plot_h, yanchor="top", x=0, title_text="",
+                                  font=dict(size=11)),
                       plot_bgcolor="white")
     fig.update_xaxes(title_text="label position (#demonstration label @token)", categoryorder="array",
                      categoryarray=slots, showgrid=True, gridcolor="#eee", tickangle=-30, title_font=dict(size=12))
     fig.update_yaxes(title_text="head" + (" (* ablated)" if ablated else ""), categoryorder="array",
-                     categoryarray=rows[::-1], showgrid=True, gridcolor="#eee", title_font=dict(size=12))
+                     categoryarray=rows[::-1], tickmode="array", tickvals=rows[::-1], ticktext=rows[::-1],
+                     range=[-0.5, len(rows) - 0.5], showgrid=True, gridcolor="#eee", title_font=dict(size=12))
     return fig
 
 

@@ -37,10 +37,6 @@ from .validation import head_name
 Z95 = 1.96
 
 
-def _pct(x: float) -> str:
-    return "not defined" if x != x else f"{x:.0%}"
-
-
 # ---------------------------------------------------------------- live effect on one prompt
 
 @dataclass
@@ -287,9 +283,14 @@ def bias_reading(res) -> tuple[str, str | None, pd.DataFrame]:
     base = s.loc["no fix"]
     n, p = int(t.attrs["prompts"]), float(base.p_no_bias)
     p_text = format_p(p)
+    chance = at_chance(res, n)
+    if chance:
+        return chance, chance, t
     if res.kind == "majority":
-        text = (f"Without a fix, one fewer demonstration of a label lowers accuracy by {base.bias:+.0%} (95% "
-                f"interval {base.bias_low:+.0%} to {base.bias_high:+.0%}; {n} test sentences, the same in every "
+        summ = res.summary.set_index("condition").loc["no fix"] if "acc_balanced" in res.summary else None
+        accs = f"accuracy {summ.acc_balanced:.2f} -> {summ.acc_one_fewer:.2f}, " if summ is not None else ""
+        text = (f"Without a fix, one fewer demonstration of a label changes {accs}a change of {-base.bias:+.2f} (95% "
+                f"interval {-base.bias_high:+.2f} to {-base.bias_low:+.2f}; {n} test sentences, the same in every "
                 f"arrangement; permutation test of no bias p {p_text}).")
     else:
         orders = int((res.rows["condition"] == "no fix").sum())
@@ -298,18 +299,45 @@ def bias_reading(res) -> tuple[str, str | None, pd.DataFrame]:
     resolved = p < 0.05
     if resolved and "fix in-context heads" in s.index:
         fix = s.loc["fix in-context heads"]
-        text += (f" Fixing the in-context heads lowers it by {fix.drop:+.0%} (95% interval {fix.drop_low:+.0%} to "
-                 f"{fix.drop_high:+.0%}); reduction {_pct(fix.reduction)}.")
+        text += (f" Fixing the in-context heads changes the bias {base.bias:.2f} -> {fix.bias:.2f} (a change of "
+                 f"{-fix.drop:+.2f}, 95% interval {-fix.drop_high:+.2f} to {-fix.drop_low:+.2f}); reduction "
+                 f"{reduction_text(fix.reduction, base.bias)}.")
         if "beyond_random" in s.columns and fix.beyond_random == fix.beyond_random:
-            text += (f" Compared with the same fix in random heads: {fix.beyond_random:+.0%} more "
-                     f"({fix.beyond_random_low:+.0%} to {fix.beyond_random_high:+.0%}).")
+            text += (f" Compared with the same fix in random heads, it lowers the bias {fix.beyond_random:+.2f} more "
+                     f"({fix.beyond_random_low:+.2f} to {fix.beyond_random_high:+.2f}).")
     elif not resolved:
         text += (" Shuffling each sentence's outcomes among the arrangements gives a bias this large often, so a "
                  "reduction cannot be read from this sample.")
     warning = None if resolved else (
         f"With {n} test sentences the {res.kind} bias is not resolved (p {p_text}): the reduction "
-        f"({_pct(res.reduction())}) means little here. Use more test sentences.")
+        f"({reduction_text(res.reduction(), base.bias)}) means little here. Use more test sentences.")
     return text, warning, t
+
+
+def reduction_text(r: float, bias: float) -> str:
+    """A relative reduction as a percentage only where one makes sense: a bias there to reduce, and 0-100%."""
+    if r != r or not bias > 0:
+        return "not shown as a percentage: there is no bias to reduce"
+    if r > 1:
+        return "over 100%, not shown as a percentage: the fix reverses the bias"
+    if r < 0:
+        return "negative, not shown as a percentage: the fix makes the bias larger"
+    return f"{r:.0%}"
+
+
+def at_chance(res, n: int) -> str | None:
+    """The sentence for a sample on which the model (no fix) is at chance, within sampling noise (two standard
+    errors of 1/K on ``n`` test sentences), else None: no bias can be read from a model that is guessing."""
+    k = sum(str(c).startswith("share_") for c in res.rows.columns) or 2
+    no_fix = res.rows[res.rows["condition"] == "no fix"] if "condition" in res.rows else res.rows
+    if no_fix.empty or n <= 0:
+        return None
+    acc = float(no_fix["accuracy"].mean())
+    p0 = 1.0 / k
+    if acc - p0 > 2 * (p0 * (1 - p0) / n) ** 0.5:
+        return None
+    return (f"The model is at chance here: no bias can be read (accuracy {acc:.2f} without a fix, chance "
+            f"{p0:.2f} with {k} labels, {n} test sentences).")
 
 
 # ---------------------------------------------------------------- one prompt's tokens and label attention

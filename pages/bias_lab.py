@@ -132,6 +132,12 @@ def _measure(measure, progress):
 
 for tab, kind, measure in ((tab2, "majority", majority_bias), (tab3, "recency", recency_bias)):
     with tab:
+        # Why a quick run is not quick on a CPU: every condition x arrangement is a pass over every test sentence.
+        per = "3 arrangements" if kind == "majority" else "every demonstration order"
+        st.caption(f"A run is 3 conditions (no fix, the fix in the in-context heads, in random heads) x {per} x "
+                   f"{int(n_test)} test sentences, one forward pass each: seconds on a GPU, minutes on a few CPU "
+                   "cores (a quick majority run took 6 min on 2 shared cores), so the quick size is for a GPU or "
+                   "for a run started before the class.")
         go = st.button(f"Measure {kind} bias", key=f"w_{kind}_go")
         res = run_with_progress(go, f"{kind} bias", kind, partial(_measure, measure), "The measurement failed",
                                 f"The last {kind}-bias run was stopped before it finished.")
@@ -142,7 +148,8 @@ for tab, kind, measure in ((tab2, "majority", majority_bias), (tab3, "recency", 
             for note in res.notes:
                 st.info(safe(note))
             text, warning, intervals = bias_reading(res)
-            st.markdown(safe(text))
+            if warning != text:  # at chance, the one sentence is the warning
+                st.markdown(safe(text))
             if warning:
                 st.warning(safe(warning))
             st.dataframe(intervals, key=f"tbl_{kind}_intervals")
@@ -150,6 +157,6 @@ for tab, kind, measure in ((tab2, "majority", majority_bias), (tab3, "recency", 
                 st.dataframe(res.summary, key=f"tbl_{kind}_summary")
             x = "arrangement" if "arrangement" in res.rows.columns else res.rows.columns[1]
             fig = bias_bars(res.rows, x, "accuracy", y_title="accuracy", x_title=x)
-            chart(fig, key=f"fig_{kind}")
+            chart(fig, key=f"fig_{kind}", name=f"{kind}_bias")
             csv_download(res.rows, f"{kind}_bias.csv")
             html_download(fig, f"{kind}_bias.html", "Figure (HTML)", key=f"dl_{kind}_html")

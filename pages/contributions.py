@@ -4,6 +4,7 @@
 import streamlit as st
 
 from iclviz.contributions import LINEAR_SCALING
+from iclviz.conventions import DIRECT_VS_EFFECT, SIGN_CONVENTION
 from iclviz.figures import waterfall_figure
 from iclviz.prompt import PromptError
 from iclviz.validation import ValidationError
@@ -41,20 +42,22 @@ m2.metric(f"Demonstrations, through {len(heads)} heads", f"{c.total_contribution
 m3.metric(safe(f"Prediction's margin logit({a}) − logit({b})"), f"{c.prediction_margin:+.3f}",
           help=safe(f"the model predicts {c.predicted}"))
 fig = waterfall_figure(c)
-chart(fig, key="fig_waterfall", name="demonstration_waterfall")
+chart(fig, key="fig_waterfall", name="demonstration_contributions")
 st.markdown(safe(f"From {c.baseline_margin:+.3f} the {len(c.table)} demonstrations add {c.total_contribution:+.3f} "
                  f"through the heads to reach the model's margin {c.prediction_margin:+.3f} (it predicts "
-                 f"{c.predicted}). Knocking out the heads' attention from T to every label position at once moves "
-                 f"the margin by {c.measured_all:+.3f}."))
+                 f"{c.predicted}). Knocking out the heads' attention from T to every label position at once changes "
+                 f"the margin by {c.knockout_all:+.3f} (after − before; the Prompt lab's knockout of all in-context "
+                 "heads shows the same number)."))
 sa, sb = safe(a), safe(b)
 st.caption(
-    f"Columns: **attention** — the attention from T to the demonstration's label position, summed over the chosen "
-    f"heads; **contribution** — for each head, that attention times logit({sa}) − logit({sb}) of the value-output "
-    f"vector the head reads at that position (the linear {LINEAR_SCALING} lens), summed over the heads: "
-    f"the contributions add up exactly to the heads' direct effect through the label positions; **measured** — the "
-    f"margin minus the margin with the heads' attention from T to that one position knocked out (all demonstrations "
-    f"in one batched run). Positive: the demonstration pushes toward {sa}. The contribution is a direct-effect "
-    f"reading (nothing downstream recomputed); the measured column includes every downstream effect.")
+    f"{SIGN_CONVENTION} Columns: **attention** — the attention from T to the demonstration's label position, summed "
+    f"over the chosen heads; **contribution** — for each head, that attention times logit({sa}) − logit({sb}) of the "
+    f"value-output vector the head reads at that position (the linear {LINEAR_SCALING} lens), summed over the heads: "
+    f"the contributions add up exactly to the heads' direct effect through the label positions (positive: toward "
+    f"{sa}); **knockout effect** — the margin with the heads' attention from T to that one position knocked out, "
+    f"minus the margin without (all demonstrations in one batched run).")
+if ((c.table["contribution"] * c.table["knockout_effect"]) > 0).any():  # same sign: the readings disagree
+    st.caption(DIRECT_VS_EFFECT)
 st.dataframe(c.table, key="tbl_contrib", hide_index=True)
 for note in c.notes:
     st.caption(safe(f"note: {note}"))

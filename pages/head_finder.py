@@ -110,7 +110,8 @@ def _heatmap(matrix, value: str, title: str, key: str) -> list[tuple[int, int]]:
         ss[f"_picked_{key}"] = picked
         if picked:
             ss.hf_focus = picked[-1]
-    return picked
+            ss.hf_focus_from = key  # the "Selected cells" line follows the heatmap clicked last
+    return picked if ss.get("hf_focus_from", key) == key else []
 
 
 scan = run_with_progress(
@@ -127,7 +128,10 @@ if scan is None or (scan.n_layers, scan.n_heads) != (lm.n_layers, lm.n_heads):
             f"the default heads {', '.join(map(head_name, heads))}.")
 else:
     st.caption(f"Scan over {scan.n_prompts} prompts ({ss.get('scan_inputs', '')}).")
-    tabs = st.tabs(["overall (gold label)"] + [f"raises {safe(w)}" for w in scan.label_words])
+    # The selected head's panel sits beside the heatmap (at 1366 px it was 700 px above, off-screen).
+    hm_col, focus_col = st.columns([3, 2], gap="medium")
+    focus_slot = focus_col.container()
+    tabs = hm_col.tabs(["overall (gold label)"] + [f"raises {safe(w)}" for w in scan.label_words])
     clicked = []
     for tab, label in zip(tabs, [None, *scan.label_words]):
         with tab:
@@ -157,7 +161,8 @@ else:
     t2.markdown("Top heads: " + ", ".join(map(head_name, top)))
     t2.markdown(" · ".join(f"{safe(w)} heads: {', '.join(map(head_name, hs)) or 'none'}" for w, hs in by_label.items()))
 
-focus_slot = st.container()  # the selected head's numbers, filled at the end (a click on any heatmap moves it)
+if scan is None or (scan.n_layers, scan.n_heads) != (lm.n_layers, lm.n_heads):
+    focus_slot = st.container()  # the selected head's numbers, filled at the end (a click on any heatmap moves it)
 
 all_heads = [head_name((a, b)) for a in range(lm.n_layers) for b in range(lm.n_heads)]
 picked = st.multiselect("Chosen in-context heads (used by every page)", all_heads, default=list(map(head_name, heads)),
@@ -193,11 +198,12 @@ if table is not None:
 st.subheader("Causal effect of each head")
 st.caption("Each head of the chosen layers intervened **alone**, on the dataset sample above: its attention from T to "
            "every label position knocked out, or its output at T removed. All heads run as rows of one batch over each "
-           "prompt's cache. A head's support for the correct label (the drop of the gold margin when it is knocked "
-           "out) splits in two: the **in-context part** (the label-balanced mean: it helps whichever label is gold, so "
-           "it follows the demonstrations) and the **prior** (a constant vote for one label, whatever the query). The "
-           "in-context heads are ranked by the first; label voters, which move accuracy without changing how well the "
-           "model tells the classes apart, are listed by the second.")
+           "prompt's cache (about one forward pass per scanned layer per prompt: 4 prompts took about a minute on the "
+           "default model on 2 shared CPU cores; a GPU is much faster). A head's support for the correct label (the "
+           "drop of the gold margin when it is knocked out) splits in two: the **in-context part** (the label-balanced "
+           "mean: it helps whichever label is gold, so it follows the demonstrations) and the **prior** (a constant "
+           "vote for one label, whatever the query). The in-context heads are ranked by the first; label voters, which "
+           "move accuracy without changing how well the model tells the classes apart, are listed by the second.")
 with st.form("causal_form"):
     q1, q2 = st.columns([2, 1])
     cs_kinds = q1.multiselect("Interventions", ["knockout", "ablate_t"], default=["knockout"], key="w_cs_kinds",

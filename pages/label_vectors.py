@@ -33,7 +33,7 @@ def label_vectors():
     # cached by model, prompt, heads and scaling: the cache holds this small table, not the vectors
     table = label_vectors_current(lm, heads, scaling)
     fig = label_vector_bars(table, prompt.label_words, value)
-    chart(fig, key="fig_lv")
+    chart(fig, key="fig_lv", name="label_vectors")
     own_first = (table["own_label_rank"] <= table[[f"rank_{w}" for w in prompt.label_words]].min(axis=1))
     st.markdown(f"Own label ranked above the other label words at **{own_first.mean():.0%}** of "
                 f"{len(table)} (head, position) pairs.")

@@ -133,8 +133,10 @@ else:
 
 # ---------------------------------------------------------------- save
 st.subheader("Save this lesson")
+from pages.parts.sidebar import is_loaded  # noqa: E402
+
 st.caption("The session's prompt and in-context heads, with the results the views show for them, computed on the "
-           "loaded model (the model is loaded when you press the button).")
+           + ("loaded model." if is_loaded() else "model (loaded when you press the button, if it is not yet)."))
 pinned = ss.get("ab_a") is not None
 s1, s2 = st.columns(2)
 with_ab = s1.checkbox("Include the Prompt A/B comparison (A and B as on the Prompt A/B page)", key="w_lesson_ab",

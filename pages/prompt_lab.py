@@ -41,11 +41,7 @@ lm = common.require_model()
 
 # ---------------------------------------------------------------- editor callbacks
 
-def _sync_demos():
-    words = ss.label_words
-    for d in ss.demos:
-        d["text"] = ss.get(f"dt_{d['id']}", d["text"])
-        d["label"] = ss.get(f"dl_{d['id']}_{'|'.join(words)}", d["label"])
+_sync_demos = state.sync_demos
 
 
 def _move(i, step):
@@ -63,7 +59,7 @@ def _delete(i):
 def _add():
     _sync_demos()
     ss.demo_counter += 1
-    words = ss.label_words
+    words = state.valid_words()
     counts = {w: sum(d["label"] == w for d in ss.demos) for w in words}
     ss.demos.append({"id": ss.demo_counter, "text": "", "label": min(words, key=lambda w: counts[w])})
 
@@ -75,12 +71,7 @@ def _reverse():
 
 def _words_changed():
     _sync_demos()
-    new = [w.strip() for w in ss.w_label_words.split(",")]
-    old = list(ss.label_words)
-    mapping = {o: new[i] for i, o in enumerate(old) if i < len(new)}
-    for d in ss.demos:
-        d["label"] = mapping.get(d["label"], d["label"])
-    ss.label_words = new
+    state.set_label_words(ss.w_label_words)  # an invalid entry leaves the demonstrations' labels as they were
 
 
 def _sample(ds, k, seed):
@@ -99,6 +90,7 @@ def _sample(ds, k, seed):
         ss.demo_counter += 1
         ss.demos.append({"id": ss.demo_counter, "text": text, "label": words[y]})
     ss.label_words = list(words)
+    ss.label_words_valid = list(words)
     ss.w_label_words = ", ".join(words)
     ss.query = query
     ss.w_query = ss.query
@@ -118,7 +110,7 @@ with left:
     _bind("w_label_words", ", ".join(ss.label_words))
     c1.text_input("Label words (comma separated)", key="w_label_words", on_change=_words_changed,
                   help="Each must be a single token; the paper uses unrelated words like foo and bar.")
-    ss.label_words = [w.strip() for w in ss.w_label_words.split(",")]
+    state.set_label_words(ss.w_label_words)
     names = list(TEMPLATES)
     _bind("w_template", ss.template)
     c2.selectbox("Template", names, key="w_template",
@@ -126,8 +118,10 @@ with left:
     ss.template = ss.w_template
 
     st.markdown("**Demonstrations**")
-    words = list(dict.fromkeys(w for w in ss.label_words if w)) or ["foo"]
-    wkey = "|".join(ss.label_words)
+    # The pickers offer the last valid label words: while the typed ones are invalid, nothing is relabelled.
+    words = state.valid_words()
+    wkey = state.label_key()
+    words_ok = state.label_words_ok(ss.label_words)
     for i, d in enumerate(ss.demos):
         cols = st.columns([7, 2.4, 1, 1, 1], vertical_alignment="bottom", gap="small")
         _bind(f"dt_{d['id']}", d["text"])
@@ -137,7 +131,8 @@ with left:
         lk = f"dl_{d['id']}_{wkey}"
         if lk not in ss:
             ss[lk] = d["label"] if d["label"] in words else words[0]
-        cols[1].selectbox(f"Label {i + 1}", words, key=lk, label_visibility="collapsed")
+        cols[1].selectbox(f"Label {i + 1}", words, key=lk, label_visibility="collapsed", disabled=not words_ok,
+                          help=None if words_ok else "fix the label words first: the labels stay as they were")
         cols[2].button("", icon="⬆️", key=f"up_{d['id']}", on_click=_move, args=(i, -1),
                        help=f"move demonstration {i + 1} up")
         cols[3].button("", icon="⬇️", key=f"down_{d['id']}", on_click=_move, args=(i, 1),
@@ -145,11 +140,13 @@ with left:
         cols[4].button("", icon="🗑️", key=f"del_{d['id']}", on_click=_delete, args=(i,),
                        help=f"delete demonstration {i + 1}")
     _sync_demos()
-    b1, b2 = st.columns(2)
+    b1, b2, b3 = st.columns(3)
     full = len(ss.demos) >= state.settings().max_demos
     b1.button("Add demonstration", on_click=_add, key="w_add_demo", disabled=full,
               help=f"at most {state.settings().max_demos} demonstrations on this server" if full else None)
     b2.button("Reverse order", on_click=_reverse, key="w_reverse")
+    b3.button("Undo last change", icon="↩️", on_click=state.undo, key="w_undo",
+              disabled=not state.can_undo(), help="the prompt and heads as they were before the last change")
 
     _bind("w_query", ss.query)
     st.text_input("Query", key="w_query")
@@ -183,7 +180,7 @@ with left:
                 st.error(safe(f"Could not load {up.name}: {exc}"))
         if st.button("Put the prompt and heads in the URL", key="w_share_url"):
             st.query_params["s"] = shared.to_query_param()
-            st.query_params["mode"] = ss.get("w_mode", "none")
+            st.query_params["mode"] = state.current_mode()
             st.success("The page address now holds this prompt and head set: copy it from the address bar.")
 
 prompt = state.current_prompt(lm)
@@ -208,12 +205,23 @@ def intervention_panel():
             st.rerun()
     except ValueError as exc:
         st.error(safe(exc))
+    if "w_mode" not in ss:  # the session's mode, kept while other pages were open
+        ss.w_mode = state.current_mode()
     mode = st.radio("Intervene on", MODES, horizontal=True, key="w_mode")
+    if mode != state.current_mode():
+        ss.mode = mode
+        state.mode_to_url()
     i1, i2 = st.columns(2)
+    n_default = min(len(heads), max(1, len(heads) // 2))
+    for key, default in (("w_kind", None), ("w_rseed", 0), ("w_topn", n_default)):
+        state.keep(key, default)
+    if not 1 <= ss.get("w_topn", 1) <= max(1, len(heads)):  # fewer heads than when N was chosen
+        ss.w_topn = n_default
     kind = i1.selectbox("How", ["ablate", "knockout"], key="w_kind",
-                        format_func=lambda k: {"ablate": "ablate (remove the head's output)",
-                                               "knockout": "knock out attention from T to label positions"}[k])
-    rseed = i2.number_input("Random-heads seed", 0, 10_000, 0, key="w_rseed")
+                        format_func=lambda k: {"ablate": "ablate output", "knockout": "knock out T→labels"}[k],
+                        help="ablate: remove the heads' output at T; knock out: cut their attention from the last "
+                             "position T to the label positions")
+    rseed = i2.number_input("Random-heads seed", 0, 10_000, key="w_rseed")
     if mode == "all in-context heads":
         iv_heads = heads
     elif mode == "ticked heads":
@@ -221,15 +229,18 @@ def intervention_panel():
         iv_heads = [h for i, h in enumerate(heads)
                     if tick_cols[i % len(tick_cols)].checkbox(head_name(h), key=f"w_tick_{head_name(h)}")]
     elif mode == "top N in-context heads":
-        n_top = st.slider("N (the heads in their listed order, best first)", 1, max(1, len(heads)),
-                          min(len(heads), max(1, len(heads) // 2)), key="w_topn")
+        n_top = st.slider("N (the heads in their listed order, best first)", 1, max(1, len(heads)), key="w_topn")
         iv_heads = heads[:n_top]
     elif mode == "random heads (control)":
         iv_heads = control_heads(heads, lm.n_layers, lm.n_heads, int(rseed))
     else:
         iv_heads = []
+    for key in ("w_kind", "w_rseed", "w_topn"):
+        state.kept(key)
     if mode != "none":
-        st.caption(f"{kind} on {len(iv_heads)} heads: " + (", ".join(map(head_name, iv_heads)) or "none ticked"))
+        n_iv = len(iv_heads)
+        st.caption(f"{kind} on {n_iv} head{'' if n_iv == 1 else 's'}: "
+                   + (", ".join(map(head_name, iv_heads)) or "none ticked"))
 
     if prompt is None:
         return
@@ -248,13 +259,15 @@ def intervention_panel():
 
     p1.markdown("**Before** (no intervention)")
     p1.markdown(f"`{_pred_text(before)}`")
-    p2.markdown("**After** " + (f"({kind}, {len(iv_heads)} heads)" if after else "(no intervention chosen)"))
+    p2.markdown("**After** " + (f"({kind}, {len(iv_heads)} head{'' if len(iv_heads) == 1 else 's'})" if after
+                                else "(no intervention chosen)"))
     if after is not None:
         p2.markdown(f"`{_pred_text(after)}`")
         flip = " — the prediction flipped" if after.predicted != before.predicted else ""
         p2.caption(safe(f"margin {words[0]}−{words[1]}: {before.margin:+.3f} → {after.margin:+.3f}{flip}"))
-        p1.metric(safe(f"Margin {words[0]}−{words[1]} before"), f"{before.margin:+.2f}")
-        p2.metric(f"Margin after ({mode})", f"{after.margin:+.2f}", f"{after.margin - before.margin:+.2f}",
+        p1.metric("Margin before", f"{before.margin:+.2f}", help=safe(f"logit({words[0]}) − logit({words[1]})"))
+        p2.metric("Margin after", f"{after.margin:+.2f}", f"{after.margin - before.margin:+.2f}",
+                  help=safe(f"{mode}; the change below is after − before"),
                   delta_color="off")
     else:
         p2.markdown("`—`")
@@ -281,9 +294,12 @@ def intervention_panel():
             eff = paired_effect_current(lm, heads, kind, draws)
         lo, hi = eff.random_range
         m1, m2 = st.columns(2)
-        m1.metric(f"Δ margin, {len(heads)} in-context heads", f"{eff.icl_change:+.2f}")
-        m2.metric(f"Δ margin, random (mean, n = {eff.n_draws})", f"{eff.random_mean:+.2f}",
-                  f"range {lo:+.2f} to {hi:+.2f}", delta_color="off")
+        m1.metric("Δ margin, in-context", f"{eff.icl_change:+.2f}",
+                  help=f"after − before, intervening on the {len(heads)} in-context head"
+                       f"{'' if len(heads) == 1 else 's'}")
+        m2.metric("Δ margin, random", f"{eff.random_mean:+.2f}",
+                  f"range {lo:+.2f} to {hi:+.2f}", delta_color="off",
+                  help=f"after − before, the mean over {eff.n_draws} random sets of as many heads")
         st.markdown(safe(eff.sentence()))
         with st.spinner("Splitting the effect with the label swap"):
             sw = swap_check_current(lm, heads, kind)
@@ -298,8 +314,14 @@ def intervention_panel():
             curve = top_n_current(lm, heads, kind)
             chart(top_n_figure(curve, words), key="fig_topn")
             n_flip = first_flip(curve)
-            st.caption("The prediction gives way at the top " + (f"**{n_flip}** heads." if n_flip else
-                       f"— nowhere: even all {len(heads)} heads do not flip it on this prompt."))
+            if n_flip:
+                back = curve[(curve["n"] > n_flip) & ~curve["flipped"]]
+                st.caption(f"The prediction first gives way at the top **{n_flip}** head{'' if n_flip == 1 else 's'}"
+                           + (f", and is back at the top {int(back['n'].iloc[0])}: near a margin of 0 it can go "
+                              "either way." if len(back) else "."))
+            else:
+                st.caption(f"The prediction gives way nowhere: even all {len(heads)} heads do not flip it on this "
+                           "prompt.")
         st.caption("One prompt is an example, not a measurement: the Head finder's intervention table measures "
                    "the same comparison over a dataset sample, with intervals.")
 
@@ -308,7 +330,7 @@ def intervention_panel():
                  key="w_full_chart"):
         chart(probability_bars(probs, words), key="fig_probs")
         fig = label_attention_bars(att, words, ablated)
-        chart(fig, key="fig_attention")
+        chart(fig, key="fig_attention", name="label_attention")
         sums = label_sums(att)
         st.markdown("**Attention summed per label**")
         sum_table = sums.pivot_table(index="head", columns=["condition", "label"], values="attention", sort=False)

@@ -51,7 +51,7 @@ if table is not None:
     fig = swap_bars(wide, cols, id_col="head_name", names=names, y_title="attention from T")
     s1, s2 = st.columns(2)
     s1.markdown("**Attention from T on each label's positions**")
-    chart(where=s1, fig=fig, key="fig_swap_attn")
+    chart(where=s1, fig=fig, key="fig_swap_attn", name="label_swap")
     vo_cols = [c for c in wide.columns if c.startswith("vo_")]
     s2.markdown("**" + safe(f"Value-output logit minus ({words[0]}−{words[1]}) at {words[0]} / {words[1]} positions")
                 + "**")
@@ -74,6 +74,12 @@ def towers_causally():
                "only, the query at T, the keys or the values at the label positions of prompt A (the current "
                "prompt) are replaced by those of prompt B, and the prediction of A is read again; the numbers are "
                "this model's on this prompt.")
+    state.keep("w_tp_on")
+    on = st.toggle("Run the patch (about as long as the label swap above)", key="w_tp_on",
+                   help="deferred so that the page opens fast; it stays on for this session")
+    state.kept("w_tp_on")
+    if not on:
+        return
     c1, c2 = st.columns(2)
     donor = c1.radio("Prompt B (the donor)", list(DONORS), key="w_tp_donor", horizontal=True,
                      captions=list(DONORS.values()))
@@ -106,6 +112,12 @@ towers_causally()
 def score_vs_similarity():
     """Its layer slider and control checkbox rerun only this section."""
     st.subheader("Query-key score vs query-demonstration similarity")
+    state.keep("w_tt_on")
+    on = st.toggle("Compute the scores and similarities", key="w_tt_on",
+                   help="deferred so that the page opens fast; it stays on for this session")
+    state.kept("w_tt_on")
+    if not on:
+        return
     c1, c2 = st.columns(2)
     sim_layer = c1.slider("Similarity layer (mean hidden states entering it, cosine)", 0, lm.n_layers - 1,
                           default_sim_layer(lm.n_layers), key="w_tt_layer")
@@ -116,7 +128,7 @@ def score_vs_similarity():
     icl_names = set(map(head_name, heads))
     df["group"] = ["in-context" if h in icl_names else "random (control)" for h in df["head_name"]]
     fig2 = score_similarity_scatter(df, words)
-    chart(fig2, key="fig_tt")
+    chart(fig2, key="fig_tt", name="score_similarity")
     if len(prompt.label_positions) >= 3:
         corr = rank_correlations(df.assign(prompt=0))
         if not corr.empty:  # one prompt: one correlation per head, no spread to show

@@ -135,6 +135,22 @@ def test_bad_label_words_give_a_message(at, words, message):
     assert not predictions(at)
 
 
+def test_an_invalid_label_word_leaves_the_demonstrations_labels_alone(at):
+    """Type one label word (invalid), then the two words again, then edit the query: before, every
+    demonstration had become the first word."""
+    labels = [d["label"] for d in at.session_state["demos"]]
+    assert set(labels) == {"foo", "bar"}
+    for words in ("good", "foo, bar"):
+        at.text_input(key="w_label_words").set_value(words).run()
+        assert not at.exception
+        assert [d["label"] for d in at.session_state["demos"]] == labels
+    at.text_input(key="w_query").set_value("a fine film").run()
+    assert [d["label"] for d in at.session_state["demos"]] == labels
+    assert not errors(at)
+    at.text_input(key="w_label_words").set_value("good, bad").run()  # valid words relabel, in order
+    assert [d["label"] for d in at.session_state["demos"]] == [{"foo": "good", "bar": "bad"}[w] for w in labels]
+
+
 def test_empty_demonstrations_and_query_give_a_message(at):
     at.text_input(key="w_query").set_value("   ").run()
     assert "query sentence is empty" in errors(at)
@@ -235,6 +251,9 @@ def test_two_towers_page_swap_and_similarity(at):
     assert not at.error
     swap = at.dataframe[0].value
     assert set(swap["condition"]) == {"original", "swapped"}
+    # the first screen only: the patch and the scores wait for a click (the page opens fast)
+    assert not [d for d in at.dataframe if "similarity" in d.value.columns or "patched" in d.value.columns]
+    at.toggle(key="w_tt_on").set_value(True).run()
     sims1 = at.dataframe[-1].value["similarity"].round(6).tolist()
     at.checkbox(key="w_tt_ctrl").check().run()
     corr = [d.value for d in at.dataframe if "group" in d.value.columns and "head" in d.value.columns][0]
@@ -372,7 +391,11 @@ def test_sidebar_share_puts_the_current_prompt_in_the_url(at):
     assert at.button(key="w_side_url") is not None
 
 
-def test_bias_lab_paper_metrics_run_with_controls(at):
+def test_bias_lab_paper_metrics_run_with_controls(at, monkeypatch):
+    import iclviz.readout
+
+    # the random tiny model is at chance, which the page would say instead (test_bias_lab_flags_chance)
+    monkeypatch.setattr(iclviz.readout, "at_chance", lambda res, n: None)
     goto(at, "bias_lab")
     at.radio(key="w_bias_size").set_value("custom").run()
     at.number_input(key="w_bias_n").set_value(4).run()
@@ -435,7 +458,7 @@ def test_prompt_lab_shows_live_paired_effect_and_top_n(at):
 
     m = metrics(at)
     icl = [v for k, v in m.items() if k.startswith("Δ margin") and "in-context" in k]
-    rnd = [k for k in m if k.startswith("Δ margin, random") and "n = " in k]
+    rnd = [k for k in m if k.startswith("Δ margin, random")]
     assert icl and rnd
     # The same number the library computes on the same prompt.
     lm = tiny_model("tiny-llama")
@@ -483,11 +506,17 @@ def test_shared_url_keeps_the_intervention_mode(at):
 
 
 def test_guided_lesson_walks_five_steps_and_resets(at):
+    from iclviz.heads import APP_HEAD_RULE, default_heads
     from iclviz.lesson import LESSON_STATE, STEPS
 
+    at.text_input(key="w_query").set_value("a prepared query").run()
     goto(at, "lesson")
     assert not at.error
-    assert [d["text"] for d in at.session_state["demos"]] == [t for t, _ in LESSON_STATE.demos]
+    assert at.session_state["query"] == "a prepared query"  # the lesson keeps its own prompt
+    assert [d["text"] for d in at.session_state["demos"]] != [t for t, _ in LESSON_STATE.demos]
+    lesson_heads = default_heads("tiny-llama", 3, 4, APP_HEAD_RULE)
+    names = ", ".join(f"L{a}H{b}" for a, b in lesson_heads)
+    assert any(names in c.value and APP_HEAD_RULE in c.value for c in at.caption)  # which heads, by which rule
     seen = []
     for i, step in enumerate(STEPS):
         assert any(h.value == f"{i + 1}. {step.title}" for h in at.header)
@@ -498,16 +527,49 @@ def test_guided_lesson_walks_five_steps_and_resets(at):
             at.button(key="w_lesson_next").click().run()
             assert not at.exception and not at.error
     assert len(set(seen)) == len(STEPS)  # each step shows its own result
-    # Edit the prompt elsewhere, come back: the lesson measures the edited prompt; Reset restores the prepared one.
     goto(at, "prompt_lab")
-    at.text_input(key="w_query").set_value("a dull and tedious film").run()
+    assert at.text_input(key="w_query").value == "a prepared query"
     goto(at, "lesson")
-    assert at.session_state["query"] == "a dull and tedious film"
     at.button(key="w_lesson_reset").click().run()
-    assert at.session_state["query"] == LESSON_STATE.query and at.session_state["lesson_step"] == 0
+    assert at.session_state["lesson_step"] == 0 and at.session_state["query"] == "a prepared query"
     assert any(h.value == f"1. {STEPS[0].title}" for h in at.header)
-    goto(at, "prompt_lab")
+    # Only on request: the lesson's step opens in the Prompt lab; Undo brings the prepared query back.
+    at.button(key="w_lesson_next").click().run()
+    at.button(key="w_lesson_next").click().run()
+    at.button(key="w_lesson_open_lab").click().run()
+    assert not at.exception
+    goto(at, "prompt_lab")  # (AppTest reruns the page it last switched to, not the one the script switched to)
     assert at.text_input(key="w_query").value == LESSON_STATE.query
+    assert at.session_state["heads"] == lesson_heads and at.radio(key="w_mode").value == "all in-context heads"
+    at.button(key="w_undo").click().run()
+    assert at.text_input(key="w_query").value == "a prepared query"
+
+
+def test_mode_and_how_persist_across_pages_and_in_the_url(at):
+    at.radio(key="w_mode").set_value("top N in-context heads").run()
+    at.selectbox(key="w_kind").set_value("knockout").run()
+    assert at.query_params["mode"] in ("top N in-context heads", ["top N in-context heads"])
+    goto(at, "two_towers")
+    assert at.query_params["mode"] in ("top N in-context heads", ["top N in-context heads"])
+    goto(at, "prompt_lab")
+    assert at.radio(key="w_mode").value == "top N in-context heads"
+    assert at.selectbox(key="w_kind").value == "knockout"
+    assert len(predictions(at)) == 2
+    at.button(key="w_side_url").click().run()
+    params = {k: (v[0] if isinstance(v, list) else v) for k, v in at.query_params.items()}
+    assert params["mode"] == "top N in-context heads"
+
+
+def test_undo_restores_the_prompt(at):
+    assert at.button(key="w_undo").disabled
+    at.text_input(key="w_query").set_value("first edit").run()
+    at.text_input(key="w_label_words").set_value("good, bad").run()
+    at.button(key="w_undo").click().run()
+    assert at.text_input(key="w_label_words").value == "foo, bar"
+    assert {d["label"] for d in at.session_state["demos"]} == {"foo", "bar"}
+    assert at.text_input(key="w_query").value == "first edit"
+    at.button(key="w_undo").click().run()
+    assert at.text_input(key="w_query").value != "first edit"
 
 
 # ---------------------------------------------------------------- issue 11: the views no other tool has
@@ -581,7 +643,7 @@ def test_demonstrations_waterfall_matches_the_library(at):
     assert not at.error
     lm, spec, heads = _tiny_and_spec(at)
     want = demo_contributions(lm, spec, heads)
-    shown = _table(at, "measured")
+    shown = _table(at, "knockout_effect")
     pd.testing.assert_frame_equal(shown.reset_index(drop=True), want.table, check_exact=False, rtol=1e-5)
     assert abs(shown["contribution"].sum() - want.total_contribution) < 1e-5  # they add up
     m = metrics(at)
@@ -594,7 +656,31 @@ def test_demonstrations_waterfall_matches_the_library(at):
     demo_key = [t.key for t in at.text_area if t.key and t.key.startswith("dt_")][0]
     at.text_area(key=demo_key).set_value("the worst film ever made").run()
     goto(at, "contributions")
-    assert not _table(at, "measured")["contribution"].round(6).equals(shown["contribution"].round(6))
+    assert not _table(at, "knockout_effect")["contribution"].round(6).equals(shown["contribution"].round(6))
+
+
+def test_knockout_effect_has_one_sign_on_the_prompt_lab_and_the_demonstrations_page(at):
+    """The same knockout (every label position, all in-context heads): before, the Demonstrations page said
+    "+1.892" where the Prompt lab said "-1.89"."""
+    import re
+
+    at.radio(key="w_mode").set_value("all in-context heads").run()
+    at.selectbox(key="w_kind").set_value("knockout").run()
+    lab = [m for m in at.metric if m.label.startswith("Margin after")][0]
+    lab_change = float(str(lab.delta).replace("−", "-"))
+    goto(at, "contributions")
+    text = " ".join(m.value for m in at.markdown)
+    page_change = float(re.search(r"changes the margin by ([+-][0-9.]+)", text).group(1))
+    assert abs(lab_change - page_change) < 0.011, (lab_change, page_change)
+    assert any("an effect is the margin after" in c.value for c in at.caption)  # the convention, stated
+
+
+def test_bias_lab_flags_chance(at):
+    goto(at, "bias_lab")
+    at.radio(key="w_bias_size").set_value("custom").run()
+    at.number_input(key="w_bias_n").set_value(4).run()
+    at.button(key="w_majority_go").click().run()
+    assert "the model is at chance here: no bias can be read" in " ".join(w.value for w in at.warning).lower()
 
 
 def test_two_towers_patch_section_matches_the_library(at):
@@ -605,6 +691,7 @@ def test_two_towers_patch_section_matches_the_library(at):
 
     goto(at, "two_towers")
     assert not at.error
+    at.toggle(key="w_tp_on").set_value(True).run()
     lm, spec, heads = _tiny_and_spec(at)
     want = towers_patch(lm, spec, swap_all_labels(spec), heads, "labels")
     shown = _table(at, "patched")
@@ -647,7 +734,7 @@ def test_lesson_file_opens_read_only_without_a_model_and_replays(monkeypatch, tm
     assert not at.exception and not at.error, errors(at)
     assert any("Read-only" in s.value and "class.json" in s.value for s in at.success)
     tables = lesson.tables()
-    for column, name in (("head_logit_diff", "compare"), ("measured", "contributions"), ("patched", "towers")):
+    for column, name in (("head_logit_diff", "compare"), ("knockout_effect", "contributions"), ("patched", "towers")):
         pd.testing.assert_frame_equal(_table(at, column).reset_index(drop=True), tables[name], check_exact=False)
     drawn = {c.key: json.loads(c.proto.spec)["data"] for c in at.get("plotly_chart")}  # from the stored values
     steps = drawn["fig_lesson_waterfall"][0]

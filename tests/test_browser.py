@@ -370,19 +370,55 @@ def test_prompt_ab_flip_and_waterfall_screenshots(app_url, browser):
         assert WATERFALL_SHOT.stat().st_size > 10_000
 
 
+RAW_NAMES = re.compile(r"\b(app|contributions|prompt ab|prompt_ab|common|state|sidebar|widgets|runs)\b",
+                       re.IGNORECASE)
+
+
+def _menu(page):
+    """The app's menu: its page links in the sidebar (pages/parts/menu.py)."""
+    return page.locator("[data-testid='stSidebar'] [data-testid='stPageLink'] [data-testid='stMarkdownContainer']")
+
+
+def test_first_visit_shows_no_raw_file_names_and_the_title_at_once(browser):
+    """A fresh server, read from the first paint on: Streamlit's own menu (which lists pages/'s raw file names
+    until a session runs st.navigation) never shows, the app's menu and the page's title come first, and there is
+    no Deploy button."""
+    with _serve(tiny=True) as url:
+        with _new_page(browser, 1366, 768) as page:
+            t0 = time.time()
+            page.goto(url, wait_until="commit")  # the very first run of this server
+            seen, title_at = [], None
+            while time.time() - t0 < 120 and title_at is None:
+                seen.append(page.locator("[data-testid='stSidebar']").all_inner_texts())
+                assert page.locator("[data-testid='stSidebarNav']").count() == 0
+                if page.locator("h1", has_text="Prompt lab").count():
+                    title_at = time.time() - t0
+                page.wait_for_timeout(50)
+            assert title_at is not None, "no title"
+            menu = _menu(page).all_inner_texts()
+            assert "Guided lesson" in menu and "Demonstrations" in menu, menu
+            assert not [t for t in seen for x in t if RAW_NAMES.search(x.split("Model")[0])], seen[-1]
+            assert page.get_by_role("button", name="Deploy").count() == 0
+            _predictions(page).first.wait_for(timeout=120_000)
+
+
 def test_first_visit_at_a_page_url_gets_the_apps_navigation(browser):
     """On a fresh server, before any session has run app.py, Streamlit runs a page opened by its URL on its own
-    and lists every file of pages/ as a page; the page goes through app.py instead, keeping its query."""
+    (its file-based fallback); the page draws the app's own menu and keeps its address and query."""
     with _serve(tiny=True) as url:
         with _new_page(browser, 1300, 900) as page:
             page.goto(f"{url}/two_towers?mode=ticked+heads")  # the very first run of this server
             page.locator("h1", has_text="Two towers").wait_for(timeout=120_000)
-            nav = page.locator("[data-testid='stSidebarNav']")
-            nav.get_by_text("Guided lesson").wait_for(timeout=60_000)
-            names = nav.inner_text()
+            _menu(page).get_by_text("Guided lesson").wait_for(timeout=60_000)
+            names = " ".join(_menu(page).all_inner_texts())
             assert "Prompt A/B" in names and "Demonstrations" in names
-            assert not re.search(r"\b(common|state|sidebar|widgets|runs)\b", names)  # helper modules are no pages
+            assert page.locator("[data-testid='stSidebarNav']").count() == 0
+            assert not RAW_NAMES.search(names)  # helper modules are no pages
             assert "/two_towers" in page.url and "mode=ticked" in page.url
+            _menu(page).get_by_text("Prompt lab").click()  # the menu works from the fallback too
+            page.locator("h1", has_text="Prompt lab").wait_for(timeout=120_000)
+            assert page.get_by_role("radiogroup", name="Intervene on").get_by_role(
+                "radio", name="ticked heads").is_checked()
 
 
 def test_first_visit_at_a_shared_parts_url_finds_no_page(browser):
@@ -391,9 +427,8 @@ def test_first_visit_at_a_shared_parts_url_finds_no_page(browser):
     with _serve(tiny=True) as url:
         with _new_page(browser, 1300, 900) as page:
             page.goto(f"{url}/common")  # the very first run of this server
-            nav = page.locator("[data-testid='stSidebarNav']")
-            nav.get_by_text("Guided lesson").wait_for(timeout=120_000)  # app.py's navigation ran
-            assert not re.search(r"\b(common|state|sidebar|widgets|runs)\b", nav.inner_text())
+            _menu(page).get_by_text("Guided lesson").wait_for(timeout=120_000)  # the app's menu
+            assert not RAW_NAMES.search(" ".join(_menu(page).all_inner_texts()))
 
 
 def _local_only(outside: list[str]):
@@ -442,7 +477,7 @@ def test_hostile_link_on_every_page_fetches_nothing_outside(browser):
                 page.goto(f"{url}/?s={link}")  # the Prompt lab, the app's first page
                 page.get_by_text("Loaded the prompt and heads from the shared link").first.wait_for(timeout=120_000)
             else:  # the same session: the shared prompt stays
-                page.locator("[data-testid='stSidebarNav']").get_by_text(title, exact=True).click()
+                _menu(page).get_by_text(title, exact=True).first.click()
                 page.wait_for_url(f"**/{path}*", timeout=60_000)
             page.locator("h1").first.wait_for(timeout=120_000)
             _settle(page, timeout=240_000)
@@ -451,3 +486,82 @@ def test_hostile_link_on_every_page_fetches_nothing_outside(browser):
             assert page.locator("[data-testid='stMain'] strong", has_text="bold").count() == 0, path
             if path == "bias_lab":  # the demonstrations' order shows the text, as text
                 assert page.get_by_text(f"http://{evil}/px.png", exact=False).count() > 0
+
+
+def _demo_labels(page):
+    """The demonstrations' labels as their pickers show them."""
+    return [page.get_by_label(f"Label {i}", exact=True).first.input_value() for i in range(1, _n_demos(page) + 1)]
+
+
+def _n_demos(page):
+    return page.locator("textarea[aria-label^='Demonstration ']").count()
+
+
+def test_invalid_label_word_leaves_the_labels_alone_at_1366(app_url, browser):
+    """An invalid label word, restored, then a query edit: the demonstrations keep their labels (before, every
+    demonstration had become the first word)."""
+    from playwright.sync_api import expect
+
+    with _new_page(browser, 1366, 768) as page:
+        page.goto(app_url)
+        _wait_idle(page, timeout=120_000)
+        page.get_by_label("Label 4", exact=True).first.wait_for(timeout=60_000)
+        labels = _demo_labels(page)
+        assert set(labels) == {"foo", "bar"}, labels
+        words = page.get_by_role("textbox", name="Label words (comma separated)")
+        for typed in ("good", "foo, bar"):
+            words.fill(typed)
+            words.press("Enter")
+            _settle(page)
+        q = page.get_by_label("Query")
+        q.fill("a fine and gentle film")
+        q.press("Enter")
+        expect(_predictions(page).first).to_be_visible(timeout=60_000)
+        _settle(page)
+        assert _demo_labels(page) == labels
+        assert page.get_by_text("no demonstration has label").count() == 0
+
+
+def test_lesson_keeps_the_prepared_query_and_the_mode_persists_at_1366(app_url, browser):
+    """A teacher prepares a query and a mode in the Prompt lab, opens the lesson, comes back: both are kept, and
+    the page address carries the mode on every page."""
+    from playwright.sync_api import expect
+
+    with _new_page(browser, 1366, 768) as page:
+        page.goto(app_url)
+        _wait_idle(page, timeout=120_000)
+        q = page.get_by_label("Query")
+        q.fill("a prepared query for the class")
+        q.press("Enter")
+        _settle(page)
+        _choose_mode(page, "random heads (control)")
+        page.get_by_role("link", name="Guided lesson").click()
+        expect(page.get_by_role("heading", name="1. Demonstrations and label positions")).to_be_visible(timeout=120_000)
+        _settle(page)
+        assert "mode=random" in page.url
+        page.get_by_role("link", name="Prompt lab").click()
+        expect(page.get_by_label("Query")).to_have_value("a prepared query for the class", timeout=60_000)
+        _wait_idle(page)
+        assert page.get_by_role("radiogroup", name="Intervene on").get_by_role(
+            "radio", name="random heads (control)").is_checked()
+        assert _predictions(page).count() == 2 and "mode=random" in page.url
+
+
+def test_compact_chart_draws_every_head_row_at_1366(app_url, browser):
+    """The Prompt lab's compact attention chart at 1366 x 768: one row (a y tick) per chosen in-context head
+    (before, a narrow column left room for two of three)."""
+    with _new_page(browser, 1366, 768) as page:
+        page.goto(app_url)
+        _wait_idle(page, timeout=120_000)
+        heads = page.get_by_role("textbox", name="In-context heads (shared by all pages)").input_value()
+        names = [h.strip() for h in heads.split(",") if h.strip()]
+        chart = page.locator(".st-key-fig_compact .js-plotly-plot")
+        chart.scroll_into_view_if_needed()
+        page.wait_for_timeout(500)
+        drawn = [t.strip(" *") for t in chart.locator(".ytick text").evaluate_all("els => els.map(e => e.textContent)")]
+        assert sorted(drawn) == sorted(names), (drawn, names)
+        rows = chart.evaluate("gd => new Set(gd._fullData.flatMap(t => Array.from(t.y))).size")
+        assert rows == len(names)
+        box = chart.bounding_box()
+        legend = chart.locator(".legend").bounding_box()
+        assert legend["y"] > box["y"] + box["height"] / 2  # under the plot, not under the toolbar

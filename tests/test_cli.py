@@ -148,7 +148,7 @@ def test_compare_writes_a_b_and_differences_equal_to_the_library(model_dir, tmp_
 def test_contributions_and_towers_patch_from_the_command_line(model_dir, tmp_path, capsys):
     assert main(["contributions", "--model", model_dir, *VIEW_PROMPT, "--out", str(tmp_path)]) == 0
     c = pd.read_csv(tmp_path / "contributions.csv")
-    assert list(c["demo"]) == [1, 2, 3] and {"contribution", "measured"} <= set(c.columns)
+    assert list(c["demo"]) == [1, 2, 3] and {"contribution", "knockout_effect"} <= set(c.columns)
     d = json.loads((tmp_path / "contributions.json").read_text())
     assert d["baseline_margin"] + c["contribution"].sum() == pytest.approx(d["prediction_margin"], abs=1e-5)
     assert main(["towers-patch", "--model", model_dir, *VIEW_PROMPT, "--out", str(tmp_path)]) == 0
@@ -185,7 +185,10 @@ def test_device_map_options_are_checked_before_loading(model_dir, tmp_path, caps
                  "--out", str(tmp_path)]) == 0
 
 
-def test_bias_commands_write_paired_intervals_and_read_them(model_dir, tmp_path, capsys):
+def test_bias_commands_write_paired_intervals_and_read_them(model_dir, tmp_path, capsys, monkeypatch):
+    import iclviz.readout
+
+    monkeypatch.setattr(iclviz.readout, "at_chance", lambda res, n: None)  # a random model: at chance
     args = ["--model", model_dir, "--dataset", "sst2", "--k", "1", "--n-test", "4", "--out", str(tmp_path)]
     assert main(["majority-bias", *args]) == 0
     err = capsys.readouterr().err

@@ -47,9 +47,9 @@ def test_contribution_knockouts_equal_separate_single_runs(tiny):
     m0 = float(base[0] - base[1])
     for r in c.table.itertuples():
         one = tiny.run([prompt], iv.knockout([[r.position]], heads=HEADS), capture=False).label_logits[0]
-        close(r.measured, m0 - float(one[0] - one[1]), 1e-5)
+        close(r.knockout_effect, float(one[0] - one[1]) - m0, 1e-5)
     every = tiny.run([prompt], iv.knockout([prompt.label_positions], heads=HEADS), capture=False).label_logits[0]
-    close(c.measured_all, m0 - float(every[0] - every[1]), 1e-5)
+    close(c.knockout_all, float(every[0] - every[1]) - m0, 1e-5)
 
 
 def test_contributions_for_more_labels_use_the_predicted_pair(tiny_llama):

@@ -80,11 +80,20 @@ def test_bias_reading_refuses_a_reduction_from_a_tiny_sample():
     rows = rows.rename(columns={"mean": "accuracy", "size": "n"})
     summary = pd.DataFrame({"condition": ["no fix", "fix in-context heads"], "reduction": [0.0, 2.0]})
     text, warning, table = bias_reading(BiasResult("majority", rows, summary, prompts=prompts))
-    assert "cannot be read" in text and warning and "200%" in warning and "4 test sentences" in warning
+    # 7 of 12 right with two labels: the model is at chance on this sample, and the reading says so
+    assert "at chance here: no bias can be read" in text and "200%" not in text + warning
     t = table.set_index("condition")
     assert t.loc["no fix", "bias"] == pytest.approx(0.75 - 0.5) and t.loc["no fix", "p_no_bias"] > 0.05
     assert t.loc["fix in-context heads", "drop"] == pytest.approx(0.25 - (0.75 - 1.0))
     assert t.loc["no fix", "bias_low"] <= 0.25 <= t.loc["no fix", "bias_high"]
+
+
+def test_reductions_outside_0_to_100_percent_are_not_percentages():
+    from iclviz.readout import reduction_text
+
+    assert reduction_text(0.4, 0.1) == "40%"
+    assert "%" not in reduction_text(2.0, 0.1).replace("over 100%", "")
+    assert "no bias" in reduction_text(0.5, -0.05) and "larger" in reduction_text(-0.5, 0.1)
 
 
 def test_every_lesson_step_has_a_live_result(lm):

@@ -67,10 +67,10 @@ def test_contributions_on_the_default_model(lm, heads):
         close(c.per_head[c.per_head["head"] == f"L{layer}H{head}"]["contribution"].sum(), want, 1e-4)
     for r in c.table.itertuples():
         one = lm.run([prompt], iv.knockout([[r.position]], heads=heads), capture=False).label_logits[0]
-        close(r.measured, m0 - float(one[0] - one[1]), 1e-4)
+        close(r.knockout_effect, float(one[0] - one[1]) - m0, 1e-4)
     print("\ncontributions:", f"margin {c.prediction_margin:.3f}, baseline {c.baseline_margin:.3f}, "
-          f"sum {c.total_contribution:.3f}, measured (all knocked out) {c.measured_all:.3f}")
-    print(c.table[["demo", "label", "attention", "contribution", "measured"]].round(3).to_string())
+          f"sum {c.total_contribution:.3f}, knockout effect (all, after - before) {c.knockout_all:+.3f}")
+    print(c.table[["demo", "label", "attention", "contribution", "knockout_effect"]].round(3).to_string())
 
 
 def test_towers_patch_on_the_default_model(lm, heads):

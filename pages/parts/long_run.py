@@ -8,7 +8,7 @@ import time
 import streamlit as st
 
 from iclviz.evaluation import Cancelled
-from iclviz.readout import progress_text
+from iclviz.readout import format_seconds, progress_text
 from pages.parts.widgets import safe
 
 
@@ -27,6 +27,7 @@ class ProgressRun:
         self.t0 = time.perf_counter()
 
     def __call__(self, done, total, note=""):
+        self.total = total
         self.bar.progress(min(1.0, done / max(total, 1)),
                           text=safe(progress_text(self.label, done, total, time.perf_counter() - self.t0, str(note))))
 
@@ -49,6 +50,18 @@ def was_stopped(key: str) -> bool:
     return bool(st.session_state.pop(f"{key}_running", False))
 
 
+MEASURED: dict[str, tuple[float, int]] = {}  # key -> (seconds, steps) of the last finished run in this process
+
+
+def measured_caption(key: str) -> None:
+    """Before a long run starts: what the last finished run of the same kind took on this server (a measured rate,
+    not a guess), so that the user knows what the button costs."""
+    if key in MEASURED:
+        sec, steps = MEASURED[key]
+        st.caption(f"Measured on this server: the last run of this kind took {format_seconds(sec)} for {steps} steps "
+                   f"({sec / max(steps, 1):.1f} s per step); the time grows with the number of steps.")
+
+
 def run_with_progress(go: bool, label: str, key: str, fn, failure: str, stopped: str):
     """With ``go``: ``fn(progress)`` under a progress bar with Stop; its result, or None after a message
     (stopped: a warning; a ValueError or RuntimeError: ``failure: <why>``). Without ``go``: None, after
@@ -56,10 +69,13 @@ def run_with_progress(go: bool, label: str, key: str, fn, failure: str, stopped:
     if not go:
         if was_stopped(key):
             st.warning(stopped)
+        measured_caption(key)
         return None
     try:
         with ProgressRun(label, key) as progress:
-            return fn(progress)
+            out = fn(progress)
+        MEASURED[key] = (time.perf_counter() - progress.t0, int(getattr(progress, "total", 0) or 0))
+        return out
     except Cancelled as exc:
         st.warning(safe(exc))
     except (ValueError, RuntimeError) as exc:

@@ -8,7 +8,15 @@ from iclviz.models import ModelLoadError, load_model
 from iclviz.offline import OFFLINE_MODELS, offline_model
 from iclviz.testing import TINY_MODELS, tiny_model
 from iclviz.validation import ValidationError, check_device, head_name
-from pages.parts.state import APP_MODEL, chosen_heads, current_state, model_spec, settings, test_model_name
+from pages.parts.state import (
+    APP_MODEL,
+    chosen_heads,
+    current_mode,
+    current_state,
+    model_spec,
+    settings,
+    test_model_name,
+)
 from pages.parts.widgets import safe
 
 
@@ -30,12 +38,22 @@ SPREAD = "spread (device_map=auto)"
 DEVICES = ["auto", "cpu", "cuda", SPREAD]
 
 
+LOADED: set = set()  # the model specs this process has loaded (a set's add is atomic: sessions share it safely)
+
+
+def is_loaded() -> bool:
+    """Whether the session's model is loaded in this process already (no loading message is needed)."""
+    return model_spec() in LOADED
+
+
 def get_model():
     """The session's model (loaded once per process), or None after showing why not."""
     spec = model_spec()
     try:
         with st.spinner(f"Loading {spec[0]} (the first load of the default model builds its cache, ~1 minute)"):
-            return _load(*spec)
+            lm = _load(*spec)
+        LOADED.add(spec)
+        return lm
     except (ModelLoadError, ValidationError) as exc:
         st.error(safe(f"The model could not be loaded: {exc}"))
     except Exception as exc:  # noqa: BLE001 - anything else becomes a message, not a crash
@@ -135,5 +153,5 @@ def sidebar(load: bool = True) -> None:
                                mime="application/json", key="w_side_json")
             if st.button("Put them in the page address", key="w_side_url"):
                 st.query_params["s"] = state.to_query_param()
-                st.query_params["mode"] = st.session_state.get("w_mode", "none")
+                st.query_params["mode"] = current_mode()
                 st.caption("Done: copy the address from the browser's address bar; opening it restores them.")

@@ -12,7 +12,7 @@ import streamlit as st
 
 from iclviz.heads import APP_HEAD_RULE, default_heads, valid_heads
 from iclviz.offline import DEFAULT_MODEL
-from iclviz.prompt import PromptError, build_prompt
+from iclviz.prompt import PromptError, _check_label_words, build_prompt
 from iclviz.settings import Settings, load_settings
 from iclviz.sharing import LabState, state_from_query_param
 from iclviz.testing import TINY_MODELS
@@ -70,8 +70,7 @@ def init_state() -> None:
     ss.demo_counter = 0
     apply_state(LabState())
     mode = st.query_params.get("mode")
-    if mode in INTERVENTION_MODES:
-        ss.w_mode = mode
+    ss.mode = mode if mode in INTERVENTION_MODES else "none"
     shared = st.query_params.get("s")
     if shared:
         try:
@@ -81,19 +80,148 @@ def init_state() -> None:
             ss.share_message = ("error", escape_markdown(f"The shared link could not be read: {exc}"))
 
 
+def label_words_ok(words) -> bool:
+    """Whether ``words`` can label demonstrations at all (two or more, distinct, one word each); whether each is
+    one token is the model's question, answered when the prompt is built."""
+    try:
+        _check_label_words(tuple(words))
+        return True
+    except PromptError:
+        return False
+
+
+def label_key() -> str:
+    """The label words the demonstrations' label pickers are keyed by: the last valid ones (``valid_words``)."""
+    return "|".join(valid_words())
+
+
+def valid_words() -> list[str]:
+    ss = st.session_state
+    if "label_words_valid" not in ss:
+        ss.label_words_valid = list(ss.label_words) if label_words_ok(ss.get("label_words", ())) else ["foo", "bar"]
+    return ss.label_words_valid
+
+
+def set_label_words(text: str) -> None:
+    """The label words as typed. Valid ones relabel the demonstrations (the i-th old word becomes the i-th new
+    one); invalid ones (one word, a repeat, an empty entry) are kept for the error message and change nothing
+    else: the demonstrations keep their labels until the words are valid again."""
+    ss = st.session_state
+    new = [w.strip() for w in str(text).split(",")]
+    if new == list(ss.get("label_words", ())):
+        return
+    ss.label_words = new
+    if not label_words_ok(new):
+        return
+    old = valid_words()
+    mapping = {o: new[i] for i, o in enumerate(old) if i < len(new)}
+    for d in ss.get("demos", []):
+        d["label"] = mapping.get(d["label"], d["label"])
+    ss.label_words_valid = list(new)
+
+
+def sync_demos() -> None:
+    """Copy the demonstrations' editor widgets (text, label picker) into the session's demonstrations."""
+    ss = st.session_state
+    words = label_key()
+    for d in ss.get("demos", []):
+        d["text"] = ss.get(f"dt_{d['id']}", d["text"])
+        d["label"] = ss.get(f"dl_{d['id']}_{words}", d["label"])
+
+
 def sync_from_widgets() -> None:
     """Copy the prompt lab's widget values into the session's prompt (widgets update before a run starts)."""
     ss = st.session_state
+    sync_demos()
     if "w_label_words" in ss:
-        ss.label_words = [w.strip() for w in ss.w_label_words.split(",")]
+        set_label_words(ss.w_label_words)
     if "w_query" in ss:
         ss.query = ss.w_query
     if "w_template" in ss:
         ss.template = ss.w_template
-    words = "|".join(ss.label_words)
-    for d in ss.get("demos", []):
-        d["text"] = ss.get(f"dt_{d['id']}", d["text"])
-        d["label"] = ss.get(f"dl_{d['id']}_{words}", d["label"])
+
+
+# ---------------------------------------------------------------- what outlives a page's widgets
+
+def set_mode(mode: str) -> None:
+    """The intervention mode: kept in the session (not only in the Prompt lab's widget, which Streamlit forgets
+    on every other page) and written to the page address by ``mode_to_url``."""
+    if mode in INTERVENTION_MODES:
+        st.session_state.mode = mode
+        st.session_state.w_mode = mode
+
+
+def current_mode() -> str:
+    mode = st.session_state.get("mode", "none")
+    return mode if mode in INTERVENTION_MODES else "none"
+
+
+def keep(widget_key: str, default=None) -> None:
+    """Before a widget is drawn (with no ``value`` argument): give it back the value it had when the user last left
+    its page, else ``default`` (Streamlit drops a widget's state on any run that does not draw it). Call
+    ``kept(widget_key)`` after drawing it."""
+    ss = st.session_state
+    if widget_key not in ss:
+        value = ss.get(f"_kept_{widget_key}", default)
+        if value is not None:
+            ss[widget_key] = value
+
+
+def kept(widget_key: str) -> None:
+    ss = st.session_state
+    if widget_key in ss:
+        ss[f"_kept_{widget_key}"] = ss[widget_key]
+
+
+def mode_to_url() -> None:
+    """The intervention mode in the page address on every page (so that the address is a shareable link)."""
+    mode = current_mode()
+    if mode == "none":
+        if "mode" in st.query_params:
+            del st.query_params["mode"]
+    elif st.query_params.get("mode") != mode:
+        st.query_params["mode"] = mode
+
+
+# ---------------------------------------------------------------- undo
+
+UNDO_DEPTH = 20
+
+
+def _snapshot() -> tuple:
+    ss = st.session_state
+    return (tuple((d["text"], d["label"]) for d in ss.get("demos", [])), ss.get("query", ""),
+            tuple(ss.get("label_words", ())), ss.get("template", ""), tuple(map(tuple, ss.get("heads") or ())))
+
+
+def remember() -> None:
+    """Called once per run after the widgets are read: a changed prompt puts the previous one on the undo stack."""
+    ss = st.session_state
+    now = _snapshot()
+    last = ss.get("_last_snapshot")
+    if last is not None and last != now:
+        ss.setdefault("undo_stack", []).append(last)
+        del ss.undo_stack[:-UNDO_DEPTH]
+    ss._last_snapshot = now
+
+
+def can_undo() -> bool:
+    return bool(st.session_state.get("undo_stack"))
+
+
+def undo() -> None:
+    """A button callback: the prompt and heads as they were before the last change."""
+    ss = st.session_state
+    if not ss.get("undo_stack"):
+        return
+    demos, query, words, template, heads = ss.undo_stack.pop()
+    apply_state(LabState(list(demos), query, tuple(words), template, list(heads)))
+    ss.label_words = list(words)
+    for key in ("w_query", "w_label_words", "w_template"):
+        ss.pop(key, None)
+    if not heads:
+        ss.heads = None
+    ss._last_snapshot = _snapshot()
 
 
 def apply_state(state: LabState) -> None:
@@ -104,6 +232,8 @@ def apply_state(state: LabState) -> None:
         ss.demos.append({"id": ss.demo_counter, "text": text, "label": label})
     ss.query = state.query
     ss.label_words = list(state.label_words)
+    if label_words_ok(state.label_words):
+        ss.label_words_valid = list(state.label_words)
     ss.template = state.template
     ss.editor_version = ss.get("editor_version", 0) + 1
     if state.heads:

@@ -96,7 +96,10 @@ def image_format() -> str:
 
 def chart(fig, key: str, where=None, name: str | None = None, **kwargs):
     """``st.plotly_chart`` with the camera button saving the figure as PNG or SVG (the sidebar's choice),
-    drawn by plotly.js in the browser (no network)."""
+    drawn by plotly.js in the browser (no network). The plotly toolbar runs down the right edge, so that it never
+    covers a title or a legend at the top."""
+    if hasattr(fig, "update_layout"):
+        fig.update_layout(modebar=dict(orientation="v"))
     return (where or st).plotly_chart(fig, key=key, config=plotly_config(name or key, image_format()), **kwargs)
 
 

@@ -74,7 +74,7 @@ try:
     prompt = build_prompt(lm.tokenizer, list(LESSON_STATE.demos), LESSON_STATE.query, LESSON_STATE.label_words,
                           LESSON_STATE.template, max_tokens=lm.context_length)
 except PromptError as exc:  # a model whose tokenizer splits foo or bar
-    st.error(f"The lesson's prompt cannot be run on this model: {exc}")
+    st.error(safe(f"The lesson's prompt cannot be run on this model: {exc}"))
     st.stop()
 
 

@@ -98,7 +98,8 @@ def test_report_bias_sections_have_paired_intervals(model_dir, tmp_path):
     assert main(args) == 0
     text = out.read_text()
     # the biases come with paired intervals from the per-prompt outcomes kept beside them ...
-    assert text.count(" bias [95% CI] ") == 2 and text.count("**Verdict: ") == 2
+    # (twice for the importance heads' fixes, twice for the context rule's heads' fixes)
+    assert text.count(" bias [95% CI] ") == 4 and text.count("**Verdict: ") == 4
     prompts = list(work.rglob("majority_bias_prompts.csv"))
     assert len(prompts) == 1 and len(pd.read_csv(prompts[0])) == 3 * 3 * 8  # arrangements x conditions x prompts
     # ... and a summary cached without them says so instead of inventing an interval

@@ -326,8 +326,8 @@ def _classic_sections(lm, ds, spec, sizes, d, heads, control, ranked, curve_on) 
         if "fix in-context heads" in set(rb.condition) else float("nan")
     overview = {"ablate in-context": acc.get(("in-context heads", "ablate")),
                 "ablate random": acc.get(("random heads", "ablate")),
-                "majority bias reduction": _reduction_cell(mred, mb_iv),
-                "recency bias reduction": _reduction_cell(rred, rb_iv)}
+                "majority bias reduction (importance heads' fix)": _reduction_cell(mred, mb_iv),
+                "recency bias reduction (importance heads' fix)": _reduction_cell(rred, rb_iv)}
     sections = [
         f"### Interventions, a first look\nPaper: {PAPER['interventions']}.\n\n{n_small} prompts; random "
         f"rows are the mean over {sizes['draws']} draws (`draw_sd` their spread): too few to separate the sets "
@@ -493,7 +493,7 @@ def size_plot_svg(summaries: list[dict], path: Path) -> Path:
                    'text-anchor="middle">accuracy drop (points)</text>')
     ly = H + 30
     out.append(f'<circle cx="30" cy="{ly}" r="4" fill="#1f77b4"/><text x="40" y="{ly + 4}">importance heads</text>'
-               f'<circle cx="160" cy="{ly}" r="4" fill="#d62728"/><text x="170" y="{ly + 4}">causal heads</text>'
+               f'<circle cx="160" cy="{ly}" r="4" fill="#d62728"/><text x="170" y="{ly + 4}">label voters (causal rule)</text>'
                f'<rect x="270" y="{ly - 6}" width="14" height="12" fill="#ddd"/>'
                f'<text x="290" y="{ly + 4}">random heads up to the 97.5th percentile</text>'
                f'<text x="30" y="{ly + 24}">knockout of the label attention from T; bars: 95% paired bootstrap '
@@ -621,9 +621,11 @@ def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:
         f"{sizes['null_draws']} random head sets. The older sections use "
         f"{sizes['n_eval'] * len(sizes['seeds'])} prompts per condition and say so.",
         "## Overview\n\n" + _fmt(pd.DataFrame(overview)),
-        f"![Effect against model size]({plot.name})\n\n*Knockout of the in-context heads' attention from T to the "
-        "label positions: accuracy drop in points (dots, 95% paired bootstrap interval) against the random "
-        "heads' null (grey, up to its 97.5th percentile), per model and dataset. Add a model with "
+        f"![Effect against model size]({plot.name})\n\n*The older rules on accuracy: knockout of the importance "
+        "heads' and the label voters' attention from T to the label positions, accuracy drop in points (dots, 95% "
+        "paired bootstrap interval) against the random heads' null (grey, up to its 97.5th percentile), per model "
+        "and dataset. Accuracy moves with a prior shift: the overview's AUC columns say whether the model still "
+        "tells the classes apart. Add a model with "
         "`python -m iclviz report --models default qwen2.5-coder-1.5b YOUR/MODEL`.*",
         "Paper (Llama-7B, GPT-J-6B): " + "; ".join(f"{k}: {v}" for k, v in PAPER.items()) + ".",
     ]

@@ -220,7 +220,7 @@ def section(res: ContextResult, lm) -> tuple[str, dict]:
         text.append(f"{app['n_prompts']} new prompts ({cmeta.get('n_test')} sentences, a new draw from the *evaluate* "
                     f"half, x demonstration seeds {cmeta.get('seeds')}), the {k} heads knocked out against "
                     f"{app['draws']} random sets of {k} heads of layers {layers[0]}-{layers[-1]}.\n\n"
-                    f"**Verdict (the app's {k} heads).** {app['reading']}. The AUC falls "
+                    f"**Verdict (the app's {k} head{'s' if k != 1 else ''}).** {app['reading']}. The AUC falls "
                     f"{app['auc share to chance']:.0%} of the way from its unablated value to chance (0.5); its drop "
                     f"is at the {app['auc percentile']:.0f}th percentile of the random sets'.")
     else:

@@ -493,9 +493,10 @@ def size_plot_svg(summaries: list[dict], path: Path) -> Path:
                    'text-anchor="middle">accuracy drop (points)</text>')
     ly = H + 30
     out.append(f'<circle cx="30" cy="{ly}" r="4" fill="#1f77b4"/><text x="40" y="{ly + 4}">importance heads</text>'
-               f'<circle cx="160" cy="{ly}" r="4" fill="#d62728"/><text x="170" y="{ly + 4}">label voters (causal rule)</text>'
-               f'<rect x="270" y="{ly - 6}" width="14" height="12" fill="#ddd"/>'
-               f'<text x="290" y="{ly + 4}">random heads up to the 97.5th percentile</text>'
+               f'<circle cx="160" cy="{ly}" r="4" fill="#d62728"/>'
+               f'<text x="170" y="{ly + 4}">label voters (causal rule)</text>'
+               f'<rect x="345" y="{ly - 6}" width="14" height="12" fill="#ddd"/>'
+               f'<text x="365" y="{ly + 4}">random heads up to the 97.5th percentile</text>'
                f'<text x="30" y="{ly + 24}">knockout of the label attention from T; bars: 95% paired bootstrap '
                'interval</text></svg>')
     path.write_text("\n".join(out))

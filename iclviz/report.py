@@ -574,13 +574,13 @@ def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:
             summaries.append(summary)
             ctx_cell = "not run"
             if summary.get("context k"):
+                share = summary["context auc share to chance"]
                 ctx_cell = (f"{summary['context context heads']}: AUC {summary['context auc none']:.3f} -> "
                             f"{summary['context auc heads']:.3f} ("
                             + ("below every" if summary["context auc beyond all"] else "not below every")
-                            + f" random set; {summary['context auc share to chance']:.0%} of the way to chance), "
-                            f"accuracy {summary['context accuracy none']:.1%} -> "
-                            f"{summary['context accuracy heads']:.1%}"
-                            f"; n = {summary['context n']}")
+                            + " random set; " + (f"{share:.0%} of the way to chance" if share > 0 else "no drop")
+                            + f"), accuracy {summary['context accuracy none']:.1%} -> "
+                            f"{summary['context accuracy heads']:.1%}; n = {summary['context n']}")
             row = {"model": summary["model"], "dataset": ds.name, "ICL accuracy (n)": f"{summary['accuracy']:.1%} "
                    f"({summary['n']})", "AUC": f"{summary['auc']:.3f}",
                    "knock out the in-context heads (context rule, held-out prompts)": ctx_cell,
@@ -616,11 +616,14 @@ def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:
         "reused; delete a folder to measure it again).",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, Python "
         f"{platform.python_version()}. Models: " + "; ".join(described) + ".",
-        "This is a measurement, not an advertisement. The causal test runs every condition on the same "
-        "prompts (paired; how many is said in each section and in the overview), reports the gold label's "
-        "margin beside accuracy, and places the in-context heads' effect in a null distribution of "
-        f"{sizes['null_draws']} random head sets. The older sections use "
-        f"{sizes['n_eval'] * len(sizes['seeds'])} prompts per condition and say so.",
+        "This is a measurement, not an advertisement. Accuracy moves when every prediction is pushed toward one "
+        "label, so every knockout is also read on discrimination: the AUC of the margin against the gold label and "
+        "the accuracy at a recentred threshold, on the same prompts (paired), against random head sets of the same "
+        "size. Each dataset's first section locates heads by the part of their effect that follows the "
+        "demonstrations (the context rule), on prompts that no test sees, and confirms the chosen heads on fresh "
+        "prompts; the older rules (logit-lens importance; the larger per-label causal effect, which finds label "
+        f"voters) follow, with {sizes['null_draws']} random head sets. Every section says how many prompts it "
+        f"used; the oldest sections use {sizes['n_eval'] * len(sizes['seeds'])}.",
         "## Overview\n\n" + _fmt(pd.DataFrame(overview)),
         f"![Effect against model size]({plot.name})\n\n*The older rules on accuracy: knockout of the importance "
         "heads' and the label voters' attention from T to the label positions, accuracy drop in points (dots, 95% "

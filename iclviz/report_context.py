@@ -314,7 +314,11 @@ def bias_section(lm, ds, d: Path, res: ContextResult, sizes: dict | None = None,
     rows = [parts.loc[head_name(h)] for h in heads if head_name(h) in parts.index]
     if rows:
         reads = sum(r.context_effect > r.prior_effect for r in rows)
-        out.append(f"The fixes act on heads that read the demonstrations: {reads} of the {len(rows)} have an "
-                   "in-context part larger than their prior on the location prompts ("
-                   + ", ".join(f"{r.name} {r.context_effect:+.2f} / {r.prior_effect:.2f}" for r in rows) + ").")
+        out.append(f"The heads the fixes act on, one at a time on the {res.scan.n_prompts} location prompts "
+                   "(in-context part / prior): " + ", ".join(f"{r.name} {r.context_effect:+.2f} / {r.prior_effect:.2f}"
+                                                             for r in rows)
+                   + f". {reads} of the {len(rows)} have an in-context part larger than their prior"
+                   + (": alone, each also votes (a prior's size is the absolute value of a noisy mean, so it is "
+                      "biased upward on a small sample); together they carry the in-context reading measured above."
+                      if reads < len(rows) else "."))
     return "\n\n".join(out)

@@ -234,7 +234,7 @@ def test_guided_lesson_walk_and_screenshot(app_url, browser):
         _settle(page)
         page.screenshot(path=str(LESSON_SHOT))
         assert LESSON_SHOT.stat().st_size > 10_000
-        titles = ["2. Attention from T", "3. Ablation against random heads", "4. The label swap", "5. The two biases"]
+        titles = ["2. Attention from T", "3. Readers and voters", "4. The label swap", "5. The two biases"]
         for title in titles:
             page.get_by_role("button", name="Next").click()
             expect(page.get_by_role("heading", name=title)).to_be_visible(timeout=180_000)
@@ -557,6 +557,7 @@ def test_compact_chart_draws_every_head_row_at_1366(app_url, browser):
         names = [h.strip() for h in heads.split(",") if h.strip()]
         chart = page.locator(".st-key-fig_compact .js-plotly-plot")
         chart.scroll_into_view_if_needed()
+        chart.locator(".ytick text").first.wait_for(timeout=60_000)  # plotly draws once the chart is in view
         page.wait_for_timeout(500)
         drawn = [t.strip(" *") for t in chart.locator(".ytick text").evaluate_all("els => els.map(e => e.textContent)")]
         assert sorted(drawn) == sorted(names), (drawn, names)

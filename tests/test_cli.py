@@ -79,7 +79,7 @@ def test_report_quick_on_a_tiny_model(model_dir, tmp_path):
     test = torch.load(next((tmp_path / "work").rglob("context_test.pt")), weights_only=False)
     assert test["meta"]["test_part"] == "evaluate"
     # the bias fixes on the context rule's heads, with paired intervals, and whether those heads read the demos
-    assert text.count(", fix in the in-context heads (") == 2 and "The fixes act on heads that read" in text
+    assert text.count(", fix in the in-context heads (") == 2 and "The heads the fixes act on, one at a time" in text
     assert (tmp_path / "effect_by_model_size.svg").read_text().startswith("<svg")
     summary = pd.read_csv(tmp_path / "work" / "summary.csv")
     assert len(summary) == 1 and summary["n"].iloc[0] == 8

@@ -107,7 +107,7 @@ def step_result(lm, step: int, demos, query: str, label_words, template: str, he
     if step == 2:
         eff = paired_effect(lm, prompt, heads, "knockout", draws=draws)
         lo, hi = eff.random_range
-        readers = swap_check(lm, demos, query, words, template, heads, "knockout")
+        readers = swap_check(lm, demos, query, words, template, heads, "knockout", per_head=False)
         voters = [tuple(h) for h in (voters if voters is not None else default_voters(lm.name, lm.n_layers,
                                                                                          lm.n_heads))]
         voters = [h for h in voters if h not in set(heads)]
@@ -120,7 +120,7 @@ def step_result(lm, step: int, demos, query: str, label_words, template: str, he
                    ("in-context heads: part that flips", f"{readers.split['context']:+.2f}", None)]
         rows = [{"heads": "in-context heads", "set": ", ".join(map(head_name, heads)), **readers.split}]
         if voters:
-            vote = swap_check(lm, demos, query, words, template, voters, "knockout")
+            vote = swap_check(lm, demos, query, words, template, voters, "knockout", per_head=False)
             sentence += (f" The label voters ({', '.join(map(head_name, voters))}) change it by "
                          f"{vote.split['change']:+.2f}: {swap_reading(vote.split, words)}.")
             metrics.append(("label voters: part that stays", f"{vote.split['prior']:+.2f}", None))

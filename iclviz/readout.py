@@ -470,9 +470,11 @@ class SwapCheck:
                 f"{w[0]}−{w[1]} by {self.split['change']:+.2f}: " + swap_reading(self.split, w) + ".")
 
 
-def swap_check(lm, demonstrations, query: str, label_words, template, heads, kind: str = "knockout") -> SwapCheck:
-    """Intervene on ``heads`` (together, and each alone) on the prompt and on its label-swapped twin:
-    one batched run per prompt (``margins_of_head_sets``)."""
+def swap_check(lm, demonstrations, query: str, label_words, template, heads, kind: str = "knockout",
+               per_head: bool = True) -> SwapCheck:
+    """Intervene on ``heads`` (together, and each alone unless ``per_head`` is False) on the prompt and on its
+    label-swapped twin: one batched run per prompt (``margins_of_head_sets``; ablation rows are whole passes,
+    so the live check asks for the set only)."""
     from .discrimination import swap_split
     from .prompt import build_prompt
 
@@ -481,10 +483,11 @@ def swap_check(lm, demonstrations, query: str, label_words, template, heads, kin
     orig = build_prompt(lm.tokenizer, demonstrations, query, words, template, max_tokens=lm.context_length)
     swap = build_prompt(lm.tokenizer, exchange_first_two(demonstrations, words), query, words, template,
                         max_tokens=lm.context_length)
-    sets = [[], heads] + ([[h] for h in heads] if len(heads) > 1 else [])
+    each = per_head and len(heads) > 1
+    sets = [[], heads] + ([[h] for h in heads] if each else [])
     mo = [m for m, _ in margins_of_head_sets(lm, orig, sets, kind)]
     ms = [m for m, _ in margins_of_head_sets(lm, swap, sets, kind)]
-    names = ["set"] + ([head_name(h) for h in heads] if len(heads) > 1 else [])
+    names = ["set"] + ([head_name(h) for h in heads] if each else [])
     margins = pd.DataFrame([{"heads": n, "before_original": mo[0], "after_original": mo[1 + i],
                              "before_swapped": ms[0], "after_swapped": ms[1 + i]} for i, n in enumerate(names)])
     split = swap_split(mo[1] - mo[0], ms[1] - ms[0])

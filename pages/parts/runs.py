@@ -86,7 +86,7 @@ def label_swap_current(lm, heads):
 
 @st.cache_resource(**_BOUNDED)
 def _swap_check(_lm, key: str, demos, query: str, words, template: str, heads, kind: str):
-    return swap_check(_lm, list(demos), query, tuple(words), template, list(heads), kind)
+    return swap_check(_lm, list(demos), query, tuple(words), template, list(heads), kind, per_head=False)
 
 
 def swap_check_current(lm, heads, kind: str = "knockout"):

@@ -557,9 +557,13 @@ def test_compact_chart_draws_every_head_row_at_1366(app_url, browser):
         names = [h.strip() for h in heads.split(",") if h.strip()]
         chart = page.locator(".st-key-fig_compact .js-plotly-plot")
         chart.scroll_into_view_if_needed()
-        chart.locator(".ytick text").first.wait_for(timeout=60_000)  # plotly draws once the chart is in view
-        page.wait_for_timeout(500)
-        drawn = [t.strip(" *") for t in chart.locator(".ytick text").evaluate_all("els => els.map(e => e.textContent)")]
+        drawn: list[str] = []
+        for _ in range(120):  # plotly draws once the chart is in view, and redraws when the panel reruns
+            drawn = [t.strip(" *") for t in chart.locator(".ytick text").evaluate_all(
+                "els => els.map(e => e.textContent)")]
+            if sorted(drawn) == sorted(names):
+                break
+            page.wait_for_timeout(500)
         assert sorted(drawn) == sorted(names), (drawn, names)
         rows = chart.evaluate("gd => new Set(gd._fullData.flatMap(t => Array.from(t.y))).size")
         assert rows == len(names)

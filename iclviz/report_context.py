@@ -208,6 +208,8 @@ def section(res: ContextResult, lm) -> tuple[str, dict]:
         "unchanged; intervals: 95% paired bootstrap over prompts. Random sets: as many heads from layers "
         f"{layers[0]}-{layers[-1]} (the searched layers); the percentile says where the AUC drop falls among "
         f"them. Paper: {PAPER_CLAIM}.\n\n" + _fmt(pd.DataFrame(rows)),
+        *[f"**{name[4:].capitalize()} ({v['heads']}), on these held-out prompts.** {v['reading']}."
+          for name, v in verdicts.items() if name.startswith("set:")],
         "Top-k curve on the held-out prompts: the AUC with the top k in-context heads knocked out, and the null "
         "band of random sets of k heads.\n\n" + _fmt(curve_tbl),
         f"How many heads: the rule takes the smallest k of this held-out curve whose AUC is below every random set of "
@@ -225,9 +227,6 @@ def section(res: ContextResult, lm) -> tuple[str, dict]:
                     f"is at the {app['auc percentile']:.0f}th percentile of the random sets'.")
     else:
         text.append("Not measured in this run.")
-    for name, v in verdicts.items():
-        if name.startswith("set:"):
-            text.append(f"**{name[4:]} ({v['heads']}).** {v['reading']}.")
     if res.swap is not None:
         text.append("### The paper's check on these heads: label swap\nEvery demonstration's label swapped, the "
                     f"same queries ({int(res.swap['prompts'].iloc[0])} held-out prompts). The paper: the value-output "

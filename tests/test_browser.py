@@ -555,10 +555,11 @@ def test_compact_chart_draws_every_head_row_at_1366(app_url, browser):
         _wait_idle(page, timeout=120_000)
         heads = page.get_by_role("textbox", name="In-context heads (shared by all pages)").input_value()
         names = [h.strip() for h in heads.split(",") if h.strip()]
+        _settle(page, 300_000)  # after the lesson's test the server may still compute its steps ahead
         chart = page.locator(".st-key-fig_compact .js-plotly-plot")
         chart.scroll_into_view_if_needed()
         drawn: list[str] = []
-        for _ in range(120):  # plotly draws once the chart is in view, and redraws when the panel reruns
+        for _ in range(240):  # plotly draws once the chart is in view, and redraws when the panel reruns
             drawn = [t.strip(" *") for t in chart.locator(".ytick text").evaluate_all(
                 "els => els.map(e => e.textContent)")]
             if sorted(drawn) == sorted(names):

@@ -522,12 +522,13 @@ def test_invalid_label_word_leaves_the_labels_alone_at_1366(app_url, browser):
         assert page.get_by_text("no demonstration has label").count() == 0
 
 
-def test_lesson_keeps_the_prepared_query_and_the_mode_persists_at_1366(app_url, browser):
+def test_lesson_keeps_the_prepared_query_and_the_mode_persists_at_1366(browser):
     """A teacher prepares a query and a mode in the Prompt lab, opens the lesson, comes back: both are kept, and
-    the page address carries the mode on every page."""
+    the page address carries the mode on every page. A server of its own: the module's shared server may still be
+    computing what earlier tests asked for."""
     from playwright.sync_api import expect
 
-    with _new_page(browser, 1366, 768) as page:
+    with _serve(tiny=False) as app_url, _new_page(browser, 1366, 768) as page:
         page.goto(app_url)
         _wait_idle(page, timeout=120_000)
         q = page.get_by_label("Query")
@@ -547,10 +548,10 @@ def test_lesson_keeps_the_prepared_query_and_the_mode_persists_at_1366(app_url, 
         assert _predictions(page).count() == 2 and "mode=random" in page.url
 
 
-def test_compact_chart_draws_every_head_row_at_1366(app_url, browser):
+def test_compact_chart_draws_every_head_row_at_1366(browser):
     """The Prompt lab's compact attention chart at 1366 x 768: one row (a y tick) per chosen in-context head
-    (before, a narrow column left room for two of three)."""
-    with _new_page(browser, 1366, 768) as page:
+    (before, a narrow column left room for two of three). A server of its own, as above."""
+    with _serve(tiny=False) as app_url, _new_page(browser, 1366, 768) as page:
         page.goto(app_url)
         _wait_idle(page, timeout=120_000)
         heads = page.get_by_role("textbox", name="In-context heads (shared by all pages)").input_value()

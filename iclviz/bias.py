@@ -1,6 +1,6 @@
 """Majority-label and recency bias, and their mitigations inside the in-context heads.
 
-- Majority bias (PAPER.md finding 5, the paper's metric): accuracy with balanced
+- Majority bias (the paper's finding 5 and metric, arXiv 2402.02872): accuracy with balanced
   demonstrations minus accuracy with one fewer demonstration of a label (averaged over the
   label removed), beside the prediction shift towards the majority label. Mitigation
   (``majority_fix``): in the in-context heads, attention at label c's positions is

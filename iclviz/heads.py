@@ -1,4 +1,4 @@
-"""Locating in-context heads: per-head importance from one pass (PAPER.md's formula).
+"""Locating in-context heads: per-head importance from one pass (the paper's formula, arXiv 2402.02872).
 
 ``Imp(l,h; w) = log p(w | r[l,T] + o[l,h,T]) - log p(w | r[l,T])`` with
 ``p(.|x) = softmax(W_U . lens(x))``; the lens is a setting (see ``lens.py``).

@@ -1,6 +1,6 @@
 """Label swap: the same prompt with the demonstrations' labels swapped.
 
-PAPER.md finding 3: the prediction follows the swap, the value-output vectors still map
+The paper's finding 3 (arXiv 2402.02872): the prediction follows the swap, the value-output vectors still map
 foo positions to foo and bar positions to bar, and the in-context heads' attention from T
 moves between the foo and the bar positions.
 """

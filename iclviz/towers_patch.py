@@ -1,6 +1,6 @@
 """The two towers, causally: patch the query, the keys or the values of chosen heads from B into A.
 
-PAPER.md finding 4 says the query matrix (at ``T``) and the key matrix (at each label position)
+The paper's finding 4 (arXiv 2402.02872) says the query matrix (at ``T``) and the key matrix (at each label position)
 of an in-context head compute a similarity that decides how much of each demonstration's label
 flows into ``T``, and the value-output vectors carry the label. Here, in the chosen heads only:
 

@@ -1,6 +1,6 @@
 """Two towers: the query-key score at each label position against query-demonstration similarity.
 
-PAPER.md finding 4. Similarity is defined here as the cosine between the mean residual
+The paper's finding 4 (arXiv 2402.02872). Similarity is defined here as the cosine between the mean residual
 stream over the query sentence's tokens and the mean over a demonstration sentence's
 tokens, entering a shallow layer (``sim_layer``, default a quarter of the depth). The
 score is the in-context head's pre-softmax ``q_T . k_p / sqrt(d)`` at the demonstration's

@@ -68,7 +68,7 @@ class Dataset:
 
 
 def data_dirs(extra: str | os.PathLike | None = None) -> list[Path]:
-    """Folders searched for datasets, in order: the one given, $ICLVIZ_DATA, shipped, ../shared/data."""
+    """Folders searched for datasets, in order: the one given, $ICLVIZ_DATA, shipped, `shared/data` beside the repo."""
     dirs = []
     for d in (extra, os.environ.get("ICLVIZ_DATA")):
         if d:

@@ -105,13 +105,22 @@ def _heatmap(matrix, value: str, title: str, key: str) -> list[tuple[int, int]]:
     page's selected head (the panel below follows it)."""
     event = st.altair_chart(head_heatmap(matrix.dropna(how="all"), value, title, heads), key=key,
                             on_select="rerun")
+    return _follow_clicks(event, key, remember_source=True)
+
+
+def _follow_clicks(event, key: str, remember_source: bool = False) -> list[tuple[int, int]]:
+    """The heads a clickable chart reports; a new click moves the page's selected head (and, for a heatmap,
+    which chart the "Selected cells" line follows)."""
     picked = selected_heads(event)
     if picked != ss.get(f"_picked_{key}", []):
         ss[f"_picked_{key}"] = picked
         if picked:
             ss.hf_focus = picked[-1]
-            ss.hf_focus_from = key  # the "Selected cells" line follows the heatmap clicked last
-    return picked if ss.get("hf_focus_from", key) == key else []
+            if remember_source:
+                ss.hf_focus_from = key  # the "Selected cells" line follows the heatmap clicked last
+    if remember_source and ss.get("hf_focus_from", key) != key:
+        return []
+    return picked
 
 
 scan = run_with_progress(
@@ -232,11 +241,7 @@ if cs is not None and (cs.n_layers, cs.n_heads) == (lm.n_layers, lm.n_heads):
                 parts = head_parts_of(cs, kind)
                 ev = st.altair_chart(context_prior_scatter(parts, cs.label_words, heads), key=f"fig_scatter_{kind}",
                                      on_select="rerun")
-                sc_picked = selected_heads(ev)
-                if sc_picked != ss.get(f"_picked_scatter_{kind}", []):
-                    ss[f"_picked_scatter_{kind}"] = sc_picked
-                    if sc_picked:
-                        ss.hf_focus = sc_picked[-1]
+                sc_picked = _follow_clicks(ev, f"scatter_{kind}")
                 cs_clicked = sorted(set(cs_clicked) | set(sc_picked))
             if cs_clicked:
                 st.markdown("Selected cells: " + ", ".join(map(head_name, cs_clicked)))

@@ -395,6 +395,8 @@ def test_first_visit_shows_no_raw_file_names_and_the_title_at_once(browser):
                     title_at = time.time() - t0
                 page.wait_for_timeout(50)
             assert title_at is not None, "no title"
+            # the title and the menu come from the same script run but may reach the browser in separate deltas
+            _menu(page).get_by_text("Demonstrations", exact=True).wait_for(timeout=30_000)
             menu = _menu(page).all_inner_texts()
             assert "Guided lesson" in menu and "Demonstrations" in menu, menu
             assert not [t for t in seen for x in t if RAW_NAMES.search(x.split("Model")[0])], seen[-1]

@@ -29,7 +29,16 @@ CONTEXT_SIZES = dict(n_locate=32, locate_seed=100, locate_draws=5, n_test=64, te
                      confirm_seeds=(2, 3), headline_draws=50, share_draws=20, curve_draws=10, n_swap=32)
 QUICK_SIZES = dict(n_locate=4, locate_seed=100, locate_draws=2, n_test=4, test_seeds=(0, 1), confirm_seeds=(2, 3),
                    headline_draws=4, share_draws=3, curve_draws=2, n_swap=2)
-LARGE_MODEL_SIZES = dict(n_locate=24, n_test=24)  # models of over 1B parameters, on the CPU
+# Models of over 1B parameters, on the CPU: location spread over four demonstration seeds (16 prompts each; one
+# seed's heads did not carry over to fresh demonstrations), 48 held-out prompts for the curve, 64 fresh ones for
+# the confirmation.
+LARGE_MODEL_SIZES = dict(n_locate=16, locate_seeds=(100, 101, 102, 103), locate_draws=2, n_test=24, n_confirm=32,
+                         headline_draws=50, share_draws=20, curve_draws=5)
+
+
+def locate_seeds(sizes: dict) -> tuple[int, ...]:
+    """The demonstration seeds of the location prompts (one seed unless ``locate_seeds`` names several)."""
+    return tuple(sizes.get("locate_seeds") or (sizes["locate_seed"],))
 
 
 def _progress(desc: str):
@@ -46,6 +55,11 @@ def _progress(desc: str):
 
 def _fmt(df: pd.DataFrame) -> str:
     return df.to_markdown(index=False, floatfmt=".3f")
+
+
+def _seeds(sizes: dict) -> str:
+    s = locate_seeds(sizes)
+    return f"demonstration seed {s[0]}" if len(s) == 1 else "demonstration seeds " + ", ".join(map(str, s))
 
 
 def _heads(hs) -> str:
@@ -80,7 +94,7 @@ def run_context(lm, ds, d: Path, sizes: dict | None = None, importance_heads=Non
     sizes = dict(CONTEXT_SIZES, **(sizes or {}))
     d.mkdir(parents=True, exist_ok=True)
     layers = default_layers(lm.n_layers)
-    loc = EvalSetup(ds.test_part("locate"), k_per_label=4, n_test=sizes["n_locate"], seeds=(sizes["locate_seed"],))
+    loc = EvalSetup(ds.test_part("locate"), k_per_label=4, n_test=sizes["n_locate"], seeds=locate_seeds(sizes))
     words = tuple(loc.words())
     scan_path = d / "context_scan.csv"
     if scan_path.exists():
@@ -126,7 +140,7 @@ def run_context(lm, ds, d: Path, sizes: dict | None = None, importance_heads=Non
     if confirm_path.exists():
         confirm = ContextTest.load(confirm_path)
     else:
-        cf = EvalSetup(ds.test_part("evaluate"), k_per_label=4, n_test=sizes["n_test"],
+        cf = EvalSetup(ds.test_part("evaluate"), k_per_label=4, n_test=sizes.get("n_confirm", sizes["n_test"]),
                        seeds=sizes["confirm_seeds"])
         confirm = context_heads.context_test(lm, cf, ranking[:k], [k], n_draws=sizes["headline_draws"],
                                              layers=layers, seed=7000, progress=_progress(f"{ds.name}: confirmation"))
@@ -188,8 +202,8 @@ def section(res: ContextResult, lm) -> tuple[str, dict]:
     text = [
         "### Heads that read the demonstrations, and heads that vote for a label",
         f"Location: each head of layers {layers[0]}-{layers[-1]} knocked out alone (its attention from T to every "
-        f"label position), on {scan.n_prompts} prompts from the *locate* half of the test split (demonstration seed "
-        f"{res.sizes['locate_seed']}). A head's support for the gold label (the drop of the gold margin when it is "
+        f"label position), on {scan.n_prompts} prompts from the *locate* half of the test split ("
+        f"{_seeds(res.sizes)}). A head's support for the gold label (the drop of the gold margin when it is "
         "knocked out) splits in two: the **in-context part**, the label-balanced mean support, helps whichever label "
         "is gold, so it follows the demonstrations and the query; the **prior part** is the same whatever the query, "
         "a constant vote for one label (`prior_toward`; `prior_first`: signed, positive = toward "
@@ -247,7 +261,8 @@ def section(res: ContextResult, lm) -> tuple[str, dict]:
     if vot:
         summary.update({"voters": vot["heads"], "voters auc": vot["auc after"],
                         "voters accuracy": vot["accuracy after"], "voters verdict": vot["reading"].split(";")[0]})
-    located = {"heads": [list(h) for h in res.heads], "seed": res.sizes["locate_seed"], "n_prompts": scan.n_prompts,
+    located = {"heads": [list(h) for h in res.heads], "seed": locate_seeds(res.sizes)[0],
+               "seeds": list(locate_seeds(res.sizes)), "n_prompts": scan.n_prompts,
                "test_part": "locate", "voters": [list(h) for h in res.voters],
                "test": {key: app.get(key) for key in ("n_prompts", "draws", "auc before", "auc after", "auc null min",
                                                       "auc beyond all", "auc share to chance", "accuracy before",

@@ -25,6 +25,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from .architecture import Architecture, UnsupportedArchitecture, describe
 from .interventions import NONE, Interventions
+from .lens import final_scale_of, importance_of, label_directions
 
 ATTENTION_NAME = "iclviz"
 _ACTIVE: contextvars.ContextVar[_RunState | None] = contextvars.ContextVar("iclviz_run", default=None)
@@ -37,7 +38,7 @@ class MissingRecord(LookupError):
 
 @dataclass
 class Importance:
-    """Head importance computed on the model's device during a run (see ``heads.importance_of``)."""
+    """Head importance computed on the model's device during a run (see ``lens.importance_of``)."""
 
     values: torch.Tensor  # [B, L, H, K], NaN outside ``layers``
     label_token_ids: tuple[int, ...]
@@ -365,8 +366,6 @@ class _RunState:
     def _label_directions(self, device, dtype) -> torch.Tensor:
         key = ("label_directions", device, dtype)
         if key not in self._device_cache:
-            from .lens import label_directions
-
             self._device_cache[key] = label_directions(self.arch, self.label_ids, device).to(dtype)
         return self._device_cache[key]
 
@@ -550,8 +549,6 @@ def _assemble(arch, states: list[_RunState], S: int, pad: torch.Tensor, value_po
     vl, vectors, missing = None, None, {}
     if value_positions is not None:
         if states[0].label_ids is not None:
-            from .lens import final_scale_of
-
             vl = cat("value_label_logits") / final_scale_of(arch, resid_final)[:, None, None, None]
         vectors = {}
         for layer in range(arch.n_layers):
@@ -566,8 +563,6 @@ def _assemble(arch, states: list[_RunState], S: int, pad: torch.Tensor, value_po
         missing["value_out"] = missing["value_label_logits"] = "this run recorded no value positions"
     imp = None
     if importance is not None:
-        from .heads import importance_of
-
         scaling, layers = importance
         values = importance_of(arch, resid_in, head_out, resid_final, states[0].label_ids, scaling, layers)
         imp = Importance(host(values), tuple(states[0].label_ids), scaling, tuple(layers))

@@ -15,38 +15,12 @@ import pandas as pd
 import torch
 
 from .capture import Capture
-from .lens import log_probs
-
-DEFAULT_SCALING = "final_scale"
+from .lens import DEFAULT_SCALING, importance_of
 
 
 def default_layers(n_layers: int) -> list[int]:
     """The deep half of the model, where the paper looks for in-context heads."""
     return list(range(n_layers // 2, n_layers))
-
-
-@torch.no_grad()
-def importance_of(arch, resid_in: torch.Tensor, head_out: torch.Tensor, resid_final: torch.Tensor,
-                  label_token_ids: list[int], scaling: str = DEFAULT_SCALING, layers=None) -> torch.Tensor:
-    """[B, L, H, n_labels] the importance formula on tensors of any device (computed there).
-
-    ``resid_in`` [B, L, D], ``head_out`` [B, L, H, D], ``resid_final`` [B, D]. One batched
-    log-softmax over the vocabulary for every layer asked at once (``lens.log_probs``: the lens
-    with the unembedding bias, which a log-probability of a whole residual stream needs), so each
-    chunk of ``W_U`` is read once per run, not once per layer.
-    """
-    B, L, H, D = head_out.shape
-    layers = list(range(L)) if layers is None else sorted(set(int(x) for x in layers))
-    out = torch.full((B, L, H, len(label_token_ids)), float("nan"), device=head_out.device)
-    if not layers:
-        return out
-    n = len(layers)
-    r = resid_in[:, layers].float()[:, :, None, :]  # [B, n, 1, D]
-    x = torch.cat([r, r + head_out[:, layers].float()], 2)  # [B, n, 1 + H, D]
-    lp = log_probs(arch, x.reshape(B, n * (1 + H), D), resid_final, label_token_ids, scaling)
-    lp = lp.reshape(B, n, 1 + H, -1)
-    out[:, layers] = lp[:, :, 1:] - lp[:, :, :1]
-    return out
 
 
 def head_importance(arch, capture: Capture, label_token_ids: list[int], scaling: str = DEFAULT_SCALING,

@@ -15,12 +15,12 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from iclviz.memory import limit_heap_growth, release_memory  # noqa: E402  (light: no torch)
-from iclviz.settings import load_settings  # noqa: E402
+from iclviz.engine.memory import limit_heap_growth, release_memory  # noqa: E402  (light: no torch)
+from iclviz.engine.settings import load_settings  # noqa: E402
 from iclviz.validation import ValidationError  # noqa: E402
 from pages.parts import menu  # noqa: E402
 
-limit_heap_growth()  # a server's memory stays flat over reruns (see iclviz/memory.py)
+limit_heap_growth()  # a server's memory stays flat over reruns (see iclviz/engine/memory.py)
 
 st.set_page_config(page_title="iclviz: in-context heads", layout="wide")
 

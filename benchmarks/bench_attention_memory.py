@@ -18,10 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from iclviz.attention_matrix import full_attention  # noqa: E402
+from iclviz.analyses.evaluation import EvalSetup  # noqa: E402
 from iclviz.data import load_dataset  # noqa: E402
-from iclviz.evaluation import EvalSetup  # noqa: E402
-from iclviz.models import load_model  # noqa: E402
+from iclviz.engine.attention_matrix import full_attention  # noqa: E402
+from iclviz.engine.models import load_model  # noqa: E402
 
 
 def rss() -> float:

@@ -25,13 +25,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from iclviz.causal import causal_scan  # noqa: E402
+from iclviz.analyses.causal import causal_scan  # noqa: E402
+from iclviz.analyses.evaluation import EvalSetup, evaluate  # noqa: E402
+from iclviz.analyses.heads import default_layers  # noqa: E402
+from iclviz.analyses.locate import locate_heads  # noqa: E402
 from iclviz.data import load_dataset  # noqa: E402
-from iclviz.evaluation import EvalSetup, evaluate  # noqa: E402
-from iclviz.heads import default_layers  # noqa: E402
-from iclviz.interventions import Plan  # noqa: E402
-from iclviz.locate import locate_heads  # noqa: E402
-from iclviz.models import load_model  # noqa: E402
+from iclviz.engine.interventions import Plan  # noqa: E402
+from iclviz.engine.models import load_model  # noqa: E402
 
 
 def main() -> None:

@@ -24,11 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from iclviz.analyses.evaluation import EvalSetup, evaluate  # noqa: E402
+from iclviz.analyses.heads import head_importance  # noqa: E402
 from iclviz.data import load_dataset  # noqa: E402
-from iclviz.evaluation import EvalSetup, evaluate  # noqa: E402
-from iclviz.heads import head_importance  # noqa: E402
-from iclviz.interventions import ablate  # noqa: E402
-from iclviz.models import load_model  # noqa: E402
+from iclviz.engine.interventions import ablate  # noqa: E402
+from iclviz.engine.models import load_model  # noqa: E402
 
 
 def timed(fn, repeats):

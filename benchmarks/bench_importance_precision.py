@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import iclviz  # noqa: E402
 from iclviz.data import sample_demonstrations, sample_test  # noqa: E402
-from iclviz.lens import normed  # noqa: E402
+from iclviz.engine.lens import normed  # noqa: E402
 
 
 def tf32(t: torch.Tensor) -> torch.Tensor:

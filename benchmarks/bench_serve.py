@@ -163,10 +163,10 @@ def drive(url: str, pid: int, modes: list[str], reruns: int, counter: dict) -> l
 
 def expected_texts(entries: list[dict], model: str) -> list[tuple[dict, list[str]]]:
     """Recompute what each sampled rerun should have shown, with the library (no streamlit)."""
-    from iclviz.evaluation import predict
-    from iclviz.heads import APP_HEAD_RULE, control_heads, default_heads
-    from iclviz.interventions import Plan
-    from iclviz.models import load_model
+    from iclviz.analyses.evaluation import predict
+    from iclviz.analyses.heads import APP_HEAD_RULE, control_heads, default_heads
+    from iclviz.engine.interventions import Plan
+    from iclviz.engine.models import load_model
     from iclviz.sharing import START_DEMOS
     from iclviz.testing import tiny_model
 

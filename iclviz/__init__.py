@@ -18,23 +18,24 @@ import importlib
 
 __version__ = "0.2.0"
 
-_EXPORTS = {
+_MODULES = {
     # models and prompts
-    "load_model": "models", "LoadedModel": "models", "ModelLoadError": "errors", "OFFLINE_MODELS": "offline",
-    "build_prompt": "prompt", "BuiltPrompt": "prompt", "PromptError": "prompt",
+    "engine.models": ["load_model", "LoadedModel"], "errors": ["ModelLoadError"], "engine.offline": ["OFFLINE_MODELS"],
+    "prompt": ["build_prompt", "BuiltPrompt", "PromptError"],
     # one instrumented pass
-    "predict": "evaluation", "predict_prompt": "evaluation", "Capture": "capture", "RunResult": "capture",
-    "MissingRecord": "capture", "full_attention": "attention_matrix",
+    "analyses.evaluation": ["predict", "predict_prompt", "EvalSetup", "evaluate"],
+    "engine.capture": ["Capture", "RunResult", "MissingRecord"], "engine.attention_matrix": ["full_attention"],
     # interventions
-    "ablate": "interventions", "knockout": "interventions", "rescale": "interventions",
-    "remove_positional_score": "interventions", "combine": "interventions", "Interventions": "interventions",
-    "Plan": "interventions",
-    # datasets and evaluation
-    "load_dataset": "data", "EvalSetup": "evaluation", "evaluate": "evaluation",
+    "engine.interventions": ["ablate", "knockout", "rescale", "remove_positional_score", "combine", "Interventions",
+                             "Plan"],
+    # datasets
+    "data": ["load_dataset"],
     # locating heads
-    "locate_heads": "locate", "head_importance": "heads", "project": "lens", "logit_minus": "lens",
-    "causal_scan": "causal", "null_distribution": "causal", "causal_test": "causal", "label_specific": "causal",
+    "analyses.locate": ["locate_heads"], "analyses.heads": ["head_importance"],
+    "engine.lens": ["project", "logit_minus"],
+    "analyses.causal": ["causal_scan", "null_distribution", "causal_test", "label_specific"],
 }
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

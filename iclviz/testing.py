@@ -104,7 +104,7 @@ def tiny_tokenizer(sentence_template: bool = True):
 
 def tiny_model(name: str = "tiny-llama", seed: int = 0):
     """A LoadedModel around ``build_tiny_model`` and ``tiny_tokenizer``: ``name`` is 'tiny-<arch>'."""
-    from .models import ModelLoadError, wrap_model
+    from .engine.models import ModelLoadError, wrap_model
 
     arch = name[5:] if name.startswith("tiny-") else ""
     if arch not in ARCHITECTURES:

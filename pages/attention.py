@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from iclviz.attention_matrix import BERTVIZ_MAX_TOKENS, full_attention
-from iclviz.plots import attention_rows_heatmap
+from iclviz.engine.attention_matrix import BERTVIZ_MAX_TOKENS, full_attention
+from iclviz.outputs.plots import attention_rows_heatmap
 from iclviz.validation import head_name
 from pages.parts import common
 from pages.parts.bertviz_view import bertviz_height, bertviz_layer_inputs, offline_bertviz_html

@@ -5,11 +5,11 @@ from functools import partial
 import pandas as pd
 import streamlit as st
 
-from iclviz.bias import majority_bias, recency_bias
-from iclviz.evaluation import EvalSetup, evaluate
-from iclviz.interventions import Plan
-from iclviz.plots import bias_bars
-from iclviz.readout import bias_reading, label_mass, ratio_reading, share_table
+from iclviz.analyses.bias import majority_bias, recency_bias
+from iclviz.analyses.evaluation import EvalSetup, evaluate
+from iclviz.analyses.readout import bias_reading, label_mass, ratio_reading, share_table
+from iclviz.engine.interventions import Plan
+from iclviz.outputs.plots import bias_bars
 from pages.parts import common, state
 from pages.parts.long_run import run_with_progress
 from pages.parts.runs import predict_current

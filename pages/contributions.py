@@ -3,9 +3,9 @@
 
 import streamlit as st
 
-from iclviz.contributions import LINEAR_SCALING
+from iclviz.analyses.contributions import LINEAR_SCALING
 from iclviz.conventions import DIRECT_VS_EFFECT, SIGN_CONVENTION
-from iclviz.figures import waterfall_figure
+from iclviz.outputs.figures import waterfall_figure
 from iclviz.prompt import PromptError
 from iclviz.validation import ValidationError
 from pages.parts import common

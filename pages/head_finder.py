@@ -2,15 +2,15 @@
 
 import streamlit as st
 
-from iclviz.causal import KIND_TEXT, causal_scan, compare_rankings, null_distribution, verdict_line
-from iclviz.context_heads import context_test
-from iclviz.context_heads import head_parts as head_parts_of
-from iclviz.evaluation import EvalSetup
-from iclviz.figures import context_prior_scatter, head_heatmap, selected_heads
-from iclviz.heads import HEAD_RULES, default_layers, default_top_n, located_heads
-from iclviz.lens import SCALINGS
-from iclviz.locate import intervention_table, locate_heads
-from iclviz.plots import importance_heatmap, intervention_bars, null_histogram
+from iclviz.analyses.causal import KIND_TEXT, causal_scan, compare_rankings, null_distribution, verdict_line
+from iclviz.analyses.context_heads import context_test
+from iclviz.analyses.context_heads import head_parts as head_parts_of
+from iclviz.analyses.evaluation import EvalSetup
+from iclviz.analyses.heads import HEAD_RULES, default_layers, default_top_n, located_heads
+from iclviz.analyses.locate import intervention_table, locate_heads
+from iclviz.engine.lens import SCALINGS
+from iclviz.outputs.figures import context_prior_scatter, head_heatmap, selected_heads
+from iclviz.outputs.plots import importance_heatmap, intervention_bars, null_histogram
 from iclviz.validation import head_name, parse_head
 from pages.parts import common, state
 from pages.parts.long_run import run_with_progress

@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from iclviz.label_vectors import label_vector_summary
-from iclviz.lens import SCALINGS
-from iclviz.plots import label_vector_bars
+from iclviz.analyses.label_vectors import label_vector_summary
+from iclviz.engine.lens import SCALINGS
+from iclviz.outputs.plots import label_vector_bars
 from pages.parts import common
 from pages.parts.runs import label_vectors_current, predict_current
 from pages.parts.widgets import chart, downloads, safe

@@ -4,11 +4,11 @@ import threading
 
 import streamlit as st
 
-from iclviz.heads import default_heads, located_heads
-from iclviz.lesson import LESSON_STATE, STEPS, step_result
-from iclviz.plots import label_attention_compact, tokens_html
+from iclviz.analyses.heads import default_heads, located_heads
+from iclviz.analyses.lesson import LESSON_STATE, STEPS, step_result
+from iclviz.analyses.readout import token_table
+from iclviz.outputs.plots import label_attention_compact, tokens_html
 from iclviz.prompt import PromptError, build_prompt
-from iclviz.readout import token_table
 from iclviz.sharing import LabState
 from iclviz.validation import head_name
 from pages.parts import common, state

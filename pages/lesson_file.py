@@ -5,12 +5,12 @@ from pathlib import Path
 
 import streamlit as st
 
-from iclviz.compare import swap_all_labels
-from iclviz.contributions import Contributions
-from iclviz.figures import waterfall_figure
-from iclviz.interventions import Plan
-from iclviz.lesson_file import load_lesson, make_lesson, replay
-from iclviz.plots import ab_bars, towers_patch_bars
+from iclviz.analyses.compare import swap_all_labels
+from iclviz.analyses.contributions import Contributions
+from iclviz.engine.interventions import Plan
+from iclviz.outputs.figures import waterfall_figure
+from iclviz.outputs.lesson_file import load_lesson, make_lesson, replay
+from iclviz.outputs.plots import ab_bars, towers_patch_bars
 from iclviz.prompt import PromptError
 from iclviz.sharing import LabState
 from iclviz.validation import ValidationError, head_name
@@ -128,8 +128,8 @@ if lesson is not None:
             csv_download(report.to_frame(), "lesson_replay_differences.csv", "Differences (CSV)",
                          key="dl_lesson_replay")
 else:
-    st.caption("No lesson file open. Upload one (saved below, or by `iclviz.lesson_file.save_lesson`), or an operator "
-               "can open one at start with ICLVIZ_LESSON_FILE.")
+    st.caption("No lesson file open. Upload one (saved below, or by `iclviz.outputs.lesson_file.save_lesson`), or "
+               "an operator can open one at start with ICLVIZ_LESSON_FILE.")
 
 # ---------------------------------------------------------------- save
 st.subheader("Save this lesson")

@@ -3,7 +3,7 @@
 
 import streamlit as st
 
-from iclviz.compare import (
+from iclviz.analyses.compare import (
     change_label_words,
     flip_label,
     is_label_swap,
@@ -12,7 +12,7 @@ from iclviz.compare import (
     reorder_pairs,
     swap_query,
 )
-from iclviz.plots import ab_bars
+from iclviz.outputs.plots import ab_bars
 from iclviz.prompt import PromptError
 from iclviz.validation import ValidationError
 from pages.parts import common, state

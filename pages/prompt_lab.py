@@ -5,9 +5,10 @@ import time
 import pandas as pd
 import streamlit as st
 
+from iclviz.analyses.heads import control_heads
+from iclviz.analyses.readout import first_flip, label_attention_table, label_sums, token_table
 from iclviz.data import DataError, label_words_for, sample_demonstrations, sample_test
-from iclviz.heads import control_heads
-from iclviz.plots import (
+from iclviz.outputs.plots import (
     label_attention_bars,
     label_attention_compact,
     label_sum_bars,
@@ -16,7 +17,6 @@ from iclviz.plots import (
     top_n_figure,
 )
 from iclviz.prompt import TEMPLATES
-from iclviz.readout import first_flip, label_attention_table, label_sums, token_table
 from iclviz.sharing import state_from_json
 from iclviz.validation import ValidationError, check_demo_count, check_heads, head_name, parse_heads
 from pages.parts import common, state

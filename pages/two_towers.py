@@ -2,13 +2,13 @@
 
 import streamlit as st
 
-from iclviz.compare import reorder, swap_all_labels
-from iclviz.evaluation import EvalSetup
-from iclviz.heads import control_heads
-from iclviz.label_swap import label_swap_table, summarize_label_swap
-from iclviz.plots import score_similarity_scatter, swap_bars, towers_patch_bars
+from iclviz.analyses.compare import reorder, swap_all_labels
+from iclviz.analyses.evaluation import EvalSetup
+from iclviz.analyses.heads import control_heads
+from iclviz.analyses.label_swap import label_swap_table, summarize_label_swap
+from iclviz.analyses.two_towers import default_sim_layer, rank_correlations, two_towers_table
+from iclviz.outputs.plots import score_similarity_scatter, swap_bars, towers_patch_bars
 from iclviz.prompt import PromptError
-from iclviz.two_towers import default_sim_layer, rank_correlations, two_towers_table
 from iclviz.validation import ValidationError, head_name
 from pages.parts import common, state
 from pages.parts.long_run import run_with_progress

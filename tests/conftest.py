@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from iclviz.models import wrap_model
+from iclviz.engine.models import wrap_model
 from iclviz.testing import ARCHITECTURES, build_tiny_model, tiny_tokenizer
 
 

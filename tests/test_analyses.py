@@ -6,12 +6,12 @@ import pandas as pd
 import pytest
 import torch
 
-from iclviz import bias, label_swap, label_vectors, locate, two_towers
+from iclviz.analyses import bias, label_swap, label_vectors, locate, two_towers
+from iclviz.analyses.evaluation import Cancelled, EvalSetup, evaluate, predict
+from iclviz.analyses.heads import head_importance
 from iclviz.data import load_dataset
-from iclviz.evaluation import Cancelled, EvalSetup, evaluate, predict
-from iclviz.heads import head_importance
-from iclviz.interventions import Plan, majority_factors
-from iclviz.lens import project
+from iclviz.engine.interventions import Plan, majority_factors
+from iclviz.engine.lens import project
 
 DEMOS = [("a wonderful film", "foo"), ("dull and boring", "bar"), ("what a great story", "foo"),
          ("I hated every minute", "bar")]
@@ -159,7 +159,7 @@ def test_label_swap_table(tiny_llama, sst2):
 
 
 def test_similarity_of_identical_sentences_is_one(tokenizer):
-    from iclviz.models import wrap_model
+    from iclviz.engine.models import wrap_model
     from iclviz.prompt import build_prompt
     from iclviz.testing import build_tiny_model
 

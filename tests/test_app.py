@@ -392,10 +392,10 @@ def test_sidebar_share_puts_the_current_prompt_in_the_url(at):
 
 
 def test_bias_lab_paper_metrics_run_with_controls(at, monkeypatch):
-    import iclviz.readout
+    import iclviz.analyses.readout
 
     # the random tiny model is at chance, which the page would say instead (test_bias_lab_flags_chance)
-    monkeypatch.setattr(iclviz.readout, "at_chance", lambda res, n: None)
+    monkeypatch.setattr(iclviz.analyses.readout, "at_chance", lambda res, n: None)
     goto(at, "bias_lab")
     at.radio(key="w_bias_size").set_value("custom").run()
     at.number_input(key="w_bias_n").set_value(4).run()
@@ -452,8 +452,8 @@ def metrics(at) -> dict[str, str]:
 
 
 def test_prompt_lab_shows_live_paired_effect_and_top_n(at):
+    from iclviz.analyses.readout import paired_effect
     from iclviz.prompt import build_prompt
-    from iclviz.readout import paired_effect
     from iclviz.testing import tiny_model
 
     m = metrics(at)
@@ -470,7 +470,7 @@ def test_prompt_lab_shows_live_paired_effect_and_top_n(at):
     assert any(eff.sentence() == md.value for md in at.markdown)
     # The label-swap split: the two parts shown are the library's, add up to the change, and the sentence says
     # which part dominates (the words follow the numbers).
-    from iclviz.readout import swap_check
+    from iclviz.analyses.readout import swap_check
 
     sw = swap_check(lm, [(d["text"], d["label"]) for d in ss["demos"]], ss["query"], tuple(ss["label_words"]),
                     ss["template"], ss["heads"], "ablate")
@@ -506,8 +506,8 @@ def test_shared_url_keeps_the_intervention_mode(at):
 
 
 def test_guided_lesson_walks_five_steps_and_resets(at):
-    from iclviz.heads import APP_HEAD_RULE, default_heads
-    from iclviz.lesson import LESSON_STATE, STEPS
+    from iclviz.analyses.heads import APP_HEAD_RULE, default_heads
+    from iclviz.analyses.lesson import LESSON_STATE, STEPS
 
     at.text_input(key="w_query").set_value("a prepared query").run()
     goto(at, "lesson")
@@ -575,7 +575,7 @@ def test_undo_restores_the_prompt(at):
 # ---------------------------------------------------------------- issue 11: the views no other tool has
 
 def _tiny_and_spec(at):
-    from iclviz.compare import PromptSpec
+    from iclviz.analyses.compare import PromptSpec
     from iclviz.testing import tiny_model
 
     ss = at.session_state
@@ -594,7 +594,7 @@ def _table(at, column):
 def test_prompt_ab_pin_flip_and_label_swap_match_the_library(at):
     import pandas as pd
 
-    from iclviz.compare import compare_prompts, flip_label, label_swap_pair
+    from iclviz.analyses.compare import compare_prompts, flip_label, label_swap_pair
 
     goto(at, "prompt_ab")
     assert any("Pin the current prompt" in i.value for i in at.info)
@@ -637,7 +637,7 @@ def test_prompt_ab_pin_flip_and_label_swap_match_the_library(at):
 def test_demonstrations_waterfall_matches_the_library(at):
     import pandas as pd
 
-    from iclviz.contributions import demo_contributions
+    from iclviz.analyses.contributions import demo_contributions
 
     goto(at, "contributions")
     assert not at.error
@@ -686,8 +686,8 @@ def test_bias_lab_flags_chance(at):
 def test_two_towers_patch_section_matches_the_library(at):
     import pandas as pd
 
-    from iclviz.compare import reorder, swap_all_labels
-    from iclviz.towers_patch import towers_patch
+    from iclviz.analyses.compare import reorder, swap_all_labels
+    from iclviz.analyses.towers_patch import towers_patch
 
     goto(at, "two_towers")
     assert not at.error
@@ -714,8 +714,8 @@ def test_lesson_file_opens_read_only_without_a_model_and_replays(monkeypatch, tm
     import pandas as pd
 
     import pages.parts.sidebar
-    from iclviz.compare import PromptSpec, flip_label, swap_all_labels
-    from iclviz.lesson_file import make_lesson, save_lesson
+    from iclviz.analyses.compare import PromptSpec, flip_label, swap_all_labels
+    from iclviz.outputs.lesson_file import make_lesson, save_lesson
     from iclviz.testing import tiny_model
 
     lm = tiny_model("tiny-llama")
@@ -756,7 +756,7 @@ def test_lesson_file_opens_read_only_without_a_model_and_replays(monkeypatch, tm
     at.button(key="w_lesson_save").click().run()
     assert not at.exception and not at.error, errors(at)
     saved = at.session_state["lesson_saved"]
-    from iclviz.lesson_file import load_lesson
+    from iclviz.outputs.lesson_file import load_lesson
 
     back = load_lesson(saved)
     assert back.donor is not None and back.contributions and "towers" in back.results
@@ -766,7 +766,7 @@ def test_lesson_file_opens_read_only_without_a_model_and_replays(monkeypatch, tm
 def test_attention_page_draws_a_heatmap_past_bertviz_size(at):
     import numpy as np
 
-    from iclviz.attention_matrix import BERTVIZ_MAX_TOKENS, full_attention
+    from iclviz.engine.attention_matrix import BERTVIZ_MAX_TOKENS, full_attention
 
     at.text_input(key="w_query").set_value(" ".join(["a warm, funny and moving film"] * 15)).run()
     goto(at, "attention")
@@ -832,7 +832,7 @@ def test_every_chart_goes_through_the_figure_config_and_no_html_uses_a_cdn():
 
 
 def test_spread_device_loads_with_device_map_and_predicts_like_the_library(monkeypatch, tmp_path):
-    from iclviz.models import load_model
+    from iclviz.engine.models import load_model
     from iclviz.testing import save_tiny_model
     from pages.parts.sidebar import SPREAD
 
@@ -851,6 +851,6 @@ def test_spread_device_loads_with_device_map_and_predicts_like_the_library(monke
     lm = load_model(str(folder))
     want = lm.prompt([(d["text"], d["label"]) for d in at.session_state["demos"]], at.session_state["query"],
                      at.session_state["label_words"])
-    from iclviz.evaluation import predict_prompt
+    from iclviz.analyses.evaluation import predict_prompt
 
     assert predict_prompt(lm, want).predicted in predictions(at)[0]

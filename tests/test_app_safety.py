@@ -170,7 +170,7 @@ def test_allow_list_offers_only_its_models_and_never_remote_code(monkeypatch, tm
 
 
 def test_settings_refuse_what_the_operator_did_not_allow():
-    from iclviz.settings import load_settings
+    from iclviz.engine.settings import load_settings
 
     s = load_settings({})
     for name, trust, msg in [("/etc", False, "model folders is turned off"), ("./m", False, "folders"),
@@ -238,7 +238,7 @@ def test_full_attention_keeps_only_the_chosen_layers_and_heads(tiny_llama):
     import torch
     from test_capture import reference_forward
 
-    from iclviz.attention_matrix import full_attention
+    from iclviz.engine.attention_matrix import full_attention
     from iclviz.prompt import build_prompt
 
     p = build_prompt(tiny_llama.tokenizer, [("a good film", "foo"), ("a bad film", "bar")], "fine")

@@ -44,7 +44,7 @@ def _use_default_model() -> bool:
     forced = os.environ.get("ICLVIZ_BROWSER_MODEL", "")
     if forced in ("default", "tiny"):
         return forced == "default"
-    from iclviz.offline import QWEN_05B, cache_dir
+    from iclviz.engine.offline import QWEN_05B, cache_dir
 
     return (cache_dir() / "models" / QWEN_05B.f32_dir / "iclviz-complete.json").exists()
 

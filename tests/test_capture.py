@@ -8,8 +8,8 @@ import threading
 import pytest
 import torch
 
-from iclviz import interventions as iv
-from iclviz.capture import pad_batch, run_ids
+from iclviz.engine import interventions as iv
+from iclviz.engine.capture import pad_batch, run_ids
 
 RTOL, ATOL = 1e-5, 1e-5
 LABEL_IDS = [5, 7]
@@ -103,7 +103,7 @@ def test_batch_equals_single_prompts(tiny):
 
 def zero_w_o_columns(model, arch, heads):
     clone = copy.deepcopy(model)
-    from iclviz.architecture import describe
+    from iclviz.engine.architecture import describe
 
     carch = describe(clone)
     with torch.no_grad():
@@ -212,7 +212,7 @@ def test_two_threads_with_different_interventions(tiny):
 def test_positional_score_removal_makes_scores_position_free(tokenizer):
     """In layer 0 of a rotary model a key depends only on its token; with the positional part
     removed, two positions holding the same token get the same score from T."""
-    from iclviz.models import wrap_model
+    from iclviz.engine.models import wrap_model
     from iclviz.testing import build_tiny_model
 
     for arch in ("llama", "qwen2", "gpt_neox"):
@@ -230,7 +230,7 @@ def test_positional_score_removal_makes_scores_position_free(tokenizer):
 
 
 def test_positional_score_removal_refused_for_absolute_positions(tiny_gpt2):
-    from iclviz.architecture import UnsupportedArchitecture
+    from iclviz.engine.architecture import UnsupportedArchitecture
 
     with pytest.raises(UnsupportedArchitecture):
         run_ids(tiny_gpt2.model, [[1, 2, 3, 4]], LABEL_IDS, interventions=iv.remove_positional_score([[1]], [(0, 0)]))
@@ -238,7 +238,7 @@ def test_positional_score_removal_refused_for_absolute_positions(tiny_gpt2):
 
 def test_shared_prefix_path_equals_padded_batch(tiny):
     """Computing the shared demonstrations once (KV cache) gives the same numbers."""
-    from iclviz.capture import common_prefix_length, run_ids_shared_prefix
+    from iclviz.engine.capture import common_prefix_length, run_ids_shared_prefix
 
     g = torch.Generator().manual_seed(4)
     prefix = torch.randint(1, tiny.model.config.vocab_size, (20,), generator=g).tolist()

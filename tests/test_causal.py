@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from iclviz.causal import (
+from iclviz.analyses.causal import (
     RowEdit,
     causal_scan,
     full_ablation_logits,
@@ -15,9 +15,9 @@ from iclviz.causal import (
     null_distribution,
     outcomes,
 )
+from iclviz.analyses.evaluation import EvalSetup
 from iclviz.data import load_dataset
-from iclviz.evaluation import EvalSetup
-from iclviz.interventions import NONE, ablate, knockout
+from iclviz.engine.interventions import NONE, ablate, knockout
 from iclviz.prompt import build_prompt
 from iclviz.stats import empirical_p, mcnemar_exact, paired_bootstrap, proportion_ci
 
@@ -55,7 +55,7 @@ def test_scan_rows_equal_each_intervention_run_alone(tiny):
 
 
 def test_rows_are_bucketed_by_their_first_layer():
-    from iclviz.causal import _rows_by_first_layer
+    from iclviz.analyses.causal import _rows_by_first_layer
 
     rows = [RowEdit()] + [RowEdit.of("knockout", [(layer, 0)]) for layer in (5, 5, 3, 1, 1, 1)]
     assert _rows_by_first_layer(rows, 6, 1) == [(1, [4, 5, 6]), (3, [3]), (5, [0, 1, 2])]
@@ -162,7 +162,7 @@ def test_statistics_match_scipy_and_hand_counts():
 
 
 def test_one_batched_causal_test_equals_the_separate_tests(tiny_llama, setup, tmp_path):
-    from iclviz.causal import CausalTest, causal_test
+    from iclviz.analyses.causal import CausalTest, causal_test
 
     lm = tiny_llama
     heads = [(2, 0), (2, 1)]
@@ -183,8 +183,8 @@ def test_one_batched_causal_test_equals_the_separate_tests(tiny_llama, setup, tm
 
 
 def test_located_heads_answer_to_the_offline_models_cli_names_as_to_their_labels():
-    from iclviz.heads import located_heads
-    from iclviz.offline import QWEN_05B
+    from iclviz.analyses.heads import located_heads
+    from iclviz.engine.offline import QWEN_05B
 
     by_label = located_heads(QWEN_05B.label, rule="causal")
     assert by_label is not None and by_label["heads"]

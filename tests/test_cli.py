@@ -129,8 +129,8 @@ VIEW_PROMPT = ["--demo", "a wonderful film=foo", "--demo", "dull and boring=bar"
 
 
 def test_compare_writes_a_b_and_differences_equal_to_the_library(model_dir, tmp_path):
-    from iclviz.compare import PromptSpec, compare_prompts, flip_label
-    from iclviz.models import load_model
+    from iclviz.analyses.compare import PromptSpec, compare_prompts, flip_label
+    from iclviz.engine.models import load_model
 
     assert main(["compare", "--model", model_dir, *VIEW_PROMPT, "--flip", "2", "--out", str(tmp_path),
                  "--html", str(tmp_path / "ab.html")]) == 0
@@ -187,9 +187,9 @@ def test_device_map_options_are_checked_before_loading(model_dir, tmp_path, caps
 
 
 def test_bias_commands_write_paired_intervals_and_read_them(model_dir, tmp_path, capsys, monkeypatch):
-    import iclviz.readout
+    import iclviz.analyses.readout
 
-    monkeypatch.setattr(iclviz.readout, "at_chance", lambda res, n: None)  # a random model: at chance
+    monkeypatch.setattr(iclviz.analyses.readout, "at_chance", lambda res, n: None)  # a random model: at chance
     args = ["--model", model_dir, "--dataset", "sst2", "--k", "1", "--n-test", "4", "--out", str(tmp_path)]
     assert main(["majority-bias", *args]) == 0
     err = capsys.readouterr().err

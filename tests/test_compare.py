@@ -7,7 +7,7 @@ import json
 import pytest
 from views_common import HEADS, SPEC, close
 
-from iclviz.compare import (
+from iclviz.analyses.compare import (
     PromptSpec,
     change_label_words,
     compare_prompts,
@@ -50,7 +50,7 @@ def test_label_flip_moves_attention_as_the_captures_say(tiny):
         assert pos.label_a == "bar" and pos.label_b == "foo"
         close(pos.attention_b, cap_b.attention_at(0, [b.label_positions[1]])[layer, head, 0], 1e-6)
     # head logits: the head's output at T, projected
-    from iclviz.lens import project
+    from iclviz.engine.lens import project
     ho = cap_b.head_out[0, 2, 1]
     want = project(tiny.arch, ho[None, None], cap_b.resid_final[:1], token_ids=b.label_token_id_list())[0, 0]
     got = c.head_table[c.head_table["head"] == "L2H1"]["head_logit_b"].to_numpy()
@@ -71,8 +71,8 @@ def test_label_swap_and_bias_orders_are_ab_pairs(tiny_llama):
     """The label swap view (label_swap_one) and the Bias lab's orders are instances of the A/B comparison."""
     import random
 
-    from iclviz.bias import _reorder, demonstration_orders
-    from iclviz.label_swap import label_swap_one
+    from iclviz.analyses.bias import _reorder, demonstration_orders
+    from iclviz.analyses.label_swap import label_swap_one
 
     a, b = label_swap_pair(SPEC)
     c = compare_prompts(tiny_llama, a, b, HEADS)

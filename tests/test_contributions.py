@@ -8,12 +8,10 @@ import pytest
 import torch
 from views_common import HEADS, SPEC, close
 
-from iclviz import interventions as iv
-from iclviz.compare import (
-    PromptSpec,
-)
-from iclviz.contributions import demo_contributions
-from iclviz.lens import logit_minus
+from iclviz.analyses.compare import PromptSpec
+from iclviz.analyses.contributions import demo_contributions
+from iclviz.engine import interventions as iv
+from iclviz.engine.lens import logit_minus
 
 
 def test_contributions_add_up_to_the_heads_direct_effect_through_label_positions(tiny):
@@ -68,8 +66,8 @@ def test_stored_contributions_draw_the_same_waterfall(tiny_llama, tokenizer):
     """A lesson file stores ``to_dict``; ``from_dict`` gives back what the waterfall is drawn from."""
     import pandas as pd
 
-    from iclviz.contributions import Contributions
-    from iclviz.figures import waterfall_figure
+    from iclviz.analyses.contributions import Contributions
+    from iclviz.outputs.figures import waterfall_figure
     from iclviz.prompt import build_prompt
 
     p = build_prompt(tokenizer, [("a wonderful film", "foo"), ("dull and boring", "bar"), ("great", "foo")],

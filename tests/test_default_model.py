@@ -11,11 +11,11 @@ import dataclasses
 import pytest
 import torch
 
-from iclviz import offline
+from iclviz.analyses.evaluation import EvalSetup, evaluate
 from iclviz.data import load_dataset
-from iclviz.evaluation import EvalSetup, evaluate
-from iclviz.interventions import Plan
-from iclviz.models import ModelLoadError, load_model, resolve_source
+from iclviz.engine import offline
+from iclviz.engine.interventions import Plan
+from iclviz.engine.models import ModelLoadError, load_model, resolve_source
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +49,7 @@ def test_icl_accuracy_and_every_intervention_reaches_the_model(lm):
 
 
 def test_capture_identities_on_the_real_model(lm):
-    from iclviz.evaluation import predict
+    from iclviz.analyses.evaluation import predict
 
     pred = predict(lm, [("a wonderful film", "foo"), ("dull and boring", "bar")], "I loved it")
     cap = pred.capture
@@ -113,11 +113,11 @@ def test_unknown_hub_model_fails_fast_with_a_message(monkeypatch):
 def test_the_lesson_teaches_readers_and_voters_with_its_own_numbers(lm):
     """Step 3 of the guided lesson on the prepared prompt: the app's heads and the label voters, each split by
     the label swap; every number in the sentence is the library's, and its words follow those numbers."""
-    from iclviz.discrimination import swap_reading
-    from iclviz.heads import APP_HEAD_RULE, default_heads, default_voters
-    from iclviz.lesson import LESSON_STATE, step_result
+    from iclviz.analyses.discrimination import swap_reading
+    from iclviz.analyses.heads import APP_HEAD_RULE, default_heads, default_voters
+    from iclviz.analyses.lesson import LESSON_STATE, step_result
+    from iclviz.analyses.readout import swap_check
     from iclviz.prompt import DEFAULT_LABEL_WORDS, DEFAULT_TEMPLATE
-    from iclviz.readout import swap_check
 
     heads = default_heads(lm.name, lm.n_layers, lm.n_heads, APP_HEAD_RULE)
     voters = [h for h in default_voters(lm.name, lm.n_layers, lm.n_heads) if h not in set(heads)]

@@ -13,10 +13,9 @@ import pytest
 import torch
 from scipy.stats import mannwhitneyu
 
-from iclviz.causal import causal_scan
-from iclviz.context_heads import ContextTest, choose_n_heads, context_test
-from iclviz.data import Dataset, load_dataset
-from iclviz.discrimination import (
+from iclviz.analyses.causal import causal_scan
+from iclviz.analyses.context_heads import ContextTest, choose_n_heads, context_test
+from iclviz.analyses.discrimination import (
     auc,
     label_auc,
     measures,
@@ -27,10 +26,11 @@ from iclviz.discrimination import (
     swap_reading,
     swap_split,
 )
-from iclviz.evaluation import EvalSetup
-from iclviz.interventions import NONE, knockout
+from iclviz.analyses.evaluation import EvalSetup
+from iclviz.analyses.readout import exchange_first_two, swap_check
+from iclviz.data import Dataset, load_dataset
+from iclviz.engine.interventions import NONE, knockout
 from iclviz.prompt import DEFAULT_TEMPLATE, build_prompt
-from iclviz.readout import exchange_first_two, swap_check
 
 RNG = np.random.default_rng(0)
 

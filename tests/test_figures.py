@@ -7,14 +7,14 @@ import re
 
 from views_common import HEADS, SPEC
 
-from iclviz.contributions import demo_contributions
+from iclviz.analyses.contributions import demo_contributions
 
 
 def test_html_embeds_plotly_and_configs_and_altair_selection():
     import pandas as pd
     import plotly.graph_objects as go
 
-    from iclviz.figures import (
+    from iclviz.outputs.figures import (
         head_heatmap,
         image_configs,
         plotly_config,
@@ -46,7 +46,7 @@ def test_html_embeds_plotly_and_configs_and_altair_selection():
 
 
 def test_waterfall_figure(tiny_llama):
-    from iclviz.figures import waterfall_figure
+    from iclviz.outputs.figures import waterfall_figure
 
     c = demo_contributions(tiny_llama, SPEC, HEADS)
     fig = waterfall_figure(c)

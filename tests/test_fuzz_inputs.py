@@ -394,7 +394,7 @@ def test_replay_rtol_negative_is_refused_on_an_untampered_file(lesson_text, tmp_
     ("", "default"),
 ])
 def test_replay_loads_only_an_offline_model_the_file_names(stored, chosen, lesson_text, capsys):
-    from iclviz.lesson_file import load_lesson
+    from iclviz.outputs.lesson_file import load_lesson
 
     lesson = load_lesson(_lesson_with(lesson_text, model={"name": stored}))
     assert cli.replay_model_name(lesson, None) == chosen
@@ -404,7 +404,7 @@ def test_replay_loads_only_an_offline_model_the_file_names(stored, chosen, lesso
 
 
 def test_replay_reports_a_weights_mismatch(lesson_text, tiny_llama):
-    from iclviz.lesson_file import load_lesson, replay
+    from iclviz.outputs.lesson_file import load_lesson, replay
 
     lesson = load_lesson(_lesson_with(lesson_text, model={"name": "default", "weights_sha256": "ab" * 32},
                                       heads=["L1H1"]))
@@ -439,7 +439,7 @@ TEXT_CASES = [
 def test_text_is_never_cut_without_a_word(case, lesson_text):
     """Shared links and lesson files: text past the limit is refused with its length (before, it was cut to 2,000
     characters silently)."""
-    from iclviz.lesson_file import load_lesson
+    from iclviz.outputs.lesson_file import load_lesson
     from iclviz.sharing import state_from_query_param
 
     _, change, message = case
@@ -454,8 +454,8 @@ def test_text_is_never_cut_without_a_word(case, lesson_text):
 
 
 def test_a_lesson_is_never_saved_with_text_it_cannot_read_back(tiny_llama):
-    from iclviz.compare import PromptSpec
-    from iclviz.lesson_file import make_lesson
+    from iclviz.analyses.compare import PromptSpec
+    from iclviz.outputs.lesson_file import make_lesson
 
     long = PromptSpec((("x" * (MAX_TEXT + 1), "foo"), ("bad", "bar")), "q", ("foo", "bar"), "review")
     with pytest.raises(ValidationError, match="demonstration 1 is 2,001 characters"):
@@ -496,7 +496,7 @@ def _mutations(obj, rng: random.Random, n: int):
 
 
 def test_fuzz_lesson_files_give_a_message_or_a_lesson(lesson_text):
-    from iclviz.lesson_file import Lesson, load_lesson
+    from iclviz.outputs.lesson_file import Lesson, load_lesson
 
     rng = random.Random(20)
     for d in _mutations(json.loads(lesson_text), rng, 400):
@@ -535,7 +535,7 @@ def test_fuzz_shared_links_give_a_message_or_a_state():
 @pytest.fixture()
 def fake_cache(tmp_path, monkeypatch):
     """A converted cache of a tiny model in ICLVIZ_CACHE (the real model's conversion takes minutes)."""
-    from iclviz import offline
+    from iclviz.engine import offline
 
     monkeypatch.setenv("ICLVIZ_CACHE", str(tmp_path / "cache"))
     builds = []
@@ -558,7 +558,7 @@ def _zero_in_place(w: Path) -> None:
 
 
 def test_verify_finds_bytes_changed_with_size_and_mtime_kept(fake_cache, capsys, monkeypatch):
-    from iclviz import models, offline
+    from iclviz.engine import models, offline
 
     folder, builds = fake_cache
     rc, out = cli.main(["verify"]), capsys.readouterr().out
@@ -583,7 +583,7 @@ def test_verify_without_a_cache_says_so(tmp_path, monkeypatch, capsys):
 def test_nan_hint_names_the_actual_cache_folder(tmp_path, monkeypatch):
     import torch
 
-    from iclviz.models import NonFiniteOutput, check_finite
+    from iclviz.engine.models import NonFiniteOutput, check_finite
 
     monkeypatch.setenv("ICLVIZ_CACHE", str(tmp_path / "my-cache"))
 
@@ -597,7 +597,7 @@ def test_nan_hint_names_the_actual_cache_folder(tmp_path, monkeypatch):
 
 def test_replay_counts_never_say_more_differ_than_were_compared(lesson_text, tiny_llama):
     """Before: a file without results gave '204 of 0 stored values differ'."""
-    from iclviz.lesson_file import load_lesson, replay
+    from iclviz.outputs.lesson_file import load_lesson, replay
 
     d = json.loads(lesson_text)
     d["results"] = {"prediction": d["results"]["prediction"]}  # the attention values are missing from the file

@@ -8,15 +8,12 @@ import pytest
 import torch
 from views_common import HEADS, SPEC
 
-from iclviz import interventions as iv
-from iclviz.compare import (
-    flip_label,
-    swap_all_labels,
-)
+from iclviz.analyses.compare import flip_label, swap_all_labels
+from iclviz.engine import interventions as iv
 
 
 def test_lesson_round_trip_replay_and_tamper(tiny_llama, tmp_path):
-    from iclviz.lesson_file import load_lesson, make_lesson, replay, save_lesson
+    from iclviz.outputs.lesson_file import load_lesson, make_lesson, replay, save_lesson
 
     lesson = make_lesson(tiny_llama, SPEC, HEADS, iv.Plan("knockout", ((2, 1),)), prompt_b=flip_label(SPEC, 1),
                          donor=swap_all_labels(SPEC), contributions=True)
@@ -55,7 +52,7 @@ def test_lesson_round_trip_replay_and_tamper(tiny_llama, tmp_path):
     ("[" * 50 + "]" * 50, "nested"),
 ])
 def test_load_lesson_refuses_bad_files_with_clear_messages(text, match):
-    from iclviz.lesson_file import load_lesson
+    from iclviz.outputs.lesson_file import load_lesson
     from iclviz.validation import ValidationError
 
     with pytest.raises(ValidationError, match=match):
@@ -63,7 +60,7 @@ def test_load_lesson_refuses_bad_files_with_clear_messages(text, match):
 
 
 def test_load_lesson_size_limit(tmp_path, monkeypatch):
-    from iclviz import lesson_file
+    from iclviz.outputs import lesson_file
     from iclviz.validation import ValidationError
 
     monkeypatch.setattr(lesson_file, "MAX_LESSON_BYTES", 100)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from iclviz.bias import BiasResult
-from iclviz.lesson import LESSON_STATE, STEPS, step_result
-from iclviz.prompt import build_prompt
-from iclviz.readout import (
+from iclviz.analyses.bias import BiasResult
+from iclviz.analyses.lesson import LESSON_STATE, STEPS, step_result
+from iclviz.analyses.readout import (
     EffectReadout,
     bias_reading,
     first_flip,
@@ -17,6 +16,7 @@ from iclviz.readout import (
     ratio_reading,
     top_n_margins,
 )
+from iclviz.prompt import build_prompt
 from iclviz.testing import tiny_model
 
 
@@ -89,7 +89,7 @@ def test_bias_reading_refuses_a_reduction_from_a_tiny_sample():
 
 
 def test_reductions_outside_0_to_100_percent_are_not_percentages():
-    from iclviz.readout import reduction_text
+    from iclviz.analyses.readout import reduction_text
 
     assert reduction_text(0.4, 0.1) == "40%"
     assert "%" not in reduction_text(2.0, 0.1).replace("over 100%", "")
@@ -111,7 +111,7 @@ def test_every_lesson_step_has_a_live_result(lm):
 def test_heatmap_draws_scanned_layers_with_clickable_cells_and_a_titled_colour_bar():
     import numpy as np
 
-    from iclviz.plots import heatmap_selection, importance_heatmap
+    from iclviz.outputs.plots import heatmap_selection, importance_heatmap
 
     m = pd.DataFrame(np.nan, index=range(6), columns=range(4))
     m.loc[3:5] = np.arange(12).reshape(3, 4) / 10
@@ -129,7 +129,7 @@ def test_heatmap_draws_scanned_layers_with_clickable_cells_and_a_titled_colour_b
 
 
 def test_figures_use_label_colours_for_labels_only_plain_legends_and_one_axis_title():
-    from iclviz.plots import LABEL_COLORS, bias_bars, label_vector_bars, score_similarity_scatter, swap_bars
+    from iclviz.outputs.plots import LABEL_COLORS, bias_bars, label_vector_bars, score_similarity_scatter, swap_bars
 
     t = pd.DataFrame({"condition": ["no fix", "majority fix", "recency fix"] * 2, "label": ["foo"] * 3 + ["bar"] * 3,
                       "probability": [0.1, 0.2, 0.3, 0.9, 0.8, 0.7]})
@@ -170,10 +170,10 @@ def test_bertviz_inputs_keep_real_numbers_and_frames_fit_their_content():
 
 @pytest.mark.parametrize("kind", ["ablate", "knockout"])
 def test_head_sets_in_one_batch_equal_separate_predictions(tiny_llama, kind):
-    from iclviz.evaluation import predict_prompt
-    from iclviz.interventions import Plan
+    from iclviz.analyses.evaluation import predict_prompt
+    from iclviz.analyses.readout import margins_of_head_sets
+    from iclviz.engine.interventions import Plan
     from iclviz.prompt import build_prompt
-    from iclviz.readout import margins_of_head_sets
 
     lm = tiny_llama
     p = build_prompt(lm.tokenizer, [("a wonderful film", "foo"), ("dull and boring", "bar"), ("great", "foo")],

@@ -11,9 +11,9 @@ import pytest
 import torch
 from test_capture import LABEL_IDS, close, prompts, reference_forward
 
-from iclviz.capture import MissingRecord, run_ids
-from iclviz.heads import head_importance
-from iclviz.lens import frozen_norm, log_probs, project
+from iclviz.analyses.heads import head_importance
+from iclviz.engine.capture import MissingRecord, run_ids
+from iclviz.engine.lens import frozen_norm, log_probs, project
 from iclviz.prompt import build_prompt
 from iclviz.testing import ARCHITECTURES, build_tiny_model
 
@@ -154,7 +154,7 @@ def test_label_counts_that_differ_in_a_batch_say_why_there_are_no_value_vectors(
 def test_attention_view_matrices_come_from_the_same_model_without_a_copy(tiny, tokenizer, monkeypatch):
     import copy
 
-    from iclviz.attention_matrix import full_attention
+    from iclviz.engine.attention_matrix import full_attention
 
     real = copy.deepcopy
 

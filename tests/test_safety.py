@@ -237,7 +237,7 @@ def test_kill_9_during_evaluate_then_resume(model_dir, tmp_path):
 
 def _fake_default_cache(folder: Path):
     """What build_default_cache writes, with a tiny model (the real build takes minutes)."""
-    from iclviz import offline
+    from iclviz.engine import offline
     from iclviz.testing import save_tiny_model
 
     tmp = save_tiny_model(folder.with_name(folder.name + ".partial"))
@@ -250,7 +250,7 @@ def _fake_default_cache(folder: Path):
 
 @pytest.fixture()
 def fake_cache(tmp_path, monkeypatch):
-    from iclviz import offline
+    from iclviz.engine import offline
 
     monkeypatch.setenv("ICLVIZ_CACHE", str(tmp_path / "cache"))
     builds = []
@@ -281,7 +281,7 @@ def _damage(w: Path, how: str):
 
 @pytest.mark.parametrize("how", ["random bytes", "truncated", "zero bytes", "missing"])
 def test_damaged_cache_is_rebuilt_with_a_message(fake_cache, how, caplog):
-    from iclviz import models, offline
+    from iclviz.engine import models, offline
 
     folder, builds = fake_cache
     _damage(folder / offline.WEIGHTS_FILE, how)
@@ -293,7 +293,7 @@ def test_damaged_cache_is_rebuilt_with_a_message(fake_cache, how, caplog):
 
 
 def test_cache_that_fails_to_load_is_rebuilt(fake_cache, caplog):
-    from iclviz import models, offline
+    from iclviz.engine import models, offline
 
     folder, builds = fake_cache
     w = folder / offline.WEIGHTS_FILE
@@ -309,7 +309,7 @@ def test_cache_that_fails_to_load_is_rebuilt(fake_cache, caplog):
 
 
 def test_missing_gguf_part_is_a_message(tmp_path, monkeypatch, capsys):
-    from iclviz import offline
+    from iclviz.engine import offline
 
     monkeypatch.setenv("ICLVIZ_CACHE", str(tmp_path / "empty-cache"))
     import dataclasses
@@ -321,8 +321,8 @@ def test_missing_gguf_part_is_a_message(tmp_path, monkeypatch, capsys):
 
 
 def test_non_finite_logits_raise_instead_of_a_prediction(tiny_llama, capsys, model_dir, tmp_path):
-    from iclviz.evaluation import predict
-    from iclviz.models import NonFiniteOutput
+    from iclviz.analyses.evaluation import predict
+    from iclviz.engine.models import NonFiniteOutput
     from iclviz.testing import build_tiny_model
 
     model = build_tiny_model("qwen2")
@@ -336,14 +336,14 @@ def test_non_finite_logits_raise_instead_of_a_prediction(tiny_llama, capsys, mod
     rc, err = run_cli(["predict", "--model", str(path), "--demo", "a good film=foo", "--demo", "a bad film=bar",
                        "--query", "fine"], capsys)
     assert rc == 2 and "NaN" in err
-    from iclviz.models import load_model
+    from iclviz.engine.models import load_model
 
     with pytest.raises(NonFiniteOutput):
         predict(load_model(str(path)), [("good", "foo"), ("bad", "bar")], "fine")
 
 
 def test_touched_but_intact_cache_is_kept_and_not_hashed_again(fake_cache, monkeypatch):
-    from iclviz import offline
+    from iclviz.engine import offline
 
     folder, builds = fake_cache
     w = folder / offline.WEIGHTS_FILE

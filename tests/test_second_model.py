@@ -12,11 +12,11 @@ import importlib.metadata
 import pytest
 import torch
 
-from iclviz import offline
+from iclviz.analyses.evaluation import EvalSetup, evaluate
 from iclviz.data import load_dataset
-from iclviz.evaluation import EvalSetup, evaluate
-from iclviz.models import ModelLoadError, load_model
-from iclviz.offline import QWEN_15B, offline_model
+from iclviz.engine import offline
+from iclviz.engine.models import ModelLoadError, load_model
+from iclviz.engine.offline import QWEN_15B, offline_model
 
 pytestmark = pytest.mark.integration
 

@@ -8,14 +8,10 @@ import pytest
 import torch
 from views_common import HEADS, SPEC, close
 
-from iclviz import interventions as iv
-from iclviz.compare import (
-    PromptSpec,
-    swap_all_labels,
-    swap_query,
-)
-from iclviz.qkv import QKVPatch
-from iclviz.towers_patch import towers_patch
+from iclviz.analyses.compare import PromptSpec, swap_all_labels, swap_query
+from iclviz.analyses.towers_patch import towers_patch
+from iclviz.engine import interventions as iv
+from iclviz.engine.qkv import QKVPatch
 
 
 def _equal_length_pair(lm):
@@ -97,8 +93,8 @@ def test_keys_patched_from_other_positions_are_rotated_to_a_positions(tiny_llama
     they are A's own keys, so patching them leaves A's run unchanged; left unrotated, they change it."""
     import dataclasses
 
+    from iclviz.analyses.towers_patch import towers_patch
     from iclviz.prompt import build_prompt
-    from iclviz.towers_patch import towers_patch
 
     a = build_prompt(tokenizer, [("a wonderful film", "foo"), ("dull and boring", "bar"), ("great", "foo")],
                      "I loved it", ("foo", "bar"))

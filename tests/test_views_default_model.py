@@ -9,12 +9,12 @@ import pytest
 import torch
 from views_common import close
 
-from iclviz import interventions as iv
-from iclviz.compare import PromptSpec, compare_prompts, flip_label, swap_all_labels
-from iclviz.contributions import demo_contributions
-from iclviz.heads import APP_HEAD_RULE, located_heads
-from iclviz.models import load_model
-from iclviz.towers_patch import towers_patch
+from iclviz.analyses.compare import PromptSpec, compare_prompts, flip_label, swap_all_labels
+from iclviz.analyses.contributions import demo_contributions
+from iclviz.analyses.heads import APP_HEAD_RULE, located_heads
+from iclviz.analyses.towers_patch import towers_patch
+from iclviz.engine import interventions as iv
+from iclviz.engine.models import load_model
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +59,7 @@ def test_contributions_on_the_default_model(lm, heads):
     m0 = float(base.label_logits[0, 0] - base.label_logits[0, 1])
     close(c.prediction_margin, m0, 1e-5)
     ta, tb = prompt.label_token_ids["foo"], prompt.label_token_ids["bar"]
-    from iclviz.lens import logit_minus
+    from iclviz.engine.lens import logit_minus
     for layer, head in heads:
         ko = lm.run([prompt], iv.knockout([prompt.label_positions], heads=[(layer, head)])).capture
         through = base.capture.head_out[0, layer, head] - ko.head_out[0, layer, head]

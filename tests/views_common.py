@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from iclviz.compare import PromptSpec
+from iclviz.analyses.compare import PromptSpec
 
 SPEC = PromptSpec((("a great film with fine acting", "foo"), ("boring and slow", "bar"),
                    ("I loved it", "foo"), ("a bad mess", "bar"), ("warm and funny", "foo")),

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import streamlit as st
 
-from iclviz.compare import PromptSpec, compare_prompts
-from iclviz.contributions import demo_contributions
-from iclviz.evaluation import predict_prompt
-from iclviz.interventions import Plan
-from iclviz.label_swap import label_swap_one
-from iclviz.label_vectors import label_vector_table
+from iclviz.analyses.compare import PromptSpec, compare_prompts
+from iclviz.analyses.contributions import demo_contributions
+from iclviz.analyses.evaluation import predict_prompt
+from iclviz.analyses.label_swap import label_swap_one
+from iclviz.analyses.label_vectors import label_vector_table
+from iclviz.analyses.readout import paired_effect, slim_prediction, swap_check, top_n_margins
+from iclviz.analyses.towers_patch import towers_patch
+from iclviz.analyses.two_towers import score_similarity
+from iclviz.engine.interventions import Plan
 from iclviz.prompt import build_prompt
-from iclviz.readout import paired_effect, slim_prediction, swap_check, top_n_margins
-from iclviz.towers_patch import towers_patch
-from iclviz.two_towers import score_similarity
 from pages.parts.state import CFG, model_key, prompt_key
 
 _BOUNDED = dict(show_spinner=False, max_entries=CFG.cache_entries, ttl=CFG.cache_ttl)
@@ -50,7 +50,7 @@ def _paired_effect(_lm, key: str, demos, query: str, words, template: str, heads
 
 
 def paired_effect_current(lm, heads, kind: str = "ablate", draws: int = 3):
-    """iclviz.readout.paired_effect on the session's prompt."""
+    """iclviz.analyses.readout.paired_effect on the session's prompt."""
     return _paired_effect(lm, model_key(), *prompt_key(), tuple(map(tuple, heads)), kind, int(draws))
 
 
@@ -60,7 +60,7 @@ def _top_n(_lm, key: str, demos, query: str, words, template: str, heads, kind: 
 
 
 def top_n_current(lm, heads, kind: str = "ablate"):
-    """iclviz.readout.top_n_margins on the session's prompt (heads in their listed order)."""
+    """iclviz.analyses.readout.top_n_margins on the session's prompt (heads in their listed order)."""
     return _top_n(lm, model_key(), *prompt_key(), tuple(map(tuple, heads)), kind)
 
 
@@ -70,7 +70,7 @@ def _label_vectors(_lm, key: str, demos, query: str, words, template: str, heads
 
 
 def label_vectors_current(lm, heads, scaling: str):
-    """iclviz.label_vectors.label_vector_table on the session's prompt (a small table, not the vectors)."""
+    """iclviz.analyses.label_vectors.label_vector_table on the session's prompt (a small table, not the vectors)."""
     return _label_vectors(lm, model_key(), *prompt_key(), tuple(map(tuple, heads)), scaling)
 
 
@@ -80,7 +80,7 @@ def _label_swap(_lm, key: str, demos, query: str, words, template: str, heads):
 
 
 def label_swap_current(lm, heads):
-    """iclviz.label_swap.label_swap_one: the session's prompt with its labels as they are and swapped."""
+    """iclviz.analyses.label_swap.label_swap_one: the session's prompt with its labels as they are and swapped."""
     return _label_swap(lm, model_key(), *prompt_key(), tuple(map(tuple, heads)))
 
 
@@ -90,7 +90,7 @@ def _swap_check(_lm, key: str, demos, query: str, words, template: str, heads, k
 
 
 def swap_check_current(lm, heads, kind: str = "knockout"):
-    """iclviz.readout.swap_check on the session's prompt: the heads' change of the margin split into the part
+    """iclviz.analyses.readout.swap_check on the session's prompt: the heads' change of the margin split into the part
     that flips with the demonstrations' labels and the part that stays (a prior)."""
     return _swap_check(lm, model_key(), *prompt_key(), tuple(map(tuple, heads)), kind)
 
@@ -101,7 +101,7 @@ def _score_similarity(_lm, key: str, demos, query: str, words, template: str, he
 
 
 def score_similarity_current(lm, heads, sim_layer: int):
-    """iclviz.two_towers.score_similarity on the session's prompt."""
+    """iclviz.analyses.two_towers.score_similarity on the session's prompt."""
     return _score_similarity(lm, model_key(), *prompt_key(), tuple(map(tuple, heads)), int(sim_layer))
 
 
@@ -118,7 +118,7 @@ def _compare(_lm, key: str, a: tuple, b: tuple, heads):
 
 
 def compare_specs(lm, a: PromptSpec, b: PromptSpec, heads):
-    """iclviz.compare.compare_prompts of prompts A and B (per head and label, A, B and B - A)."""
+    """iclviz.analyses.compare.compare_prompts of prompts A and B (per head and label, A, B and B - A)."""
     return _compare(lm, model_key(), spec_key(a), spec_key(b), tuple(map(tuple, heads)))
 
 
@@ -128,7 +128,7 @@ def _contributions(_lm, key: str, demos, query: str, words, template: str, heads
 
 
 def contributions_current(lm, heads, pair=None):
-    """iclviz.contributions.demo_contributions on the session's prompt."""
+    """iclviz.analyses.contributions.demo_contributions on the session's prompt."""
     return _contributions(lm, model_key(), *prompt_key(), tuple(map(tuple, heads)), tuple(pair) if pair else None)
 
 
@@ -138,5 +138,5 @@ def _towers(_lm, key: str, a: tuple, b: tuple, heads, positions: str):
 
 
 def towers_patch_specs(lm, a: PromptSpec, b: PromptSpec, heads, positions: str = "labels"):
-    """iclviz.towers_patch.towers_patch: the heads' q / k / v patched from B (the donor) into A."""
+    """iclviz.analyses.towers_patch.towers_patch: the heads' q / k / v patched from B (the donor) into A."""
     return _towers(lm, model_key(), spec_key(a), spec_key(b), tuple(map(tuple, heads)), positions)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from iclviz.models import ModelLoadError, load_model
-from iclviz.offline import OFFLINE_MODELS, offline_model
+from iclviz.engine.models import ModelLoadError, load_model
+from iclviz.engine.offline import OFFLINE_MODELS, offline_model
 from iclviz.testing import TINY_MODELS, tiny_model
 from iclviz.validation import ValidationError, check_device, head_name
 from pages.parts.state import (

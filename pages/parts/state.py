@@ -10,10 +10,10 @@ import os
 
 import streamlit as st
 
-from iclviz.heads import APP_HEAD_RULE, default_heads, valid_heads
-from iclviz.offline import DEFAULT_MODEL
+from iclviz.analyses.heads import APP_HEAD_RULE, default_heads, valid_heads
+from iclviz.engine.offline import DEFAULT_MODEL
+from iclviz.engine.settings import Settings, load_settings
 from iclviz.prompt import PromptError, _check_label_words, build_prompt
-from iclviz.settings import Settings, load_settings
 from iclviz.sharing import LabState, state_from_query_param
 from iclviz.testing import TINY_MODELS
 from iclviz.validation import ValidationError, check_demo_count, check_prompt_size, escape_markdown, head_name
@@ -297,8 +297,8 @@ def prompt_key() -> tuple:
 
 
 def current_spec():
-    """The session's prompt as an ``iclviz.compare.PromptSpec`` (what the A/B view pins and edits)."""
-    from iclviz.compare import PromptSpec
+    """The session's prompt as an ``iclviz.analyses.compare.PromptSpec`` (what the A/B view pins and edits)."""
+    from iclviz.analyses.compare import PromptSpec
 
     ss = st.session_state
     return PromptSpec(demo_tuple(), ss.query, tuple(ss.label_words), ss.template)

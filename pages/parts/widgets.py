@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from iclviz.data import SHIPPED_DIR, DataError, dataset_from_table, list_datasets, load_dataset, read_table
-from iclviz.figures import IMAGE_FORMATS, plotly_config, standalone_html
+from iclviz.outputs.figures import IMAGE_FORMATS, plotly_config, standalone_html
 from iclviz.validation import escape_markdown
 from pages.parts.state import CFG, move_demo, settings
 

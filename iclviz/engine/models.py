@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ModelLoadError, NonFiniteOutput
+from ..prompt import BuiltPrompt
 from .architecture import Architecture, UnsupportedArchitecture
 from .capture import RunResult, common_prefix_length, instrument, run_ids, run_ids_shared_prefix
-from .errors import ModelLoadError, NonFiniteOutput
 from .interventions import NONE, Interventions
 from .offline import DEFAULT_MODEL, offline_model, offline_model_dir, weights_sha256
-from .prompt import BuiltPrompt
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class LoadedModel:
             raise ValueError("no prompts to run")
         for p in prompts:
             if p.n_tokens > self.context_length:
-                from .prompt import PromptError
+                from ..prompt import PromptError
 
                 raise PromptError(f"the prompt is {p.n_tokens} tokens, longer than the model's context of "
                                   f"{self.context_length}")
@@ -116,7 +116,7 @@ class LoadedModel:
     def prompt(self, demonstrations, query: str, label_words=None, template: str | None = None):
         """Build a prompt for this model (its tokenizer and context length): ``demonstrations`` are
         ``(sentence, label word)`` pairs; label words default to the demonstrations' own, in order."""
-        from .prompt import DEFAULT_TEMPLATE, build_prompt
+        from ..prompt import DEFAULT_TEMPLATE, build_prompt
 
         demos = [tuple(d) for d in demonstrations]
         words = tuple(label_words) if label_words else tuple(dict.fromkeys(label for _, label in demos))

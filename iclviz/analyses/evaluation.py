@@ -11,11 +11,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .data import Dataset, label_words_for, sample_demonstrations, sample_test
-from .interventions import NONE, Interventions, Plan
-from .models import LoadedModel
-from .prompt import DEFAULT_LABEL_WORDS, DEFAULT_TEMPLATE, BuiltPrompt, build_prompt
-from .validation import ValidationError, check_regular_file
+from ..data import Dataset, label_words_for, sample_demonstrations, sample_test
+from ..engine.interventions import NONE, Interventions, Plan
+from ..engine.models import LoadedModel
+from ..prompt import DEFAULT_LABEL_WORDS, DEFAULT_TEMPLATE, BuiltPrompt, build_prompt
+from ..validation import ValidationError, check_regular_file
 
 Progress = Callable[[int, int, str], bool | None]  # return False to stop
 
@@ -216,7 +216,7 @@ def _frame_hash(df: pd.DataFrame) -> str:
 
 def run_identity(lm: LoadedModel, setup: EvalSetup, plan: Plan) -> dict:
     """Everything that defines an evaluation's rows (seeds are recorded per row, so more seeds may be added)."""
-    from . import __version__
+    from .. import __version__
 
     tr = setup.demo_transform
     return {

@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from ..engine.interventions import NONE, Head, Interventions, Plan
+from ..engine.lens import project
+from ..prompt import DEFAULT_LABEL_WORDS, DEFAULT_TEMPLATE, TEMPLATES, BuiltPrompt, PromptError, build_prompt
+from ..validation import head_name, parse_shared_state
 from .heads import DEFAULT_SCALING
-from .interventions import NONE, Head, Interventions, Plan
-from .lens import project
-from .prompt import DEFAULT_LABEL_WORDS, DEFAULT_TEMPLATE, TEMPLATES, BuiltPrompt, PromptError, build_prompt
 from .readout import head_label_mass
-from .validation import head_name, parse_shared_state
 
 # ---------------------------------------------------------------- the prompt as data
 

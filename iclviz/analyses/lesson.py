@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from ..engine.interventions import Plan
+from ..prompt import BuiltPrompt, build_prompt, swap_labels
+from ..sharing import LabState
+from ..validation import head_name
 from .discrimination import swap_reading
 from .evaluation import predict_prompt
 from .heads import default_voters
-from .interventions import Plan
-from .prompt import BuiltPrompt, build_prompt, swap_labels
 from .readout import label_attention_table, label_mass, paired_effect, swap_check
-from .sharing import LabState
-from .validation import head_name
 
 LESSON_STATE = LabState(
     demos=[("a wonderful, moving film with superb acting", "foo"),

@@ -34,7 +34,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .validation import ValidationError
+from ..validation import ValidationError
 
 _TRUE = ("1", "true", "yes", "on")
 

@@ -28,14 +28,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..engine.interventions import Head
+from ..engine.models import LoadedModel
+from ..stats import empirical_p
+from ..validation import head_name
 from .causal import CausalScan, RowEdit, causal_scan, run_rows
 from .discrimination import MEASURES, Change, measures, measures_table, paired_change
 from .evaluation import EvalSetup, Progress
 from .heads import default_layers, random_heads
-from .interventions import Head
-from .models import LoadedModel
-from .stats import empirical_p
-from .validation import head_name
 
 RULE = "context"
 CURVE_SIZES = (1, 2, 3, 4, 6, 8, 12, 16)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .data import DataError, load_dataset
-from .prompt import DEFAULT_TEMPLATE, TEMPLATES, PromptError
-from .validation import (
+from ..data import DataError, load_dataset
+from ..prompt import DEFAULT_TEMPLATE, TEMPLATES, PromptError
+from ..validation import (
     DEVICES,
     ValidationError,
     atomic_write,
@@ -382,7 +382,7 @@ def _view_parsers(sub) -> None:
 
 
 def _load(args):
-    from .models import load_model
+    from ..engine.models import load_model
 
     bar = _Bar("loading model")
     try:
@@ -397,10 +397,10 @@ def _load(args):
 
 
 def _setup(args):
-    from .evaluation import EvalSetup
+    from ..analyses.evaluation import EvalSetup
 
     if args.dataset.startswith("hub:"):  # a Hugging Face dataset by name (internet and `datasets` needed)
-        from .data import load_hub_dataset
+        from ..data import load_hub_dataset
 
         ds = load_hub_dataset(args.dataset[4:])
     else:
@@ -424,7 +424,7 @@ def _located_heads(args, lm, setup):
     heads = parse_heads(args.heads)
     if heads:
         return heads, None
-    from .heads import default_top_n
+    from ..analyses.heads import default_top_n
 
     n = args.n_heads or default_top_n(lm.n_layers * lm.n_heads)
     bar = _Bar(f"locating heads ({args.rule})")
@@ -432,11 +432,11 @@ def _located_heads(args, lm, setup):
         if args.rule == "context":
             return _context_heads(args, lm, setup, bar)
         if args.rule == "causal":
-            from .causal import causal_scan
+            from ..analyses.causal import causal_scan
 
             scan = causal_scan(lm, _locate_setup(args, setup), layers=args.layers, kinds=("knockout",), progress=bar)
             return scan.top(n), scan
-        from .locate import locate_heads
+        from ..analyses.locate import locate_heads
 
         scan = locate_heads(lm, _locate_setup(args, setup), scaling=args.scaling, layers=args.layers,
                             batch_size=args.batch_size, progress=bar)
@@ -455,7 +455,7 @@ def _context_location(args, setup):
 def _context_heads(args, lm, setup, bar, curve_out: dict | None = None):
     """The context rule: scan on the location prompts, rank by the in-context part; k from --n-heads or
     from the location top-k curve (``context_heads.choose_n_heads``)."""
-    from . import context_heads
+    from ..analyses import context_heads
 
     loc = _context_location(args, setup)
     scan = context_heads.locate_context_heads(lm, loc, layers=args.layers, progress=bar)
@@ -482,7 +482,7 @@ def _write(args, name: str, df=None, obj=None):
     if df is not None:
         print(df.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     elif obj is not None:
-        from .lesson_file import json_safe
+        from ..outputs.lesson_file import json_safe
 
         obj = json_safe(obj)
         print(json.dumps(obj, indent=2, allow_nan=False))
@@ -501,7 +501,7 @@ def _save_json(args, name: str, obj) -> None:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        from .lesson_file import json_safe
+        from ..outputs.lesson_file import json_safe
 
         atomic_write(out / f"{name}.json", json.dumps(json_safe(obj), indent=2, allow_nan=False))
 
@@ -509,7 +509,7 @@ def _save_json(args, name: str, obj) -> None:
 # ---------------------------------------------------------------- one function per subcommand
 
 def cmd_report(args) -> int:
-    from .report import make_report
+    from ..outputs.report import make_report
 
     make_report(models=tuple(args.models), datasets=tuple(args.datasets), out=args.out, work=args.work,
                 quick=args.quick, curve_on=args.curve_on, data_dir=args.data_dir,
@@ -520,7 +520,7 @@ def cmd_report(args) -> int:
 
 def cmd_verify(args) -> int:
     """The full check of the offline models' caches: exit 0 when every file matches, 1 when one does not."""
-    from .offline import OFFLINE_MODELS, cache_root, offline_model, verify_model_cache
+    from ..engine.offline import OFFLINE_MODELS, cache_root, offline_model, verify_model_cache
 
     if args.model:
         spec = offline_model(args.model)
@@ -561,8 +561,8 @@ def _model(args):
 
 
 def cmd_predict(args) -> int:
-    from .evaluation import predict_prompt
-    from .interventions import Plan
+    from ..analyses.evaluation import predict_prompt
+    from ..engine.interventions import Plan
 
     spec = _spec(args)
     lm = _model(args)
@@ -609,7 +609,7 @@ def _write_rows_and_summary(args, name: str, rows, summary) -> None:
 def _write_bias(args, name: str, res) -> None:
     """A bias result: its rows and summary, the per-prompt outcomes (``<name>_prompts``), the paired
     intervals and permutation test (``<name>_intervals``), and the reading on stderr."""
-    from .readout import bias_reading
+    from ..analyses.readout import bias_reading
 
     _write_rows_and_summary(args, name, res.rows, res.summary)
     _write(args, f"{name}_prompts", df=res.prompts)
@@ -622,7 +622,7 @@ def _write_bias(args, name: str, res) -> None:
 
 def _write_null_test(args, name: str, nt) -> None:
     """A test against random heads: its summary table, its verdict, and the verdict's line on stderr."""
-    from .causal import verdict_line
+    from ..analyses.causal import verdict_line
 
     _write(args, f"{name}_summary", df=nt.summary)
     _write(args, f"{name}_verdict", obj=nt.verdict)
@@ -642,8 +642,8 @@ def _in_context_heads(args, lm, setup):
 
 @_on_dataset
 def cmd_evaluate(args, lm, setup, bar):
-    from .evaluation import evaluate
-    from .interventions import Plan
+    from ..analyses.evaluation import evaluate
+    from ..engine.interventions import Plan
 
     heads = parse_heads(args.heads)
     plan = Plan(args.intervention, tuple(heads)) if args.intervention != "none" else Plan()
@@ -657,13 +657,13 @@ def cmd_evaluate(args, lm, setup, bar):
 
 @_on_dataset
 def cmd_locate(args, lm, setup, bar):
-    from .heads import default_layers, default_top_n
+    from ..analyses.heads import default_layers, default_top_n
 
     layers = args.layers or default_layers(lm.n_layers)
     result = {"scaling": args.scaling, "layers": layers, "method": args.method}
     scan = None
     if args.method == "context":
-        from .context_heads import head_parts, voter_ranking
+        from ..analyses.context_heads import head_parts, voter_ranking
 
         args.layers = layers
         extra: dict = {}
@@ -677,7 +677,7 @@ def cmd_locate(args, lm, setup, bar):
         _write(args, "top_heads", obj=result)
         return
     if args.method in ("importance", "both"):
-        from .locate import locate_heads
+        from ..analyses.locate import locate_heads
 
         scan = locate_heads(lm, setup, scaling=args.scaling, layers=layers, batch_size=args.batch_size, progress=bar)
         bar.close()
@@ -685,7 +685,7 @@ def cmd_locate(args, lm, setup, bar):
         result.update({"top": _names(scan.top(args.n_heads)), "by_label": {
             w: _names(hs) for w, hs in scan.top_by_label(args.n_heads).items()}, "prompts": scan.n_prompts})
     if args.method in ("causal", "both"):
-        from .causal import causal_scan, compare_rankings
+        from ..analyses.causal import causal_scan, compare_rankings
 
         cs = causal_scan(lm, setup, layers=layers, kinds=tuple(args.kinds), progress=bar)
         bar.close()
@@ -717,7 +717,7 @@ def cmd_locate(args, lm, setup, bar):
 
 @_on_dataset
 def cmd_label_specific(args, lm, setup, bar):
-    from .causal import label_specific
+    from ..analyses.causal import label_specific
 
     if args.kind == "ablate":
         raise PromptError("label-specific acts at T on each prompt's heads: use --kind knockout or ablate_t")
@@ -731,7 +731,7 @@ def cmd_label_specific(args, lm, setup, bar):
 
 @_on_dataset
 def cmd_interventions(args, lm, setup, bar):
-    from .locate import intervention_table
+    from ..analyses.locate import intervention_table
 
     heads = _in_context_heads(args, lm, setup)
     df = intervention_table(lm, setup, heads, random_draws=args.draws, batch_size=args.batch_size, progress=bar)
@@ -741,7 +741,7 @@ def cmd_interventions(args, lm, setup, bar):
 
 @_on_dataset
 def cmd_causal(args, lm, setup, bar):
-    from .locate import causal_scan
+    from ..analyses.locate import causal_scan
 
     if args.n_heads is None:
         args.n_heads = args.candidates
@@ -754,7 +754,7 @@ def cmd_causal(args, lm, setup, bar):
 
 @_on_dataset
 def cmd_null(args, lm, setup, bar):
-    from .causal import null_distribution
+    from ..analyses.causal import null_distribution
 
     heads = _in_context_heads(args, lm, setup)
     nt = null_distribution(lm, setup, heads, kind=args.kind, n_draws=args.draws, layers=args.layers, progress=bar)
@@ -768,8 +768,8 @@ def cmd_context_test(args, lm, setup, bar):
     evaluate half of the test split: every measure, the curve with its null band, and the verdict."""
     import dataclasses
 
-    from . import context_heads
-    from .heads import default_layers
+    from ..analyses import context_heads
+    from ..analyses.heads import default_layers
 
     if args.rule != "context" and not args.heads:
         print("context-test locates heads by the context rule (--rule context)", file=sys.stderr)
@@ -795,7 +795,7 @@ def cmd_context_test(args, lm, setup, bar):
 
 @_on_dataset
 def cmd_label_vectors(args, lm, setup, bar):
-    from .label_vectors import label_vector_table
+    from ..analyses.label_vectors import label_vector_table
 
     heads = _in_context_heads(args, lm, setup)
     prompts, _ = setup.prompts(lm, setup.seeds[0])
@@ -804,7 +804,7 @@ def cmd_label_vectors(args, lm, setup, bar):
 
 @_on_dataset
 def cmd_label_swap(args, lm, setup, bar):
-    from .label_swap import label_swap_table, summarize_label_swap
+    from ..analyses.label_swap import label_swap_table, summarize_label_swap
 
     heads = _in_context_heads(args, lm, setup)
     df = label_swap_table(lm, setup, heads, args.scaling, args.batch_size, progress=bar)
@@ -814,8 +814,8 @@ def cmd_label_swap(args, lm, setup, bar):
 
 @_on_dataset
 def cmd_two_towers(args, lm, setup, bar):
-    from .heads import control_heads
-    from .two_towers import rank_correlations, two_towers_table
+    from ..analyses.heads import control_heads
+    from ..analyses.two_towers import rank_correlations, two_towers_table
 
     heads = _in_context_heads(args, lm, setup)
     control = control_heads(heads, lm.n_layers, lm.n_heads, 0)
@@ -826,7 +826,7 @@ def cmd_two_towers(args, lm, setup, bar):
 
 @_on_dataset
 def cmd_majority_bias(args, lm, setup, bar):
-    from .bias import majority_bias
+    from ..analyses.bias import majority_bias
 
     heads = _in_context_heads(args, lm, setup)
     res = majority_bias(lm, setup, heads, args.batch_size, progress=bar)
@@ -836,7 +836,7 @@ def cmd_majority_bias(args, lm, setup, bar):
 
 @_on_dataset
 def cmd_recency_bias(args, lm, setup, bar):
-    from .bias import recency_bias
+    from ..analyses.bias import recency_bias
 
     heads = _in_context_heads(args, lm, setup)
     res = recency_bias(lm, setup, heads, args.orders, args.batch_size, progress=bar)
@@ -850,7 +850,7 @@ def cmd_recency_bias(args, lm, setup, bar):
 
 def _spec(args):
     """Prompt A as data (demonstrations, query, label words, template) from --demo/--query."""
-    from .compare import PromptSpec
+    from ..analyses.compare import PromptSpec
 
     demos = []
     for d in args.demo:
@@ -866,7 +866,7 @@ def _spec(args):
 
 def _spec_b(args, a):
     """Prompt B: A with the edits given (None when none is given)."""
-    from . import compare
+    from ..analyses import compare
 
     b, edited = a, False
     if args.label_swap:
@@ -886,7 +886,7 @@ def _spec_b(args, a):
 
 def _view_setup(args):
     """The model, prompt A (built and checked against --max-tokens) and the heads."""
-    from .heads import APP_HEAD_RULE, located_heads
+    from ..analyses.heads import APP_HEAD_RULE, located_heads
 
     spec = _spec(args)
     lm = _model(args)
@@ -907,14 +907,14 @@ def _view_setup(args):
 
 def _write_html(args, fig) -> None:
     if args.html:
-        from .figures import write_html
+        from ..outputs.figures import write_html
 
         print(f"wrote {write_html(fig, args.html)}", file=sys.stderr)
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare_prompts
-    from .plots import ab_bars
+    from ..analyses.compare import compare_prompts
+    from ..outputs.plots import ab_bars
 
     lm, spec, prompt, heads = _view_setup(args)
     spec_b = _spec_b(args, spec)
@@ -934,8 +934,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_contributions(args) -> int:
-    from .contributions import demo_contributions
-    from .figures import waterfall_figure
+    from ..analyses.contributions import demo_contributions
+    from ..outputs.figures import waterfall_figure
 
     lm, _, prompt, heads = _view_setup(args)
     c = demo_contributions(lm, prompt, heads, pair=tuple(args.pair) if args.pair else None)
@@ -949,7 +949,7 @@ def cmd_contributions(args) -> int:
 
 
 def cmd_towers_patch(args) -> int:
-    from .towers_patch import towers_patch
+    from ..analyses.towers_patch import towers_patch
 
     lm, spec, prompt, heads = _view_setup(args)
     spec_b = _spec_b(args, spec)
@@ -966,15 +966,15 @@ def cmd_towers_patch(args) -> int:
     _write(args, "towers_patch", df=tp.summary)
     _save_json(args, "towers_patch", tp.to_dict())
     if args.html:
-        from .plots import towers_patch_bars
+        from ..outputs.plots import towers_patch_bars
 
         _write_html(args, towers_patch_bars(tp.summary, prompt.label_words))
     return 0
 
 
 def cmd_lesson(args) -> int:
-    from .compare import PromptSpec
-    from .lesson_file import make_lesson, save_lesson
+    from ..analyses.compare import PromptSpec
+    from ..outputs.lesson_file import make_lesson, save_lesson
 
     PromptSpec.from_dict(_spec(args).to_dict())  # a lesson file holds what it can read back (lengths), or nothing
     lm, spec, _, heads = _view_setup(args)
@@ -989,8 +989,8 @@ def cmd_lesson(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from .lesson_file import load_lesson, replay
-    from .models import load_model
+    from ..engine.models import load_model
+    from ..outputs.lesson_file import load_lesson, replay
 
     try:
         lesson = load_lesson(Path(args.file))
@@ -1018,7 +1018,7 @@ def cmd_replay(args) -> int:
 def replay_model_name(lesson, model: str | None) -> str:
     """The model a replay loads: ``--model`` when given; else the offline model the file names, else the default
     offline model (a file never makes the CLI load a Hub name or a folder; the difference is said)."""
-    from .offline import DEFAULT_MODEL, offline_model
+    from ..engine.offline import DEFAULT_MODEL, offline_model
 
     if model:
         return model
@@ -1032,8 +1032,8 @@ def replay_model_name(lesson, model: str | None) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .evaluation import Cancelled
-    from .models import ModelLoadError
+    from ..analyses.evaluation import Cancelled
+    from ..engine.models import ModelLoadError
 
     debug = getattr(args, "debug", False)
     try:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .capture import Capture
-from .lens import DEFAULT_SCALING, importance_of
+from ..engine.capture import Capture
+from ..engine.lens import DEFAULT_SCALING, importance_of
 
 
 def default_layers(n_layers: int) -> list[int]:
@@ -116,7 +116,7 @@ def layers_of(heads) -> list[int]:
 
 # ---------------------------------------------------------------- heads located by the report
 
-LOCATED_HEADS_FILE = Path(__file__).with_name("located_heads.json")
+LOCATED_HEADS_FILE = Path(__file__).parents[1] / "located_heads.json"
 HEAD_RULES = {
     "importance": "logit-lens importance (the paper's attribution, one pass)",
     "causal": "causal effect (each head's label attention from T knocked out alone, per label: label voters "
@@ -129,7 +129,7 @@ HEAD_RULES = {
 def model_key(model_name: str) -> str:
     """A model's short name, as the report records it ('Qwen2.5-Coder-0.5B-Instruct'); an offline
     model's ``--model`` name ('default', 'qwen2.5-coder-1.5b') gives the same key as its label."""
-    from .offline import OFFLINE_MODELS
+    from ..engine.offline import OFFLINE_MODELS
 
     spec = OFFLINE_MODELS.get(str(model_name).strip().lower())
     return (spec.label if spec is not None else str(model_name)).split(" (")[0]

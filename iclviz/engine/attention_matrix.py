@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .prompt import BuiltPrompt
-from .validation import ValidationError, check_layers, check_prompt_size
+from ..prompt import BuiltPrompt
+from ..validation import ValidationError, check_layers, check_prompt_size
 
 BERTVIZ_MAX_TOKENS = 160  # past this many tokens bertviz's views stop being responsive: offer a heatmap
 

@@ -27,12 +27,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..engine.interventions import Plan
+from ..prompt import BuiltPrompt
+from ..stats import format_p
+from ..validation import head_name
 from .evaluation import Prediction, predict_prompt, wilson_interval
 from .heads import control_heads
-from .interventions import Plan
-from .prompt import BuiltPrompt
-from .stats import format_p
-from .validation import head_name
 
 Z95 = 1.96
 
@@ -144,8 +144,8 @@ def margins_of_head_sets(lm, prompt: BuiltPrompt, head_sets, kind: str = "ablate
     single-token passes over the prompt's cache; ablation rows are whole passes, each row its own heads."""
     import torch
 
+    from ..engine.interventions import ablate_rows
     from .causal import RowEdit, last_position_logits
-    from .interventions import ablate_rows
 
     sets = [[tuple(h) for h in hs] for hs in head_sets]
     if not sets:
@@ -427,7 +427,7 @@ def slim_prediction(pred: Prediction) -> Prediction:
 def exchange_first_two(demonstrations, label_words) -> list:
     """The demonstrations with the first two label words exchanged (the others kept): the paper's label
     swap for two labels, and for more labels the swap that flips ``m = logit(first) - logit(second)``."""
-    from .prompt import Demonstration
+    from ..prompt import Demonstration
 
     a, b = label_words[0], label_words[1]
     out = []
@@ -475,8 +475,8 @@ def swap_check(lm, demonstrations, query: str, label_words, template, heads, kin
     """Intervene on ``heads`` (together, and each alone unless ``per_head`` is False) on the prompt and on its
     label-swapped twin: one batched run per prompt (``margins_of_head_sets``; ablation rows are whole passes,
     so the live check asks for the set only)."""
+    from ..prompt import build_prompt
     from .discrimination import swap_split
-    from .prompt import build_prompt
 
     heads = [(int(a), int(b)) for a, b in heads]
     words = tuple(label_words)

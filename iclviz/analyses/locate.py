@@ -5,6 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from ..engine.interventions import Plan
+from ..engine.models import LoadedModel
+from ..validation import head_name
 from .evaluation import Cancelled, EvalSetup, Progress, evaluate, prompt_batches
 from .heads import (
     DEFAULT_SCALING,
@@ -15,9 +18,6 @@ from .heads import (
     random_heads,
     summarize_importance,
 )
-from .interventions import Plan
-from .models import LoadedModel
-from .validation import head_name
 
 
 def locate_heads(lm: LoadedModel, setup: EvalSetup, scaling: str = DEFAULT_SCALING, layers=None,

@@ -13,12 +13,12 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from . import context_heads, label_swap
-from .causal import CausalScan
-from .context_heads import ContextTest
-from .evaluation import EvalSetup
-from .heads import default_layers
-from .validation import head_name
+from ..analyses import context_heads, label_swap
+from ..analyses.causal import CausalScan
+from ..analyses.context_heads import ContextTest
+from ..analyses.evaluation import EvalSetup
+from ..analyses.heads import default_layers
+from ..validation import head_name
 
 PAPER_CLAIM = "87.6% -> 24.4% accuracy (average of 5 datasets, Llama-7B / GPT-J-6B) with ~1% of heads intervened"
 
@@ -293,7 +293,7 @@ def bias_section(lm, ds, d: Path, res: ContextResult, sizes: dict | None = None,
     """The paper's two bias fixes applied to the context rule's heads, on the evaluate half, with the paired
     intervals and permutation tests of ``bias.bias_intervals``; and whether the heads that the fixes act on
     read the demonstrations (their in-context part against their prior, from the location scan)."""
-    from . import bias
+    from ..analyses import bias
     from .report import _BIAS_INTERVALS, _bias_verdict, _interval_table
     from .report import _fmt as fmt
 

@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from ..engine.interventions import Head, Interventions
+from ..engine.qkv import HeadPatch, QKVPatch, QKVRecorder
+from ..prompt import BuiltPrompt, PromptError
+from ..validation import head_name
 from .compare import PromptSpec, _records
-from .interventions import Head, Interventions
-from .prompt import BuiltPrompt, PromptError
-from .qkv import HeadPatch, QKVPatch, QKVRecorder
 from .readout import head_label_mass
-from .validation import head_name
 
 DEFAULT_CONDITIONS = ("none", "q", "k", "v", "q+k", "all")
 POSITION_MODES = ("labels", "all")

@@ -14,10 +14,10 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
+from ..engine.models import LoadedModel
+from ..prompt import BuiltPrompt
+from ..validation import head_name
 from .evaluation import EvalSetup, Progress, prompt_batches
-from .models import LoadedModel
-from .prompt import BuiltPrompt
-from .validation import head_name
 
 
 def default_sim_layer(n_layers: int) -> int:

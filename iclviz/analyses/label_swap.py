@@ -10,13 +10,13 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from .data import sample_demonstrations
+from ..data import sample_demonstrations
+from ..engine.lens import project
+from ..engine.models import LoadedModel
+from ..prompt import BuiltPrompt
+from ..validation import head_name
 from .evaluation import EvalSetup, Progress, prompt_batches
 from .heads import DEFAULT_SCALING
-from .lens import project
-from .models import LoadedModel
-from .prompt import BuiltPrompt
-from .validation import head_name
 
 
 @torch.no_grad()
@@ -87,7 +87,7 @@ def summarize_label_swap(table: pd.DataFrame) -> pd.DataFrame:
 def label_swap_one(lm: LoadedModel, demos, query: str, label_words, template, heads,
                    scaling: str = DEFAULT_SCALING) -> pd.DataFrame:
     """Before/after table for one prompt (demos as (text, label_word))."""
-    from .prompt import build_prompt, swap_labels
+    from ..prompt import build_prompt, swap_labels
 
     orig = build_prompt(lm.tokenizer, demos, query, label_words, template, max_tokens=lm.context_length)
     swap = build_prompt(lm.tokenizer, swap_labels(demos, label_words), query, label_words, template,

@@ -20,13 +20,14 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from . import bias, label_swap, locate, report_context, two_towers
-from .data import load_dataset
-from .evaluation import EvalSetup
-from .heads import control_heads, default_top_n, record_located_heads
-from .models import load_model
-from .stats import format_p
-from .validation import head_name
+from ..analyses import bias, label_swap, locate, two_towers
+from ..analyses.evaluation import EvalSetup
+from ..analyses.heads import control_heads, default_top_n, record_located_heads
+from ..data import load_dataset
+from ..engine.models import load_model
+from ..stats import format_p
+from ..validation import head_name
+from . import report_context
 
 PAPER = {
     "interventions": "87.6% -> 24.4% (average of 5 datasets, Llama-7B / GPT-J-6B, ~1% of heads intervened)",
@@ -96,9 +97,9 @@ def _model_tag(name: str) -> str:
 
 def _causal_section(lm, ds, spec: str, sizes: dict, d: Path, overall: pd.DataFrame, n_top: int) -> tuple[str, dict]:
     """Both rankings, the batched causal test (null distribution, label-specific heads), full ablation."""
-    from . import causal
-    from .heads import default_layers
-    from .stats import mcnemar_exact, paired_bootstrap
+    from ..analyses import causal
+    from ..analyses.heads import default_layers
+    from ..stats import mcnemar_exact, paired_bootstrap
 
     layers = default_layers(lm.n_layers)
     setup_scan = EvalSetup(ds, k_per_label=sizes["k"], n_test=sizes["n_scan"], seeds=(100,))
@@ -260,7 +261,7 @@ def _causal_section(lm, ds, spec: str, sizes: dict, d: Path, overall: pd.DataFra
 def _discrimination_of(ct, sets: dict) -> tuple[pd.DataFrame, str]:
     """AUC, recentred accuracy and accuracy of each knocked-out set of a causal test against its random draws,
     with the reading (``discrimination.reading``) and the share of the way to chance."""
-    from .discrimination import measures, paired_change, reading
+    from ..analyses.discrimination import measures, paired_change, reading
 
     lg = ct.logits.double().numpy()
     rnd = [ct.names.index(f"knockout:random:{d}") for d in range(len(ct.draws))

@@ -29,13 +29,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .capture import _ACTIVE, _input_device, _RunState, common_prefix_length, instrument
+from ..engine.capture import _ACTIVE, _input_device, _RunState, common_prefix_length, instrument
+from ..engine.interventions import Head, ablate_rows, combine, knockout_rows
+from ..engine.models import LoadedModel
+from ..stats import empirical_p, mcnemar_exact, paired_bootstrap, proportion_ci
 from .discrimination import split_support
 from .evaluation import Cancelled, EvalSetup, Progress
 from .heads import default_layers, random_heads
-from .interventions import Head, ablate_rows, combine, knockout_rows
-from .models import LoadedModel
-from .stats import empirical_p, mcnemar_exact, paired_bootstrap, proportion_ci
 
 KINDS = ("knockout", "ablate_t", "ablate")
 KIND_TEXT = {

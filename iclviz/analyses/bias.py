@@ -25,11 +25,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..engine.interventions import Plan
+from ..engine.models import LoadedModel
+from ..stats import unit_bootstrap
 from .evaluation import Cancelled, EvalSetup, Progress, evaluate
 from .heads import layers_of, random_heads
-from .interventions import Plan
-from .models import LoadedModel
-from .stats import unit_bootstrap
 
 
 def reduction(bias: float, bias_fixed: float) -> float:

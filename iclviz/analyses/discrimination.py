@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from .stats import unit_bootstrap
+from ..stats import unit_bootstrap
 
 MEASURES = ("accuracy", "recentred_accuracy", "auc", "mean_margin")
 MEASURE_TEXT = {

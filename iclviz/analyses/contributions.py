@@ -35,13 +35,13 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from ..conventions import effect
+from ..engine.interventions import Head
+from ..engine.lens import logit_minus
+from ..prompt import BuiltPrompt, PromptError
+from ..validation import head_name, parse_heads
 from .causal import knockout_each
 from .compare import PromptSpec, _records
-from .conventions import effect
-from .interventions import Head
-from .lens import logit_minus
-from .prompt import BuiltPrompt, PromptError
-from .validation import head_name, parse_heads
 
 LINEAR_SCALING = "final_scale"
 

@@ -69,7 +69,7 @@ def standalone_html(fig: go.Figure, filename: str = "iclviz_figure", scale: int 
 
 def write_html(fig: go.Figure, path, filename: str | None = None) -> Path:
     """Write ``standalone_html(fig)`` to ``path``."""
-    from .validation import atomic_write
+    from ..validation import atomic_write
 
     path = Path(path)
     atomic_write(path, standalone_html(fig, filename or path.stem))

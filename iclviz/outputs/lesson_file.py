@@ -30,11 +30,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from .compare import PromptSpec, compare_prompts
-from .heads import DEFAULT_SCALING
-from .interventions import PLAN_KINDS, Head, Plan
-from .lens import SCALINGS
-from .validation import ValidationError, atomic_write, head_name, load_json_limited, parse_head
+from ..analyses.compare import PromptSpec, compare_prompts
+from ..analyses.heads import DEFAULT_SCALING
+from ..engine.interventions import PLAN_KINDS, Head, Plan
+from ..engine.lens import SCALINGS
+from ..validation import ValidationError, atomic_write, head_name, load_json_limited, parse_head
 
 FORMAT = "iclviz-lesson"
 VERSION = 1
@@ -117,7 +117,7 @@ def package_versions() -> dict:
     import torch
     import transformers
 
-    from . import __version__
+    from .. import __version__
 
     return {"iclviz": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version()}
@@ -131,9 +131,9 @@ def model_info(lm) -> dict:
 
 def compute_results(lm, lesson: Lesson) -> dict:
     """Every result the lesson asks for, computed on ``lm``."""
-    from .contributions import demo_contributions
-    from .readout import head_label_mass
-    from .towers_patch import towers_patch
+    from ..analyses.contributions import demo_contributions
+    from ..analyses.readout import head_label_mass
+    from ..analyses.towers_patch import towers_patch
 
     prompt = lesson.prompt.build(lm)
     iv = lesson.plan.build([prompt])

@@ -11,12 +11,12 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from .capture import Capture
+from ..engine.capture import Capture
+from ..engine.lens import project
+from ..engine.models import LoadedModel
+from ..prompt import BuiltPrompt
+from ..validation import head_name
 from .heads import DEFAULT_SCALING
-from .lens import project
-from .models import LoadedModel
-from .prompt import BuiltPrompt
-from .validation import head_name
 
 
 @torch.no_grad()
@@ -25,7 +25,7 @@ def label_vector_table(lm: LoadedModel, prompt: BuiltPrompt, heads, scaling: str
     """One row per (head, label position) of ``prompt``."""
     heads = [tuple(h) for h in heads]
     if not isinstance(capture, Capture) or not capture.has_values(heads):
-        from .interventions import NONE
+        from ..engine.interventions import NONE
 
         capture = lm.run([prompt], interventions=interventions or NONE, capture=True, value_heads=heads).capture
     words = prompt.label_words

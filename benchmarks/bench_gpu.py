@@ -31,8 +31,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from iclviz.analyses.heads import head_importance  # noqa: E402
-from iclviz.engine.capture import instrument, run_ids  # noqa: E402
+from iclviz.engine.capture import instrument
 from iclviz.engine.lens import vocab_chunk_rows  # noqa: E402
+from iclviz.engine.runs import run_ids  # noqa: E402
 
 SHAPES = {
     "Llama-2-7B": ("llama", dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,

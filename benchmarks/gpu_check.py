@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from iclviz.engine import interventions as iv  # noqa: E402
 from iclviz.engine.architecture import UnsupportedArchitecture  # noqa: E402
-from iclviz.engine.capture import instrument, pad_batch, run_ids, run_ids_shared_prefix  # noqa: E402
+from iclviz.engine.capture import instrument, pad_batch
+from iclviz.engine.runs import run_ids, run_ids_shared_prefix  # noqa: E402
 from iclviz.testing import ARCHITECTURES, build_tiny_model  # noqa: E402
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .errors import IclvizError
+
 SHIPPED_DIR = Path(__file__).parent / "datasets"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_UPLOAD_ROWS = 200_000
@@ -22,7 +24,7 @@ UNRELATED_LABEL_WORDS = ("foo", "bar", "baz", "qux", "zip", "zap")
 TEST_PARTS = ("locate", "evaluate")  # the halves of a test split (Dataset.test_part)
 
 
-class DataError(ValueError):
+class DataError(IclvizError, ValueError):
     """A dataset problem the app shows as a message."""
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .errors import IclvizError
+
 DEFAULT_LABEL_WORDS = ("foo", "bar")
 
 
-class PromptError(ValueError):
+class PromptError(IclvizError, ValueError):
     """A problem with the user's prompt that the app shows as a message."""
 
 
@@ -95,7 +97,7 @@ class BuiltPrompt:
         return [p for p, w in zip(self.label_positions, self.demo_labels) if w == word]
 
 
-def _check_label_words(label_words) -> tuple[str, ...]:
+def check_label_words(label_words) -> tuple[str, ...]:
     words = tuple(str(w) for w in label_words)
     if len(words) < 2:
         raise PromptError("give at least two label words")
@@ -119,7 +121,7 @@ def label_token_ids(tokenizer, label_words, template: str | Template = DEFAULT_T
     Raises PromptError if a word is several tokens or two words share their token.
     """
     template = get_template(template)
-    words = _check_label_words(label_words)
+    words = check_label_words(label_words)
     ids: dict[str, int] = {}
     for w in words:
         demo = template.demo.format(text="x", label=w)
@@ -151,7 +153,7 @@ def build_prompt(
 ) -> BuiltPrompt:
     """Build the ICL prompt and find each label position from the tokenizer's offsets."""
     template = get_template(template)
-    words = _check_label_words(label_words)
+    words = check_label_words(label_words)
     demos = [d if isinstance(d, Demonstration) else Demonstration(*d) for d in demonstrations]
     if not demos:
         raise PromptError("add at least one demonstration")

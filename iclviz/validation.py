@@ -17,6 +17,8 @@ import stat
 import tempfile
 from pathlib import Path
 
+from .errors import IclvizError
+
 Head = tuple[int, int]
 
 MAX_HEADS = 256  # head sets longer than this are refused (no model here has a use for more)
@@ -32,7 +34,7 @@ _HEAD = re.compile(r"^L([0-9]{1,4})H([0-9]{1,4})$")
 _HEAD_DOT = re.compile(r"^([0-9]{1,4})\.([0-9]{1,4})$")
 
 
-class ValidationError(ValueError):
+class ValidationError(IclvizError, ValueError):
     """Bad input; the message says what and why, for the user."""
 
 

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from iclviz.analyses import bias, label_swap, label_vectors, locate, two_towers
-from iclviz.analyses.evaluation import Cancelled, EvalSetup, evaluate, predict
+from iclviz.analyses.evaluation import EvalSetup, evaluate, predict
 from iclviz.analyses.heads import head_importance
 from iclviz.data import load_dataset
 from iclviz.engine.interventions import Plan, majority_factors
 from iclviz.engine.lens import project
+from iclviz.errors import Cancelled
 
 DEMOS = [("a wonderful film", "foo"), ("dull and boring", "bar"), ("what a great story", "foo"),
          ("I hated every minute", "bar")]

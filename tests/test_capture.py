@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from iclviz.engine import interventions as iv
-from iclviz.engine.capture import pad_batch, run_ids
+from iclviz.engine.capture import pad_batch
+from iclviz.engine.runs import run_ids
 
 RTOL, ATOL = 1e-5, 1e-5
 LABEL_IDS = [5, 7]
@@ -238,7 +239,7 @@ def test_positional_score_removal_refused_for_absolute_positions(tiny_gpt2):
 
 def test_shared_prefix_path_equals_padded_batch(tiny):
     """Computing the shared demonstrations once (KV cache) gives the same numbers."""
-    from iclviz.engine.capture import common_prefix_length, run_ids_shared_prefix
+    from iclviz.engine.runs import common_prefix_length, run_ids_shared_prefix
 
     g = torch.Generator().manual_seed(4)
     prefix = torch.randint(1, tiny.model.config.vocab_size, (20,), generator=g).tolist()

@@ -6,18 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from iclviz.analyses.causal import (
-    RowEdit,
-    causal_scan,
-    full_ablation_logits,
-    label_specific,
-    last_position_logits,
-    null_distribution,
-    outcomes,
-)
+from iclviz.analyses.causal import causal_scan, label_specific, null_distribution, outcomes
 from iclviz.analyses.evaluation import EvalSetup
 from iclviz.data import load_dataset
 from iclviz.engine.interventions import NONE, ablate, knockout
+from iclviz.engine.runs import RowEdit, full_ablation_logits, last_position_logits
 from iclviz.prompt import build_prompt
 from iclviz.stats import empirical_p, mcnemar_exact, paired_bootstrap, proportion_ci
 
@@ -55,12 +48,12 @@ def test_scan_rows_equal_each_intervention_run_alone(tiny):
 
 
 def test_rows_are_bucketed_by_their_first_layer():
-    from iclviz.analyses.causal import _rows_by_first_layer
+    from iclviz.analyses.causal import rows_by_first_layer
 
     rows = [RowEdit()] + [RowEdit.of("knockout", [(layer, 0)]) for layer in (5, 5, 3, 1, 1, 1)]
-    assert _rows_by_first_layer(rows, 6, 1) == [(1, [4, 5, 6]), (3, [3]), (5, [0, 1, 2])]
-    assert _rows_by_first_layer(rows, 6, 4) == [(1, [0, 1, 2, 3, 4, 5, 6])]
-    assert _rows_by_first_layer(rows, 6, 3) == [(1, [3, 4, 5, 6]), (5, [0, 1, 2])]
+    assert rows_by_first_layer(rows, 6, 1) == [(1, [4, 5, 6]), (3, [3]), (5, [0, 1, 2])]
+    assert rows_by_first_layer(rows, 6, 4) == [(1, [0, 1, 2, 3, 4, 5, 6])]
+    assert rows_by_first_layer(rows, 6, 3) == [(1, [3, 4, 5, 6]), (5, [0, 1, 2])]
 
 
 def test_full_ablation_rows_equal_ablation_alone(tiny):

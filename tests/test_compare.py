@@ -71,7 +71,7 @@ def test_label_swap_and_bias_orders_are_ab_pairs(tiny_llama):
     """The label swap view (label_swap_one) and the Bias lab's orders are instances of the A/B comparison."""
     import random
 
-    from iclviz.analyses.bias import _reorder, demonstration_orders
+    from iclviz.analyses.bias import demonstration_orders, reorder_transform
     from iclviz.analyses.label_swap import label_swap_one
 
     a, b = label_swap_pair(SPEC)
@@ -91,7 +91,7 @@ def test_label_swap_and_bias_orders_are_ab_pairs(tiny_llama):
         orders = demonstration_orders(len(SPEC.label_words), 3, 0)
         assert [n for n, _, _ in pairs] == [n for n, _ in orders]
         for (_, pa, pb), (_, key) in zip(pairs, orders):
-            want = _reorder(key)(list(idx_demos), seed)
+            want = reorder_transform(key)(list(idx_demos), seed)
             assert pa == SPEC
             assert [(t, SPEC.label_words.index(w)) for t, w in pb.demos] == want
     random.seed(0)

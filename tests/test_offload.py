@@ -12,10 +12,10 @@ import pytest
 import torch
 from test_capture import close
 
-from iclviz.analyses.causal import RowEdit, last_position_logits
 from iclviz.analyses.evaluation import predict_prompt
 from iclviz.engine import interventions as iv
 from iclviz.engine.models import load_model, wrap_model
+from iclviz.engine.runs import RowEdit, last_position_logits
 from iclviz.testing import build_tiny_model
 
 DEMOS = [("a wonderful film", "foo"), ("dull and boring", "bar"), ("great acting", "foo"), ("a waste", "bar")]

@@ -12,8 +12,9 @@ import torch
 from test_capture import LABEL_IDS, close, prompts, reference_forward
 
 from iclviz.analyses.heads import head_importance
-from iclviz.engine.capture import MissingRecord, run_ids
+from iclviz.engine.capture import MissingRecord
 from iclviz.engine.lens import frozen_norm, log_probs, project
+from iclviz.engine.runs import run_ids
 from iclviz.prompt import build_prompt
 from iclviz.testing import ARCHITECTURES, build_tiny_model
 

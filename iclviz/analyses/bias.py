@@ -27,8 +27,9 @@ from scipy import stats
 
 from ..engine.interventions import Plan
 from ..engine.models import LoadedModel
+from ..errors import Cancelled
 from ..stats import unit_bootstrap
-from .evaluation import Cancelled, EvalSetup, Progress, evaluate
+from .evaluation import EvalSetup, Progress, evaluate
 from .heads import layers_of, random_heads
 
 
@@ -122,7 +123,7 @@ def demonstration_orders(n_labels: int, n_random: int = 3, seed: int = 0) -> lis
     return orders
 
 
-def _reorder(key):
+def reorder_transform(key):
     how, arg = key
 
     def transform(demos, seed):
@@ -154,7 +155,7 @@ def recency_bias(lm: LoadedModel, setup: EvalSetup, heads, n_random_orders: int 
     total = len(orders) * len(conds)
     step = 0
     for oname, key in orders:
-        s = replace(setup, demo_transform=_reorder(key))
+        s = replace(setup, demo_transform=reorder_transform(key))
         for cname, plan in conds:
             res = evaluate(lm, s, plan, batch_size=batch_size)
             per_prompt.append(_prompt_rows(res, cname, "order", oname))

@@ -19,22 +19,18 @@ same prompts (paired).
 
 from __future__ import annotations
 
-import contextvars
-import copy
-import inspect
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..engine.capture import _ACTIVE, _input_device, _RunState, common_prefix_length, instrument
-from ..engine.interventions import Head, ablate_rows, combine, knockout_rows
+from ..engine.interventions import Head
 from ..engine.models import LoadedModel
+from ..engine.runs import RowEdit, full_ablation_logits, last_position_logits
 from ..stats import empirical_p, mcnemar_exact, paired_bootstrap, proportion_ci
 from .discrimination import split_support
-from .evaluation import Cancelled, EvalSetup, Progress
+from .evaluation import EvalSetup, Progress
 from .heads import default_layers, random_heads
 
 KINDS = ("knockout", "ablate_t", "ablate")
@@ -43,220 +39,6 @@ KIND_TEXT = {
     "ablate_t": "head output at T removed",
     "ablate": "head output removed at every position",
 }
-
-
-@dataclass(frozen=True)
-class RowEdit:
-    """One row of a last-position batch: what is changed at ``T`` (head sets may be empty)."""
-
-    knockout: frozenset[Head] = frozenset()
-    ablate: frozenset[Head] = frozenset()
-
-    @staticmethod
-    def of(kind: str, heads) -> RowEdit:
-        hs = frozenset((int(a), int(b)) for a, b in heads)
-        if kind == "knockout":
-            return RowEdit(knockout=hs)
-        if kind == "ablate_t":
-            return RowEdit(ablate=hs)
-        raise ValueError(f"a last-position row is 'knockout' or 'ablate_t', not {kind!r}")
-
-
-def _cache_kw(model) -> str:
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _forward(model, ids, start: int, cache, rows: int = 1, state=None, label_ids=None):
-    """Run token ids [rows, n] at positions start.. on top of ``cache``.
-
-    Returns (label-word logits at the last position, or None without ``label_ids``; the cache).
-    The base model is called (no vocabulary-wide unembedding): only the label words' rows of
-    ``W_U`` are applied to the final hidden state.
-    """
-    device = _input_device(model)
-    n = ids.shape[1]
-    base = model.base_model
-    kw = {_cache_kw(base): cache} if cache is not None else {}
-    token = _ACTIVE.set(state)
-    try:
-        out = base(input_ids=ids.to(device), position_ids=torch.arange(start, start + n, device=device)[None].expand(
-            rows, n), use_cache=True, **kw)
-    finally:
-        _ACTIVE.reset(token)
-    new_cache = getattr(out, "cache", None) or out.past_key_values
-    if label_ids is None:
-        return None, new_cache
-    arch = model._iclviz_arch
-    w = arch.unembed_matrix()[label_ids]
-    hidden = out.last_hidden_state[:, -1]
-    logits = hidden @ w.to(hidden.device).T
-    b = arch.unembed_bias()
-    if b is not None:
-        logits = logits + b[label_ids].to(hidden.device)
-    return logits.float(), new_cache
-
-
-def _rows_by_first_layer(rows: list[RowEdit], n_layers: int, min_rows: int = 24) -> list[tuple[int, list[int]]]:
-    """Row indices in buckets, each with the first layer any of its rows' edits touches: the
-    layers below it run once for the whole bucket. Neighbouring layers are merged until a
-    bucket holds ``min_rows`` rows, since every pass reads all the weights it uses (on a CPU
-    that, not the arithmetic, is the cost of a few rows)."""
-    by_layer: dict[int, list[int]] = {}
-    for j, r in enumerate(rows):
-        layers = [a for a, _ in r.knockout | r.ablate]
-        by_layer.setdefault(min(layers) if layers else n_layers - 1, []).append(j)
-    buckets: list[tuple[int, list[int]]] = []
-    for layer in sorted(by_layer, reverse=True):  # deepest first; a bucket starts at its shallowest layer
-        if buckets and len(buckets[-1][1]) < min_rows:
-            buckets[-1] = (layer, buckets[-1][1] + by_layer[layer])
-        else:
-            buckets.append((layer, list(by_layer[layer])))
-    if len(buckets) > 1 and len(buckets[-1][1]) < min_rows:  # a small shallow remainder joins its neighbour
-        first, idx = buckets.pop()
-        buckets[-1] = (first, buckets[-1][1] + idx)
-    return sorted(buckets)
-
-
-def _repeat_from(cache, rows: int, first: int):
-    """A copy of ``cache`` whose layers from ``first`` on hold ``rows`` copies of the one prompt."""
-    c = copy.deepcopy(cache)
-    if rows > 1:
-        for layer in c.layers[first:]:
-            layer.batch_repeat_interleave(rows)
-    return c
-
-
-_EXPAND: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("iclviz_expand", default=None)
-
-
-class _rows_from_layer:
-    """While active (in this context only), the residual stream entering layer ``first`` is
-    repeated into ``rows`` rows: the layers below run once for all rows, since no row differs
-    there. A forward pre-hook, removed on exit; other threads never see it."""
-
-    def __init__(self, arch, first: int, rows: int):
-        self.arch, self.first, self.rows = arch, first, rows
-
-    def __enter__(self):
-        self.token = _EXPAND.set((self.first, self.rows))
-        self.handle = self.arch.layers[self.first].register_forward_pre_hook(_expand_hook(self.first),
-                                                                             with_kwargs=True)
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.remove()
-        _EXPAND.reset(self.token)
-        return False
-
-
-def _expand_hook(first: int):
-    def hook(module, args, kwargs):
-        want = _EXPAND.get()
-        if want is None or want[0] != first or want[1] == 1:
-            return None
-        rows = want[1]
-        if args:
-            hidden = args[0]
-            return (hidden.expand(rows, *hidden.shape[1:]).contiguous(), *args[1:]), kwargs
-        hidden = kwargs["hidden_states"]
-        kwargs = dict(kwargs, hidden_states=hidden.expand(rows, *hidden.shape[1:]).contiguous())
-        return args, kwargs
-    return hook
-
-
-def _batch_setup(lm: LoadedModel, prompts):
-    """The instrumented model's handles, the label ids, the prompts' ids and the length of the prefix they
-    share (at least one token is left to each prompt)."""
-    model = lm.model
-    arch = instrument(model)
-    ids_all = [p.input_ids for p in prompts]
-    prefix = common_prefix_length(ids_all) if len(ids_all) > 1 else len(ids_all[0]) - 1
-    prefix = min(prefix, min(len(i) for i in ids_all) - 1)
-    return (model, arch, getattr(model, "_iclviz_rotary", None), prompts[0].label_token_id_list(), ids_all,
-            prefix)
-
-
-@torch.no_grad()
-def last_position_logits(lm: LoadedModel, prompts, rows: list[RowEdit], chunk: int = 64,
-                         on_prompt: Callable[[int], bool | None] | None = None, bucket_rows: int = 24
-                         ) -> torch.Tensor:
-    """[N, R, K] label-word logits of each prompt under each row's edit at ``T``.
-
-    The prompts' shared prefix is computed once; each prompt then runs up to ``T - 1`` once and
-    its rows run as batches of ``chunk`` single-token passes, bucketed by the first layer they
-    edit (``bucket_rows`` rows at least per bucket). ``on_prompt(i)`` is called after
-    each prompt (return False to stop: raises Cancelled).
-    """
-    if not prompts:
-        return torch.zeros(0, len(rows), 0)
-    model, arch, rotary, label_ids, ids_all, prefix = _batch_setup(lm, prompts)
-    prefix_cache = None
-    if prefix > 0:
-        _, prefix_cache = _forward(model, torch.tensor([ids_all[0][:prefix]]), 0, None)
-    out = torch.zeros(len(prompts), len(rows), len(label_ids))
-    for i, p in enumerate(prompts):
-        ids = p.input_ids
-        n = len(ids)
-        cache = copy.deepcopy(prefix_cache) if prefix_cache is not None else None
-        if n - 1 > prefix:
-            _, cache = _forward(model, torch.tensor([ids[prefix:n - 1]]), prefix, cache)
-        for first, idx in _rows_by_first_layer(rows, lm.n_layers, bucket_rows):
-            for start in range(0, len(idx), chunk):
-                part_idx = idx[start:start + chunk]
-                part = [rows[j] for j in part_idx]
-                R = len(part)
-                iv = combine(knockout_rows([p.label_positions] * R, [r.knockout for r in part]),
-                             ablate_rows([r.ablate for r in part]))
-                state = _RunState(arch, iv, False, torch.zeros(R, dtype=torch.long), None, rotary)
-                c = _repeat_from(cache, R, first) if cache is not None else None
-                with _rows_from_layer(arch, first, R):
-                    logits, _ = _forward(model, torch.tensor([[ids[-1]]]), n - 1, c, 1, state, label_ids)
-                out[i, part_idx] = logits.cpu()
-        _check_finite(out[i])
-        if on_prompt is not None and on_prompt(i + 1) is False:
-            raise Cancelled(f"stopped after {i + 1} of {len(prompts)} prompts")
-    return out
-
-
-@torch.no_grad()
-def full_ablation_logits(lm: LoadedModel, prompts, head_sets: list, chunk: int = 8,
-                         on_prompt: Callable[[int], bool | None] | None = None) -> torch.Tensor:
-    """[N, R, K] label-word logits with head set ``r`` removed at every position (row ``r``).
-
-    The shared prefix runs once per chunk of head sets (as rows of one batch, each its own
-    ablation), then each prompt's remaining tokens on top of its copy of that cache.
-    """
-    if not prompts:
-        return torch.zeros(0, len(head_sets), 0)
-    model, arch, rotary, label_ids, ids_all, prefix = _batch_setup(lm, prompts)
-    out = torch.zeros(len(prompts), len(head_sets), len(label_ids))
-    sets = [frozenset((int(a), int(b)) for a, b in hs) for hs in head_sets]
-    done = 0
-    n_chunks = (len(sets) + chunk - 1) // chunk
-    for start in range(0, len(sets), chunk):
-        part = sets[start:start + chunk]
-        R = len(part)
-        iv = ablate_rows(part)
-        cache = None
-        if prefix > 0:
-            state = _RunState(arch, iv, False, torch.zeros(R, dtype=torch.long), None, rotary)
-            _, cache = _forward(model, torch.tensor([ids_all[0][:prefix]] * R), 0, None, R, state)
-        for i, p in enumerate(prompts):
-            ids = p.input_ids
-            state = _RunState(arch, iv, False, torch.zeros(R, dtype=torch.long), None, rotary)
-            c = copy.deepcopy(cache) if cache is not None else None
-            logits, _ = _forward(model, torch.tensor([ids[prefix:]] * R), prefix, c, R, state, label_ids)
-            out[i, start:start + R] = logits.cpu()
-        done += 1
-        if on_prompt is not None and on_prompt(done) is False:
-            raise Cancelled(f"stopped after {done} of {n_chunks} batches of head sets")
-    _check_finite(out)
-    return out
-
-
-def _check_finite(t: torch.Tensor) -> None:
-    if not torch.isfinite(t).all():
-        raise FloatingPointError("the model produced non-finite logits (corrupt weights, or a float16 overflow)")
 
 
 # ---------------------------------------------------------------- per-prompt outcomes
@@ -683,31 +465,3 @@ def causal_test(lm: LoadedModel, setup: EvalSetup, head_sets: dict[str, list], l
 
 
 # ---------------------------------------------------------------- one prompt, per-row position knockouts
-
-@torch.no_grad()
-def knockout_each(lm: LoadedModel, prompt, position_sets, heads) -> torch.Tensor:
-    """[R, K] label-word logits of one prompt where row ``r`` knocks out the attention from ``T`` to the
-    positions ``position_sets[r]`` in ``heads`` (an empty set: the row is the prompt unchanged).
-
-    The prompt runs up to ``T - 1`` once (KV cache); the rows are one batch of single-token passes
-    over that cache, with per-row knockouts (``knockout_rows``); layers below the first edited
-    layer run once for all rows.
-    """
-    model, arch, rotary, label_ids, _, _ = _batch_setup(lm, [prompt])
-    hs = frozenset((int(a), int(b)) for a, b in heads)
-    sets = [sorted({int(p) for p in ps}) for ps in position_sets]
-    R = len(sets)
-    if R == 0:
-        return torch.zeros(0, len(label_ids))
-    ids = prompt.input_ids
-    n = len(ids)
-    _, cache = _forward(model, torch.tensor([ids[:n - 1]]), 0, None)
-    iv = knockout_rows(sets, [hs if s else frozenset() for s in sets])
-    first = min((a for a, _ in hs), default=lm.n_layers - 1)
-    state = _RunState(arch, iv, False, torch.zeros(R, dtype=torch.long), None, rotary)
-    c = _repeat_from(cache, R, first)
-    with _rows_from_layer(arch, first, R):
-        logits, _ = _forward(model, torch.tensor([[ids[-1]]]), n - 1, c, 1, state, label_ids)
-    out = logits.cpu()
-    _check_finite(out)
-    return out

@@ -182,8 +182,8 @@ class PromptComparison:
         return {"heads": [head_name(h) for h in self.heads], "label_words_a": list(self.label_words_a),
                 "label_words_b": list(self.label_words_b), "predicted_a": self.predicted_a,
                 "predicted_b": self.predicted_b, "scaling": self.scaling, "notes": list(self.notes),
-                "head_table": _records(self.head_table), "labels": _records(self.labels),
-                "positions": _records(self.positions)}
+                "head_table": table_records(self.head_table), "labels": table_records(self.labels),
+                "positions": table_records(self.positions)}
 
     def swap_split(self) -> pd.DataFrame:
         """When B is A with the labels swapped: each head's direct contribution to the margin
@@ -206,7 +206,7 @@ class PromptComparison:
         return r.iloc[0].to_dict()
 
 
-def _records(df: pd.DataFrame) -> list[dict]:
+def table_records(df: pd.DataFrame) -> list[dict]:
     return [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
             for r in df.to_dict(orient="records")]
 

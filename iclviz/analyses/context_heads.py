@@ -30,9 +30,10 @@ import torch
 
 from ..engine.interventions import Head
 from ..engine.models import LoadedModel
+from ..engine.runs import RowEdit
 from ..stats import empirical_p
 from ..validation import head_name
-from .causal import CausalScan, RowEdit, causal_scan, run_rows
+from .causal import CausalScan, causal_scan, run_rows
 from .discrimination import MEASURES, Change, measures, measures_table, paired_change
 from .evaluation import EvalSetup, Progress
 from .heads import default_layers, random_heads

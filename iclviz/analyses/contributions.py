@@ -19,7 +19,7 @@ and the runner-up (by the model's label logits), unless ``pair`` names two label
 Beside each contribution, the measured knockout effect (``conventions.SIGN_CONVENTION``: the margin
 after minus the margin before) of knocking out the attention from ``T`` to ``p_i`` in the heads
 (``A[l,h,T,p_i] = 0``, not renormalized), all demonstrations as rows of one batched run
-(``causal.knockout_each``: one pass up to ``T-1``, then one single-token row per demonstration),
+(``engine.runs.knockout_each``: one pass up to ``T-1``, then one single-token row per demonstration),
 plus a row with every label position knocked out.
 
 The waterfall goes from the baseline margin to the prediction's margin: the baseline is the
@@ -38,10 +38,10 @@ import torch
 from ..conventions import effect
 from ..engine.interventions import Head
 from ..engine.lens import logit_minus
+from ..engine.runs import knockout_each
 from ..prompt import BuiltPrompt, PromptError
 from ..validation import head_name, parse_heads
-from .causal import knockout_each
-from .compare import PromptSpec, _records
+from .compare import PromptSpec, table_records
 
 LINEAR_SCALING = "final_scale"
 
@@ -100,7 +100,7 @@ class Contributions:
                 "prediction_margin": self.prediction_margin, "baseline_margin": self.baseline_margin,
                 "total_contribution": self.total_contribution, "heads_direct": self.heads_direct,
                 "knockout_all": self.knockout_all, "predicted": self.predicted, "notes": list(self.notes),
-                "table": _records(self.table), "per_head": _records(self.per_head)}
+                "table": table_records(self.table), "per_head": table_records(self.per_head)}
 
 
 def choose_pair(label_words, label_logits, pair=None) -> tuple[str, str]:

@@ -14,14 +14,11 @@ import torch
 from ..data import Dataset, label_words_for, sample_demonstrations, sample_test
 from ..engine.interventions import NONE, Interventions, Plan
 from ..engine.models import LoadedModel
+from ..errors import Cancelled
 from ..prompt import DEFAULT_LABEL_WORDS, DEFAULT_TEMPLATE, BuiltPrompt, build_prompt
 from ..validation import ValidationError, check_regular_file
 
 Progress = Callable[[int, int, str], bool | None]  # return False to stop
-
-
-class Cancelled(RuntimeError):
-    """The user stopped a long computation; partial results were kept."""
 
 
 @dataclass

@@ -7,8 +7,9 @@ import torch
 
 from ..engine.interventions import Plan
 from ..engine.models import LoadedModel
+from ..errors import Cancelled
 from ..validation import head_name
-from .evaluation import Cancelled, EvalSetup, Progress, evaluate, prompt_batches
+from .evaluation import EvalSetup, Progress, evaluate, prompt_batches
 from .heads import (
     DEFAULT_SCALING,
     HeadScan,
@@ -67,10 +68,11 @@ def summarize_interventions(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def causal_scan(lm: LoadedModel, setup: EvalSetup, candidates, kind: str = "ablate", batch_size: int = 8,
+def candidate_accuracy_drops(lm: LoadedModel, setup: EvalSetup, candidates, kind: str = "ablate", batch_size: int = 8,
                 progress: Progress | None = None) -> pd.DataFrame:
     """Accuracy drop when each candidate head is intervened alone (rows of one batch: ``causal.py``)."""
-    from .causal import RowEdit, outcomes, run_full_ablation, run_rows
+    from ..engine.runs import RowEdit
+    from .causal import outcomes, run_full_ablation, run_rows
 
     cands = [(int(a), int(b)) for a, b in candidates]
     if kind == "ablate":

@@ -145,7 +145,7 @@ def margins_of_head_sets(lm, prompt: BuiltPrompt, head_sets, kind: str = "ablate
     import torch
 
     from ..engine.interventions import ablate_rows
-    from .causal import RowEdit, last_position_logits
+    from ..engine.runs import RowEdit, last_position_logits
 
     sets = [[tuple(h) for h in hs] for hs in head_sets]
     if not sets:

@@ -38,7 +38,7 @@ from ..engine.interventions import Head, Interventions
 from ..engine.qkv import HeadPatch, QKVPatch, QKVRecorder
 from ..prompt import BuiltPrompt, PromptError
 from ..validation import head_name
-from .compare import PromptSpec, _records
+from .compare import PromptSpec, table_records
 from .readout import head_label_mass
 
 DEFAULT_CONDITIONS = ("none", "q", "k", "v", "q+k", "all")
@@ -96,7 +96,7 @@ class TowersPatch:
     def to_dict(self) -> dict:
         return {"heads": [head_name(h) for h in self.heads], "positions": self.positions,
                 "label_words": list(self.label_words), "notes": list(self.notes),
-                "summary": _records(self.summary), "per_head": _records(self.per_head)}
+                "summary": table_records(self.summary), "per_head": table_records(self.per_head)}
 
 
 @torch.no_grad()

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..data import DataError, load_dataset
+from ..data import load_dataset
+from ..errors import Cancelled, IclvizError
 from ..prompt import DEFAULT_TEMPLATE, TEMPLATES, PromptError
 from ..validation import (
     DEVICES,
@@ -741,13 +742,13 @@ def cmd_interventions(args, lm, setup, bar):
 
 @_on_dataset
 def cmd_causal(args, lm, setup, bar):
-    from ..analyses.locate import causal_scan
+    from ..analyses.locate import candidate_accuracy_drops
 
     if args.n_heads is None:
         args.n_heads = args.candidates
     heads = _in_context_heads(args, lm, setup)
-    df = causal_scan(lm, setup, heads[:args.candidates], kind=args.intervention, batch_size=args.batch_size,
-                     progress=bar)
+    df = candidate_accuracy_drops(lm, setup, heads[:args.candidates], kind=args.intervention,
+                                  batch_size=args.batch_size, progress=bar)
     bar.close()
     _write(args, "causal", df=df)
 
@@ -1032,13 +1033,10 @@ def replay_model_name(lesson, model: str | None) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from ..analyses.evaluation import Cancelled
-    from ..engine.models import ModelLoadError
-
     debug = getattr(args, "debug", False)
     try:
         return args.func(args)
-    except (PromptError, DataError, ModelLoadError, ValidationError) as exc:
+    except IclvizError as exc:  # every error meant for the user (iclviz/errors.py)
         if debug:
             raise
         print(f"error: {_one_line(exc)}", file=sys.stderr)

@@ -12,13 +12,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import IclvizError
+
 _LAYER_LISTS = ("layers", "h", "blocks")
 _ATTENTION_NAMES = ("self_attn", "attn", "attention")
 _OUT_PROJ_NAMES = ("o_proj", "out_proj", "c_proj", "dense")
 _FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm")
 
 
-class UnsupportedArchitecture(ValueError):
+class UnsupportedArchitecture(IclvizError, ValueError):
     """The model's attention cannot be instrumented by iclviz."""
 
 

@@ -13,8 +13,6 @@ model with different interventions at the same time.
 from __future__ import annotations
 
 import contextvars
-import copy
-import inspect
 import threading
 from dataclasses import dataclass, field
 
@@ -23,16 +21,17 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
+from ..errors import IclvizError
 from .architecture import Architecture, UnsupportedArchitecture, describe
-from .interventions import NONE, Interventions
+from .interventions import Interventions
 from .lens import final_scale_of, importance_of, label_directions
 
 ATTENTION_NAME = "iclviz"
-_ACTIVE: contextvars.ContextVar[_RunState | None] = contextvars.ContextVar("iclviz_run", default=None)
+ACTIVE_RUN: contextvars.ContextVar[RunState | None] = contextvars.ContextVar("iclviz_run", default=None)
 _INSTRUMENT_LOCK = threading.Lock()
 
 
-class MissingRecord(LookupError):
+class MissingRecord(IclvizError, LookupError):
     """A capture field that this run did not record (the message says why and how to get it)."""
 
 
@@ -178,7 +177,7 @@ class RunResult:
         return self.label_logits.argmax(-1).tolist()
 
 
-class _RunState:
+class RunState:
     """Per-forward state read by the attention function and the hooks."""
 
     def __init__(self, arch: Architecture, interventions: Interventions, capture: bool, pad, value_positions,
@@ -422,7 +421,7 @@ class _RunState:
 def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                     **kwargs)
-    state = _ACTIVE.get()
+    state = ACTIVE_RUN.get()
     if state is None:
         return out, None
     return state.attend(module, query, key, value, attention_mask, scaling, out), None
@@ -482,7 +481,7 @@ def instrument(model) -> Architecture:
 
 def _resid_hook(i):
     def hook(module, args, kwargs):
-        state = _ACTIVE.get()
+        state = ACTIVE_RUN.get()
         if state is not None and state.capture:
             hidden = args[0] if args else kwargs["hidden_states"]
             state.records["resid_in"][i] = hidden[:, -1].clone()
@@ -493,7 +492,7 @@ def _resid_hook(i):
 
 def _attn_out_hook(i):
     def hook(module, args, output):
-        state = _ACTIVE.get()
+        state = ACTIVE_RUN.get()
         if state is not None and state.capture:
             o = output[0] if isinstance(output, tuple) else output
             state.records["attn_block_out"][i] = o[:, -1].clone()
@@ -501,7 +500,7 @@ def _attn_out_hook(i):
 
 
 def _final_hook(module, args):
-    state = _ACTIVE.get()
+    state = ACTIVE_RUN.get()
     if state is not None and state.capture:
         state.resid_final = args[0][:, -1].clone()
 
@@ -519,7 +518,7 @@ def pad_batch(prompt_ids: list[list[int]], pad_id: int, device):
     return ids.to(device), mask.to(device), position_ids.to(device), pad
 
 
-def _assemble(arch, states: list[_RunState], S: int, pad: torch.Tensor, value_positions,
+def assemble_capture(arch, states: list[RunState], S: int, pad: torch.Tensor, value_positions,
               importance: tuple[str, tuple[int, ...]] | None) -> Capture:
     """One Capture from the runs' records (one state per group of rows; its rows are left-padded to ``S``).
 
@@ -588,136 +587,9 @@ def _assemble(arch, states: list[_RunState], S: int, pad: torch.Tensor, value_po
     )
 
 
-def _importance_key(importance, n_layers: int):
+def importance_key(importance, n_layers: int):
     """``importance``: None, a scaling name, or (scaling, layers)."""
     if importance is None:
         return None
     scaling, layers = (importance, None) if isinstance(importance, str) else importance
     return scaling, tuple(range(n_layers)) if layers is None else tuple(int(x) for x in layers)
-
-
-@torch.no_grad()
-def run_ids(model, prompt_ids: list[list[int]], label_token_ids: list[int], interventions: Interventions = NONE,
-            capture: bool = True, value_positions: list[list[int]] | None = None, pad_id: int = 0,
-            hidden_layer: int | None = None, value_heads="all", importance=None, full_rows_layers=()) -> RunResult:
-    """One forward pass over left-padded prompts, with interventions and (optionally) capture.
-
-    ``value_heads``: whose full value-output vectors to keep ("all", a list of heads, or None:
-    only their label-word logits). ``importance``: a lens scaling (or ``(scaling, layers)``) to
-    compute every head's importance on the model's device. ``full_rows_layers``: layers whose
-    every query row of attention is kept (``Capture.full_attn``).
-    """
-    arch = instrument(model)
-    device = _input_device(model)
-    ids, mask, position_ids, pad = pad_batch(prompt_ids, pad_id, device)
-    vpos = None
-    if capture and value_positions is not None:
-        if len({len(v) for v in value_positions}) != 1:
-            raise ValueError("every prompt in a batch needs the same number of value positions")
-        vpos = torch.tensor(value_positions, dtype=torch.long) + pad[:, None]
-    if interventions.attention:
-        for edit in interventions.attention:
-            if len(edit.factors) != len(prompt_ids):
-                raise ValueError("an attention edit needs one position map per prompt")
-    if interventions.positional_score_heads and len(interventions.positional_score_positions) != len(prompt_ids):
-        raise ValueError("a positional-score removal needs one position list per prompt")
-    state = _RunState(arch, interventions, capture, pad, vpos, getattr(model, "_iclviz_rotary", None), hidden_layer,
-                      label_ids=label_token_ids, value_heads=value_heads, full_rows_layers=full_rows_layers)
-    token = _ACTIVE.set(state if (capture or not interventions.is_empty()) else None)
-    try:
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False, logits_to_keep=1)
-    finally:
-        _ACTIVE.reset(token)
-    logits = out.logits[:, -1].float().cpu()
-    cap = None
-    if capture:
-        cap = _assemble(arch, [state], ids.shape[1], pad, vpos - pad[:, None] if vpos is not None else None,
-                        _importance_key(importance, arch.n_layers))
-    return RunResult(logits=logits, label_token_ids=list(label_token_ids), capture=cap)
-
-
-def _input_device(model) -> torch.device:
-    """Where the input ids go: the embedding's device (the first device of a sharded model)."""
-    emb = model.get_input_embeddings()
-    w = getattr(emb, "weight", None)
-    if w is not None and w.device.type != "meta":
-        return w.device
-    hook = getattr(emb, "_hf_hook", None)
-    return torch.device(getattr(hook, "execution_device", None) or "cpu")
-
-
-def common_prefix_length(prompt_ids: list[list[int]]) -> int:
-    """Length of the token prefix all prompts share (at least one token is left to each)."""
-    first = prompt_ids[0]
-    n = min(len(p) for p in prompt_ids) - 1
-    for i in range(max(n, 0)):
-        if any(p[i] != first[i] for p in prompt_ids):
-            return i
-    return max(n, 0)
-
-
-def _one_prompt(iv: Interventions, b: int) -> Interventions:
-    """The part of ``iv`` that concerns prompt ``b`` of a batch, as a one-prompt intervention."""
-    from .interventions import AttentionEdit
-
-    return Interventions(
-        ablate=iv.ablate,
-        attention=tuple(AttentionEdit((e.factors[b],), e.heads, e.renormalize) for e in iv.attention),
-        positional_score_heads=iv.positional_score_heads,
-        positional_score_positions=(iv.positional_score_positions[b],) if iv.positional_score_heads else (),
-    )
-
-
-@torch.no_grad()
-def run_ids_shared_prefix(model, prompt_ids: list[list[int]], label_token_ids: list[int], prefix_len: int,
-                          interventions: Interventions = NONE, capture: bool = True,
-                          value_positions: list[list[int]] | None = None, value_heads="all",
-                          importance=None) -> RunResult:
-    """Like ``run_ids``, but the shared prefix (the demonstrations) is computed once.
-
-    The prefix pass carries the head ablations (they act at every position); the other
-    interventions act only on the last position's attention row, so they apply in the
-    per-prompt suffix passes, which read the prefix's keys and values from a KV cache.
-    Results equal ``run_ids`` up to float rounding (tested); captured rows are left-padded
-    to the longest prompt, as in ``run_ids``.
-    """
-    if interventions.has_rows():
-        raise ValueError("per-row interventions need run_ids (the rows of one batch differ), not a shared prefix")
-    arch = instrument(model)
-    device = _input_device(model)
-    rotary = getattr(model, "_iclviz_rotary", None)
-    prefix = torch.tensor([prompt_ids[0][:prefix_len]], device=device)
-    pre_state = _RunState(arch, Interventions(ablate=interventions.ablate), False, torch.zeros(1, dtype=torch.long),
-                          None, rotary) if interventions.ablate else None
-    token = _ACTIVE.set(pre_state)
-    try:
-        cache = model(input_ids=prefix, position_ids=torch.arange(prefix_len, device=device)[None], use_cache=True,
-                      logits_to_keep=1)
-        cache = getattr(cache, "cache", None) or cache.past_key_values
-    finally:
-        _ACTIVE.reset(token)
-    # transformers renamed ``past_key_values`` to ``cache``; take whichever this version's forward has
-    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    logits, states = [], []
-    for b, ids in enumerate(prompt_ids):
-        vpos = torch.tensor([value_positions[b]], dtype=torch.long) if capture and value_positions is not None \
-            else None
-        one = _one_prompt(interventions, b) if not interventions.is_empty() else NONE
-        state = _RunState(arch, one, capture, torch.zeros(1, dtype=torch.long), vpos, rotary,
-                          label_ids=label_token_ids, value_heads=value_heads)
-        token = _ACTIVE.set(state if (capture or not one.is_empty()) else None)
-        try:
-            out = model(input_ids=torch.tensor([ids[prefix_len:]], device=device), **{cache_kw: copy.deepcopy(cache)},
-                        position_ids=torch.arange(prefix_len, len(ids), device=device)[None], use_cache=True,
-                        logits_to_keep=1)
-        finally:
-            _ACTIVE.reset(token)
-        logits.append(out.logits[:, -1].float().cpu())
-        states.append(state)
-    cap = None
-    if capture:
-        S = max(len(p) for p in prompt_ids)
-        pad = torch.tensor([S - len(p) for p in prompt_ids], dtype=torch.long)
-        vpos = torch.tensor(value_positions, dtype=torch.long) if value_positions is not None else None
-        cap = _assemble(arch, states, S, pad, vpos, _importance_key(importance, arch.n_layers))
-    return RunResult(logits=torch.cat(logits), label_token_ids=list(label_token_ids), capture=cap)

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelLoadError, NonFiniteOutput
+from ..errors import ModelLoadError
 from ..prompt import BuiltPrompt
 from .architecture import Architecture, UnsupportedArchitecture
-from .capture import RunResult, common_prefix_length, instrument, run_ids, run_ids_shared_prefix
+from .capture import RunResult, instrument
 from .interventions import NONE, Interventions
 from .offline import DEFAULT_MODEL, offline_model, offline_model_dir, weights_sha256
+from .runs import check_finite, common_prefix_length, run_ids, run_ids_shared_prefix
 
 log = logging.getLogger(__name__)
 
@@ -127,17 +128,6 @@ class LoadedModel:
         return (f"{self.name}: {self.n_layers} layers x {self.n_heads} heads "
                 f"({self.arch.n_kv_heads} key-value heads), {self.arch.positional} positions, "
                 f"{self.device}, {str(self.dtype).replace('torch.', '')}")
-
-
-def check_finite(res: RunResult, name: str = "the model") -> None:
-    """Raise NonFiniteOutput when a pass produced NaN or infinite label logits (never print garbage)."""
-    logits = res.label_logits
-    if logits is not None and not bool(torch.isfinite(logits).all()):
-        from .offline import cache_root
-
-        raise NonFiniteOutput(f"{name} produced NaN or infinite logits: its weights are damaged (for an offline "
-                              f"model, run `python -m iclviz verify`, or delete {cache_root() / 'models'} to rebuild "
-                              "it) or the dtype overflows (try float32)")
 
 
 def choose_device_and_dtype(device: str | None = None, dtype: str | None = None) -> tuple[str, torch.dtype]:

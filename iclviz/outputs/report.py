@@ -74,7 +74,7 @@ def _cached(path: Path, fn):
     return df
 
 
-def _fmt(df: pd.DataFrame) -> str:
+def fmt_table(df: pd.DataFrame) -> str:
     return df.to_markdown(index=False, floatfmt=".3f") if _has_tabulate() else "```\n" + df.to_string(
         index=False, float_format=lambda x: f"{x:.3f}") + "\n```"
 
@@ -193,7 +193,7 @@ def _causal_section(lm, ds, spec: str, sizes: dict, d: Path, overall: pd.DataFra
         "`effect` = mean drop of the gold label's margin (logits); `effect_<label>` = the same on prompts whose gold "
         "label is that word; `label_effect` = the larger one (a head that votes for one label helps only the "
         "prompts of that label, so its mean effect can cancel out). Ranked by `label_effect`; the importance "
-        f"rank is of the same head among the {len(overall.dropna())} scanned.\n\n" + _fmt(side),
+        f"rank is of the same head among the {len(overall.dropna())} scanned.\n\n" + fmt_table(side),
         f"Rank correlation (Spearman, {cmp['heads']} heads) between importance and causal label effect: "
         f"**{cmp['spearman']:.2f}** (p = {cmp['spearman_p']:.2g}); top-10 overlap {cmp['overlap']}/10 "
         f"(against the mean causal effect: rho {cmp_mean['spearman']:.2f}, overlap {cmp_mean['overlap']}/10).\n\n"
@@ -211,9 +211,9 @@ def _causal_section(lm, ds, spec: str, sizes: dict, d: Path, overall: pd.DataFra
         "the test of the paper's claim; McNemar: exact test on the discordant prompts, against the median random "
         "set and against no intervention. Heads that vote for one label lower the margin on that label's prompts "
         "and raise it on the other's, so the mean margin drop can be near zero while the mean absolute change is "
-        "large: both are shown (the drop with a paired bootstrap 95% interval).\n\n" + _fmt(test_table),
+        "large: both are shown (the drop with a paired bootstrap 95% interval).\n\n" + fmt_table(test_table),
         "Per gold label (knockout): a shift to one label shows as one label's margin falling and the other's "
-        "rising.\n\n" + _fmt(pd.DataFrame(per_label)),
+        "rising.\n\n" + fmt_table(pd.DataFrame(per_label)),
         f"**Verdicts.** Importance heads: {causal.verdict_line(nulls[('importance', 'knockout')].verdict)}.\n\n"
         f"Causal heads: {causal.verdict_line(nulls[('causal', 'knockout')].verdict)}.",
         "### Label-specific knockout (it shows the vote, not in-context learning)\nEach label's heads (by causal "
@@ -225,7 +225,7 @@ def _causal_section(lm, ds, spec: str, sizes: dict, d: Path, overall: pd.DataFra
     text += ("\n\n**The same knockouts read on discrimination.** Accuracy moves when every prediction is pushed "
              "toward one label; whether the model still tells the classes apart is read from the AUC of the margin "
              "against the gold label and from the accuracy at a recentred threshold (the median margin), on the same "
-             f"prompts, against the same {len(ct.draws)} random sets.\n\n" + _fmt(disc_rows) + "\n\n" + disc_text)
+             f"prompts, against the same {len(ct.draws)} random sets.\n\n" + fmt_table(disc_rows) + "\n\n" + disc_text)
     located = {}
     for rule, heads in (("importance", heads_imp), ("causal", heads_causal)):
         v = nulls[(rule, "knockout")].verdict
@@ -332,33 +332,33 @@ def _classic_sections(lm, ds, spec, sizes, d, heads, control, ranked, curve_on) 
     sections = [
         f"### Interventions, a first look\nPaper: {PAPER['interventions']}.\n\n{n_small} prompts; random "
         f"rows are the mean over {sizes['draws']} draws (`draw_sd` their spread): too few to separate the sets "
-        "(the causal test above has the null distribution).\n\n" + _fmt(iv_sum),
+        "(the causal test above has the null distribution).\n\n" + fmt_table(iv_sum),
         ("### Top-n curve\nLabel knockout in the top-n located heads (importance) vs n random heads of the same "
-         "layers.\n\n" + _fmt(curve.groupby(["n", "heads"]).agg(accuracy=("accuracy", "mean")).reset_index().pivot(
+         "layers.\n\n" + fmt_table(curve.groupby(["n", "heads"]).agg(accuracy=("accuracy", "mean")).reset_index().pivot(
              index="n", columns="heads", values="accuracy").reset_index())) if curve is not None else "",
         f"### Label swap on the importance heads\nPaper: {PAPER['label_swap']}.\n\n`attn_gold_word`: attention "
         "from T on the "
         "positions labelled with the query's gold label word; `vo_agrees_with_label`: share of label positions "
         "whose value-output vector ranks its own label word above the other; `pred_is_gold_word`: how often "
-        "the prediction is the gold label word (it should fall after the swap).\n\n" + _fmt(ls),
+        "the prediction is the gold label word (it should fall after the swap).\n\n" + fmt_table(ls),
         f"### Two towers\nPaper: {PAPER['two_towers']}.\n\nSpearman correlation, within each prompt, "
         "between the head's pre-softmax score at each label position and the cosine similarity of the query "
         "and that demonstration (entering layer "
-        f"{two_towers.default_sim_layer(lm.n_layers)}), averaged over prompts.\n\n" + _fmt(tt),
+        f"{two_towers.default_sim_layer(lm.n_layers)}), averaged over prompts.\n\n" + fmt_table(tt),
         f"### Majority label bias (fix applied to the importance heads)\nPaper: {PAPER['majority']}.\n\n`bias` = "
         "accuracy(balanced) - "
         "accuracy(one fewer of a label); reduction = 1 - fixed/unfixed (NaN when there is no positive bias). "
-        f"{n_small} prompts per arrangement. {_BIAS_INTERVALS} **Verdict: {_bias_verdict(mb, mb_iv)}**.\n\n"
-        + _fmt(mb) + _interval_table(mb_iv),
+        f"{n_small} prompts per arrangement. {BIAS_INTERVALS} **Verdict: {bias_verdict(mb, mb_iv)}**.\n\n"
+        + fmt_table(mb) + interval_table(mb_iv),
         f"### Recency bias (fix applied to the importance heads)\nPaper: {PAPER['recency']}.\n\n`bias` = standard "
         "deviation of accuracy over "
         f"orders (each all-of-one-label-last order plus {sizes['n_orders']} shuffle), {n_small} prompts per "
-        f"order. {_BIAS_INTERVALS} **Verdict: {_bias_verdict(rb, rb_iv)}**.\n\n" + _fmt(rb) + _interval_table(rb_iv),
+        f"order. {BIAS_INTERVALS} **Verdict: {bias_verdict(rb, rb_iv)}**.\n\n" + fmt_table(rb) + interval_table(rb_iv),
     ]
     return sections, overview
 
 
-_BIAS_INTERVALS = ("Intervals: 95%, scipy's percentile bootstrap over the test prompts, paired (each resample "
+BIAS_INTERVALS = ("Intervals: 95%, scipy's percentile bootstrap over the test prompts, paired (each resample "
                    "recomputes every condition's bias on the same prompts); `drop` = bias without the fix - "
                    "bias with it (in the units of `bias`); `beyond random` = bias with the random heads' fix - bias "
                    "with the in-context heads' fix; `p (no bias)`: permutation test, each prompt's outcomes "
@@ -392,7 +392,7 @@ def _reduction_cell(red: float, iv: pd.DataFrame | None) -> str:
             + ("" if p < 0.05 else f", no bias (p {format_p(p)})") if red == red else f"n/a (p {format_p(p)})")
 
 
-def _interval_table(iv: pd.DataFrame | None) -> str:
+def interval_table(iv: pd.DataFrame | None) -> str:
     if iv is None:
         return ("\n\nNo intervals: this result was computed before per-prompt outcomes were kept (delete its CSV "
                 "in `docs/results_data/` and rerun the report to get them).")
@@ -409,10 +409,10 @@ def _interval_table(iv: pd.DataFrame | None) -> str:
              "drop [95% CI]": ci(r, "drop"),
              "reduction [95% CI]": ci(r, "reduction", pct=True), "beyond random [95% CI]": ci(r, "beyond_random")}
             for r in iv.to_dict("records")]
-    return "\n\n" + _fmt(pd.DataFrame(rows))
+    return "\n\n" + fmt_table(pd.DataFrame(rows))
 
 
-def _bias_verdict(summary: pd.DataFrame, iv: pd.DataFrame | None = None) -> str:
+def bias_verdict(summary: pd.DataFrame, iv: pd.DataFrame | None = None) -> str:
     if iv is not None:
         return _interval_verdict(iv)
     s = summary.set_index("condition")
@@ -625,7 +625,7 @@ def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:
         "prompts; the older rules (logit-lens importance; the larger per-label causal effect, which finds label "
         f"voters) follow, with {sizes['null_draws']} random head sets. Every section says how many prompts it "
         f"used; the oldest sections use {sizes['n_eval'] * len(sizes['seeds'])}.",
-        "## Overview\n\n" + _fmt(pd.DataFrame(overview)),
+        "## Overview\n\n" + fmt_table(pd.DataFrame(overview)),
         f"![Effect against model size]({plot.name})\n\n*The older rules on accuracy: knockout of the importance "
         "heads' and the label voters' attention from T to the label positions, accuracy drop in points (dots, 95% "
         "paired bootstrap interval) against the random heads' null (grey, up to its 97.5th percentile), per model "

@@ -248,7 +248,7 @@ def section(res: ContextResult, lm) -> tuple[str, dict]:
                     "and the bar positions. `attn_gold_word`: attention on the positions labelled with the query's "
                     "gold label word; `vo_agrees_with_label`: share of label positions whose value-output vector "
                     "ranks its own label word first; `pred_is_gold_word`: how often the prediction is the gold "
-                    "word.\n\n" + _fmt(res.swap) + "\n\n" + swap_reading(res.swap))
+                    "word.\n\n" + _fmt(res.swap) + "\n\n" + label_swap_check_text(res.swap))
     summary = {"context heads": _heads(res.heads), "k": k, "n": app.get("n_prompts"), "n held-out": n,
                "auc none": app.get("auc before"), "auc heads": app.get("auc after"),
                "auc null min": app.get("auc null min"), "auc beyond all": app.get("auc beyond all"),
@@ -272,7 +272,7 @@ def section(res: ContextResult, lm) -> tuple[str, dict]:
     return "\n\n".join(text), {"summary": summary, "located": located}
 
 
-def swap_reading(swap: pd.DataFrame) -> str:
+def label_swap_check_text(swap: pd.DataFrame) -> str:
     """What the label-swap table shows, in words computed from it."""
     s = swap.pivot_table(index="head_name", columns="condition", values=["attn_gold_word", "vo_agrees_with_label"])
     moved = (s[("attn_gold_word", "swapped")] - s[("attn_gold_word", "original")])
@@ -294,8 +294,8 @@ def bias_section(lm, ds, d: Path, res: ContextResult, sizes: dict | None = None,
     intervals and permutation tests of ``bias.bias_intervals``; and whether the heads that the fixes act on
     read the demonstrations (their in-context part against their prior, from the location scan)."""
     from ..analyses import bias
-    from .report import _BIAS_INTERVALS, _bias_verdict, _interval_table
-    from .report import _fmt as fmt
+    from .report import BIAS_INTERVALS, bias_verdict, interval_table
+    from .report import fmt_table as fmt
 
     sizes = dict(BIAS_SIZES, **(sizes or {}))
     heads = res.heads
@@ -322,8 +322,8 @@ def bias_section(lm, ds, d: Path, res: ContextResult, sizes: dict | None = None,
                 f"the standard deviation of accuracy over {prompts['order'].nunique()} orders "
                 "(each all-of-one-label-last order and seeded shuffles)")
         out.append(f"### {title}, fix in the in-context heads ({_heads(heads)})\n\n`bias` = {what}; "
-                   f"{n} held-out prompts per arrangement. {_BIAS_INTERVALS} **Verdict: {_bias_verdict(summary, iv)}**."
-                   "\n\n" + fmt(summary) + _interval_table(iv))
+                   f"{n} held-out prompts per arrangement. {BIAS_INTERVALS} **Verdict: {bias_verdict(summary, iv)}**."
+                   "\n\n" + fmt(summary) + interval_table(iv))
     parts = context_heads.head_parts(res.scan).set_index("name")
     rows = [parts.loc[head_name(h)] for h in heads if head_name(h) in parts.index]
     if rows:

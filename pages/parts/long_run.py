@@ -7,8 +7,8 @@ import time
 
 import streamlit as st
 
-from iclviz.analyses.evaluation import Cancelled
 from iclviz.analyses.readout import format_seconds, progress_text
+from iclviz.errors import Cancelled
 from pages.parts.widgets import safe
 
 

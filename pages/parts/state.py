@@ -13,7 +13,7 @@ import streamlit as st
 from iclviz.analyses.heads import APP_HEAD_RULE, default_heads, valid_heads
 from iclviz.engine.offline import DEFAULT_MODEL
 from iclviz.engine.settings import Settings, load_settings
-from iclviz.prompt import PromptError, _check_label_words, build_prompt
+from iclviz.prompt import PromptError, build_prompt, check_label_words
 from iclviz.sharing import LabState, state_from_query_param
 from iclviz.testing import TINY_MODELS
 from iclviz.validation import ValidationError, check_demo_count, check_prompt_size, escape_markdown, head_name
@@ -84,7 +84,7 @@ def label_words_ok(words) -> bool:
     """Whether ``words`` can label demonstrations at all (two or more, distinct, one word each); whether each is
     one token is the model's question, answered when the prompt is built."""
     try:
-        _check_label_words(tuple(words))
+        check_label_words(tuple(words))
         return True
     except PromptError:
         return False

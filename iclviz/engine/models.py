@@ -21,7 +21,7 @@ from .architecture import Architecture, UnsupportedArchitecture
 from .capture import RunResult, instrument
 from .interventions import NONE, Interventions
 from .offline import DEFAULT_MODEL, offline_model, offline_model_dir, weights_sha256
-from .runs import check_finite, common_prefix_length, run_ids, run_ids_shared_prefix
+from .runs import check_finite, common_prefix_length, prefix_store, run_ids, run_ids_cached, run_ids_shared_prefix
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,15 @@ class LoadedModel:
         prefix = common_prefix_length(ids) if (len(ids) > 1 and hidden_layer is None and self.reuse_prefix
                                               and not interventions.has_rows() and not full_rows_layers) else 0
         label_ids = prompts[0].label_token_id_list()
-        if prefix >= 16 and prefix >= 0.5 * min(len(p) for p in ids):
+        store = prefix_store(self.reuse_prefix) if (len(ids) == 1 and hidden_layer is None and not full_rows_layers
+                                                    and not interventions.has_rows()) else None
+        if store is not None:
+            # one prompt: the keys and values of its longest prefix any earlier run left (this session's or
+            # another's) are reused; only the rest is computed (engine/prefix_cache.py)
+            res = run_ids_cached(self.model, ids[0], label_ids, store, interventions=interventions, capture=capture,
+                                 value_positions=value_positions[0] if value_positions is not None else None,
+                                 value_heads=value_heads, importance=importance)
+        elif prefix >= 16 and prefix >= 0.5 * min(len(p) for p in ids):
             # the prompts share their demonstrations: compute them once (KV cache), then each query
             res = run_ids_shared_prefix(self.model, ids, label_ids, prefix, interventions=interventions,
                                         capture=capture, value_positions=value_positions, value_heads=value_heads,

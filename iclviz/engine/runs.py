@@ -26,6 +26,7 @@ import torch
 from ..errors import Cancelled, NonFiniteOutput
 from .capture import ACTIVE_RUN, RunResult, RunState, assemble_capture, importance_key, instrument, pad_batch
 from .interventions import NONE, Head, Interventions, ablate_rows, combine, knockout_rows
+from .prefix_cache import PrefixCache, cropped_copy, model_key, shared_prefix_cache
 
 if TYPE_CHECKING:
     from .models import LoadedModel
@@ -169,6 +170,84 @@ def run_ids_shared_prefix(model, prompt_ids: list[list[int]], label_token_ids: l
         vpos = torch.tensor(value_positions, dtype=torch.long) if value_positions is not None else None
         cap = assemble_capture(arch, states, S, pad, vpos, importance_key(importance, arch.n_layers))
     return RunResult(logits=torch.cat(logits), label_token_ids=list(label_token_ids), capture=cap)
+
+
+# ---------------------------------------------------------------- one prompt over the prefix cache
+
+def prefix_store(enabled: bool = True) -> PrefixCache | None:
+    """The shared prefix cache when it is on (``ICLVIZ_PREFIX_CACHE_MB`` > 0) and ``enabled``; else None."""
+    if not enabled:
+        return None
+    store = shared_prefix_cache()
+    return store if store.max_bytes > 0 else None
+
+
+def _output_cache(out):
+    return getattr(out, "cache", None) or out.past_key_values
+
+
+@torch.no_grad()
+def prefix_kv(model, ids: list[int], n: int, store: PrefixCache | None, ablate=frozenset()):
+    """The keys and values of ``ids[:n]`` (heads ``ablate`` removed at every position): the longest prefix the
+    store holds, the rest computed and stored back. Returns a cache the caller owns (None when ``n`` is 0)."""
+    if n <= 0:
+        return None
+    device = input_device(model)
+    key = model_key(model, ablate)
+    m, cache = store.take(key, ids[:n + 1]) if store is not None else (0, None)
+    if m < n:
+        state = None
+        if ablate:
+            arch = instrument(model)
+            state = RunState(arch, Interventions(ablate=tuple(ablate)), False, torch.zeros(1, dtype=torch.long),
+                             None, getattr(model, "_iclviz_rotary", None))
+        token = ACTIVE_RUN.set(state)
+        try:
+            kw = {_cache_kw(model): cache} if cache is not None else {}
+            out = model(input_ids=torch.tensor([ids[m:n]], device=device),
+                        position_ids=torch.arange(m, n, device=device)[None], use_cache=True, logits_to_keep=1, **kw)
+        finally:
+            ACTIVE_RUN.reset(token)
+        cache = _output_cache(out)
+        if store is not None:
+            copy_ = cropped_copy(cache, n)
+            if copy_ is not None:
+                store.put(key, ids[:n], copy_)
+    return cache
+
+
+@torch.no_grad()
+def run_ids_cached(model, ids: list[int], label_token_ids: list[int], store: PrefixCache,
+                   interventions: Interventions = NONE, capture: bool = True, value_positions: list[int] | None = None,
+                   value_heads="all", importance=None) -> RunResult:
+    """``run_ids`` for one prompt, reading the keys and values of its longest stored prefix and computing only
+    the rest (at least ``T``). What is stored back is every position before ``T``, which no intervention at
+    ``T`` changes; head ablations (every position) are part of the key. Equal to ``run_ids`` up to float
+    rounding (tested on every supported architecture)."""
+    if interventions.has_rows():
+        raise ValueError("per-row interventions need run_ids, not a cached prefix")
+    arch = instrument(model)
+    device = input_device(model)
+    n = len(ids)
+    key = model_key(model, interventions.ablate)
+    m, cache = store.take(key, ids)
+    vpos = torch.tensor([value_positions], dtype=torch.long) if capture and value_positions is not None else None
+    state = RunState(arch, interventions, capture, torch.zeros(1, dtype=torch.long), vpos,
+                     getattr(model, "_iclviz_rotary", None), label_ids=label_token_ids, value_heads=value_heads)
+    token = ACTIVE_RUN.set(state if (capture or not interventions.is_empty()) else None)
+    try:
+        kw = {_cache_kw(model): cache} if cache is not None else {}
+        out = model(input_ids=torch.tensor([ids[m:]], device=device),
+                    position_ids=torch.arange(m, n, device=device)[None], use_cache=True, logits_to_keep=1, **kw)
+    finally:
+        ACTIVE_RUN.reset(token)
+    if n - 1 > m:
+        store.put(key, ids, _output_cache(out), length=n - 1)  # positions before T: no edit at T reached them
+    cap = None
+    if capture:
+        cap = assemble_capture(arch, [state], n, torch.zeros(1, dtype=torch.long), vpos,
+                               importance_key(importance, arch.n_layers))
+    return RunResult(logits=out.logits[:, -1].float().cpu(), label_token_ids=list(label_token_ids), capture=cap)
 
 
 # ---------------------------------------------------------------- rows at T
@@ -318,16 +397,20 @@ def last_position_logits(lm: LoadedModel, prompts, rows: list[RowEdit], chunk: i
     if not prompts:
         return torch.zeros(0, len(rows), 0)
     model, arch, rotary, label_ids, ids_all, prefix = _batch_setup(lm, prompts)
+    store = prefix_store(lm.reuse_prefix) if len(prompts) == 1 else None  # one prompt: the shared prefix cache
     prefix_cache = None
-    if prefix > 0:
+    if prefix > 0 and store is None:
         _, prefix_cache = _forward(model, torch.tensor([ids_all[0][:prefix]]), 0, None)
     out = torch.zeros(len(prompts), len(rows), len(label_ids))
     for i, p in enumerate(prompts):
         ids = p.input_ids
         n = len(ids)
-        cache = copy.deepcopy(prefix_cache) if prefix_cache is not None else None
-        if n - 1 > prefix:
-            _, cache = _forward(model, torch.tensor([ids[prefix:n - 1]]), prefix, cache)
+        if store is not None:
+            cache = prefix_kv(model, ids, n - 1, store)
+        else:
+            cache = copy.deepcopy(prefix_cache) if prefix_cache is not None else None
+            if n - 1 > prefix:
+                _, cache = _forward(model, torch.tensor([ids[prefix:n - 1]]), prefix, cache)
         for first, idx in rows_by_first_layer(rows, lm.n_layers, bucket_rows):
             for start in range(0, len(idx), chunk):
                 part_idx = idx[start:start + chunk]
@@ -399,7 +482,7 @@ def knockout_each(lm: LoadedModel, prompt, position_sets, heads) -> torch.Tensor
         return torch.zeros(0, len(label_ids))
     ids = prompt.input_ids
     n = len(ids)
-    _, cache = _forward(model, torch.tensor([ids[:n - 1]]), 0, None)
+    cache = prefix_kv(model, ids, n - 1, prefix_store(lm.reuse_prefix))
     iv = knockout_rows(sets, [hs if s else frozenset() for s in sets])
     first = min((a for a, _ in hs), default=lm.n_layers - 1)
     state = RunState(arch, iv, False, torch.zeros(R, dtype=torch.long), None, rotary)

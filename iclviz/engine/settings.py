@@ -22,6 +22,8 @@ ICLVIZ_LESSON_FILE             (none)   a lesson file (JSON) the app opens at st
                                         without a model (for a class or a static host)
 ICLVIZ_OFFLOAD_FOLDER          (none)   where the "spread" device choice (device_map="auto") may put
                                         layers that fit on no GPU and not in memory (disk offload)
+ICLVIZ_PREFIX_CACHE_MB         256      memory (MB) for the keys and values of prompts' prefixes that
+                                        every session's reruns reuse (least recently used out; 0: off)
 ICLVIZ_VERIFY_WEIGHTS          0        hash every weights file of an offline model's cache at each
                                         load (sha256, ~seconds per GB) instead of the fast check of
                                         sizes and modification times; applies to the CLI too
@@ -131,6 +133,11 @@ def load_settings(env=None) -> Settings:
         lesson_file=_path(env, "ICLVIZ_LESSON_FILE"),
         offload_folder=_path(env, "ICLVIZ_OFFLOAD_FOLDER"),
     )
+
+
+def prefix_cache_megabytes(env=None) -> int:
+    """ICLVIZ_PREFIX_CACHE_MB: the byte bound of the shared prefix cache (``engine.prefix_cache``), in MB."""
+    return _int(os.environ if env is None else env, "ICLVIZ_PREFIX_CACHE_MB", 256, 0, 1_000_000)
 
 
 def verify_weights_at_load(env=None) -> bool:

@@ -41,7 +41,13 @@ def main() -> None:
     ap.add_argument("--browser", action="store_true", help="edit-to-result in headless Chromium (real server)")
     ap.add_argument("--compare-dir", default=None, help="with --browser: also measure the app in this folder")
     ap.add_argument("--edits-only", action="store_true", help="with --browser: skip the per-page open times")
+    ap.add_argument("--compute", action="store_true",
+                    help="the library's work after an edit (prediction + live check) against a plain pass, with the "
+                         "shared prefix cache and without it")
     args = ap.parse_args()
+    if args.compute:
+        compute_bench(args)
+        return
     if args.browser:
         browser_bench(args)
         return
@@ -161,6 +167,78 @@ def _start_server(app_dir: Path, model: str):
     from streamlit_server import start_server
 
     return start_server(app_dir, model if model.startswith("tiny-") else None)
+
+
+def compute_bench(args) -> None:
+    """What the Prompt lab computes after an edit, as library calls in one process: the new prediction (one
+    captured pass) and the live check (the in-context heads knocked out, 3 random sets, the label-swap split:
+    rows at T), against one plain pass ``model(input_ids)`` of the same prompt. With the prefix cache the
+    previous prompt's keys and values are reused; without it (ICLVIZ_PREFIX_CACHE_MB=0) everything is computed."""
+    import torch
+
+    from iclviz.analyses.evaluation import predict_prompt
+    from iclviz.analyses.heads import APP_HEAD_RULE, default_heads
+    from iclviz.analyses.readout import paired_effect, swap_check
+    from iclviz.data import load_dataset, sample_demonstrations, sample_test
+    from iclviz.engine.interventions import Plan
+    from iclviz.engine.models import load_model
+    from iclviz.engine.prefix_cache import PrefixCache, set_shared_prefix_cache
+    from iclviz.prompt import DEFAULT_TEMPLATE
+
+    lm = load_model(args.model)
+    ds = load_dataset("sst2")
+    words = ("foo", "bar")
+    demos = [(t, words[y]) for t, y in sample_demonstrations(ds, 4, seed=0)]
+    queries = [t for t, _ in sample_test(ds, 4 * args.repeats + 8, seed=1)]
+    heads = default_heads(lm.name, lm.n_layers, lm.n_heads, rule=APP_HEAD_RULE)
+
+    def prompt(ds_, q):
+        return lm.prompt(ds_, q, words, DEFAULT_TEMPLATE)
+
+    base = prompt(demos, queries[0])
+    ids = torch.tensor([base.input_ids], device=lm.device)
+
+    def plain():
+        with torch.no_grad():
+            lm.model(input_ids=ids)
+
+    def page_work(p, d, qtext):
+        before = predict_prompt(lm, p, Plan(), capture=True)
+        icl = predict_prompt(lm, p, Plan("knockout", tuple(heads)), capture=True)
+        paired_effect(lm, p, heads, "knockout", 3, before=before, icl=icl)
+        swap_check(lm, d, qtext, words, DEFAULT_TEMPLATE, heads, "knockout", per_head=False)
+
+    plain()
+    q = iter(queries[1:])
+    rows = []
+    for cached in (True, False):
+        set_shared_prefix_cache(PrefixCache(512 * 2**20 if cached else 0))
+        page_work(base, demos, queries[0])  # the page as it was before the edit
+        t_query, t_demo, plains = [], [], []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            plain()
+            plains.append(time.perf_counter() - t)
+            qtext = next(q)
+            p = prompt(demos, qtext)  # a query edit
+            t = time.perf_counter()
+            page_work(p, demos, qtext)
+            t_query.append(time.perf_counter() - t)
+            d2 = demos[:-1] + [(f"{demos[-1][0]} {next(q)[:20]}", demos[-1][1])]  # an edit of the last demonstration
+            p = prompt(d2, queries[0])
+            t = time.perf_counter()
+            page_work(p, d2, queries[0])
+            t_demo.append(time.perf_counter() - t)
+        pl = statistics.median(plains)
+        rows.append((cached, pl, statistics.median(t_query), statistics.median(t_demo)))
+    set_shared_prefix_cache(None)
+    print(f"model {lm.describe()}; prompt {base.n_tokens} tokens (4 + 4 SST-2 demonstrations); heads "
+          f"{len(heads)}; torch threads {torch.get_num_threads()}; load {open('/proc/loadavg').read().split()[:3]}")
+    print("| prefix cache | plain pass (s) | query edit: prediction + live check (s) | ratio (goal <= 0.25) "
+          "| last-demonstration edit (s) | ratio (goal <= 0.5) |")
+    print("|---|---|---|---|---|---|")
+    for cached, pl, tq, td in rows:
+        print(f"| {'on' if cached else 'off'} | {pl:.3f} | {tq:.3f} | {tq / pl:.2f}x | {td:.3f} | {td / pl:.2f}x |")
 
 
 def browser_bench(args) -> None:

@@ -217,10 +217,12 @@ def intervention_panel():
         state.keep(key, default)
     if not 1 <= ss.get("w_topn", 1) <= max(1, len(heads)):  # fewer heads than when N was chosen
         ss.w_topn = n_default
-    kind = i1.selectbox("How", ["ablate", "knockout"], key="w_kind",
-                        format_func=lambda k: {"ablate": "ablate output", "knockout": "knock out T→labels"}[k],
-                        help="ablate: remove the heads' output at T; knock out: cut their attention from the last "
-                             "position T to the label positions")
+    kind = i1.selectbox("How", ["knockout", "ablate"], key="w_kind",
+                        format_func=lambda k: {"ablate": "ablate (all positions)", "knockout": "knock out T→labels"}[k],
+                        help="knock out (the paper's intervention): cut the heads' attention from the last position T "
+                             "to the label positions; it changes T only, so the live check runs as rows over the "
+                             "prompt's cached prefix. ablate: remove the heads' output at every position; the "
+                             "demonstrations' keys and values change too, so every random set is a whole pass.")
     rseed = i2.number_input("Random-heads seed", 0, 10_000, key="w_rseed")
     if mode == "all in-context heads":
         iv_heads = heads

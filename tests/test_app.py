@@ -465,7 +465,9 @@ def test_prompt_lab_shows_live_paired_effect_and_top_n(at):
     ss = at.session_state
     prompt = build_prompt(lm.tokenizer, [(d["text"], d["label"]) for d in ss["demos"]], ss["query"],
                           tuple(ss["label_words"]), ss["template"])
-    eff = paired_effect(lm, prompt, ss["heads"], "ablate", 3)
+    kind = at.selectbox(key="w_kind").value
+    assert kind == "knockout"  # the default: the paper's intervention, rows over the cached prefix
+    eff = paired_effect(lm, prompt, ss["heads"], kind, 3)
     assert icl[0] == f"{eff.icl_change:+.2f}"
     assert any(eff.sentence() == md.value for md in at.markdown)
     # The label-swap split: the two parts shown are the library's, add up to the change, and the sentence says
@@ -473,7 +475,7 @@ def test_prompt_lab_shows_live_paired_effect_and_top_n(at):
     from iclviz.analyses.readout import swap_check
 
     sw = swap_check(lm, [(d["text"], d["label"]) for d in ss["demos"]], ss["query"], tuple(ss["label_words"]),
-                    ss["template"], ss["heads"], "ablate")
+                    ss["template"], ss["heads"], kind)
     assert m["In-context part"] == f"{sw.split['context']:+.2f}" and m["Prior part"] == f"{sw.split['prior']:+.2f}"
     assert abs(sw.split["context"] + sw.split["prior"] - eff.icl_change) < 1e-4
     word = "mostly in-context reading" if abs(sw.split["context"]) >= abs(sw.split["prior"]) else "mostly a prior"

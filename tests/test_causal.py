@@ -48,7 +48,7 @@ def test_scan_rows_equal_each_intervention_run_alone(tiny):
 
 
 def test_rows_are_bucketed_by_their_first_layer():
-    from iclviz.analyses.causal import rows_by_first_layer
+    from iclviz.engine.runs import rows_by_first_layer
 
     rows = [RowEdit()] + [RowEdit.of("knockout", [(layer, 0)]) for layer in (5, 5, 3, 1, 1, 1)]
     assert rows_by_first_layer(rows, 6, 1) == [(1, [4, 5, 6]), (3, [3]), (5, [0, 1, 2])]

@@ -204,3 +204,35 @@ def test_context_test_round_trips(tmp_path, tiny_llama):
     back = ContextTest.load(tmp_path / "t.pt")
     torch.testing.assert_close(back.logits, t.logits)
     assert back.names == t.names and back.draws == t.draws
+
+
+def test_a_prior_that_differs_between_demonstration_sets_is_not_read_as_discrimination():
+    """Two demonstration sets (groups), the same query-dependent margins in each, but one set pushes every margin
+    toward foo and the other toward bar. Pooled, that offset dilutes the AUC, and an intervention that only
+    removes the offset would look like a gain; within sets nothing changed."""
+    from iclviz.analyses.discrimination import grouped_auc, measures, paired_change, seed_groups
+
+    rng = np.random.default_rng(0)
+    n = 40
+    gold = np.tile([0, 1], n)  # label-balanced in each set
+    signal = np.where(gold == 0, 1.0, -1.0) + rng.normal(0, 1.0, 2 * n)
+    groups = seed_groups(4 * n, [0, 1], 2 * n)
+    margins_before = np.concatenate([signal + 4.0, signal - 4.0])
+    margins_after = np.concatenate([signal, signal])  # the offset gone, the reading of the query unchanged
+    g = np.concatenate([gold, gold])
+
+    def logits(m):
+        return np.stack([m / 2, -m / 2], -1)
+
+    within = grouped_auc(logits(margins_before), g, groups)
+    assert within == pytest.approx(grouped_auc(logits(margins_after), g, groups))
+    assert within == pytest.approx(auc(signal, gold == 0))
+    pooled_before = measures(logits(margins_before), g)["auc"]
+    assert pooled_before < within - 0.1  # pooling reads the sets' priors as noise in the margin
+    both = np.stack([logits(margins_before), logits(margins_after)], 1)
+    c = paired_change(both, g, 0, 1, groups=groups, n_resamples=200)
+    assert c.change["auc"] == pytest.approx(0.0, abs=1e-12)
+    assert c.change["recentred_accuracy"] == pytest.approx(0.0, abs=1e-12)
+    pooled = paired_change(both, g, 0, 1, n_resamples=200)
+    assert pooled.change["auc"] > 0.1  # what a pooled AUC would have called a gain
+    assert seed_groups(10, [0, 1], 4) is None and seed_groups(8, [3], 8) is None

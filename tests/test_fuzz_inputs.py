@@ -583,8 +583,8 @@ def test_verify_without_a_cache_says_so(tmp_path, monkeypatch, capsys):
 def test_nan_hint_names_the_actual_cache_folder(tmp_path, monkeypatch):
     import torch
 
-    from iclviz.engine.models import NonFiniteOutput
     from iclviz.engine.runs import check_finite
+    from iclviz.errors import NonFiniteOutput
 
     monkeypatch.setenv("ICLVIZ_CACHE", str(tmp_path / "my-cache"))
 

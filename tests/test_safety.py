@@ -322,7 +322,7 @@ def test_missing_gguf_part_is_a_message(tmp_path, monkeypatch, capsys):
 
 def test_non_finite_logits_raise_instead_of_a_prediction(tiny_llama, capsys, model_dir, tmp_path):
     from iclviz.analyses.evaluation import predict
-    from iclviz.engine.models import NonFiniteOutput
+    from iclviz.errors import NonFiniteOutput
     from iclviz.testing import build_tiny_model
 
     model = build_tiny_model("qwen2")

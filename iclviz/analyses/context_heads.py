@@ -34,7 +34,7 @@ from ..engine.runs import RowEdit
 from ..stats import empirical_p
 from ..validation import head_name
 from .causal import CausalScan, causal_scan, run_rows
-from .discrimination import MEASURES, Change, measures, measures_table, paired_change
+from .discrimination import MEASURES, Change, measures, measures_table, paired_change, seed_groups
 from .evaluation import EvalSetup, Progress
 from .heads import default_layers, random_heads
 
@@ -107,20 +107,26 @@ class ContextTest:
     def sizes(self) -> list[int]:
         return sorted(int(n[4:]) for n in self.names if n.startswith("top:"))
 
+    @property
+    def groups(self):
+        """Each prompt's demonstration set (AUC within sets, ``discrimination.grouped_auc``), or None."""
+        return seed_groups(len(self.gold), self.meta.get("seeds"), self.meta.get("n_test", 0))
+
     def table(self) -> pd.DataFrame:
         """Every row's measures."""
-        return measures_table(self.logits.double().numpy(), self.gold, self.names)
+        return measures_table(self.logits.double().numpy(), self.gold, self.names, self.groups)
 
     def null(self, k: int) -> pd.DataFrame:
         """The measures of every random draw of ``k`` heads."""
         cols = [self._col(f"random:{k}:{d}") for d in range(len(self.draws.get(k, [])))]
         lg = self.logits.double().numpy()
-        return pd.DataFrame([measures(lg[:, c], self.gold) | {"draw": d} for d, c in enumerate(cols)])
+        gr = self.groups
+        return pd.DataFrame([measures(lg[:, c], self.gold, gr) | {"draw": d} for d, c in enumerate(cols)])
 
     def change(self, name: str, n_resamples: int = 1000) -> Change:
         """Paired change (after minus before) of every measure with ``name``'s heads knocked out."""
         return paired_change(self.logits.double().numpy(), self.gold, 0, self._col(name), self.label_words,
-                             n_resamples=n_resamples)
+                             n_resamples=n_resamples, groups=self.groups)
 
     def verdict(self, name: str, n_resamples: int = 1000) -> dict:
         """``name``'s change against the random draws of its size: the AUC drop's percentile among the
@@ -153,7 +159,7 @@ class ContextTest:
         rows = []
         lg = self.logits.double().numpy()
         for k in self.sizes():
-            top = measures(lg[:, self._col(f"top:{k}")], self.gold)
+            top = measures(lg[:, self._col(f"top:{k}")], self.gold, self.groups)
             null = self.null(k)
             row = {"k": k, "auc top": top["auc"], "recentred top": top["recentred_accuracy"],
                    "accuracy top": top["accuracy"], "draws": len(null)}
@@ -250,5 +256,5 @@ def location_curve(lm: LoadedModel, setup: EvalSetup, ranking, sizes=CURVE_SIZES
     """The top-k curve on the location prompts, for :func:`choose_n_heads` (``attrs['auc none']`` set)."""
     t = context_test(lm, setup, ranking, sizes, n_draws=n_draws, layers=layers, seed=5000, progress=progress)
     curve = t.curve()
-    curve.attrs["auc none"] = measures(t.logits[:, 0].double().numpy(), t.gold)["auc"]
+    curve.attrs["auc none"] = measures(t.logits[:, 0].double().numpy(), t.gold, t.groups)["auc"]
     return curve

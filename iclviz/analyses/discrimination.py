@@ -13,6 +13,12 @@ So every comparison here reads the whole distribution of the label logits over a
   On a label-balanced set a pure prior shift leaves it unchanged.
 - **Mean margin**: the mean of ``m`` (positive: toward the first label). A prior shift moves it.
 
+Prompts built on different demonstration sets (seeds) have different label priors: one set may push every
+margin toward foo, another toward bar. Pooled over sets, the AUC would read that difference between sets (a
+prior) as if it were the query deciding the label. So where the prompts come from several demonstration sets
+(``groups``), the AUC is computed within each set and averaged (weighted by the set's size), and the recentred
+accuracy recentres each set at its own median.
+
 One sign convention everywhere: a margin is ``logit(first label) - logit(second)``, and a change is
 *after minus before*. A head's *support* for the gold label is the drop of the gold margin when the
 head is knocked out (before minus after): positive means the head helps the right answer.
@@ -82,9 +88,17 @@ def label_auc(logits, gold) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def recentred_predictions(logits) -> np.ndarray:
-    """Predictions after removing the set's label prior (contextual calibration), ``[N]``."""
+def recentred_predictions(logits, groups=None) -> np.ndarray:
+    """Predictions after removing the set's label prior (contextual calibration), ``[N]``; with ``groups``,
+    each group (demonstration set) is recentred at its own median."""
     lg = np.asarray(logits, dtype=float)
+    if groups is not None:
+        gr = np.asarray(groups)
+        out = np.zeros(len(lg), dtype=int)
+        for v in np.unique(gr):
+            sel = gr == v
+            out[sel] = recentred_predictions(lg[sel])
+        return out
     if lg.shape[-1] == 2:
         m = first_margin(lg)
         return np.where(m > np.median(m), 0, 1)
@@ -92,26 +106,54 @@ def recentred_predictions(logits) -> np.ndarray:
     return (c - np.median(c, axis=0, keepdims=True)).argmax(-1)
 
 
-def measures(logits, gold) -> dict:
-    """Accuracy, recentred accuracy, AUC and mean margin of label logits ``[N, K]``."""
+def grouped_auc(logits, gold, groups=None) -> float:
+    """:func:`label_auc` within each group (demonstration set), averaged weighted by the groups' sizes (groups
+    where it is undefined, one class only, are left out); without groups, over all prompts."""
+    lg = np.asarray(logits, dtype=float)
+    g = np.asarray(gold)
+    if groups is None:
+        return label_auc(lg, g)
+    gr = np.asarray(groups)
+    vals, weights = [], []
+    for v in np.unique(gr):
+        sel = gr == v
+        a = label_auc(lg[sel], g[sel])
+        if math.isfinite(a):
+            vals.append(a)
+            weights.append(int(sel.sum()))
+    return float(np.average(vals, weights=weights)) if vals else float("nan")
+
+
+def seed_groups(n_prompts: int, seeds, n_per_seed: int) -> np.ndarray | None:
+    """The demonstration set of each prompt of a run over ``seeds`` with ``n_per_seed`` prompts each (the
+    order every evaluation here uses: seed by seed); None for one seed or when the counts do not match."""
+    seeds = list(seeds or [])
+    if len(seeds) < 2 or n_prompts != len(seeds) * int(n_per_seed):
+        return None
+    return np.repeat(np.arange(len(seeds)), int(n_per_seed))
+
+
+def measures(logits, gold, groups=None) -> dict:
+    """Accuracy, recentred accuracy, AUC and mean margin of label logits ``[N, K]`` (``groups``: the prompts'
+    demonstration sets, for the AUC and the recentring)."""
     lg = np.asarray(logits, dtype=float)
     g = np.asarray(gold)
     if len(g) == 0:
         return {k: float("nan") for k in MEASURES} | {"n": 0}
     return {"accuracy": float((lg.argmax(-1) == g).mean()),
-            "recentred_accuracy": float((recentred_predictions(lg) == g).mean()),
-            "auc": label_auc(lg, g), "mean_margin": float(first_margin(lg).mean()), "n": len(g)}
+            "recentred_accuracy": float((recentred_predictions(lg, groups) == g).mean()),
+            "auc": grouped_auc(lg, g, groups), "mean_margin": float(first_margin(lg).mean()), "n": len(g)}
 
 
-def measures_table(logits, gold, names=None) -> pd.DataFrame:
+def measures_table(logits, gold, names=None, groups=None) -> pd.DataFrame:
     """One row of :func:`measures` per condition of ``[N, R, K]`` logits."""
     lg = np.asarray(logits, dtype=float)
     names = list(names) if names is not None else [str(r) for r in range(lg.shape[1])]
-    return pd.DataFrame([{"condition": names[r], **measures(lg[:, r], gold)} for r in range(lg.shape[1])])
+    return pd.DataFrame([{"condition": names[r], **measures(lg[:, r], gold, groups)} for r in range(lg.shape[1])])
 
 
-def _measure_vector(lg: np.ndarray, g: np.ndarray) -> np.ndarray:
-    m = measures(lg, g)
+def _measure_vector(lg: np.ndarray, g: np.ndarray, groups=None) -> np.ndarray:
+    m = measures(lg, g, groups)
     return np.array([m[k] for k in MEASURES])
 
 
@@ -145,16 +187,19 @@ class Change:
 
 
 def paired_change(logits, gold, a: int = 0, b: int = 1, label_words=("foo", "bar"), confidence: float = 0.95,
-                  n_resamples: int = 1000, seed: int = 0) -> Change:
-    """The measures of condition ``b`` against ``a`` (columns of ``[N, R, K]`` logits) on the same prompts."""
+                  n_resamples: int = 1000, seed: int = 0, groups=None) -> Change:
+    """The measures of condition ``b`` against ``a`` (columns of ``[N, R, K]`` logits) on the same prompts
+    (``groups``: their demonstration sets; a resample keeps each prompt's set)."""
     lg = np.asarray(logits, dtype=float)
     g = np.asarray(gold)
+    gr = np.asarray(groups) if groups is not None else None
     la, lb = lg[:, a], lg[:, b]
-    before, after = measures(la, g), measures(lb, g)
+    before, after = measures(la, g, gr), measures(lb, g, gr)
     change = {k: after[k] - before[k] for k in MEASURES}
 
     def stat(idx):
-        return _measure_vector(lb[idx], g[idx]) - _measure_vector(la[idx], g[idx])
+        sub = gr[idx] if gr is not None else None
+        return _measure_vector(lb[idx], g[idx], sub) - _measure_vector(la[idx], g[idx], sub)
 
     if len(g) >= 4:
         lo, hi = unit_bootstrap(len(g), stat, confidence=confidence, n_resamples=n_resamples, seed=seed)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 DEFAULT_MAX_MB = 256
 
 
-def model_key(model, ablate=frozenset()) -> tuple:
+def prefix_key(model, ablate=frozenset()) -> tuple:
     """The part of an entry's key that is not tokens: the model object (a stable id it is given once), its
     dtype and device, and the heads ablated at every position."""
     ident = getattr(model, "_iclviz_prefix_id", None)

@@ -26,7 +26,7 @@ import torch
 from ..errors import Cancelled, NonFiniteOutput
 from .capture import ACTIVE_RUN, RunResult, RunState, assemble_capture, importance_key, instrument, pad_batch
 from .interventions import NONE, Head, Interventions, ablate_rows, combine, knockout_rows
-from .prefix_cache import PrefixCache, cropped_copy, model_key, shared_prefix_cache
+from .prefix_cache import PrefixCache, cropped_copy, prefix_key, shared_prefix_cache
 
 if TYPE_CHECKING:
     from .models import LoadedModel
@@ -193,7 +193,7 @@ def prefix_kv(model, ids: list[int], n: int, store: PrefixCache | None, ablate=f
     if n <= 0:
         return None
     device = input_device(model)
-    key = model_key(model, ablate)
+    key = prefix_key(model, ablate)
     m, cache = store.take(key, ids[:n + 1]) if store is not None else (0, None)
     if m < n:
         state = None
@@ -229,7 +229,7 @@ def run_ids_cached(model, ids: list[int], label_token_ids: list[int], store: Pre
     arch = instrument(model)
     device = input_device(model)
     n = len(ids)
-    key = model_key(model, interventions.ablate)
+    key = prefix_key(model, interventions.ablate)
     m, cache = store.take(key, ids)
     vpos = torch.tensor([value_positions], dtype=torch.long) if capture and value_positions is not None else None
     state = RunState(arch, interventions, capture, torch.zeros(1, dtype=torch.long), vpos,

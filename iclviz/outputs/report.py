@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from ..analyses import bias, label_swap, locate, two_towers
+from ..analyses.discrimination import seed_groups
 from ..analyses.evaluation import EvalSetup
 from ..analyses.heads import control_heads, default_top_n, record_located_heads
 from ..data import load_dataset
@@ -221,7 +222,8 @@ def _causal_section(lm, ds, spec: str, sizes: dict, d: Path, overall: pd.DataFra
         "knocked out on the prompts whose gold is that label, against random sets of the same sizes "
         f"({len(ct.ls_draws)} draws).\n\n**Verdict.** {causal.verdict_line(lsv)}.",
     ])
-    disc_rows, disc_text = _discrimination_of(ct, {"importance": heads_imp, "causal": heads_causal})
+    disc_rows, disc_text = _discrimination_of(ct, {"importance": heads_imp, "causal": heads_causal},
+                                              seed_groups(len(ct.gold), sizes["test_seeds"], sizes["n_test"]))
     text += ("\n\n**The same knockouts read on discrimination.** Accuracy moves when every prediction is pushed "
              "toward one label; whether the model still tells the classes apart is read from the AUC of the margin "
              "against the gold label and from the accuracy at a recentred threshold (the median margin), on the same "
@@ -258,7 +260,7 @@ def _causal_section(lm, ds, spec: str, sizes: dict, d: Path, overall: pd.DataFra
     return text, summary
 
 
-def _discrimination_of(ct, sets: dict) -> tuple[pd.DataFrame, str]:
+def _discrimination_of(ct, sets: dict, groups=None) -> tuple[pd.DataFrame, str]:
     """AUC, recentred accuracy and accuracy of each knocked-out set of a causal test against its random draws,
     with the reading (``discrimination.reading``) and the share of the way to chance."""
     from ..analyses.discrimination import measures, paired_change, reading
@@ -266,10 +268,10 @@ def _discrimination_of(ct, sets: dict) -> tuple[pd.DataFrame, str]:
     lg = ct.logits.double().numpy()
     rnd = [ct.names.index(f"knockout:random:{d}") for d in range(len(ct.draws))
            if f"knockout:random:{d}" in ct.names]
-    null = pd.DataFrame([measures(lg[:, c], ct.gold) for c in rnd])
+    null = pd.DataFrame([measures(lg[:, c], ct.gold, groups) for c in rnd])
     rows, lines = [], []
     for rule, heads in sets.items():
-        c = paired_change(lg, ct.gold, 0, ct.names.index(f"knockout:{rule}"), ct.label_words)
+        c = paired_change(lg, ct.gold, 0, ct.names.index(f"knockout:{rule}"), ct.label_words, groups=groups)
         beyond = bool(len(null) and c.after["auc"] < null["auc"].min())
         share = (c.before["auc"] - c.after["auc"]) / (c.before["auc"] - 0.5) if c.before["auc"] > 0.5 else float("nan")
         rows.append({"rule": rule, "heads": _heads_str(heads), "AUC none": c.before["auc"], "AUC heads": c.after["auc"],

@@ -8,6 +8,7 @@ Every experiment is cached in the dataset's work folder (``context_scan.csv``,
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -94,9 +95,14 @@ def run_context(lm, ds, d: Path, sizes: dict | None = None, importance_heads=Non
     sizes = dict(CONTEXT_SIZES, **(sizes or {}))
     d.mkdir(parents=True, exist_ok=True)
     layers = default_layers(lm.n_layers)
+    scan_path = d / "context_scan.csv"
+    meta_path = d / "context_meta.json"
+    if scan_path.exists() and meta_path.exists():  # the location prompts of the stored scan, whatever sizes say
+        sizes.update(json.loads(meta_path.read_text()))
+    elif not scan_path.exists():
+        meta_path.write_text(json.dumps({"locate_seeds": list(locate_seeds(sizes)), "n_locate": sizes["n_locate"]}))
     loc = EvalSetup(ds.test_part("locate"), k_per_label=4, n_test=sizes["n_locate"], seeds=locate_seeds(sizes))
     words = tuple(loc.words())
-    scan_path = d / "context_scan.csv"
     if scan_path.exists():
         table = pd.read_csv(scan_path)
         scan = CausalScan(table, {}, lm.n_layers, lm.n_heads, words, layers, int(table.n.iloc[0]), ("knockout",))
@@ -137,9 +143,8 @@ def run_context(lm, ds, d: Path, sizes: dict | None = None, importance_heads=Non
     held.attrs["auc none"] = float(test.table()["auc"].iloc[0])
     k = context_heads.choose_n_heads(held)
     confirm_path = d / "context_confirm.pt"
-    if confirm_path.exists():
-        confirm = ContextTest.load(confirm_path)
-    else:
+    confirm = ContextTest.load(confirm_path) if confirm_path.exists() else None
+    if confirm is None or f"top:{k}" not in confirm.names:  # none yet, or measured for another k
         cf = EvalSetup(ds.test_part("evaluate"), k_per_label=4, n_test=sizes.get("n_confirm", sizes["n_test"]),
                        seeds=sizes["confirm_seeds"])
         confirm = context_heads.context_test(lm, cf, ranking[:k], [k], n_draws=sizes["headline_draws"],

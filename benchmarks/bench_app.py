@@ -174,6 +174,8 @@ def compute_bench(args) -> None:
     captured pass) and the live check (the in-context heads knocked out, 3 random sets, the label-swap split:
     rows at T), against one plain pass ``model(input_ids)`` of the same prompt. With the prefix cache the
     previous prompt's keys and values are reused; without it (ICLVIZ_PREFIX_CACHE_MB=0) everything is computed."""
+    import copy
+
     import torch
 
     from iclviz.analyses.evaluation import predict_prompt
@@ -232,6 +234,20 @@ def compute_bench(args) -> None:
         pl = statistics.median(plains)
         rows.append((cached, pl, statistics.median(t_query), statistics.median(t_demo)))
     set_shared_prefix_cache(None)
+    # the floor on this machine: one pass of a single token over a cached prefix still reads every weight
+    from iclviz.engine.runs import prefix_kv
+
+    kv = prefix_kv(lm.model, base.input_ids, base.n_tokens - 1, None)
+    one = []
+    for _ in range(args.repeats):
+        c = copy.deepcopy(kv)
+        t = time.perf_counter()
+        with torch.no_grad():
+            lm.model(input_ids=ids[:, -1:], past_key_values=c, use_cache=True, logits_to_keep=1,
+                     position_ids=torch.tensor([[base.n_tokens - 1]]))
+        one.append(time.perf_counter() - t)
+    print(f"one token over the cached prefix: {statistics.median(one):.3f} s "
+          f"({statistics.median(one) / rows[0][1]:.2f}x a plain pass; the live check needs several such passes)")
     print(f"model {lm.describe()}; prompt {base.n_tokens} tokens (4 + 4 SST-2 demonstrations); heads "
           f"{len(heads)}; torch threads {torch.get_num_threads()}; load {open('/proc/loadavg').read().split()[:3]}")
     print("| prefix cache | plain pass (s) | query edit: prediction + live check (s) | ratio (goal <= 0.25) "

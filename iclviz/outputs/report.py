@@ -562,7 +562,8 @@ def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:
                 res = report_context.run_context(lm, ds, d, ctx_sizes, importance_heads=heads)
                 context_text, ctx = report_context.section(res, lm)
                 context_text += "\n\n" + report_context.bias_section(
-                    lm, ds, d, res, report_context.QUICK_BIAS_SIZES if quick else None, compute=not cached_only)
+                    lm, ds, d, res, report_context.QUICK_BIAS_SIZES if quick else (
+                        report_context.LARGE_MODEL_BIAS_SIZES if big else None), compute=not cached_only)
                 located["context"] = ctx["located"]
                 summary.update({f"context {k}": v for k, v in ctx["summary"].items()})
             elif spec in context_on:

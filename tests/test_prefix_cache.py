@@ -167,3 +167,25 @@ def test_the_bound_is_in_bytes_and_least_recently_used_goes_first():
     assert store.take("m", list(range(11)))[0] == 10
     assert store.take("other model", list(range(11)))[0] == 0
     assert not store.put("m", list(range(30)), kv(30))  # larger than the whole bound: not stored
+
+
+def test_the_operator_sets_the_bound_and_zero_turns_it_off(monkeypatch):
+    from iclviz.engine.runs import prefix_store
+    from iclviz.engine.settings import prefix_cache_megabytes
+    from iclviz.validation import ValidationError
+
+    assert prefix_cache_megabytes({}) == 256
+    assert prefix_cache_megabytes({"ICLVIZ_PREFIX_CACHE_MB": "0"}) == 0
+    with pytest.raises(ValidationError):
+        prefix_cache_megabytes({"ICLVIZ_PREFIX_CACHE_MB": "-1"})
+    monkeypatch.setenv("ICLVIZ_PREFIX_CACHE_MB", "0")
+    set_shared_prefix_cache(None)
+    try:
+        assert prefix_store() is None
+        monkeypatch.setenv("ICLVIZ_PREFIX_CACHE_MB", "8")
+        set_shared_prefix_cache(None)
+        store = prefix_store()
+        assert store is not None and store.max_bytes == 8 * 2**20
+        assert prefix_store(enabled=False) is None
+    finally:
+        set_shared_prefix_cache(None)

@@ -172,15 +172,16 @@ def _start_server(app_dir: Path, model: str):
 def compute_bench(args) -> None:
     """What the Prompt lab computes after an edit, as library calls in one process: the new prediction (one
     captured pass) and the live check (the in-context heads knocked out, 3 random sets, the label-swap split:
-    rows at T), against one plain pass ``model(input_ids)`` of the same prompt. With the prefix cache the
-    previous prompt's keys and values are reused; without it (ICLVIZ_PREFIX_CACHE_MB=0) everything is computed."""
+    ``readout.live_check``, rows at T of one batch), against one plain pass ``model(input_ids)`` of the prompt.
+    With the prefix cache the previous prompt's keys and values are reused; without it (ICLVIZ_PREFIX_CACHE_MB=0)
+    everything is computed."""
     import copy
 
     import torch
 
     from iclviz.analyses.evaluation import predict_prompt
     from iclviz.analyses.heads import APP_HEAD_RULE, default_heads
-    from iclviz.analyses.readout import paired_effect, swap_check
+    from iclviz.analyses.readout import live_check
     from iclviz.data import load_dataset, sample_demonstrations, sample_test
     from iclviz.engine.interventions import Plan
     from iclviz.engine.models import load_model
@@ -204,11 +205,9 @@ def compute_bench(args) -> None:
         with torch.no_grad():
             lm.model(input_ids=ids)
 
-    def page_work(p, d, qtext):
-        before = predict_prompt(lm, p, Plan(), capture=True)
-        icl = predict_prompt(lm, p, Plan("knockout", tuple(heads)), capture=True)
-        paired_effect(lm, p, heads, "knockout", 3, before=before, icl=icl)
-        swap_check(lm, d, qtext, words, DEFAULT_TEMPLATE, heads, "knockout", per_head=False)
+    def page_work(p, d, qtext):  # what the Prompt lab computes: the prediction (captured) and the live check
+        predict_prompt(lm, p, Plan(), capture=True)
+        live_check(lm, d, qtext, words, DEFAULT_TEMPLATE, heads, "knockout", 3)
 
     plain()
     q = iter(queries[1:])

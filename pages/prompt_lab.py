@@ -20,7 +20,7 @@ from iclviz.prompt import TEMPLATES
 from iclviz.sharing import state_from_json
 from iclviz.validation import ValidationError, check_demo_count, check_heads, head_name, parse_heads
 from pages.parts import common, state
-from pages.parts.runs import paired_effect_current, predict_current, swap_check_current, top_n_current
+from pages.parts.runs import live_check_current, predict_current, top_n_current
 from pages.parts.widgets import chart, csv_download, dataset_picker, html_download, safe
 
 ss = st.session_state
@@ -292,8 +292,8 @@ def intervention_panel():
         st.markdown("**Does this model show the effect on this prompt?** (live, paired: the same prompt with the "
                     "in-context heads or as many random heads intervened)")
         draws = 3
-        with st.spinner(f"Measuring the in-context heads against {draws} random head sets"):
-            eff = paired_effect_current(lm, heads, kind, draws)
+        with st.spinner(f"Measuring the in-context heads against {draws} random head sets, and the label swap"):
+            eff, sw = live_check_current(lm, heads, kind, draws)
         lo, hi = eff.random_range
         m1, m2 = st.columns(2)
         m1.metric("Δ margin, in-context", f"{eff.icl_change:+.2f}",
@@ -303,8 +303,6 @@ def intervention_panel():
                   f"range {lo:+.2f} to {hi:+.2f}", delta_color="off",
                   help=f"after − before, the mean over {eff.n_draws} random sets of as many heads")
         st.markdown(safe(eff.sentence()))
-        with st.spinner("Splitting the effect with the label swap"):
-            sw = swap_check_current(lm, heads, kind)
         s1, s2 = st.columns(2)
         s1.metric("In-context part", f"{sw.split['context']:+.2f}",
                   help="The part of the margin's change that flips sign when every demonstration's label is swapped: "

@@ -189,3 +189,32 @@ def test_the_operator_sets_the_bound_and_zero_turns_it_off(monkeypatch):
         assert prefix_store(enabled=False) is None
     finally:
         set_shared_prefix_cache(None)
+
+
+@pytest.mark.parametrize("cache_mb", [64, 0])
+def test_the_live_check_as_one_batch_equals_its_parts_run_alone(tiny, tokenizer, cache_mb):
+    """The paired effect against random sets and the label-swap split, as rows of one batch over the two prompts'
+    cached prefixes, equal the same readouts computed separately (and with the cache off)."""
+    from iclviz.analyses.readout import live_check, paired_effect, swap_check
+    from iclviz.prompt import DEFAULT_TEMPLATE, build_prompt
+
+    demos = [("a fine film", "foo"), ("dull and slow", "bar"), ("great fun", "foo"), ("boring", "bar")]
+    words = ("foo", "bar")
+    L = tiny.n_layers
+    heads = [(L - 1, 0), (L - 2, 1)]
+    set_shared_prefix_cache(PrefixCache(cache_mb * 2**20))
+    try:
+        eff, sw = live_check(tiny, demos, "what a film", words, DEFAULT_TEMPLATE, heads, "knockout", draws=3)
+        prompt = build_prompt(tokenizer, demos, "what a film", words, DEFAULT_TEMPLATE)
+        want_eff = paired_effect(tiny, prompt, heads, "knockout", 3)
+        want_sw = swap_check(tiny, demos, "what a film", words, DEFAULT_TEMPLATE, heads, "knockout", per_head=False)
+    finally:
+        set_shared_prefix_cache(None)
+    tol = dict(abs=1e-5, rel=1e-5)
+    assert eff.before_margin == pytest.approx(want_eff.before_margin, **tol)
+    assert eff.icl_margin == pytest.approx(want_eff.icl_margin, **tol)
+    assert eff.random_heads == want_eff.random_heads and len(eff.random_heads) >= 1
+    assert eff.random_margins == pytest.approx(want_eff.random_margins, **tol)
+    assert eff.random_preds == want_eff.random_preds and eff.sentence() == want_eff.sentence()
+    for k in ("change", "context", "prior"):
+        assert sw.split[k] == pytest.approx(want_sw.split[k], **tol)

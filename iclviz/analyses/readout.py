@@ -124,6 +124,17 @@ def paired_effect(lm, prompt: BuiltPrompt, heads, kind: str = "ablate", draws: i
     before = before if before is not None else predict_prompt(lm, prompt, Plan(), capture=False)
     icl = icl if icl is not None else predict_prompt(lm, prompt, Plan(kind, tuple(heads)), capture=False)
     out = EffectReadout(kind, heads, prompt.label_words, before.margin, before.predicted, icl.margin, icl.predicted)
+    sets = random_head_sets(lm, heads, draws, seed)
+    for rnd, (margin, predicted) in zip(sets, margins_of_head_sets(lm, prompt, sets, kind)):
+        out.random_margins.append(margin)
+        out.random_preds.append(predicted)
+        out.random_heads.append(rnd)
+    return out
+
+
+def random_head_sets(lm, heads, draws: int, seed: int = 0) -> list[list[tuple[int, int]]]:
+    """``draws`` random sets of as many heads from the same layers (``heads.control_heads``, seeds ``seed``,
+    ``seed + 1``, ...), repeated draws left out."""
     sets, seen = [], set()
     for i in range(draws):
         rnd = control_heads(heads, lm.n_layers, lm.n_heads, seed + i)
@@ -131,11 +142,7 @@ def paired_effect(lm, prompt: BuiltPrompt, heads, kind: str = "ablate", draws: i
             continue
         seen.add(tuple(rnd))
         sets.append(rnd)
-    for rnd, (margin, predicted) in zip(sets, margins_of_head_sets(lm, prompt, sets, kind)):
-        out.random_margins.append(margin)
-        out.random_preds.append(predicted)
-        out.random_heads.append(rnd)
-    return out
+    return sets
 
 
 def margins_of_head_sets(lm, prompt: BuiltPrompt, head_sets, kind: str = "ablate", with_probs: bool = False):
@@ -492,3 +499,40 @@ def swap_check(lm, demonstrations, query: str, label_words, template, heads, kin
                              "before_swapped": ms[0], "after_swapped": ms[1 + i]} for i, n in enumerate(names)])
     split = swap_split(mo[1] - mo[0], ms[1] - ms[0])
     return SwapCheck(kind, heads, words, margins, split)
+
+
+def live_check(lm, demonstrations, query: str, label_words, template, heads, kind: str = "knockout", draws: int = 3,
+               seed: int = 0) -> tuple[EffectReadout, SwapCheck]:
+    """The Prompt lab's live check: :func:`paired_effect` (the heads against ``draws`` random sets) and
+    :func:`swap_check` (the change split by the label swap), the same numbers. With a knockout (it changes ``T``
+    only) every row of both prompts runs as one batch of single-token passes over their cached prefixes
+    (``engine.runs.rows_over_prompts``); an ablation changes every position, so it falls back to whole passes."""
+    import torch
+
+    from ..engine.runs import RowEdit, rows_over_prompts
+    from ..prompt import build_prompt
+    from .discrimination import swap_split
+
+    heads = [(int(a), int(b)) for a, b in heads]
+    words = tuple(label_words)
+    orig = build_prompt(lm.tokenizer, demonstrations, query, words, template, max_tokens=lm.context_length)
+    if kind != "knockout":
+        return (paired_effect(lm, orig, heads, kind, draws, seed),
+                swap_check(lm, demonstrations, query, words, template, heads, kind, per_head=False))
+    swap = build_prompt(lm.tokenizer, exchange_first_two(demonstrations, words), query, words, template,
+                        max_tokens=lm.context_length)
+    sets = random_head_sets(lm, heads, draws, seed)
+    rows_o = [RowEdit(), RowEdit.of("knockout", heads)] + [RowEdit.of("knockout", hs) for hs in sets]
+    rows_s = [RowEdit(), RowEdit.of("knockout", heads)]
+    lo, ls = rows_over_prompts(lm, [(orig, rows_o), (swap, rows_s)])
+    mo = (lo[:, 0] - lo[:, 1]).tolist()
+    ms = (ls[:, 0] - ls[:, 1]).tolist()
+    pred = [words[int(i)] for i in torch.as_tensor(lo).argmax(-1).tolist()]
+    eff = EffectReadout(kind, heads, words, mo[0], pred[0], mo[1], pred[1])
+    for rnd, margin, predicted in zip(sets, mo[2:], pred[2:]):
+        eff.random_margins.append(margin)
+        eff.random_preds.append(predicted)
+        eff.random_heads.append(rnd)
+    margins = pd.DataFrame([{"heads": "set", "before_original": mo[0], "after_original": mo[1],
+                             "before_swapped": ms[0], "after_swapped": ms[1]}])
+    return eff, SwapCheck(kind, heads, words, margins, swap_split(mo[1] - mo[0], ms[1] - ms[0]))

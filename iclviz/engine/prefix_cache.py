@@ -23,6 +23,8 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import torch
+
 DEFAULT_MAX_MB = 256
 
 
@@ -70,6 +72,22 @@ def cropped_copy(cache, length: int):
     for x, (k, v) in zip(out.layers, keys):
         x.keys = k[..., :length, :].clone()
         x.values = v[..., :length, :].clone()
+    return out
+
+
+def stacked(parts) -> object | None:
+    """One cache holding, along the batch, each ``(cache, repeats)`` of ``parts`` repeated (all of one length and
+    layout); None where the layout is not the one this module knows."""
+    caches = [c for c, _ in parts]
+    layers = [_layers(c) for c in caches]
+    if any(x is None for x in layers) or len({cache_length(c) for c in caches}) != 1:
+        return None
+    first = layers[0]
+    memo = {id(t): None for x in first for t in (x.keys, x.values)}
+    out = copy.deepcopy(caches[0], memo)
+    for i, x in enumerate(out.layers):
+        x.keys = torch.cat([ls[i].keys.repeat_interleave(r, 0) for ls, (_, r) in zip(layers, parts)])
+        x.values = torch.cat([ls[i].values.repeat_interleave(r, 0) for ls, (_, r) in zip(layers, parts)])
     return out
 
 

@@ -26,7 +26,7 @@ import torch
 from ..errors import Cancelled, NonFiniteOutput
 from .capture import ACTIVE_RUN, RunResult, RunState, assemble_capture, importance_key, instrument, pad_batch
 from .interventions import NONE, Head, Interventions, ablate_rows, combine, knockout_rows
-from .prefix_cache import PrefixCache, cropped_copy, prefix_key, shared_prefix_cache
+from .prefix_cache import PrefixCache, cropped_copy, prefix_key, shared_prefix_cache, stacked
 
 if TYPE_CHECKING:
     from .models import LoadedModel
@@ -491,4 +491,39 @@ def knockout_each(lm: LoadedModel, prompt, position_sets, heads) -> torch.Tensor
         logits, _ = _forward(model, torch.tensor([[ids[-1]]]), n - 1, c, 1, state, label_ids)
     out = logits.cpu()
     check_finite(out)
+    return out
+
+
+@torch.no_grad()
+def rows_over_prompts(lm: LoadedModel, prompt_rows) -> list[torch.Tensor]:
+    """``[R_i, K]`` label-word logits for each ``(prompt, rows)`` of ``prompt_rows``, every row of every prompt
+    in one batch of single-token passes at ``T`` over the prompts' cached prefixes (read from the shared prefix
+    cache and stored back). The prompts must have one length and the same label words (a prompt and its
+    label-swapped twin do); otherwise each prompt runs alone (``last_position_logits``)."""
+    prompt_rows = [(p, list(rows)) for p, rows in prompt_rows]
+    lengths = {p.n_tokens for p, _ in prompt_rows}
+    words = {tuple(p.label_token_id_list()) for p, _ in prompt_rows}
+    if len(lengths) != 1 or len(words) != 1 or any(not rows for _, rows in prompt_rows):
+        return [last_position_logits(lm, [p], rows)[0] if rows else torch.zeros(0, len(p.label_words))
+                for p, rows in prompt_rows]
+    model, arch, rotary, label_ids, _, _ = _batch_setup(lm, [p for p, _ in prompt_rows])
+    store = prefix_store(lm.reuse_prefix)
+    n = lengths.pop()
+    caches = [prefix_kv(model, p.input_ids, n - 1, store) for p, _ in prompt_rows]
+    cache = stacked([(c, len(rows)) for c, (_, rows) in zip(caches, prompt_rows)])
+    if cache is None:
+        return [last_position_logits(lm, [p], rows)[0] for p, rows in prompt_rows]
+    all_rows = [(p, r) for p, rows in prompt_rows for r in rows]
+    R = len(all_rows)
+    iv = combine(knockout_rows([p.label_positions for p, _ in all_rows], [r.knockout for _, r in all_rows]),
+                 ablate_rows([r.ablate for _, r in all_rows]))
+    state = RunState(arch, iv, False, torch.zeros(R, dtype=torch.long), None, rotary)
+    ids = torch.tensor([[p.input_ids[-1]] for p, _ in all_rows])
+    logits, _ = _forward(model, ids, n - 1, cache, R, state, label_ids)
+    logits = logits.cpu()
+    check_finite(logits)
+    out, start = [], 0
+    for _, rows in prompt_rows:
+        out.append(logits[start:start + len(rows)])
+        start += len(rows)
     return out

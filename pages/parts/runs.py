@@ -15,7 +15,7 @@ from iclviz.analyses.contributions import demo_contributions
 from iclviz.analyses.evaluation import predict_prompt
 from iclviz.analyses.label_swap import label_swap_one
 from iclviz.analyses.label_vectors import label_vector_table
-from iclviz.analyses.readout import paired_effect, slim_prediction, swap_check, top_n_margins
+from iclviz.analyses.readout import live_check, slim_prediction, top_n_margins
 from iclviz.analyses.towers_patch import towers_patch
 from iclviz.analyses.two_towers import score_similarity
 from iclviz.engine.interventions import Plan
@@ -41,17 +41,14 @@ def predict_current(lm, kind: str = "none", heads=()):
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
-def _paired_effect(_lm, key: str, demos, query: str, words, template: str, heads, kind: str, draws: int):
-    before = _predict(_lm, key, demos, query, words, template, "none", ())  # cached: the page has it already
-    # The same cached pass the page shows for "all in-context heads" (computed once, shared both ways).
-    icl = _predict(_lm, key, demos, query, words, template, kind, tuple(sorted(tuple(h) for h in heads)))
-    return paired_effect(_lm, _build(_lm, demos, query, words, template), list(heads), kind, draws, before=before,
-                         icl=icl)
+def _live_check(_lm, key: str, demos, query: str, words, template: str, heads, kind: str, draws: int):
+    return live_check(_lm, list(demos), query, tuple(words), template, list(heads), kind, draws)
 
 
-def paired_effect_current(lm, heads, kind: str = "ablate", draws: int = 3):
-    """iclviz.analyses.readout.paired_effect on the session's prompt."""
-    return _paired_effect(lm, model_key(), *prompt_key(), tuple(map(tuple, heads)), kind, int(draws))
+def live_check_current(lm, heads, kind: str = "knockout", draws: int = 3):
+    """iclviz.analyses.readout.live_check on the session's prompt: the heads against random sets and the label-swap
+    split (a knockout: every row of the prompt and its swapped twin as one batch over their cached prefixes)."""
+    return _live_check(lm, model_key(), *prompt_key(), tuple(map(tuple, heads)), kind, int(draws))
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
@@ -82,17 +79,6 @@ def _label_swap(_lm, key: str, demos, query: str, words, template: str, heads):
 def label_swap_current(lm, heads):
     """iclviz.analyses.label_swap.label_swap_one: the session's prompt with its labels as they are and swapped."""
     return _label_swap(lm, model_key(), *prompt_key(), tuple(map(tuple, heads)))
-
-
-@st.cache_resource(**_BOUNDED)
-def _swap_check(_lm, key: str, demos, query: str, words, template: str, heads, kind: str):
-    return swap_check(_lm, list(demos), query, tuple(words), template, list(heads), kind, per_head=False)
-
-
-def swap_check_current(lm, heads, kind: str = "knockout"):
-    """iclviz.analyses.readout.swap_check on the session's prompt: the heads' change of the margin split into the part
-    that flips with the demonstrations' labels and the part that stays (a prior)."""
-    return _swap_check(lm, model_key(), *prompt_key(), tuple(map(tuple, heads)), kind)
 
 
 @st.cache_resource(**_BOUNDED)

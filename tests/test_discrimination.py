@@ -236,3 +236,25 @@ def test_a_prior_that_differs_between_demonstration_sets_is_not_read_as_discrimi
     pooled = paired_change(both, g, 0, 1, n_resamples=200)
     assert pooled.change["auc"] > 0.1  # what a pooled AUC would have called a gain
     assert seed_groups(10, [0, 1], 4) is None and seed_groups(8, [3], 8) is None
+
+
+@pytest.mark.parametrize("destroys", [True, False])
+def test_the_report_says_the_heads_carry_reading_only_when_the_confirmation_does(destroys):
+    from types import SimpleNamespace
+
+    from iclviz.outputs.report_context import _together
+
+    rng = np.random.default_rng(1)
+    n = 60
+    gold = np.tile([0, 1], n // 2)
+    m = np.where(gold == 0, 1.5, -1.5) + rng.normal(0, 1, n)
+    rows = {"none": m}
+    rows["top:1"] = rng.normal(0, 1, n) if destroys else m + rng.normal(0, 0.05, n)
+    for d in range(20):
+        rows[f"random:1:{d}"] = m + rng.normal(0, 0.3, n)
+    lg = torch.tensor(np.stack([np.stack([v / 2, -v / 2], -1) for v in rows.values()], 1))
+    t = ContextTest(lg, gold.tolist(), list(rows), [(0, 0)], {}, {1: [[(0, 1)]] * 20}, ("foo", "bar"), [0],
+                    {"seeds": [0], "n_test": n})
+    text = _together(SimpleNamespace(confirm=t, n_heads=1))
+    assert ("they carry in-context reading" in text) == destroys
+    assert ("not separated from random sets" in text) == (not destroys)

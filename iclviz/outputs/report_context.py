@@ -359,7 +359,20 @@ def bias_section(lm, ds, d: Path, res: ContextResult, sizes: dict | None = None,
                    "(in-context part / prior): " + ", ".join(f"{r.name} {r.context_effect:+.2f} / {r.prior_effect:.2f}"
                                                              for r in rows)
                    + f". {reads} of the {len(rows)} have an in-context part larger than their prior"
-                   + (": alone, each also votes (a prior's size is the absolute value of a noisy mean, so it is "
-                      "biased upward on a small sample); together they carry the in-context reading measured above."
-                      if reads < len(rows) else "."))
+                   + (" (a prior's size is the absolute value of a noisy mean, so it is biased upward on a small "
+                      "sample)" if reads < len(rows) else "") + ". " + _together(res))
     return "\n\n".join(out)
+
+
+def _together(res: ContextResult) -> str:
+    """What the heads do together, as the fresh-prompt confirmation measured it (the words follow its verdict)."""
+    conf = res.confirm
+    name = f"top:{res.n_heads}"
+    if conf is None or name not in conf.names:
+        return "Together: not confirmed on fresh prompts in this run."
+    v = conf.verdict(name)
+    if v["reading"].startswith("reproduced"):
+        return (f"Together, knocked out, they lower the AUC on fresh prompts beyond every one of {v['draws']} random "
+                "sets: they carry in-context reading.")
+    return (f"Together, on fresh prompts, their knockout is not separated from random sets ({v['draws']} draws; "
+            f"{v['reading'].split(';')[0]}): the fixes act on heads whose in-context reading is not confirmed.")

@@ -234,7 +234,7 @@ def compute_bench(args) -> None:
         rows.append((cached, pl, statistics.median(t_query), statistics.median(t_demo)))
     set_shared_prefix_cache(None)
     # the floor on this machine: one pass of a single token over a cached prefix still reads every weight
-    from iclviz.engine.runs import prefix_kv
+    from iclviz.engine.runs import cache_keyword, prefix_kv
 
     kv = prefix_kv(lm.model, base.input_ids, base.n_tokens - 1, None)
     one = []
@@ -242,7 +242,7 @@ def compute_bench(args) -> None:
         c = copy.deepcopy(kv)
         t = time.perf_counter()
         with torch.no_grad():
-            lm.model(input_ids=ids[:, -1:], past_key_values=c, use_cache=True, logits_to_keep=1,
+            lm.model(input_ids=ids[:, -1:], **{cache_keyword(lm.model): c}, use_cache=True, logits_to_keep=1,
                      position_ids=torch.tensor([[base.n_tokens - 1]]))
         one.append(time.perf_counter() - t)
     print(f"one token over the cached prefix: {statistics.median(one):.3f} s "

@@ -203,7 +203,7 @@ def prefix_kv(model, ids: list[int], n: int, store: PrefixCache | None, ablate=f
                              None, getattr(model, "_iclviz_rotary", None))
         token = ACTIVE_RUN.set(state)
         try:
-            kw = {_cache_kw(model): cache} if cache is not None else {}
+            kw = {cache_keyword(model): cache} if cache is not None else {}
             out = model(input_ids=torch.tensor([ids[m:n]], device=device),
                         position_ids=torch.arange(m, n, device=device)[None], use_cache=True, logits_to_keep=1, **kw)
         finally:
@@ -236,7 +236,7 @@ def run_ids_cached(model, ids: list[int], label_token_ids: list[int], store: Pre
                      getattr(model, "_iclviz_rotary", None), label_ids=label_token_ids, value_heads=value_heads)
     token = ACTIVE_RUN.set(state if (capture or not interventions.is_empty()) else None)
     try:
-        kw = {_cache_kw(model): cache} if cache is not None else {}
+        kw = {cache_keyword(model): cache} if cache is not None else {}
         out = model(input_ids=torch.tensor([ids[m:]], device=device),
                     position_ids=torch.arange(m, n, device=device)[None], use_cache=True, logits_to_keep=1, **kw)
     finally:
@@ -269,7 +269,7 @@ class RowEdit:
         raise ValueError(f"a last-position row is 'knockout' or 'ablate_t', not {kind!r}")
 
 
-def _cache_kw(model) -> str:
+def cache_keyword(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
@@ -283,7 +283,7 @@ def _forward(model, ids, start: int, cache, rows: int = 1, state=None, label_ids
     device = input_device(model)
     n = ids.shape[1]
     base = model.base_model
-    kw = {_cache_kw(base): cache} if cache is not None else {}
+    kw = {cache_keyword(base): cache} if cache is not None else {}
     token = ACTIVE_RUN.set(state)
     try:
         out = base(input_ids=ids.to(device), position_ids=torch.arange(start, start + n, device=device)[None].expand(

@@ -170,7 +170,8 @@ def run_context(lm, ds, d: Path, sizes: dict | None = None, importance_heads=Non
         ev = EvalSetup(ds.test_part("evaluate"), k_per_label=4, n_test=sizes["n_swap"], seeds=sizes["test_seeds"][:1])
         swap_table = label_swap.summarize_label_swap(label_swap.label_swap_table(lm, ev, ranking[:k]))
         swap_table.to_csv(swap_path, index=False)
-    return ContextResult(scan, curve, k, test, swap_table, sizes, confirm, k_location, more)
+    return ContextResult(scan, curve, k, test, swap_table, sizes, confirm=confirm, k_location=k_location,
+                         confirm_more=more)
 
 
 def section(res: ContextResult, lm) -> tuple[str, dict]:

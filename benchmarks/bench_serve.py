@@ -33,6 +33,7 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 MODES = ["none", "all in-context heads", "random heads (control)"]
+KIND = "knockout"  # the Prompt lab's default intervention (its "How" select)
 ADJ = ["wonderful", "dull", "moving", "boring", "funny", "slow", "superb", "tedious", "charming", "awful"]
 
 
@@ -183,7 +184,7 @@ def expected_texts(entries: list[dict], model: str) -> list[tuple[dict, list[str
         want = [text(before)]
         if e["mode"] != "none":
             hs = heads if e["mode"] == "all in-context heads" else control_heads(heads, lm.n_layers, lm.n_heads, 0)
-            want.append(text(predict(lm, START_DEMOS, e["query"], words, interventions=Plan("ablate", tuple(hs)),
+            want.append(text(predict(lm, START_DEMOS, e["query"], words, interventions=Plan(KIND, tuple(hs)),
                                      capture=False)))
         out.append((e, want))
     return out

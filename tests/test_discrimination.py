@@ -255,6 +255,8 @@ def test_the_report_says_the_heads_carry_reading_only_when_the_confirmation_does
     lg = torch.tensor(np.stack([np.stack([v / 2, -v / 2], -1) for v in rows.values()], 1))
     t = ContextTest(lg, gold.tolist(), list(rows), [(0, 0)], {}, {1: [[(0, 1)]] * 20}, ("foo", "bar"), [0],
                     {"seeds": [0], "n_test": n})
-    text = _together(SimpleNamespace(confirm=t, n_heads=1))
+    text = _together(SimpleNamespace(confirm=t, confirm_more=None, n_heads=1))
     assert ("they carry in-context reading" in text) == destroys
     assert ("not separated from random sets" in text) == (not destroys)
+    both = _together(SimpleNamespace(confirm=t, confirm_more=t, n_heads=1))
+    assert ("they carry in-context reading" in both) == destroys

@@ -366,14 +366,24 @@ def bias_section(lm, ds, d: Path, res: ContextResult, sizes: dict | None = None,
 
 
 def _together(res: ContextResult) -> str:
-    """What the heads do together, as the fresh-prompt confirmation measured it (the words follow its verdict)."""
-    conf = res.confirm
+    """What the heads do together, as the fresh-prompt confirmations measured it (the words follow their
+    verdicts; a second, larger confirmation is reported beside the first, never instead of it)."""
     name = f"top:{res.n_heads}"
-    if conf is None or name not in conf.names:
+    found = [(label, t.verdict(name)) for label, t in (("fresh prompts", res.confirm),
+                                                         ("the second, larger set", res.confirm_more))
+             if t is not None and name in t.names]
+    if not found:
         return "Together: not confirmed on fresh prompts in this run."
-    v = conf.verdict(name)
-    if v["reading"].startswith("reproduced"):
-        return (f"Together, knocked out, they lower the AUC on fresh prompts beyond every one of {v['draws']} random "
-                "sets: they carry in-context reading.")
-    return (f"Together, on fresh prompts, their knockout is not separated from random sets ({v['draws']} draws; "
-            f"{v['reading'].split(';')[0]}): the fixes act on heads whose in-context reading is not confirmed.")
+    parts = []
+    for label, v in found:
+        if v["reading"].startswith("reproduced"):
+            parts.append(f"on {label} ({v['n_prompts']}), knocked out together, they lower the AUC beyond every one "
+                         f"of {v['draws']} random sets")
+        else:
+            parts.append(f"on {label} ({v['n_prompts']}), their knockout is not separated from random sets "
+                         f"({v['draws']} draws; {v['reading'].split(';')[0]})")
+    ok = [v["reading"].startswith("reproduced") for _, v in found]
+    end = ("they carry in-context reading." if all(ok) else
+           "the fixes act on heads whose in-context reading is confirmed on one fresh set and not the other."
+           if any(ok) else "the fixes act on heads whose in-context reading is not confirmed.")
+    return "Together: " + "; ".join(parts) + ": " + end

@@ -543,7 +543,10 @@ def test_lesson_keeps_the_prepared_query_and_the_mode_persists_at_1366(browser):
         _settle(page)
         assert "mode=random" in page.url
         page.get_by_role("link", name="Prompt lab").click()
-        expect(page.get_by_label("Query")).to_have_value("a prepared query for the class", timeout=60_000)
+        expect(page.get_by_role("heading", name="Prompt lab")).to_be_visible(timeout=60_000)
+        # the text box, not another element the lesson's page may still show under the same label
+        expect(page.get_by_role("textbox", name="Query", exact=True)).to_have_value("a prepared query for the class",
+                                                                                   timeout=60_000)
         _wait_idle(page)
         assert page.get_by_role("radiogroup", name="Intervene on").get_by_role(
             "radio", name="random heads (control)").is_checked()

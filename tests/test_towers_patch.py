@@ -49,8 +49,13 @@ def test_patching_every_head_makes_a_equal_b(tiny):
 
 def test_patching_nothing_changes_nothing(tiny):
     a, b = _equal_length_pair(tiny)
-    plain = tiny.run([a], capture=False)
-    empty = tiny.run([a], iv.Interventions(qkv=(QKVPatch([{}]),)), capture=False)
+    from iclviz.engine.runs import run_ids
+
+    # the same full pass with and without a patch of nothing (LoadedModel.run would read a one-prompt run without a
+    # patch from the prefix cache, which is equal only up to float rounding)
+    ids, label_ids = [a.input_ids], a.label_token_id_list()
+    plain = run_ids(tiny.model, ids, label_ids, capture=False)
+    empty = run_ids(tiny.model, ids, label_ids, iv.Interventions(qkv=(QKVPatch([{}]),)), capture=False)
     assert torch.equal(empty.logits, plain.logits)
     t = towers_patch(tiny, a, b, HEADS, conditions=("none", "q", "k", "v", "q+k", "all"))
     none = t.summary[t.summary.condition == "none"].iloc[0]

@@ -36,7 +36,7 @@ def check_finite(values, name: str = "the model") -> None:
     """Raise ``NonFiniteOutput`` when a pass produced NaN or infinite label logits (never show garbage).
 
     ``values``: a tensor of logits, or a ``RunResult`` (its label logits are checked)."""
-    logits = values.label_logits if isinstance(values, RunResult) else values
+    logits = values if isinstance(values, torch.Tensor) else getattr(values, "label_logits", None)
     if logits is not None and not bool(torch.isfinite(logits).all()):
         from .offline import cache_root
 
@@ -221,16 +221,19 @@ def run_ids_cached(model, ids: list[int], label_token_ids: list[int], store: Pre
                    interventions: Interventions = NONE, capture: bool = True, value_positions: list[int] | None = None,
                    value_heads="all", importance=None) -> RunResult:
     """``run_ids`` for one prompt, reading the keys and values of its longest stored prefix and computing only
-    the rest (at least ``T``). What is stored back is every position before ``T``, which no intervention at
-    ``T`` changes; head ablations (every position) are part of the key. Equal to ``run_ids`` up to float
-    rounding (tested on every supported architecture)."""
+    the rest: the positions before ``T`` (stored back; no intervention at ``T`` reaches them; head ablations,
+    which act at every position, are part of the key), then ``T`` with the interventions and the capture. Equal
+    to ``run_ids`` up to float rounding (tested on every supported architecture)."""
     if interventions.has_rows():
         raise ValueError("per-row interventions need run_ids, not a cached prefix")
     arch = instrument(model)
     device = input_device(model)
     n = len(ids)
-    key = prefix_key(model, interventions.ablate)
-    m, cache = store.take(key, ids)
+    # Everything before T first (from the store, the rest computed and stored back), then T alone: a prompt's
+    # numbers do not depend on what the store held (a prompt run twice, or compared with itself, gives exactly
+    # the same numbers), and what is stored never saw an intervention at T.
+    cache = prefix_kv(model, ids, n - 1, store, interventions.ablate)
+    m = n - 1
     vpos = torch.tensor([value_positions], dtype=torch.long) if capture and value_positions is not None else None
     state = RunState(arch, interventions, capture, torch.zeros(1, dtype=torch.long), vpos,
                      getattr(model, "_iclviz_rotary", None), label_ids=label_token_ids, value_heads=value_heads)
@@ -241,8 +244,6 @@ def run_ids_cached(model, ids: list[int], label_token_ids: list[int], store: Pre
                     position_ids=torch.arange(m, n, device=device)[None], use_cache=True, logits_to_keep=1, **kw)
     finally:
         ACTIVE_RUN.reset(token)
-    if n - 1 > m:
-        store.put(key, ids, _output_cache(out), length=n - 1)  # positions before T: no edit at T reached them
     cap = None
     if capture:
         cap = assemble_capture(arch, [state], n, torch.zeros(1, dtype=torch.long), vpos,

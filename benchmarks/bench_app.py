@@ -1,4 +1,4 @@
-"""Responsiveness of the prompt lab on the default model (issue 4's benchmark).
+"""Responsiveness of the prompt lab on the default model.
 
 Measures, in one process on the same model: one plain forward pass of the prompt
 (``model(input_ids)``), one instrumented pass, and the prompt lab's full re-render (Streamlit

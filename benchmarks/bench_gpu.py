@@ -10,7 +10,7 @@ measured in the same run, and with the peak GPU memory of each:
   label-word logits) and every head's importance, computed on the device (what the app shows);
 - the usual way: eager attention with ``output_attentions=True``.
 
-Goals (issue 10): the second column at most 1.3x the plain pass at 1 x 250 and 8 x 250, never
+Goals: the second column at most 1.3x the plain pass at 1 x 250 and 8 x 250, never
 slower than eager + ``output_attentions``, peak memory at most the plain pass's + 10%.
 
     python benchmarks/bench_gpu.py                 # needs CUDA; says so and exits 0 without it

@@ -1,7 +1,7 @@
 """How far lower-precision vocabulary products move head importance (default model, SST-2 prompts).
 
-Importance (PAPER.md's formula) needs a log-softmax over the whole vocabulary for every head. On a GPU
-the products ``x @ W_U^T`` could run in TF32 (what ``lens.log_probs`` does for half-precision models) or
+Importance (the paper's formula, arXiv 2402.02872) needs a log-softmax over the whole vocabulary for every
+head. On a GPU the products ``x @ W_U^T`` could run in TF32 (what ``lens.log_probs`` does for half-precision models) or
 in bfloat16 at twice that rate. This script computes every head's importance on real prompts with the
 products in float32 (the reference), then with each lower precision emulated on the CPU, and prints how far
 the values move, per prompt and averaged over the prompts (Spearman and top-10 overlap of the deep half's

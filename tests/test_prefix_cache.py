@@ -218,3 +218,38 @@ def test_the_live_check_as_one_batch_equals_its_parts_run_alone(tiny, tokenizer,
     assert eff.random_preds == want_eff.random_preds and eff.sentence() == want_eff.sentence()
     for k in ("change", "context", "prior"):
         assert sw.split[k] == pytest.approx(want_sw.split[k], **tol)
+
+
+def test_the_towers_patch_and_rows_of_one_prompt_over_the_cache_equal_the_full_passes(tiny, tokenizer):
+    """One prompt as rows of a batch with per-row edits at T (q/k/v patches, per-row knockouts) over one cached
+    prefix: the towers patch (its recording run and its patched rows) equals the same with the cache off."""
+    from iclviz.analyses.towers_patch import towers_patch
+    from iclviz.prompt import build_prompt
+
+    demos_a = [("a fine film", "foo"), ("dull and slow", "bar"), ("great fun", "foo"), ("boring", "bar")]
+    demos_b = [("a fine film", "bar"), ("dull and slow", "foo"), ("great fun", "bar"), ("boring", "foo")]
+    a = build_prompt(tokenizer, demos_a, "what a film", ("foo", "bar"))
+    b = build_prompt(tokenizer, demos_b, "what a film", ("foo", "bar"))
+    L = tiny.n_layers
+    heads = [(L - 1, 0), (L - 2, 1)]
+    conds = ("none", "q", "k", "v", "q+k", "all")
+    set_shared_prefix_cache(PrefixCache(0))
+    try:
+        want = towers_patch(tiny, a, b, heads, conditions=conds, keep_captures=True)
+        shared = PrefixCache(64 * 2**20)
+        set_shared_prefix_cache(shared)
+        towers_patch(tiny, a, b, heads, conditions=conds)  # fills the cache
+        got = towers_patch(tiny, a, b, heads, conditions=conds, keep_captures=True)
+        rows = iv.knockout([a.label_positions] * 3, heads=heads)
+        got_rows = tiny.run([a] * 3, rows, capture=True)
+    finally:
+        set_shared_prefix_cache(None)
+    for col in ("logit_foo", "logit_bar"):
+        close(torch.tensor(got.summary[col].to_numpy()), torch.tensor(want.summary[col].to_numpy()))
+    _same_capture(got.capture, want.capture)
+    want_rows = run_ids(tiny.model, [a.input_ids] * 3, a.label_token_id_list(), rows,
+                        value_positions=[a.label_positions] * 3)
+    close(got_rows.logits, want_rows.logits)
+    _same_capture(got_rows.capture, want_rows.capture)
+    if tiny.model.config.model_type != "mistral":
+        assert shared.stats.hits >= 2

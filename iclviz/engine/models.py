@@ -100,14 +100,15 @@ class LoadedModel:
         prefix = common_prefix_length(ids) if (len(ids) > 1 and hidden_layer is None and self.reuse_prefix
                                               and not interventions.has_rows() and not full_rows_layers) else 0
         label_ids = prompts[0].label_token_id_list()
-        store = prefix_store(self.reuse_prefix) if (len(ids) == 1 and hidden_layer is None and not full_rows_layers
-                                                    and not interventions.has_rows()) else None
+        one_prompt = len({tuple(i) for i in ids}) == 1  # one prompt, or one prompt as rows with per-row edits at T
+        store = prefix_store(self.reuse_prefix) if (one_prompt and hidden_layer is None and not full_rows_layers
+                                                    and not any(interventions.row_ablate)) else None
         if store is not None:
-            # one prompt: the keys and values of its longest prefix any earlier run left (this session's or
+            # the keys and values of the prompt's longest prefix any earlier run left (this session's or
             # another's) are reused; only the rest is computed (engine/prefix_cache.py)
             res = run_ids_cached(self.model, ids[0], label_ids, store, interventions=interventions, capture=capture,
                                  value_positions=value_positions[0] if value_positions is not None else None,
-                                 value_heads=value_heads, importance=importance)
+                                 value_heads=value_heads, importance=importance, rows=len(ids))
         elif prefix >= 16 and prefix >= 0.5 * min(len(p) for p in ids):
             # the prompts share their demonstrations: compute them once (KV cache), then each query
             res = run_ids_shared_prefix(self.model, ids, label_ids, prefix, interventions=interventions,

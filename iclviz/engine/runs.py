@@ -219,13 +219,14 @@ def prefix_kv(model, ids: list[int], n: int, store: PrefixCache | None, ablate=f
 @torch.no_grad()
 def run_ids_cached(model, ids: list[int], label_token_ids: list[int], store: PrefixCache,
                    interventions: Interventions = NONE, capture: bool = True, value_positions: list[int] | None = None,
-                   value_heads="all", importance=None) -> RunResult:
+                   value_heads="all", importance=None, rows: int = 1) -> RunResult:
     """``run_ids`` for one prompt, reading the keys and values of its longest stored prefix and computing only
     the rest: the positions before ``T`` (stored back; no intervention at ``T`` reaches them; head ablations,
     which act at every position, are part of the key), then ``T`` with the interventions and the capture. Equal
-    to ``run_ids`` up to float rounding (tested on every supported architecture)."""
-    if interventions.has_rows():
-        raise ValueError("per-row interventions need run_ids, not a cached prefix")
+    to ``run_ids`` up to float rounding (tested on every supported architecture). ``rows``: the same prompt as
+    that many rows of one batch (per-row edits at ``T``: knockouts, q/k/v patches), all over one cached prefix."""
+    if any(interventions.row_ablate):
+        raise ValueError("per-row ablations change every position: they need run_ids, not a cached prefix")
     arch = instrument(model)
     device = input_device(model)
     n = len(ids)
@@ -233,21 +234,29 @@ def run_ids_cached(model, ids: list[int], label_token_ids: list[int], store: Pre
     # numbers do not depend on what the store held (a prompt run twice, or compared with itself, gives exactly
     # the same numbers), and what is stored never saw an intervention at T.
     cache = prefix_kv(model, ids, n - 1, store, interventions.ablate)
+    if rows > 1 and cache is not None:
+        cache = stacked([(cache, rows)])
+        if cache is None:  # a cache layout this module does not know: the whole batch in one plain pass
+            return run_ids(model, [ids] * rows, label_token_ids, interventions, capture,
+                           [value_positions] * rows if value_positions is not None else None,
+                           value_heads=value_heads, importance=importance)
     m = n - 1
-    vpos = torch.tensor([value_positions], dtype=torch.long) if capture and value_positions is not None else None
-    state = RunState(arch, interventions, capture, torch.zeros(1, dtype=torch.long), vpos,
-                     getattr(model, "_iclviz_rotary", None), label_ids=label_token_ids, value_heads=value_heads)
+    vpos = (torch.tensor([value_positions] * rows, dtype=torch.long) if capture and value_positions is not None
+            else None)
+    pad = torch.zeros(rows, dtype=torch.long)
+    state = RunState(arch, interventions, capture, pad, vpos, getattr(model, "_iclviz_rotary", None),
+                     label_ids=label_token_ids, value_heads=value_heads)
     token = ACTIVE_RUN.set(state if (capture or not interventions.is_empty()) else None)
     try:
         kw = {cache_keyword(model): cache} if cache is not None else {}
-        out = model(input_ids=torch.tensor([ids[m:]], device=device),
-                    position_ids=torch.arange(m, n, device=device)[None], use_cache=True, logits_to_keep=1, **kw)
+        out = model(input_ids=torch.tensor([ids[m:]] * rows, device=device),
+                    position_ids=torch.arange(m, n, device=device)[None].expand(rows, n - m), use_cache=True,
+                    logits_to_keep=1, **kw)
     finally:
         ACTIVE_RUN.reset(token)
     cap = None
     if capture:
-        cap = assemble_capture(arch, [state], n, torch.zeros(1, dtype=torch.long), vpos,
-                               importance_key(importance, arch.n_layers))
+        cap = assemble_capture(arch, [state], n, pad, vpos, importance_key(importance, arch.n_layers))
     return RunResult(logits=out.logits[:, -1].float().cpu(), label_token_ids=list(label_token_ids), capture=cap)
 
 

@@ -477,19 +477,26 @@ class SwapCheck:
                 f"{w[0]}−{w[1]} by {self.split['change']:+.2f}: " + swap_reading(self.split, w) + ".")
 
 
+def _prompt_and_swap(lm, demonstrations, query: str, words, template):
+    """The prompt and its twin with every demonstration's label swapped (the first two label words exchanged)."""
+    from ..prompt import build_prompt
+
+    def build(demos):
+        return build_prompt(lm.tokenizer, demos, query, words, template, max_tokens=lm.context_length)
+
+    return build(demonstrations), build(exchange_first_two(demonstrations, words))
+
+
 def swap_check(lm, demonstrations, query: str, label_words, template, heads, kind: str = "knockout",
                per_head: bool = True) -> SwapCheck:
     """Intervene on ``heads`` (together, and each alone unless ``per_head`` is False) on the prompt and on its
     label-swapped twin: one batched run per prompt (``margins_of_head_sets``; ablation rows are whole passes,
     so the live check asks for the set only)."""
-    from ..prompt import build_prompt
     from .discrimination import swap_split
 
     heads = [(int(a), int(b)) for a, b in heads]
     words = tuple(label_words)
-    orig = build_prompt(lm.tokenizer, demonstrations, query, words, template, max_tokens=lm.context_length)
-    swap = build_prompt(lm.tokenizer, exchange_first_two(demonstrations, words), query, words, template,
-                        max_tokens=lm.context_length)
+    orig, swap = _prompt_and_swap(lm, demonstrations, query, words, template)
     each = per_head and len(heads) > 1
     sets = [[], heads] + ([[h] for h in heads] if each else [])
     mo = [m for m, _ in margins_of_head_sets(lm, orig, sets, kind)]
@@ -510,17 +517,14 @@ def live_check(lm, demonstrations, query: str, label_words, template, heads, kin
     import torch
 
     from ..engine.runs import RowEdit, rows_over_prompts
-    from ..prompt import build_prompt
     from .discrimination import swap_split
 
     heads = [(int(a), int(b)) for a, b in heads]
     words = tuple(label_words)
-    orig = build_prompt(lm.tokenizer, demonstrations, query, words, template, max_tokens=lm.context_length)
+    orig, swap = _prompt_and_swap(lm, demonstrations, query, words, template)
     if kind != "knockout":
         return (paired_effect(lm, orig, heads, kind, draws, seed),
                 swap_check(lm, demonstrations, query, words, template, heads, kind, per_head=False))
-    swap = build_prompt(lm.tokenizer, exchange_first_two(demonstrations, words), query, words, template,
-                        max_tokens=lm.context_length)
     sets = random_head_sets(lm, heads, draws, seed)
     rows_o = [RowEdit(), RowEdit.of("knockout", heads)] + [RowEdit.of("knockout", hs) for hs in sets]
     rows_s = [RowEdit(), RowEdit.of("knockout", heads)]

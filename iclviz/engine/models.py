@@ -100,8 +100,8 @@ class LoadedModel:
         prefix = common_prefix_length(ids) if (len(ids) > 1 and hidden_layer is None and self.reuse_prefix
                                               and not interventions.has_rows() and not full_rows_layers) else 0
         label_ids = prompts[0].label_token_id_list()
-        one_prompt = len({tuple(i) for i in ids}) == 1  # one prompt, or one prompt as rows with per-row edits at T
-        store = prefix_store(self.reuse_prefix) if (one_prompt and hidden_layer is None and not full_rows_layers
+        same_prompt = len({tuple(i) for i in ids}) == 1  # one prompt, or one prompt as rows with per-row edits at T
+        store = prefix_store(self.reuse_prefix) if (same_prompt and hidden_layer is None and not full_rows_layers
                                                     and not any(interventions.row_ablate)) else None
         if store is not None:
             # the keys and values of the prompt's longest prefix any earlier run left (this session's or

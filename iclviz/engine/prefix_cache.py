@@ -40,55 +40,57 @@ def prefix_key(model, ablate=frozenset()) -> tuple:
 
 
 def _layers(cache):
+    """The cache's layers when their layout is the one this module knows: plain key/value tensors per layer, no
+    sliding window (a sliding-window layer drops old positions: its cache is not a prefix of the prompt)."""
     layers = getattr(cache, "layers", None)
-    if layers is None or not all(hasattr(x, "keys") and hasattr(x, "values") for x in layers):
+    if layers is None or not all(getattr(x, "keys", None) is not None and hasattr(x, "values") for x in layers):
+        return None
+    if any(getattr(x, "sliding_window", None) for x in layers):
         return None
     return layers
 
 
 def cache_bytes(cache) -> int:
     layers = _layers(cache) or []
-    return sum(t.numel() * t.element_size() for x in layers for t in (x.keys, x.values) if t is not None)
+    return sum(t.numel() * t.element_size() for x in layers for t in (x.keys, x.values))
 
 
 def cache_length(cache) -> int:
     layers = _layers(cache) or []
-    return max((x.keys.shape[-2] for x in layers if getattr(x, "keys", None) is not None), default=0)
+    return max((x.keys.shape[-2] for x in layers), default=0)
+
+
+def _rebuilt(cache, tensors):
+    """A copy of ``cache``'s structure whose layer ``i`` holds ``tensors(i)`` = (keys, values). The deep copy skips
+    the cache's own tensors (the memo maps them to None), so the original is never touched and other threads may
+    read it meanwhile."""
+    memo = {id(t): None for x in cache.layers for t in (x.keys, x.values)}
+    out = copy.deepcopy(cache, memo)
+    for i, x in enumerate(out.layers):
+        x.keys, x.values = tensors(i)
+    return out
 
 
 def cropped_copy(cache, length: int):
     """A copy of ``cache`` holding its first ``length`` positions (its own tensors; the original is untouched),
     or None where the cache's layout is not the one this module knows (then the caller runs in full)."""
     layers = _layers(cache)
-    if layers is None or any(getattr(x, "keys", None) is None for x in layers):
+    if layers is None:
         return None
-    if any(getattr(x, "sliding_window", None) for x in layers):
-        return None  # a sliding-window layer drops old positions: its cache is not a prefix of the prompt
-    keys = [(x.keys, x.values) for x in layers]
-    # a deep copy of the structure that skips the big tensors (the memo maps them to None: the stored entry is
-    # never touched, so other threads may read it meanwhile), then each layer gets cropped clones
-    memo = {id(t): None for pair in keys for t in pair}
-    out = copy.deepcopy(cache, memo)
-    for x, (k, v) in zip(out.layers, keys):
-        x.keys = k[..., :length, :].clone()
-        x.values = v[..., :length, :].clone()
-    return out
+    return _rebuilt(cache, lambda i: (layers[i].keys[..., :length, :].clone(),
+                                      layers[i].values[..., :length, :].clone()))
 
 
 def stacked(parts) -> object | None:
     """One cache holding, along the batch, each ``(cache, repeats)`` of ``parts`` repeated (all of one length and
     layout); None where the layout is not the one this module knows."""
-    caches = [c for c, _ in parts]
-    layers = [_layers(c) for c in caches]
-    if any(x is None for x in layers) or len({cache_length(c) for c in caches}) != 1:
+    layers = [_layers(c) for c, _ in parts]
+    if any(x is None for x in layers) or len({cache_length(c) for c, _ in parts}) != 1:
         return None
-    first = layers[0]
-    memo = {id(t): None for x in first for t in (x.keys, x.values)}
-    out = copy.deepcopy(caches[0], memo)
-    for i, x in enumerate(out.layers):
-        x.keys = torch.cat([ls[i].keys.repeat_interleave(r, 0) for ls, (_, r) in zip(layers, parts)])
-        x.values = torch.cat([ls[i].values.repeat_interleave(r, 0) for ls, (_, r) in zip(layers, parts)])
-    return out
+    reps = [r for _, r in parts]
+    return _rebuilt(parts[0][0], lambda i: tuple(
+        torch.cat([getattr(ls[i], name).repeat_interleave(r, 0) for ls, r in zip(layers, reps)])
+        for name in ("keys", "values")))
 
 
 @dataclass
@@ -156,20 +158,13 @@ class PrefixCache:
             self.stats.computed_tokens += len(ids) - best_n
         return best_n, out
 
-    def put(self, key: tuple, ids, cache, length: int | None = None) -> bool:
-        """Store the first ``length`` positions of ``cache`` (default: all) as the keys and values of those ids.
-        ``cache`` must not be used by the caller afterwards (it is cropped in place). False when not stored."""
-        layers = _layers(cache)
-        if layers is None or any(getattr(x, "sliding_window", None) for x in layers):
+    def put(self, key: tuple, ids, cache) -> bool:
+        """Store ``cache`` as the keys and values of ``ids`` (as many positions as it holds); the store owns it
+        afterwards. False when not stored (an unknown layout, a length that does not match, over the bound)."""
+        n = cache_length(cache)
+        ids = tuple(int(i) for i in ids)
+        if _layers(cache) is None or n <= 0 or len(ids) != n:
             return False
-        n = cache_length(cache) if length is None else int(length)
-        ids = tuple(int(i) for i in ids[:n])
-        if n <= 0 or len(ids) != n:
-            return False
-        for x in layers:
-            if x.keys is not None and x.keys.shape[-2] != n:
-                x.keys = x.keys[..., :n, :].clone()
-                x.values = x.values[..., :n, :].clone()
         size = cache_bytes(cache)
         if size > self.max_bytes:
             return False

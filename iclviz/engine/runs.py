@@ -135,18 +135,8 @@ def run_ids_shared_prefix(model, prompt_ids: list[list[int]], label_token_ids: l
     arch = instrument(model)
     device = input_device(model)
     rotary = getattr(model, "_iclviz_rotary", None)
-    prefix = torch.tensor([prompt_ids[0][:prefix_len]], device=device)
-    pre_state = RunState(arch, Interventions(ablate=interventions.ablate), False, torch.zeros(1, dtype=torch.long),
-                          None, rotary) if interventions.ablate else None
-    token = ACTIVE_RUN.set(pre_state)
-    try:
-        cache = model(input_ids=prefix, position_ids=torch.arange(prefix_len, device=device)[None], use_cache=True,
-                      logits_to_keep=1)
-        cache = getattr(cache, "cache", None) or cache.past_key_values
-    finally:
-        ACTIVE_RUN.reset(token)
-    # transformers renamed ``past_key_values`` to ``cache``; take whichever this version's forward has
-    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache = prefix_kv(model, prompt_ids[0], prefix_len, None, interventions.ablate)  # the ablations act here too
+    cache_kw = cache_keyword(model)
     logits, states = [], []
     for b, ids in enumerate(prompt_ids):
         vpos = torch.tensor([value_positions[b]], dtype=torch.long) if capture and value_positions is not None \
@@ -280,6 +270,8 @@ class RowEdit:
 
 
 def cache_keyword(model) -> str:
+    """The keyword of ``model.forward`` that takes a KV cache (transformers renamed ``past_key_values`` to
+    ``cache``; whichever this version has)."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 

@@ -143,25 +143,21 @@ def run_context(lm, ds, d: Path, sizes: dict | None = None, importance_heads=Non
     held = test.curve()
     held.attrs["auc none"] = float(test.table()["auc"].iloc[0])
     k = context_heads.choose_n_heads(held)
-    confirm_path = d / "context_confirm.pt"
-    confirm = ContextTest.load(confirm_path) if confirm_path.exists() else None
-    if confirm is None or f"top:{k}" not in confirm.names:  # none yet, or measured for another k
-        cf = EvalSetup(ds.test_part("evaluate"), k_per_label=4, n_test=sizes.get("n_confirm", sizes["n_test"]),
-                       seeds=sizes["confirm_seeds"])
-        confirm = context_heads.context_test(lm, cf, ranking[:k], [k], n_draws=sizes["headline_draws"],
-                                             layers=layers, seed=7000, progress=_progress(f"{ds.name}: confirmation"))
-        confirm.save(confirm_path)
-    more = None
-    if sizes.get("confirm_more_seeds"):
-        more_path = d / "context_confirm_more.pt"
-        more = ContextTest.load(more_path) if more_path.exists() else None
-        if more is None or f"top:{k}" not in more.names:
+    def confirmation(path: Path, seeds, seed: int, desc: str) -> ContextTest:
+        """The top k against random sets of k on fresh prompts (``seeds``), cached in ``path`` (re-run when the
+        stored one was measured for another k)."""
+        t = ContextTest.load(path) if path.exists() else None
+        if t is None or f"top:{k}" not in t.names:
             cf = EvalSetup(ds.test_part("evaluate"), k_per_label=4, n_test=sizes.get("n_confirm", sizes["n_test"]),
-                           seeds=tuple(sizes["confirm_more_seeds"]))
-            more = context_heads.context_test(lm, cf, ranking[:k], [k], n_draws=sizes["headline_draws"],
-                                              layers=layers, seed=7100,
-                                              progress=_progress(f"{ds.name}: second confirmation"))
-            more.save(more_path)
+                           seeds=tuple(seeds))
+            t = context_heads.context_test(lm, cf, ranking[:k], [k], n_draws=sizes["headline_draws"], layers=layers,
+                                           seed=seed, progress=_progress(f"{ds.name}: {desc}"))
+            t.save(path)
+        return t
+
+    confirm = confirmation(d / "context_confirm.pt", sizes["confirm_seeds"], 7000, "confirmation")
+    more = (confirmation(d / "context_confirm_more.pt", sizes["confirm_more_seeds"], 7100, "second confirmation")
+            if sizes.get("confirm_more_seeds") else None)
     swap_table = None
     swap_path = d / "context_label_swap.csv"
     if swap_path.exists() and set(pd.read_csv(swap_path)["head_name"]) == {head_name(h) for h in ranking[:k]}:

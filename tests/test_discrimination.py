@@ -260,3 +260,54 @@ def test_the_report_says_the_heads_carry_reading_only_when_the_confirmation_does
     assert ("not separated from random sets" in text) == (not destroys)
     both = _together(SimpleNamespace(confirm=t, confirm_more=t, n_heads=1))
     assert ("they carry in-context reading" in both) == destroys
+
+
+def _confirmation(rng, seeds, n_per_seed, offsets, destroys):
+    """A stored confirmation: every demonstration set (seed) has its own label prior (``offsets``); the top
+    heads either destroy the query's signal or leave it."""
+    gold = np.tile([0, 1], len(seeds) * n_per_seed // 2)
+    prior = np.repeat(offsets, n_per_seed)
+    signal = np.where(gold == 0, 1.5, -1.5) + rng.normal(0, 1, len(gold))
+    rows = {"none": signal + prior, "top:1": (rng.normal(0, 1, len(gold)) if destroys else signal) + prior}
+    lg = torch.tensor(np.stack([np.stack([v / 2, -v / 2], -1) for v in rows.values()], 1))
+    return ContextTest(lg, gold.tolist(), list(rows), [(0, 0)], {}, {}, ("foo", "bar"), [0],
+                       {"seeds": list(seeds), "n_test": n_per_seed})
+
+
+def test_pooled_confirmations_keep_each_demonstration_set_apart():
+    """Two confirmations pooled: the paired change equals one built by hand from the stacked rows with every
+    demonstration set its own group; sets of different tests stay apart even when their seed numbers repeat."""
+    from iclviz.analyses.context_heads import pooled_change
+
+    rng = np.random.default_rng(3)
+    a = _confirmation(rng, [2, 3], 20, [-2.0, 1.0], destroys=True)
+    b = _confirmation(rng, [2, 3], 20, [3.0, -1.0], destroys=True)  # the same seed numbers, other priors
+    c = pooled_change([a, b], "top:1", n_resamples=200)
+    by_hand = paired_change(np.concatenate([a.logits.numpy(), b.logits.numpy()]), a.gold + b.gold, 0, 1,
+                            groups=np.repeat([0, 1, 2, 3], 20), n_resamples=200)
+    assert c.n == 80
+    assert c.before["auc"] == pytest.approx(by_hand.before["auc"])
+    assert c.after["auc"] == pytest.approx(by_hand.after["auc"])
+    # the seed numbers alone would merge the two tests' sets, whose priors differ: a different (diluted) AUC
+    merged = measures(np.concatenate([a.logits.numpy()[:, 0], b.logits.numpy()[:, 0]]), a.gold + b.gold,
+                      np.tile(np.repeat([0, 1], 20), 2))["auc"]
+    assert c.before["auc"] > merged + 0.02
+    single = pooled_change([a], "top:1", n_resamples=200)
+    assert single.change["auc"] == pytest.approx(a.change("top:1", n_resamples=200).change["auc"])
+
+
+@pytest.mark.parametrize("destroys", [True, False])
+def test_the_pooled_sentence_follows_its_interval(destroys):
+    from types import SimpleNamespace
+
+    from iclviz.outputs.report_context import pooled_reading
+
+    rng = np.random.default_rng(4)
+    a = _confirmation(rng, [2, 3], 32, [-1.0, 1.0], destroys)
+    b = _confirmation(rng, [4, 5], 32, [0.5, -0.5], destroys)
+    r = pooled_reading(SimpleNamespace(confirm=a, confirm_more=b, n_heads=1))
+    assert r["n"] == 128
+    assert r["falls"] == destroys
+    assert ("the AUC falls" in r["text"]) == destroys
+    assert f"{r['auc before']:.3f} -> {r['auc after']:.3f}" in r["text"]
+    assert pooled_reading(SimpleNamespace(confirm=a, confirm_more=None, n_heads=1)) is None

@@ -179,6 +179,27 @@ class ContextTest:
         return ContextTest(**torch.load(path, weights_only=False))
 
 
+def pooled_change(tests, name: str, n_resamples: int = 1000) -> Change:
+    """``name``'s paired change against ``none`` over the prompts of several tests together (their random sets
+    differ, so only the two shared rows are pooled). Each test's demonstration sets stay separate groups, so the
+    AUC is still read within a demonstration set."""
+    tests = [t for t in tests if t is not None and name in t.names]
+    if not tests:
+        raise KeyError(name)
+    logits, gold, groups = [], [], []
+    offset = 0
+    for t in tests:
+        lg = t.logits.double().numpy()
+        logits.append(lg[:, [t._col("none"), t._col(name)]])
+        gold += list(t.gold)
+        g = t.groups
+        g = np.zeros(len(t.gold), dtype=int) if g is None else np.asarray(g)
+        groups.append(g + offset)
+        offset += int(g.max()) + 1
+    return paired_change(np.concatenate(logits), gold, 0, 1, tests[0].label_words, n_resamples=n_resamples,
+                         groups=np.concatenate(groups))
+
+
 def verdict_text(v: dict, c: Change) -> str:
     """The paper's claim read on discrimination, in words that follow the numbers of ``v``."""
     auc_part = (f"AUC {v['auc before']:.3f} -> {v['auc after']:.3f} (change {v['auc change']:+.3f}, 95% CI "

@@ -20,14 +20,20 @@ from .evaluation import predict_prompt
 from .heads import default_voters
 from .readout import label_attention_table, label_mass, paired_effect, swap_check
 
+# The prepared prompt. Chosen on the default model (Qwen2.5-Coder-0.5B, the report's context heads) among 66
+# candidates (11 demonstration sets x 6 queries) as one where every step shows its point: knocking out the
+# in-context heads moves the margin beyond every random set, and the label swap splits that change into +0.82
+# that flips with the labels and +0.14 that stays, while the label voters' change is mostly a constant vote
+# (-2.19 of -2.87); the prediction follows the swapped labels. A test on the default model checks that the
+# lesson's words follow its numbers on this prompt (``tests/test_default_model.py``).
 LESSON_STATE = LabState(
-    demos=[("a wonderful, moving film with superb acting", "foo"),
-           ("dull, slow and far too long", "bar"),
-           ("the best comedy I have seen this year", "foo"),
-           ("a boring mess with no story at all", "bar"),
-           ("warm, funny and beautifully made", "foo"),
-           ("I wanted my money back", "bar")],
-    query="I loved every minute of it",
+    demos=[("I wanted my money back", "bar"),
+           ("a triumph of clever writing", "foo"),
+           ("painfully unfunny from start to finish", "bar"),
+           ("one of the most delightful films in years", "foo"),
+           ("a tedious, lifeless script", "bar"),
+           ("a wonderful, moving film with superb acting", "foo")],
+    query="I hated every minute of it",
 )
 
 

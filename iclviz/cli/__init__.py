@@ -306,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "64 on the others)")
     p.add_argument("--cached-only", action="store_true",
                    help="write the page from the finished experiments in --work only (the rest: 'not measured')")
+    p.add_argument("--context-on", nargs="*", default=None,
+                   help="the datasets that get the context rule (default: all; its bias fixes run on the first)")
     p.add_argument("--curve-on", default="sst2", help="the dataset that gets the top-n curve")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the trace of an error")
@@ -515,7 +517,8 @@ def cmd_report(args) -> int:
     make_report(models=tuple(args.models), datasets=tuple(args.datasets), out=args.out, work=args.work,
                 quick=args.quick, curve_on=args.curve_on, data_dir=args.data_dir,
                 classic_on=tuple(args.classic_on) if args.classic_on is not None else None,
-                record_heads=not args.quick, cached_only=args.cached_only, n_test=args.n_test)
+                record_heads=not args.quick, cached_only=args.cached_only, n_test=args.n_test,
+                context_on=tuple(args.context_on) if args.context_on is not None else None)
     return 0
 
 

@@ -23,18 +23,28 @@ from ..validation import head_name
 
 PAPER_CLAIM = "87.6% -> 24.4% accuracy (average of 5 datasets, Llama-7B / GPT-J-6B) with ~1% of heads intervened"
 
+# Why a second confirmation was run: planned with the first (to reach 256 fresh prompts in all), or added after it.
+PLANNED = "planned with the first, so that the fresh prompts of both reach the 256 a reviewer asks for"
+ADDED_AFTER = ("measured after the first, whose prompts could not resolve a drop of a few hundredths near this "
+               "model's ceiling")
+
 # Sizes measured in the time two CPU cores give a report run (the results page says which runs are smaller
 # than the 256 prompts per condition a reviewer would want): the app's k gets 50 random sets, the 1%, 2%
 # and 5% sizes 20 each, the other sizes of the curve 10.
 CONTEXT_SIZES = dict(n_locate=32, locate_seed=100, locate_draws=5, n_test=64, test_seeds=(0, 1),
-                     confirm_seeds=(2, 3), headline_draws=50, share_draws=20, curve_draws=10, n_swap=32)
+                     confirm_seeds=(2, 3), headline_draws=50, share_draws=20, curve_draws=10, n_swap=32,
+                     confirm_more_seeds=(4, 5), confirm_more_why=PLANNED)
 QUICK_SIZES = dict(n_locate=4, locate_seed=100, locate_draws=2, n_test=4, test_seeds=(0, 1), confirm_seeds=(2, 3),
-                   headline_draws=4, share_draws=3, curve_draws=2, n_swap=2)
+                   headline_draws=4, share_draws=3, curve_draws=2, n_swap=2, confirm_more_seeds=None)
 # Models of over 1B parameters, on the CPU: location spread over four demonstration seeds (16 prompts each; one
 # seed's heads did not carry over to fresh demonstrations), 48 held-out prompts for the curve, 64 fresh ones for
 # the confirmation.
 LARGE_MODEL_SIZES = dict(n_locate=16, locate_seeds=(100, 101, 102, 103), locate_draws=2, n_test=24, n_confirm=32,
-                         headline_draws=50, share_draws=20, curve_draws=5, confirm_more_seeds=(4, 5, 6, 7))
+                         headline_draws=50, share_draws=20, curve_draws=5, confirm_more_seeds=(4, 5, 6, 7),
+                         confirm_more_why=ADDED_AFTER)
+# The same models on the datasets after the first: both confirmations planned from the start, 128 prompts each.
+LARGE_MODEL_OTHER_SIZES = dict(LARGE_MODEL_SIZES, confirm_seeds=(2, 3, 4, 5), confirm_more_seeds=(6, 7, 8, 9),
+                               confirm_more_why=PLANNED)
 
 
 def locate_seeds(sizes: dict) -> tuple[int, ...]:
@@ -170,8 +180,9 @@ def run_context(lm, ds, d: Path, sizes: dict | None = None, importance_heads=Non
                          confirm_more=more)
 
 
-def section(res: ContextResult, lm) -> tuple[str, dict]:
-    """Markdown for the section and a summary row (for the overview and the located-heads file)."""
+def section(res: ContextResult, lm, opens_app: bool = True) -> tuple[str, dict]:
+    """Markdown for the section and a summary row (for the overview and the located-heads file);
+    ``opens_app``: these are the heads the app opens with (the first dataset's)."""
     scan, test, k = res.scan, res.test, res.n_heads
     words = scan.label_words
     layers = scan.layers
@@ -243,8 +254,9 @@ def section(res: ContextResult, lm) -> tuple[str, dict]:
         "band of random sets of k heads.\n\n" + _fmt(curve_tbl),
         f"How many heads: the rule takes the smallest k of this held-out curve whose AUC is below every random set of "
         f"its size and whose AUC drop is at least half of the largest on the curve: **k = {k}** "
-        f"({_heads(res.heads)}, {100 * k / (lm.n_layers * lm.n_heads):.1f}% of the heads). These are the heads the "
-        "app opens with. Since k was chosen on these prompts, the claim is confirmed on fresh ones.",
+        f"({_heads(res.heads)}, {100 * k / (lm.n_layers * lm.n_heads):.1f}% of the heads). "
+        + ("These are the heads the app opens with. " if opens_app else "")
+        + "Since k was chosen on these prompts, the claim is confirmed on fresh ones.",
         "### Confirmation on fresh prompts",
     ]
     if app:
@@ -259,11 +271,15 @@ def section(res: ContextResult, lm) -> tuple[str, dict]:
     more = res.confirm_more
     if more is not None and f"top:{k}" in more.names:
         v2 = more.verdict(f"top:{k}")
-        text.append(f"**A second confirmation, larger** ({v2['n_prompts']} more fresh prompts: demonstration seeds "
-                    f"{more.meta.get('seeds')}, the same {k} heads, {v2['draws']} new random sets). It was measured "
-                    "after the first, whose prompts could not resolve a drop of a few hundredths near this model's "
-                    "ceiling; both are reported. **Verdict.** " + v2["reading"] + f". The drop is at the "
-                    f"{v2['auc percentile']:.0f}th percentile of the random sets'.")
+        larger = ", larger" if app and v2["n_prompts"] > app["n_prompts"] else ""
+        text.append(f"**A second confirmation{larger}** ({v2['n_prompts']} more fresh prompts: demonstration seeds "
+                    f"{more.meta.get('seeds')}, the same {k} heads, {v2['draws']} new random sets). It was "
+                    + res.sizes.get("confirm_more_why", ADDED_AFTER) + "; both are reported. **Verdict.** "
+                    + v2["reading"] + f". The drop is at the {v2['auc percentile']:.0f}th percentile of the random "
+                    "sets'.")
+    pooled = pooled_reading(res)
+    if pooled:
+        text.append(pooled["text"])
     if res.swap is not None:
         text.append("### The paper's check on these heads: label swap\nEvery demonstration's label swapped, the "
                     f"same queries ({int(res.swap['prompts'].iloc[0])} held-out prompts). The paper: the value-output "
@@ -280,6 +296,9 @@ def section(res: ContextResult, lm) -> tuple[str, dict]:
                "recentred heads": app.get("recentred_accuracy after"),
                "accuracy none": app.get("accuracy before"), "accuracy heads": app.get("accuracy after"),
                "verdict": app.get("reading", "").split(";")[0]}
+    if pooled:
+        summary.update({f"pooled {key}": pooled[key] for key in ("n", "auc before", "auc after", "auc change",
+                                                                   "auc low", "auc high")})
     vot = verdicts.get("set:label voters")
     if vot:
         summary.update({"voters": vot["heads"], "voters auc": vot["auc after"],
@@ -293,6 +312,31 @@ def section(res: ContextResult, lm) -> tuple[str, dict]:
                                                       "recentred_accuracy after")},
                "verdict": app.get("reading", "")}
     return "\n\n".join(text), {"summary": summary, "located": located}
+
+
+def pooled_reading(res: ContextResult) -> dict | None:
+    """The app's k heads against no knockout on every fresh prompt of both confirmations together (paired; each
+    confirmation's random sets differ, so the comparison with random sets stays per confirmation)."""
+    name = f"top:{res.n_heads}"
+    tests = [t for t in (res.confirm, res.confirm_more) if t is not None and name in t.names]
+    if len(tests) < 2:
+        return None
+    c = context_heads.pooled_change(tests, name)
+    falls = c.separable("auc") and c.change["auc"] < 0
+    rises = c.separable("auc") and c.change["auc"] > 0
+    word = ("the AUC falls (its paired interval excludes no change)" if falls else
+            "the AUC rises (its paired interval excludes no change)" if rises else
+            "the paired interval of the AUC change includes no change")
+    out = {"n": c.n, **{f"auc {w}": getattr(c, a)["auc"] for w, a in (("before", "before"), ("after", "after"),
+                                                                       ("change", "change"), ("low", "low"),
+                                                                       ("high", "high"))}}
+    out["falls"] = falls
+    out["text"] = (f"**Both confirmations together** ({c.n} fresh prompts, paired, AUC within each demonstration "
+                   f"set): AUC {out['auc before']:.3f} -> {out['auc after']:.3f}, change {out['auc change']:+.3f} "
+                   f"(95% CI {out['auc low']:+.3f} to {out['auc high']:+.3f}): {word}; recentred accuracy "
+                   f"{c.before['recentred_accuracy']:.1%} -> {c.after['recentred_accuracy']:.1%}, accuracy "
+                   f"{c.before['accuracy']:.1%} -> {c.after['accuracy']:.1%}.")
+    return out
 
 
 def label_swap_check_text(swap: pd.DataFrame) -> str:

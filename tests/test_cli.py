@@ -83,6 +83,14 @@ def test_report_quick_on_a_tiny_model(model_dir, tmp_path):
     assert (tmp_path / "effect_by_model_size.svg").read_text().startswith("<svg")
     summary = pd.read_csv(tmp_path / "work" / "summary.csv")
     assert len(summary) == 1 and summary["n"].iloc[0] == 8
+    # every run's sample size, with the count of runs below 256 computed from the table itself
+    sizes = text.split("## Sample sizes")[1].split("\n# ")[0]
+    rows = [line for line in sizes.splitlines() if line.startswith("| ") and "model" not in line]
+    small = sum(line.rstrip(" |").endswith("no") for line in rows)
+    assert f"{len(rows) - small} of {len(rows)} runs reach 256; the other {small} are smaller" in sizes
+    held = next(line for line in rows if "held-out curve" in line)
+    assert [c.strip() for c in held.split("|")][4] == str(len(test["gold"]))
+    assert small == len(rows)  # a quick run: every run is small
     # a rerun reuses every experiment
     mtime = (tmp_path / "work").stat().st_mtime
     assert main(["report", "--models", model_dir, "--datasets", "sst2", "--quick", "--out", str(out),

@@ -506,6 +506,21 @@ def size_plot_svg(summaries: list[dict], path: Path) -> Path:
     return path
 
 
+def sample_size_section(samples: list[dict], enough: int = 256) -> str:
+    """The table of how many prompts every run compared its conditions on, and which runs are smaller than
+    ``enough`` (the size a reviewer asks for)."""
+    if not samples:
+        return ""
+    df = pd.DataFrame(samples)
+    df["random sets"] = df["random sets"].map(lambda v: "-" if v is None or v != v else str(int(v)))
+    df[f"{enough} or more"] = df["prompts"].map(lambda n: "yes" if n >= enough else "no")
+    small = int((df["prompts"] < enough).sum())
+    return (f"## Sample sizes\n\nPrompts per compared condition (every condition of a run on the same prompts). "
+            f"{len(df) - small} of {len(df)} runs reach {enough}; the other {small} are smaller, sized to the time two "
+            "CPU cores give (the location scan and the held-out curve are not tests of the claim: the "
+            "confirmations are).\n\n" + fmt_table(df))
+
+
 def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:3,4"), out="docs/results.md",
                 work="docs/results_data", quick: bool = False, curve_on: str = "sst2", data_dir=None,
                 classic_on: tuple[str, ...] | None = None, record_heads: bool = True,
@@ -526,7 +541,7 @@ def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:
         _SIZE_OVERRIDES.update(n_test=n_test, other_n_test=n_test)
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    overview, summaries, parts, described = [], [], [], []
+    overview, summaries, parts, described, samples = [], [], [], [], []
     for model_name in models:
         lm = load_model(model_name)
         described.append(lm.describe())
@@ -573,6 +588,8 @@ def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:
                     context_text += ("\n\nThe bias fixes on the in-context heads were run on "
                                      f"{datasets[0].split(':')[0]} only (CPU time on the machine that made this page).")
                 located["context"] = ctx["located"]
+                samples += [dict(model=lm.name.split(" (")[0], dataset=ds.name, **r)
+                            for r in report_context.sample_rows(res, d)]
                 summary.update({f"context {k}": v for k, v in ctx["summary"].items()})
             elif spec in context_on:
                 context_text = ("### Heads that read the demonstrations\n\nNot measured in this run (no finished "
@@ -610,7 +627,12 @@ def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:
                         f"{sizes['n_locate']} prompts of the whole test split, demonstration seed 100, scaling "
                         "`final_scale`, deep half); by the larger per-label causal effect (label voters rank first).",
                         causal_text]
+            samples.append(dict(model=lm.name.split(" (")[0], dataset=ds.name, run="older rules: causal test",
+                                prompts=summary["n"], **{"random sets": sizes["null_draws"]}))
             if classic_on is None or model_name in classic_on:
+                samples.append(dict(model=lm.name.split(" (")[0], dataset=ds.name,
+                                    run="older analyses (interventions, label swap, two towers, bias fixes)",
+                                    prompts=sizes["n_eval"] * len(sizes["seeds"]), **{"random sets": None}))
                 classic, ov = _classic_sections(lm, ds, spec, sizes, d, heads, control, ranked, curve_on)
                 sections += classic
                 row.update({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in ov.items()})
@@ -644,6 +666,7 @@ def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:
         "tells the classes apart. Add a model with "
         "`python -m iclviz report --models default qwen2.5-coder-1.5b YOUR/MODEL`.*",
         "Paper (Llama-7B, GPT-J-6B): " + "; ".join(f"{k}: {v}" for k, v in PAPER.items()) + ".",
+        sample_size_section(samples),
     ]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -314,6 +314,33 @@ def section(res: ContextResult, lm, opens_app: bool = True) -> tuple[str, dict]:
     return "\n\n".join(text), {"summary": summary, "located": located}
 
 
+def sample_rows(res: ContextResult, d: Path) -> list[dict]:
+    """How many prompts each context-rule run compared its conditions on (and how many random sets), for the
+    results page's table of sample sizes."""
+    name = f"top:{res.n_heads}"
+    rows = [{"run": "context rule: location scan", "prompts": res.scan.n_prompts, "random sets": None},
+            {"run": "context rule: held-out curve (chooses k)", "prompts": len(res.test.gold),
+             "random sets": len(res.test.null(res.n_heads))}]
+    for label, t in (("first confirmation", res.confirm), ("second confirmation", res.confirm_more)):
+        if t is not None and name in t.names:
+            rows.append({"run": f"context rule: {label}", "prompts": len(t.gold),
+                         "random sets": len(t.null(res.n_heads))})
+    pooled = pooled_reading(res)
+    if pooled:
+        rows.append({"run": "context rule: both confirmations together", "prompts": pooled["n"], "random sets": None})
+    if res.swap is not None:
+        rows.append({"run": "label swap on the in-context heads", "prompts": int(res.swap["prompts"].iloc[0]),
+                     "random sets": None})
+    for kind in ("majority", "recency"):
+        path = d / f"context_{kind}_bias_prompts.csv"
+        if path.exists():
+            prompts = pd.read_csv(path)
+            orders = f", {prompts['order'].nunique()} orders" if kind == "recency" else ""
+            rows.append({"run": f"{kind} bias fix in the in-context heads{orders}",
+                         "prompts": len(prompts.drop_duplicates(["seed", "index"])), "random sets": None})
+    return rows
+
+
 def pooled_reading(res: ContextResult) -> dict | None:
     """The app's k heads against no knockout on every fresh prompt of both confirmations together (paired; each
     confirmation's random sets differ, so the comparison with random sets stays per confirmation)."""

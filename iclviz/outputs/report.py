@@ -610,9 +610,16 @@ def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:
                             + " random set; " + (f"{share:.0%} of the way to chance" if share > 0 else "no drop")
                             + f"), accuracy {summary['context accuracy none']:.1%} -> "
                             f"{summary['context accuracy heads']:.1%}; n = {summary['context n']}")
+                if summary.get("context pooled n"):
+                    ctx_cell += (f"; both confirmations, n = {summary['context pooled n']}: AUC "
+                                 f"{summary['context pooled auc before']:.3f} -> "
+                                 f"{summary['context pooled auc after']:.3f}, change "
+                                 f"{summary['context pooled auc change']:+.3f} "
+                                 f"[{summary['context pooled auc low']:+.3f}, "
+                                 f"{summary['context pooled auc high']:+.3f}]")
             row = {"model": summary["model"], "dataset": ds.name, "ICL accuracy (n)": f"{summary['accuracy']:.1%} "
                    f"({summary['n']})", "AUC": f"{summary['auc']:.3f}",
-                   "knock out the in-context heads (context rule, held-out prompts)": ctx_cell,
+                   "knock out the in-context heads (context rule, fresh prompts)": ctx_cell,
                    "knock out the label voters (causal rule): AUC, reading": (
                        f"{summary['causal auc']:.3f}, {summary['causal auc reading']}"),
                    "knock out the label voters: accuracy (accuracy-drop percentile)": (

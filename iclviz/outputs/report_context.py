@@ -298,7 +298,7 @@ def section(res: ContextResult, lm, opens_app: bool = True) -> tuple[str, dict]:
                "verdict": app.get("reading", "").split(";")[0]}
     if pooled:
         summary.update({f"pooled {key}": pooled[key] for key in ("n", "auc before", "auc after", "auc change",
-                                                                   "auc low", "auc high")})
+                                                                   "auc low", "auc high", "share to chance")})
     vot = verdicts.get("set:label voters")
     if vot:
         summary.update({"voters": vot["heads"], "voters auc": vot["auc after"],
@@ -351,16 +351,20 @@ def pooled_reading(res: ContextResult) -> dict | None:
     c = context_heads.pooled_change(tests, name)
     falls = c.separable("auc") and c.change["auc"] < 0
     rises = c.separable("auc") and c.change["auc"] > 0
-    word = ("the AUC falls (its paired interval excludes no change)" if falls else
-            "the AUC rises (its paired interval excludes no change)" if rises else
-            "the paired interval of the AUC change includes no change")
+    word = ("the AUC falls (its 95% paired interval excludes zero)" if falls else
+            "the AUC rises (its 95% paired interval excludes zero)" if rises else
+            "the 95% paired interval of the AUC change includes zero")
     out = {"n": c.n, **{f"auc {w}": getattr(c, a)["auc"] for w, a in (("before", "before"), ("after", "after"),
                                                                        ("change", "change"), ("low", "low"),
                                                                        ("high", "high"))}}
     out["falls"] = falls
+    base = out["auc before"] - 0.5
+    out["share to chance"] = -out["auc change"] / base if base > 1e-9 else float("nan")
     out["text"] = (f"**Both confirmations together** ({c.n} fresh prompts, paired, AUC within each demonstration "
                    f"set): AUC {out['auc before']:.3f} -> {out['auc after']:.3f}, change {out['auc change']:+.3f} "
-                   f"(95% CI {out['auc low']:+.3f} to {out['auc high']:+.3f}): {word}; recentred accuracy "
+                   f"(95% CI {out['auc low']:+.3f} to {out['auc high']:+.3f}; {out['share to chance']:.0%} of the way "
+                   "to chance): "
+                   f"{word}; recentred accuracy "
                    f"{c.before['recentred_accuracy']:.1%} -> {c.after['recentred_accuracy']:.1%}, accuracy "
                    f"{c.before['accuracy']:.1%} -> {c.after['accuracy']:.1%}.")
     return out

@@ -3,7 +3,9 @@
 The measures are checked against scipy and hand counts; the split against constructed cases whose
 answer is known exactly; the scan's split on the tiny models of every architecture, where the gold
 labels are made to carry no information about the prompts (so every head's in-context part must be 0);
-the one-prompt label-swap split against independent full passes."""
+the one-prompt label-swap split against independent full passes, and exactly on two constructed models:
+one that cannot tell foo from bar in its input (every effect a pure constant push: no in-context part) and
+one for which foo and bar are mirror images (every effect flips with the labels: no prior part)."""
 
 from __future__ import annotations
 
@@ -311,3 +313,110 @@ def test_the_pooled_sentence_follows_its_interval(destroys):
     assert ("the AUC falls" in r["text"]) == destroys
     assert f"{r['auc before']:.3f} -> {r['auc after']:.3f}" in r["text"]
     assert pooled_reading(SimpleNamespace(confirm=a, confirm_more=None, n_heads=1)) is None
+
+
+_SWAP_DEMOS = [("a wonderful film", "foo"), ("dull and boring", "bar"), ("I loved every minute", "foo"),
+               ("a waste of time", "bar")]
+
+
+def _label_ids(lm):
+    p = build_prompt(lm.tokenizer, _SWAP_DEMOS, "great acting", ("foo", "bar"), DEFAULT_TEMPLATE)
+    ids = p.label_token_id_list()
+    return ids[0], ids[1]
+
+
+def test_a_model_that_cannot_see_the_labels_has_no_in_context_part(tiny, tokenizer):
+    """Every architecture, the input embeddings of foo and bar made equal (the outputs kept apart): the prompt
+    and its label-swapped twin are the same input to the model, so any head's effect is a pure constant push.
+    The one-prompt split must give it an in-context part of exactly 0 and a prior equal to the whole change."""
+    from iclviz.engine.models import wrap_model
+    from iclviz.testing import build_tiny_model
+
+    model = build_tiny_model(tiny.name.removeprefix("tiny-"))  # a fresh copy: the fixture's model is shared
+    out = model.get_output_embeddings()
+    out.weight = torch.nn.Parameter(out.weight.detach().clone())  # untie where tied: the outputs stay distinct
+    foo, bar = _label_ids(tiny)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[bar] = model.get_input_embeddings().weight[foo]
+    lm = wrap_model(model, tokenizer, name=f"{tiny.name}-blind")
+    L = lm.n_layers
+    chk = swap_check(lm, _SWAP_DEMOS, "great acting", ("foo", "bar"), DEFAULT_TEMPLATE, [(L - 1, 0), (L - 2, 1)],
+                     "knockout", per_head=False)
+    assert chk.split["context"] == pytest.approx(0, abs=1e-5)
+    assert chk.split["prior"] == pytest.approx(chk.split["change"], abs=1e-5)
+    assert abs(chk.split["change"]) > 1e-4  # the heads do move the margin: the test could fail
+
+
+def _label_symmetric_gpt2(foo: int, bar: int):
+    """A tiny GPT-2 that treats foo and bar as mirror images: exchanging the two tokens anywhere in the input
+    permutes hidden dimensions 0 and 1 at every position (every weight symmetrised under that permutation, with
+    head dimensions 0 and 1 of every head and MLP units 0 and 1 exchanged alongside), so the output logits of foo
+    and bar trade places and the margin changes sign."""
+    from iclviz.testing import build_tiny_model
+
+    model = build_tiny_model("gpt2")
+    cfg = model.config
+    d, n_heads = cfg.n_embd, cfg.n_head
+    hd = d // n_heads
+
+    def swap(n, pairs):
+        idx = torch.arange(n)
+        for a, b in pairs:
+            idx[a], idx[b] = b, a
+        return idx
+
+    P = swap(d, [(0, 1)])
+    Qh = swap(d, [(h * hd, h * hd + 1) for h in range(n_heads)])
+    Q3 = torch.cat([Qh, Qh + d, Qh + 2 * d])
+    R = swap(cfg.n_inner or 4 * d, [(0, 1)])
+
+    def sym(w, rows, cols):  # Conv1D y = x @ w + b: make w[rows][:, cols] == w
+        w.copy_((w + w[rows][:, cols]) / 2)
+
+    with torch.no_grad():
+        for block in model.transformer.h:
+            for ln in (block.ln_1, block.ln_2):
+                ln.weight.copy_((ln.weight + ln.weight[P]) / 2)
+                ln.bias.copy_((ln.bias + ln.bias[P]) / 2)
+            sym(block.attn.c_attn.weight, P, Q3)
+            block.attn.c_attn.bias.copy_((block.attn.c_attn.bias + block.attn.c_attn.bias[Q3]) / 2)
+            sym(block.attn.c_proj.weight, Qh, P)
+            block.attn.c_proj.bias.copy_((block.attn.c_proj.bias + block.attn.c_proj.bias[P]) / 2)
+            sym(block.mlp.c_fc.weight, P, R)
+            block.mlp.c_fc.bias.copy_((block.mlp.c_fc.bias + block.mlp.c_fc.bias[R]) / 2)
+            sym(block.mlp.c_proj.weight, R, P)
+            block.mlp.c_proj.bias.copy_((block.mlp.c_proj.bias + block.mlp.c_proj.bias[P]) / 2)
+        lnf = model.transformer.ln_f
+        lnf.weight.copy_((lnf.weight + lnf.weight[P]) / 2)
+        lnf.bias.copy_((lnf.bias + lnf.bias[P]) / 2)
+        wpe = model.transformer.wpe.weight
+        wpe.copy_((wpe + wpe[:, P]) / 2)
+        wte = model.transformer.wte.weight  # tied with the output embedding
+        keep_foo = wte[foo].clone()
+        keep_foo[0], keep_foo[1] = 10.0, -10.0  # foo and bar far apart along the mirrored dimensions
+        wte.copy_((wte + wte[:, P]) / 2)
+        wte[foo] = keep_foo
+        wte[bar] = keep_foo[P]
+    return model
+
+
+def test_a_label_symmetric_model_has_no_prior_part(tokenizer, tiny_gpt2):
+    """The converse: on a model for which foo and bar are mirror images, the label-swapped twin is the mirror
+    of the prompt, so any head's effect on the margin flips sign exactly with the labels: a pure in-context
+    effect. The one-prompt split must give it a prior part of exactly 0 and an in-context part equal to the
+    whole change."""
+    from iclviz.engine.models import wrap_model
+
+    foo, bar = _label_ids(tiny_gpt2)
+    lm = wrap_model(_label_symmetric_gpt2(foo, bar), tokenizer, name="tiny-gpt2-symmetric")
+    p = build_prompt(lm.tokenizer, _SWAP_DEMOS, "great acting", ("foo", "bar"), DEFAULT_TEMPLATE)
+    q = build_prompt(lm.tokenizer, exchange_first_two(_SWAP_DEMOS, ("foo", "bar")), "great acting",
+                     ("foo", "bar"), DEFAULT_TEMPLATE)
+    m = [float(lg[0] - lg[1]) for lg in (lm.run([x], NONE, capture=False).logits[0, [foo, bar]] for x in (p, q))]
+    assert m[1] == pytest.approx(-m[0], abs=1e-5) and abs(m[0]) > 1e-3  # the construction holds
+    L = lm.n_layers
+    chk = swap_check(lm, _SWAP_DEMOS, "great acting", ("foo", "bar"), DEFAULT_TEMPLATE, [(L - 1, 0), (L - 2, 1)],
+                     "knockout", per_head=False)
+    assert chk.split["prior"] == pytest.approx(0, abs=1e-5)
+    assert chk.split["context"] == pytest.approx(chk.split["change"], abs=1e-5)
+    assert abs(chk.split["change"]) > 1e-4  # the heads do move the margin: the test could fail

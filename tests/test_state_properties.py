@@ -90,3 +90,30 @@ def test_deep_json_is_refused_before_parsing(depth):
 def test_state_round_trips_through_a_link():
     s = LabState(demos=[("a", "foo"), ("b [x](y)", "bar")], query="q", heads=[(1, 2), (0, 3)])
     assert state_from_query_param(s.to_query_param()) == s
+
+
+def test_a_shared_link_is_compressed_and_older_links_still_open():
+    import base64
+    import json
+
+    s = LabState(demos=[(f"a sentence about a film, number {i}, with some words", "foo" if i % 2 else "bar")
+                        for i in range(16)], query="what a film", heads=[(16, 12), (16, 3)])
+    link = s.to_query_param()
+    plain = base64.urlsafe_b64encode(json.dumps(s.to_dict(), separators=(",", ":")).encode()).decode().rstrip("=")
+    assert link.startswith("z") and len(link) < len(plain) / 2
+    assert state_from_query_param(link) == s and state_from_query_param(plain) == s  # links made before still open
+
+
+def test_a_compressed_link_cannot_inflate_past_its_bound():
+    import base64
+    import zlib
+
+    from iclviz.sharing import MAX_SHARED_JSON_BYTES
+
+    bomb = b'{"query": "' + b"x" * (MAX_SHARED_JSON_BYTES * 4) + b'"}'
+    link = "z" + base64.urlsafe_b64encode(zlib.compress(bomb, 9)).decode()
+    assert len(link) < 20_000  # a short link ...
+    with pytest.raises(ValueError, match="too long"):  # ... refused without inflating it whole
+        state_from_query_param(link)
+    with pytest.raises(ValueError, match="damaged"):
+        state_from_query_param("z" + base64.urlsafe_b64encode(b"not deflate").decode())

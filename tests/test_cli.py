@@ -72,6 +72,9 @@ def test_report_quick_on_a_tiny_model(model_dir, tmp_path):
     assert "### Heads that read the demonstrations, and heads that vote for a label" in text
     assert "### Does knocking them out stop the model telling the classes apart?" in text
     assert "**Verdict (the app's" in text and "of the way from its unablated value to chance" in text
+    # both confirmations, then every fresh prompt against one set of random draws
+    assert "**A second confirmation** (8 more fresh prompts" in text
+    assert "**All fresh prompts together** (16 prompts" in text
     assert "(issue" not in text and "(item" not in text  # a document for readers, not a log
     # the older rules, read on accuracy and then on discrimination
     assert "**Verdicts.** Importance heads: " in text and "percentile of 8 random draws" in text

@@ -264,55 +264,61 @@ def test_the_report_says_the_heads_carry_reading_only_when_the_confirmation_does
     assert ("they carry in-context reading" in both) == destroys
 
 
-def _confirmation(rng, seeds, n_per_seed, offsets, destroys):
+def _confirmation(rng, seeds, n_per_seed, offsets, destroys, n_draws=20):
     """A stored confirmation: every demonstration set (seed) has its own label prior (``offsets``); the top
-    heads either destroy the query's signal or leave it."""
+    heads either destroy the query's signal or leave it; random sets add a little noise."""
     gold = np.tile([0, 1], len(seeds) * n_per_seed // 2)
     prior = np.repeat(offsets, n_per_seed)
     signal = np.where(gold == 0, 1.5, -1.5) + rng.normal(0, 1, len(gold))
     rows = {"none": signal + prior, "top:1": (rng.normal(0, 1, len(gold)) if destroys else signal) + prior}
+    for d in range(n_draws):
+        rows[f"random:1:{d}"] = signal + prior + rng.normal(0, 0.3, len(gold))
     lg = torch.tensor(np.stack([np.stack([v / 2, -v / 2], -1) for v in rows.values()], 1))
-    return ContextTest(lg, gold.tolist(), list(rows), [(0, 0)], {}, {}, ("foo", "bar"), [0],
-                       {"seeds": list(seeds), "n_test": n_per_seed})
+    return ContextTest(lg, gold.tolist(), list(rows), [(0, 0)], {}, {1: [[(0, d + 1)] for d in range(n_draws)]},
+                       ("foo", "bar"), [0], {"seeds": list(seeds), "n_test": n_per_seed})
 
 
-def test_pooled_confirmations_keep_each_demonstration_set_apart():
-    """Two confirmations pooled: the paired change equals one built by hand from the stacked rows with every
-    demonstration set its own group; sets of different tests stay apart even when their seed numbers repeat."""
-    from iclviz.analyses.context_heads import pooled_change
+def test_merged_confirmations_keep_each_demonstration_set_apart():
+    """Two confirmations merged: every measure equals one computed by hand from the stacked rows with every
+    demonstration set its own group, even where the two tests used the same seed numbers; tests with other
+    random draws are refused."""
+    from iclviz.analyses.context_heads import merge_tests
 
     rng = np.random.default_rng(3)
     a = _confirmation(rng, [2, 3], 20, [-2.0, 1.0], destroys=True)
     b = _confirmation(rng, [2, 3], 20, [3.0, -1.0], destroys=True)  # the same seed numbers, other priors
-    c = pooled_change([a, b], "top:1", n_resamples=200)
-    by_hand = paired_change(np.concatenate([a.logits.numpy(), b.logits.numpy()]), a.gold + b.gold, 0, 1,
-                            groups=np.repeat([0, 1, 2, 3], 20), n_resamples=200)
-    assert c.n == 80
-    assert c.before["auc"] == pytest.approx(by_hand.before["auc"])
-    assert c.after["auc"] == pytest.approx(by_hand.after["auc"])
+    m = merge_tests([a, b])
+    stacked = np.concatenate([a.logits.numpy(), b.logits.numpy()])
+    groups = np.repeat([0, 1, 2, 3], 20)
+    assert len(m.gold) == 80 and list(m.groups) == list(groups)
+    for col in range(stacked.shape[1]):
+        assert measures(m.logits.numpy()[:, col], m.gold, m.groups) == measures(stacked[:, col], a.gold + b.gold,
+                                                                                 groups)
     # the seed numbers alone would merge the two tests' sets, whose priors differ: a different (diluted) AUC
-    merged = measures(np.concatenate([a.logits.numpy()[:, 0], b.logits.numpy()[:, 0]]), a.gold + b.gold,
-                      np.tile(np.repeat([0, 1], 20), 2))["auc"]
-    assert c.before["auc"] > merged + 0.02
-    single = pooled_change([a], "top:1", n_resamples=200)
-    assert single.change["auc"] == pytest.approx(a.change("top:1", n_resamples=200).change["auc"])
+    merged_by_seed = measures(stacked[:, 0], a.gold + b.gold, np.tile(np.repeat([0, 1], 20), 2))["auc"]
+    assert m.table()["auc"].iloc[0] > merged_by_seed + 0.02
+    assert m.verdict("top:1", n_resamples=200)["draws"] == 20
+    other = _confirmation(rng, [4, 5], 20, [0.0, 0.0], destroys=True, n_draws=19)
+    with pytest.raises(ValueError, match="cannot be merged"):
+        merge_tests([a, other])
 
 
 @pytest.mark.parametrize("destroys", [True, False])
-def test_the_pooled_sentence_follows_its_interval(destroys):
+def test_the_pooled_sentence_follows_its_verdict(destroys):
     from types import SimpleNamespace
 
+    from iclviz.analyses.context_heads import merge_tests
     from iclviz.outputs.report_context import pooled_reading
 
     rng = np.random.default_rng(4)
     a = _confirmation(rng, [2, 3], 32, [-1.0, 1.0], destroys)
     b = _confirmation(rng, [4, 5], 32, [0.5, -0.5], destroys)
-    r = pooled_reading(SimpleNamespace(confirm=a, confirm_more=b, n_heads=1))
-    assert r["n"] == 128
-    assert r["falls"] == destroys
-    assert ("the AUC falls" in r["text"]) == destroys
+    r = pooled_reading(SimpleNamespace(pooled=merge_tests([a, b]), n_heads=1))
+    assert r["n"] == 128 and r["draws"] == 20
+    assert r["reproduced"] == destroys
+    assert ("**Verdict.** reproduced on discrimination" in r["text"]) == destroys
     assert f"{r['auc before']:.3f} -> {r['auc after']:.3f}" in r["text"]
-    assert pooled_reading(SimpleNamespace(confirm=a, confirm_more=None, n_heads=1)) is None
+    assert pooled_reading(SimpleNamespace(pooled=None, n_heads=1)) is None
 
 
 _SWAP_DEMOS = [("a wonderful film", "foo"), ("dull and boring", "bar"), ("I loved every minute", "foo"),

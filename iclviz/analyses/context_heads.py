@@ -110,6 +110,8 @@ class ContextTest:
     @property
     def groups(self):
         """Each prompt's demonstration set (AUC within sets, ``discrimination.grouped_auc``), or None."""
+        if self.meta.get("groups") is not None:
+            return np.asarray(self.meta["groups"])
         return seed_groups(len(self.gold), self.meta.get("seeds"), self.meta.get("n_test", 0))
 
     def table(self) -> pd.DataFrame:
@@ -179,25 +181,25 @@ class ContextTest:
         return ContextTest(**torch.load(path, weights_only=False))
 
 
-def pooled_change(tests, name: str, n_resamples: int = 1000) -> Change:
-    """``name``'s paired change against ``none`` over the prompts of several tests together (their random sets
-    differ, so only the two shared rows are pooled). Each test's demonstration sets stay separate groups, so the
-    AUC is still read within a demonstration set."""
-    tests = [t for t in tests if t is not None and name in t.names]
-    if not tests:
-        raise KeyError(name)
-    logits, gold, groups = [], [], []
-    offset = 0
+def merge_tests(tests) -> ContextTest:
+    """Several tests of the same rows (the same heads and the same random draws) on different prompts, as one
+    test over all their prompts. Each test's demonstration sets stay separate groups (the AUC is read within a
+    demonstration set), even where two tests used the same seed numbers."""
+    tests = list(tests)
+    first = tests[0]
+    for t in tests[1:]:
+        if t.names != first.names or t.draws != first.draws or t.ranking[:len(first.ranking)] != first.ranking:
+            raise ValueError("tests with different rows or random draws cannot be merged")
+    groups, offset = [], 0
     for t in tests:
-        lg = t.logits.double().numpy()
-        logits.append(lg[:, [t._col("none"), t._col(name)]])
-        gold += list(t.gold)
         g = t.groups
         g = np.zeros(len(t.gold), dtype=int) if g is None else np.asarray(g)
-        groups.append(g + offset)
+        groups += [int(x) + offset for x in g]
         offset += int(g.max()) + 1
-    return paired_change(np.concatenate(logits), gold, 0, 1, tests[0].label_words, n_resamples=n_resamples,
-                         groups=np.concatenate(groups))
+    meta = dict(first.meta, seeds=[s for t in tests for s in t.meta.get("seeds", [])], groups=groups,
+                n_test=None, merged=len(tests))
+    return ContextTest(torch.cat([t.logits for t in tests]), [g for t in tests for g in t.gold], list(first.names),
+                       first.ranking, first.head_sets, first.draws, first.label_words, first.layers, meta)
 
 
 def verdict_text(v: dict, c: Change) -> str:

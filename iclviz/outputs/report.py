@@ -611,12 +611,14 @@ def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:
                             + f"), accuracy {summary['context accuracy none']:.1%} -> "
                             f"{summary['context accuracy heads']:.1%}; n = {summary['context n']}")
                 if summary.get("context pooled n"):
-                    ctx_cell += (f"; both confirmations, n = {summary['context pooled n']}: AUC "
+                    ctx_cell += (f"; all {summary['context pooled n']} fresh prompts: AUC "
                                  f"{summary['context pooled auc before']:.3f} -> "
                                  f"{summary['context pooled auc after']:.3f}, change "
                                  f"{summary['context pooled auc change']:+.3f} "
                                  f"[{summary['context pooled auc low']:+.3f}, "
-                                 f"{summary['context pooled auc high']:+.3f}]")
+                                 f"{summary['context pooled auc high']:+.3f}], "
+                                 + ("reproduced" if summary["context pooled reproduced"] else "not reproduced")
+                                 + f" against {summary['context pooled draws']} random sets")
             row = {"model": summary["model"], "dataset": ds.name, "ICL accuracy (n)": f"{summary['accuracy']:.1%} "
                    f"({summary['n']})", "AUC": f"{summary['auc']:.3f}",
                    "knock out the in-context heads (context rule, fresh prompts)": ctx_cell,

@@ -426,3 +426,18 @@ def test_a_label_symmetric_model_has_no_prior_part(tokenizer, tiny_gpt2):
     assert chk.split["prior"] == pytest.approx(0, abs=1e-5)
     assert chk.split["context"] == pytest.approx(chk.split["change"], abs=1e-5)
     assert abs(chk.split["change"]) > 1e-4  # the heads do move the margin: the test could fail
+
+
+def test_the_report_names_a_reading_confirmed_only_on_all_fresh_prompts_together():
+    from types import SimpleNamespace
+
+    from iclviz.analyses.context_heads import merge_tests
+    from iclviz.outputs.report_context import _together
+
+    rng = np.random.default_rng(5)
+    kept = _confirmation(rng, [2, 3], 32, [0.0, 0.0], destroys=False)
+    lost = _confirmation(rng, [4, 5], 32, [0.0, 0.0], destroys=True)
+    text = _together(SimpleNamespace(confirm=kept, confirm_more=lost, pooled=merge_tests([lost, lost]), n_heads=1))
+    assert "confirmed on all fresh prompts together, though not on every set alone" in text
+    text = _together(SimpleNamespace(confirm=kept, confirm_more=lost, pooled=merge_tests([kept, kept]), n_heads=1))
+    assert "confirmed on one fresh set and not on another" in text

@@ -439,10 +439,12 @@ def bias_section(lm, ds, d: Path, res: ContextResult, sizes: dict | None = None,
 
 def _together(res: ContextResult) -> str:
     """What the heads do together, as the fresh-prompt confirmations measured it (the words follow their
-    verdicts; a second, larger confirmation is reported beside the first, never instead of it)."""
+    verdicts; a second confirmation, and all fresh prompts read together, are reported beside the first, never
+    instead of it)."""
     name = f"top:{res.n_heads}"
     found = [(label, t.verdict(name)) for label, t in (("fresh prompts", res.confirm),
-                                                         ("the second, larger set", res.confirm_more))
+                                                         ("the second set", res.confirm_more),
+                                                         ("all fresh prompts together", getattr(res, "pooled", None)))
              if t is not None and name in t.names]
     if not found:
         return "Together: not confirmed on fresh prompts in this run."
@@ -454,8 +456,14 @@ def _together(res: ContextResult) -> str:
         else:
             parts.append(f"on {label} ({v['n_prompts']}), their knockout is not separated from random sets "
                          f"({v['draws']} draws; {v['reading'].split(';')[0]})")
-    ok = [v["reading"].startswith("reproduced") for _, v in found]
-    end = ("they carry in-context reading." if all(ok) else
-           "the fixes act on heads whose in-context reading is confirmed on one fresh set and not the other."
-           if any(ok) else "the fixes act on heads whose in-context reading is not confirmed.")
+    ok = {label: v["reading"].startswith("reproduced") for label, v in found}
+    if all(ok.values()):
+        end = "they carry in-context reading."
+    elif ok.get("all fresh prompts together"):
+        end = ("the fixes act on heads whose in-context reading is confirmed on all fresh prompts together, though "
+               "not on every set alone.")
+    elif any(ok.values()):
+        end = "the fixes act on heads whose in-context reading is confirmed on one fresh set and not on another."
+    else:
+        end = "the fixes act on heads whose in-context reading is not confirmed."
     return "Together: " + "; ".join(parts) + ": " + end

@@ -71,7 +71,7 @@ def test_report_quick_on_a_tiny_model(model_dir, tmp_path):
     # the central section: heads located by the in-context part on the locate half, tested on held-out prompts
     assert "### Heads that read the demonstrations, and heads that vote for a label" in text
     assert "### Does knocking them out stop the model telling the classes apart?" in text
-    assert "**Verdict (the app's" in text and "of the way from its unablated value to chance" in text
+    assert "**Verdict (the app's" in text and "percentile of the random sets'" in text
     # both confirmations, then every fresh prompt against one set of random draws
     assert "**A second confirmation** (8 more fresh prompts" in text
     assert "**All fresh prompts together** (16 prompts" in text

@@ -441,3 +441,13 @@ def test_the_report_names_a_reading_confirmed_only_on_all_fresh_prompts_together
     assert "confirmed on all fresh prompts together, though not on every set alone" in text
     text = _together(SimpleNamespace(confirm=kept, confirm_more=lost, pooled=merge_tests([kept, kept]), n_heads=1))
     assert "confirmed on one fresh set and not on another" in text
+
+
+def test_the_way_to_chance_follows_the_sign_of_the_change():
+    from iclviz.outputs.report_context import way_to_chance
+
+    down = {"auc share to chance": 0.25, "auc change": -0.05, "auc percentile": 100.0}
+    up = {"auc share to chance": -0.02, "auc change": +0.004, "auc percentile": 22.0}
+    assert way_to_chance(down).startswith("The AUC falls 25% of the way") and "100th percentile" in way_to_chance(down)
+    assert way_to_chance(up).startswith("The AUC does not fall (change +0.004)") and "falls" not in way_to_chance(up)
+    assert way_to_chance({**up, "auc share to chance": float("nan")}).startswith("The AUC does not fall")

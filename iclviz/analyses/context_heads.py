@@ -217,7 +217,8 @@ def verdict_text(v: dict, c: Change) -> str:
     elif v["auc beyond all"] and c.change["auc"] < 0:
         word = "partly: the AUC is below every random set, but its paired interval includes no change"
     elif c.separable("accuracy") or c.separable("mean_margin"):
-        word = "not reproduced on discrimination: a prior shift (accuracy moves, the classes stay apart)"
+        moved = "accuracy moves" if c.separable("accuracy") else "the mean margin moves"
+        word = f"not reproduced on discrimination: a prior shift ({moved}, the classes stay apart)"
     else:
         word = "not reproduced: no measurable change"
     return f"{word}; {auc_part}, {rec}, {acc}; n = {v['n_prompts']} prompts"

@@ -268,13 +268,12 @@ def section(res: ContextResult, lm, opens_app: bool = True) -> tuple[str, dict]:
         + "Since k was chosen on these prompts, the claim is confirmed on fresh ones.",
         "### Confirmation on fresh prompts",
     ]
+    whose, heads_word = ("the app's" if opens_app else "these"), f"{k} head" + ("s" if k != 1 else "")
     if app:
         text.append(f"{app['n_prompts']} new prompts ({cmeta.get('n_test')} sentences, a new draw from the *evaluate* "
                     f"half, x demonstration seeds {cmeta.get('seeds')}), the {k} heads knocked out against "
                     f"{app['draws']} random sets of {k} heads of layers {layers[0]}-{layers[-1]}.\n\n"
-                    f"**Verdict (the app's {k} head{'s' if k != 1 else ''}).** {app['reading']}. The AUC falls "
-                    f"{app['auc share to chance']:.0%} of the way from its unablated value to chance (0.5); its drop "
-                    f"is at the {app['auc percentile']:.0f}th percentile of the random sets'.")
+                    f"**Verdict ({whose} {heads_word}).** {app['reading']}. {way_to_chance(app)}")
     else:
         text.append("Not measured in this run.")
     more = res.confirm_more
@@ -282,10 +281,9 @@ def section(res: ContextResult, lm, opens_app: bool = True) -> tuple[str, dict]:
         v2 = more.verdict(f"top:{k}")
         larger = ", larger" if app and v2["n_prompts"] > app["n_prompts"] else ""
         text.append(f"**A second confirmation{larger}** ({v2['n_prompts']} more fresh prompts: demonstration seeds "
-                    f"{more.meta.get('seeds')}, the same {k} heads, {v2['draws']} new random sets). It was "
+                    f"{more.meta.get('seeds')}, the same {heads_word}, {v2['draws']} new random sets). It was "
                     + res.sizes.get("confirm_more_why", ADDED_AFTER) + "; both are reported. **Verdict.** "
-                    + v2["reading"] + f". The drop is at the {v2['auc percentile']:.0f}th percentile of the random "
-                    "sets'.")
+                    + v2["reading"] + ". " + way_to_chance(v2))
     pooled = pooled_reading(res)
     if pooled:
         text.append(pooled["text"])
@@ -352,6 +350,16 @@ def sample_rows(res: ContextResult, d: Path) -> list[dict]:
     return rows
 
 
+def way_to_chance(v: dict) -> str:
+    """How far a verdict's AUC moved toward chance, and where its drop falls among the random sets', in words
+    that follow the sign of the change."""
+    share = v["auc share to chance"]
+    rank = f"its drop is at the {v['auc percentile']:.0f}th percentile of the random sets'."
+    if share == share and share > 0:
+        return f"The AUC falls {share:.0%} of the way from its unablated value to chance (0.5); " + rank
+    return f"The AUC does not fall (change {v['auc change']:+.3f}); " + rank
+
+
 def pooled_reading(res: ContextResult) -> dict | None:
     """The app's k heads on every fresh prompt of both confirmations together, against one set of random draws
     (the first confirmation's prompts rerun with the second's), read by the same rule as each confirmation."""
@@ -365,9 +373,7 @@ def pooled_reading(res: ContextResult) -> dict | None:
     out["text"] = (f"**All fresh prompts together** ({v['n_prompts']} prompts: the first confirmation's rerun "
                    f"against the second's {v['draws']} random sets, then both read as one test, AUC within each "
                    "demonstration set). This reading was added after both confirmations had been measured; it "
-                   f"uses every fresh prompt. **Verdict.** {v['reading']}. The AUC falls "
-                   f"{v['auc share to chance']:.0%} of the way from its unablated value to chance (0.5); its drop "
-                   f"is at the {v['auc percentile']:.0f}th percentile of the random sets'.")
+                   f"uses every fresh prompt. **Verdict.** {v['reading']}. " + way_to_chance(v))
     return out
 
 

@@ -331,6 +331,15 @@ def _label_ids(lm):
     return ids[0], ids[1]
 
 
+def _split_of_two_deep_heads(lm) -> dict:
+    """The one-prompt label-swap split of a knockout of two deep heads (which do move the margin)."""
+    L = lm.n_layers
+    chk = swap_check(lm, _SWAP_DEMOS, "great acting", ("foo", "bar"), DEFAULT_TEMPLATE, [(L - 1, 0), (L - 2, 1)],
+                     "knockout", per_head=False)
+    assert abs(chk.split["change"]) > 1e-4  # the heads do move the margin: the tests could fail
+    return chk.split
+
+
 def test_a_model_that_cannot_see_the_labels_has_no_in_context_part(tiny, tokenizer):
     """Every architecture, the input embeddings of foo and bar made equal (the outputs kept apart): the prompt
     and its label-swapped twin are the same input to the model, so any head's effect is a pure constant push.
@@ -344,13 +353,9 @@ def test_a_model_that_cannot_see_the_labels_has_no_in_context_part(tiny, tokeniz
     foo, bar = _label_ids(tiny)
     with torch.no_grad():
         model.get_input_embeddings().weight[bar] = model.get_input_embeddings().weight[foo]
-    lm = wrap_model(model, tokenizer, name=f"{tiny.name}-blind")
-    L = lm.n_layers
-    chk = swap_check(lm, _SWAP_DEMOS, "great acting", ("foo", "bar"), DEFAULT_TEMPLATE, [(L - 1, 0), (L - 2, 1)],
-                     "knockout", per_head=False)
-    assert chk.split["context"] == pytest.approx(0, abs=1e-5)
-    assert chk.split["prior"] == pytest.approx(chk.split["change"], abs=1e-5)
-    assert abs(chk.split["change"]) > 1e-4  # the heads do move the margin: the test could fail
+    split = _split_of_two_deep_heads(wrap_model(model, tokenizer, name=f"{tiny.name}-blind"))
+    assert split["context"] == pytest.approx(0, abs=1e-5)
+    assert split["prior"] == pytest.approx(split["change"], abs=1e-5)
 
 
 def _label_symmetric_gpt2(foo: int, bar: int):
@@ -420,12 +425,9 @@ def test_a_label_symmetric_model_has_no_prior_part(tokenizer, tiny_gpt2):
                      ("foo", "bar"), DEFAULT_TEMPLATE)
     m = [float(lg[0] - lg[1]) for lg in (lm.run([x], NONE, capture=False).logits[0, [foo, bar]] for x in (p, q))]
     assert m[1] == pytest.approx(-m[0], abs=1e-5) and abs(m[0]) > 1e-3  # the construction holds
-    L = lm.n_layers
-    chk = swap_check(lm, _SWAP_DEMOS, "great acting", ("foo", "bar"), DEFAULT_TEMPLATE, [(L - 1, 0), (L - 2, 1)],
-                     "knockout", per_head=False)
-    assert chk.split["prior"] == pytest.approx(0, abs=1e-5)
-    assert chk.split["context"] == pytest.approx(chk.split["change"], abs=1e-5)
-    assert abs(chk.split["change"]) > 1e-4  # the heads do move the margin: the test could fail
+    split = _split_of_two_deep_heads(lm)
+    assert split["prior"] == pytest.approx(0, abs=1e-5)
+    assert split["context"] == pytest.approx(split["change"], abs=1e-5)
 
 
 def test_the_report_names_a_reading_confirmed_only_on_all_fresh_prompts_together():

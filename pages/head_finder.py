@@ -6,7 +6,7 @@ from iclviz.analyses.causal import KIND_TEXT, causal_scan, compare_rankings, nul
 from iclviz.analyses.context_heads import context_test
 from iclviz.analyses.context_heads import head_parts as head_parts_of
 from iclviz.analyses.evaluation import EvalSetup
-from iclviz.analyses.heads import HEAD_RULES, default_layers, default_top_n, located_heads
+from iclviz.analyses.heads import HEAD_RULES, default_layers, default_top_n, located_heads, located_on_other_datasets
 from iclviz.analyses.locate import intervention_table, locate_heads
 from iclviz.engine.lens import SCALINGS
 from iclviz.outputs.figures import context_prior_scatter, head_heatmap, selected_heads
@@ -51,6 +51,11 @@ with st.container(border=True):
                 f"{t['auc null min']:.3f}), accuracy {t['accuracy before']:.1%} -> {t['accuracy after']:.1%}. "
                 + ("Label voters (largest constant vote, listed apart): "
                    + ", ".join(map(head_name, map(tuple, found["voters"]))) + "." if found.get("voters") else ""))
+            others = located_on_other_datasets(lm.name, rule)
+            if others:
+                r2.caption("The same rule on the report's other datasets (fresh prompts): " + "; ".join(
+                    f"{o['dataset']}: {', '.join(map(head_name, o['heads']))} ({o['verdict_short'] or 'no verdict'})"
+                    for o in others) + ".")
         elif t:
             r2.caption(
                 f"Measured on this model, {t['n_prompts']} other SST-2 prompts: knocking out their label attention "

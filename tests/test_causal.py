@@ -183,3 +183,25 @@ def test_located_heads_answer_to_the_offline_models_cli_names_as_to_their_labels
     assert by_label is not None and by_label["heads"]
     assert located_heads("default", rule="causal") == by_label
     assert located_heads("no-such-model", rule="causal") is None
+
+
+def test_heads_located_on_other_datasets_come_with_their_own_verdicts(tmp_path):
+    import json
+
+    from iclviz.analyses.heads import located_on_other_datasets, record_located_heads
+
+    path = tmp_path / "located.json"
+    entry = {"heads": [[16, 3]], "n_prompts": 32, "seed": 100,
+             "verdict": "not reproduced on discrimination: a prior shift (the mean margin moves); AUC 0.989 -> 0.989"}
+    record_located_heads("default", "sst2", {"context": dict(entry, heads=[[16, 12]])}, path)
+    record_located_heads("default", "trec:3,4", {"context": entry}, path)
+    record_located_heads("default", "zz", {"context": dict(entry, verdict_all_fresh="reproduced on discrimination: "
+                                                       "the model tells the classes apart less well", n_all_fresh=256)},
+                         path)
+    record_located_heads("default", "amazon_polarity", {"importance": entry}, path)  # another rule only
+    others = located_on_other_datasets("default", "context", path=path)
+    assert [(o["dataset"], o["heads"]) for o in others] == [("trec:3,4", [(16, 3)]), ("zz", [(16, 3)])]
+    assert others[0]["verdict_short"] == "not reproduced on discrimination"
+    assert others[1]["verdict_short"] == "reproduced on discrimination, 256 prompts"  # all fresh prompts first
+    assert located_on_other_datasets("no-such-model", "context", path=path) == []
+    assert json.loads(path.read_text())["Qwen2.5-Coder-0.5B-Instruct"]["sst2"]["context"]["heads"] == [[16, 12]]

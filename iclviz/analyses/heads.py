@@ -150,6 +150,27 @@ def located_heads(model_name: str, rule: str = "importance", dataset: str = "sst
     return dict(entry, heads=[(int(a), int(b)) for a, b in entry["heads"]], dataset=dataset, rule=rule)
 
 
+def located_on_other_datasets(model_name: str, rule: str, first: str = "sst2", path: Path | None = None
+                              ) -> list[dict]:
+    """The heads the report located by ``rule`` on the model's other datasets than ``first``, each with the first
+    clause of its fresh-prompt verdict (``verdict_short``: on all fresh prompts together where the report read
+    them so, else on the first confirmation), datasets in alphabetical order."""
+    path = path or LOCATED_HEADS_FILE
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return []
+    out = []
+    for dataset in sorted(data.get(model_key(model_name), {})):
+        found = located_heads(model_name, rule, dataset, path) if dataset != first else None
+        if found:
+            verdict = found.get("verdict_all_fresh") or found.get("verdict", "")
+            n = found.get("n_all_fresh") or found.get("test", {}).get("n_prompts")
+            found["verdict_short"] = str(verdict).split(";")[0].split(":")[0] + (f", {n} prompts" if n else "")
+            out.append(found)
+    return out
+
+
 def record_located_heads(model_name: str, dataset: str, entries: dict, path: Path | None = None) -> None:
     """Add a model's located heads (per rule) to the file the app reads its default heads from."""
     path = path or LOCATED_HEADS_FILE

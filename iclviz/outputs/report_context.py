@@ -319,6 +319,8 @@ def section(res: ContextResult, lm, opens_app: bool = True) -> tuple[str, dict]:
                                                       "accuracy after", "recentred_accuracy before",
                                                       "recentred_accuracy after")},
                "verdict": app.get("reading", "")}
+    if pooled:
+        located.update({"verdict_all_fresh": pooled["reading"], "n_all_fresh": pooled["n"]})
     return "\n\n".join(text), {"summary": summary, "located": located}
 
 
@@ -368,6 +370,7 @@ def pooled_reading(res: ContextResult) -> dict | None:
         return None
     v = res.pooled.verdict(name)
     out = {"n": v["n_prompts"], "draws": v["draws"], "reproduced": v["reading"].startswith("reproduced"),
+           "reading": v["reading"],
            "share to chance": v["auc share to chance"], "percentile": v["auc percentile"],
            **{f"auc {w}": v[f"auc {w}"] for w in ("before", "after", "change", "low", "high")}}
     out["text"] = (f"**All fresh prompts together** ({v['n_prompts']} prompts: the first confirmation's rerun "

@@ -25,6 +25,7 @@ import pytest
 from test_safety import _fake_default_cache, error_lines, run_cli
 
 import iclviz.cli as cli
+import iclviz.cli.common as cli_common
 from iclviz.validation import MAX_TEXT, ValidationError, atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +43,8 @@ def model_dir(tmp_path_factory):
 @pytest.fixture()
 def no_model(monkeypatch):
     """Fail the test if the model is loaded: the input must be refused before."""
-    monkeypatch.setattr(cli, "_load", lambda args: pytest.fail("the model was loaded before the input was checked"))
+    monkeypatch.setattr(cli_common, "load_model_of",
+                        lambda args: pytest.fail("the model was loaded before the input was checked"))
 
 
 @contextlib.contextmanager

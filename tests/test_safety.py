@@ -111,9 +111,10 @@ def test_cli_paths_are_checked_before_the_work(model_dir, capsys, tmp_path, monk
     rc, err = run_cli(EVAL[:1] + ["--model", model_dir, "--checkpoint", str(tmp_path)] + EVAL[1:], capsys)
     assert rc == 2 and "is a folder" in err
     # --out under a file, and --out that is a file: refused before the model is even loaded
-    import iclviz.cli as cli
+    import iclviz.cli.common as cli_common
 
-    monkeypatch.setattr(cli, "_load", lambda args: pytest.fail("the work started before --out was checked"))
+    monkeypatch.setattr(cli_common, "load_model_of",
+                        lambda args: pytest.fail("the work started before --out was checked"))
     rc, err = run_cli(EVAL[:1] + ["--model", model_dir, "--out", str(f / "sub")] + EVAL[1:], capsys)
     assert rc == 2 and "cannot write" in err
     rc, err = run_cli(EVAL[:1] + ["--model", model_dir, "--out", str(f)] + EVAL[1:], capsys)

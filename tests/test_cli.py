@@ -94,6 +94,8 @@ def test_report_quick_on_a_tiny_model(model_dir, tmp_path):
     held = next(line for line in rows if "held-out curve" in line)
     assert [c.strip() for c in held.split("|")][4] == str(len(test["gold"]))
     assert small == len(rows)  # a quick run: every run is small
+    shares = next(line for line in rows if "1%, 2% and 5%" in line)
+    assert [c.strip() for c in shares.split("|")][5] == "5"  # the share sizes' draws topped up to share_draws_total
     # a rerun reuses every experiment
     mtime = (tmp_path / "work").stat().st_mtime
     assert main(["report", "--models", model_dir, "--datasets", "sst2", "--quick", "--out", str(out),

@@ -453,3 +453,29 @@ def test_the_way_to_chance_follows_the_sign_of_the_change():
     assert way_to_chance(down).startswith("The AUC falls 25% of the way") and "100th percentile" in way_to_chance(down)
     assert way_to_chance(up).startswith("The AUC does not fall (change +0.004)") and "falls" not in way_to_chance(up)
     assert way_to_chance({**up, "auc share to chance": float("nan")}).startswith("The AUC does not fall")
+
+
+def test_more_random_draws_join_a_stored_test():
+    """Extra draws on the same prompts join the stored ones (a size's null grows; every other row stays); a run on
+    other prompts, or whose shared rows differ, is refused."""
+    from iclviz.analyses.context_heads import add_draws
+
+    rng = np.random.default_rng(6)
+    base = _confirmation(rng, [0, 1], 16, [0.0, 0.0], destroys=True, n_draws=2)
+    extra_rows = {"none": base.logits[:, 0], "top:1": base.logits[:, 1],
+                  **{f"random:1:{d}": torch.tensor(rng.normal(0, 1, (32, 2))) for d in range(3)}}
+    extra = ContextTest(torch.stack(list(extra_rows.values()), 1), list(base.gold), list(extra_rows), [(0, 0)], {},
+                        {1: [[(1, d)] for d in range(3)]}, ("foo", "bar"), [0], dict(base.meta))
+    merged = add_draws(base, extra)
+    assert len(merged.null(1)) == 5 and merged.draws[1][2:] == extra.draws[1]
+    assert torch.equal(merged.logits[:, merged._col("random:1:4")], extra.logits[:, extra._col("random:1:2")])
+    assert torch.equal(merged.logits[:, :len(base.names)], base.logits)
+    assert merged.verdict("top:1", n_resamples=100)["draws"] == 5
+    shifted = ContextTest(extra.logits + 1.0, list(base.gold), list(extra_rows), [(0, 0)], {}, extra.draws,
+                          ("foo", "bar"), [0], dict(base.meta))
+    with pytest.raises(ValueError, match="differs"):
+        add_draws(base, shifted)
+    other = ContextTest(extra.logits, [1 - g for g in base.gold], list(extra_rows), [(0, 0)], {}, extra.draws,
+                        ("foo", "bar"), [0], dict(base.meta))
+    with pytest.raises(ValueError, match="other prompts"):
+        add_draws(base, other)

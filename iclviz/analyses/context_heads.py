@@ -202,6 +202,27 @@ def merge_tests(tests) -> ContextTest:
                        first.ranking, first.head_sets, first.draws, first.label_words, first.layers, meta)
 
 
+def add_draws(test: ContextTest, extra: ContextTest, atol: float = 1e-4) -> ContextTest:
+    """``test`` with the random draws of ``extra`` (the same prompts, other draws) appended to its own, so that a
+    size's null grows without rerunning the rest. The rows both have (``none``, ``top:k``) must agree: the same
+    prompts through the same model."""
+    if list(extra.gold) != list(test.gold):
+        raise ValueError("the extra draws were run on other prompts")
+    for name in extra.names:
+        if not name.startswith("random:") and name in test.names:
+            if not torch.allclose(extra.logits[:, extra._col(name)], test.logits[:, test._col(name)], atol=atol):
+                raise ValueError(f"row {name} differs between the two runs: not the same prompts or model")
+    names, cols, draws = list(test.names), [test.logits], {k: list(v) for k, v in test.draws.items()}
+    for k, sets in extra.draws.items():
+        have = len(draws.setdefault(k, []))
+        for d, hs in enumerate(sets):
+            names.append(f"random:{k}:{have + d}")
+            cols.append(extra.logits[:, extra._col(f"random:{k}:{d}")].unsqueeze(1))
+            draws[k].append(hs)
+    return ContextTest(torch.cat(cols, 1), list(test.gold), names, test.ranking, test.head_sets, draws,
+                       test.label_words, test.layers, dict(test.meta))
+
+
 def verdict_text(v: dict, c: Change) -> str:
     """The paper's claim read on discrimination, in words that follow the numbers of ``v``."""
     auc_part = (f"AUC {v['auc before']:.3f} -> {v['auc after']:.3f} (change {v['auc change']:+.3f}, 95% CI "

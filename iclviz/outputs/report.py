@@ -578,6 +578,8 @@ def make_report(models=("default",), datasets=("sst2", "amazon_polarity", "trec:
                 ctx_sizes = report_context.QUICK_SIZES if quick else (
                     (report_context.LARGE_MODEL_SIZES if first else report_context.LARGE_MODEL_OTHER_SIZES)
                     if big else None)
+                if not first:  # the 1%, 2% and 5% sizes keep the draws they were measured with (CPU time)
+                    ctx_sizes = dict(ctx_sizes or {}, share_draws_total=0)
                 res = report_context.run_context(lm, ds, d, ctx_sizes, importance_heads=heads)
                 context_text, ctx = report_context.section(res, lm, opens_app=first)
                 if first:

@@ -32,20 +32,24 @@ ADDED_AFTER = ("measured after the first, whose prompts could not resolve a drop
 # than the 256 prompts per condition a reviewer would want): the app's k gets 50 random sets, the 1%, 2%
 # and 5% sizes 20 each, the other sizes of the curve 10.
 CONTEXT_SIZES = dict(n_locate=32, locate_seed=100, locate_draws=5, n_test=64, test_seeds=(0, 1),
-                     confirm_seeds=(2, 3), headline_draws=50, share_draws=20, curve_draws=10, n_swap=32,
+                     confirm_seeds=(2, 3), headline_draws=50, share_draws=20, share_draws_total=50,
+                     curve_draws=10, n_swap=32,
                      confirm_more_seeds=(4, 5), confirm_more_why=PLANNED)
 QUICK_SIZES = dict(n_locate=4, locate_seed=100, locate_draws=2, n_test=4, test_seeds=(0, 1), confirm_seeds=(2, 3),
-                   headline_draws=4, share_draws=3, curve_draws=2, n_swap=2, confirm_more_seeds=(4, 5),
+                   headline_draws=4, share_draws=3, share_draws_total=5, curve_draws=2, n_swap=2,
+                   confirm_more_seeds=(4, 5),
                    confirm_more_why=PLANNED)
 # Models of over 1B parameters, on the CPU: location spread over four demonstration seeds (16 prompts each; one
 # seed's heads did not carry over to fresh demonstrations), 48 held-out prompts for the curve, 64 fresh ones for
 # the confirmation.
 LARGE_MODEL_SIZES = dict(n_locate=16, locate_seeds=(100, 101, 102, 103), locate_draws=2, n_test=24, n_confirm=32,
-                         headline_draws=50, share_draws=20, curve_draws=5, confirm_more_seeds=(4, 5, 6, 7),
+                         headline_draws=50, share_draws=20, share_draws_total=50, curve_draws=5,
+                         confirm_more_seeds=(4, 5, 6, 7),
                          confirm_more_why=ADDED_AFTER)
 # The same models on the datasets after the first: one confirmation of 128 fresh prompts (CPU time: Amazon's
 # long reviews make a 1.5B pass several times slower than SST-2's).
-LARGE_MODEL_OTHER_SIZES = dict(LARGE_MODEL_SIZES, confirm_seeds=(2, 3, 4, 5), confirm_more_seeds=None)
+LARGE_MODEL_OTHER_SIZES = dict(LARGE_MODEL_SIZES, confirm_seeds=(2, 3, 4, 5), confirm_more_seeds=None,
+                               share_draws_total=0)
 
 
 def locate_seeds(sizes: dict) -> tuple[int, ...]:
@@ -149,6 +153,21 @@ def run_context(lm, ds, d: Path, sizes: dict | None = None, importance_heads=Non
         test = context_heads.context_test(lm, ev, ranking[:max(grid)], grid, sets, n_draws=draws, layers=layers,
                                           progress=_progress(f"{ds.name}: context test"))
         test.save(test_path)
+    # The 1%, 2% and 5% sizes against at least ``share_draws_total`` random sets: the missing draws run on the same
+    # held-out prompts (other seeds) and join the stored test.
+    want = sizes.get("share_draws_total", 0)
+    missing = {s: want - len(test.draws.get(s, [])) for s in set(shares.values()) if s in test.draws}
+    missing = {s: n for s, n in missing.items() if n > 0}
+    if missing:
+        more_path = d / "context_test_more_draws.pt"
+        extra = ContextTest.load(more_path) if more_path.exists() else None
+        if extra is None or any(len(extra.draws.get(s, [])) < n for s, n in missing.items()):
+            ev = EvalSetup(ds.test_part("evaluate"), k_per_label=4, n_test=sizes["n_test"], seeds=sizes["test_seeds"])
+            extra = context_heads.context_test(lm, ev, ranking[:max(grid)], sorted(missing), n_draws=missing,
+                                               layers=layers, seed=50_000,
+                                               progress=_progress(f"{ds.name}: more random sets"))
+            extra.save(more_path)
+        test = context_heads.add_draws(test, extra)
     # The location prompts chose the ranking; their own curve is optimistic (the heads were ranked on those
     # prompts), so k comes from the held-out curve, and is confirmed on fresh prompts (new demonstration
     # seeds, a new draw of sentences) against its own random sets.
@@ -328,9 +347,12 @@ def sample_rows(res: ContextResult, d: Path) -> list[dict]:
     """How many prompts each context-rule run compared its conditions on (and how many random sets), for the
     results page's table of sample sizes."""
     name = f"top:{res.n_heads}"
+    shares = set(context_heads.share_sizes(res.scan.n_layers * res.scan.n_heads).values())
     rows = [{"run": "context rule: location scan", "prompts": res.scan.n_prompts, "random sets": None},
             {"run": "context rule: held-out curve (chooses k)", "prompts": len(res.test.gold),
-             "random sets": len(res.test.null(res.n_heads))}]
+             "random sets": len(res.test.null(res.n_heads))},
+            {"run": "context rule: 1%, 2% and 5% of the heads, held-out prompts", "prompts": len(res.test.gold),
+             "random sets": min(len(res.test.draws.get(k, [])) for k in shares)}]
     for label, t in (("first confirmation", res.confirm), ("second confirmation", res.confirm_more)):
         if t is not None and name in t.names:
             rows.append({"run": f"context rule: {label}", "prompts": len(t.gold),

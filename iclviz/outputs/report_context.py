@@ -287,7 +287,8 @@ def section(res: ContextResult, lm, opens_app: bool = True) -> tuple[str, dict]:
         + "Since k was chosen on these prompts, the claim is confirmed on fresh ones.",
         "### Confirmation on fresh prompts",
     ]
-    whose, heads_word = ("the app's" if opens_app else "these"), f"{k} head" + ("s" if k != 1 else "")
+    whose = "the app's" if opens_app else ("these" if k != 1 else "this")
+    heads_word = f"{k} head" + ("s" if k != 1 else "")
     if app:
         text.append(f"{app['n_prompts']} new prompts ({cmeta.get('n_test')} sentences, a new draw from the *evaluate* "
                     f"half, x demonstration seeds {cmeta.get('seeds')}), the {k} heads knocked out against "

@@ -288,7 +288,7 @@ def section(res: ContextResult, lm, opens_app: bool = True) -> tuple[str, dict]:
         "### Confirmation on fresh prompts",
     ]
     whose = "the app's" if opens_app else ("these" if k != 1 else "this")
-    heads_word = f"{k} head" + ("s" if k != 1 else "")
+    heads_word = f"{k} heads" if k != 1 else ("1 head" if opens_app else "head")
     if app:
         text.append(f"{app['n_prompts']} new prompts ({cmeta.get('n_test')} sentences, a new draw from the *evaluate* "
                     f"half, x demonstration seeds {cmeta.get('seeds')}), the {k} heads knocked out against "

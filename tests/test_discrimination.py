@@ -16,7 +16,7 @@ import torch
 from scipy.stats import mannwhitneyu
 
 from iclviz.analyses.causal import causal_scan
-from iclviz.analyses.context_heads import ContextTest, choose_n_heads, context_test
+from iclviz.analyses.context_heads import ContextTest, choose_n_heads, context_test, n_heads_choice
 from iclviz.analyses.discrimination import (
     auc,
     label_auc,
@@ -195,8 +195,12 @@ def test_choose_n_heads_rule():
     curve.attrs["auc none"] = 0.72
     # drops 0.02, 0.06, 0.14, 0.17: half of the largest is 0.085 -> k = 4 (below every random set)
     assert choose_n_heads(curve) == 4
+    assert n_heads_choice(curve)[1].startswith("the smallest k of the curve whose AUC is below every random set")
     curve["auc null min"] = [0.5, 0.5, 0.5, 0.5]  # nothing beyond the null: the largest drop
     assert choose_n_heads(curve) == 8
+    assert "the k of the largest drop" in n_heads_choice(curve)[1]
+    curve["auc top"] = [0.73, 0.74, 0.72, 0.75]  # no drop at all: the first k, said to be a placeholder
+    assert choose_n_heads(curve) == 1 and "not a finding" in n_heads_choice(curve)[1]
 
 
 def test_context_test_round_trips(tmp_path, tiny_llama):

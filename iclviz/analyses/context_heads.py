@@ -286,14 +286,25 @@ def context_test(lm: LoadedModel, setup: EvalSetup, ranking, sizes=CURVE_SIZES, 
 def choose_n_heads(curve: pd.DataFrame, min_share: float = 0.5) -> int:
     """The smallest k of the curve whose AUC lies below every random set of its size and whose AUC drop
     is at least ``min_share`` of the largest drop on the curve; without such a k, the k of the largest
-    drop. ``curve`` needs the base AUC in ``attrs['auc none']``."""
+    drop; without any drop, the curve's first k. ``curve`` needs the base AUC in ``attrs['auc none']``."""
+    return n_heads_choice(curve, min_share)[0]
+
+
+def n_heads_choice(curve: pd.DataFrame, min_share: float = 0.5) -> tuple[int, str]:
+    """:func:`choose_n_heads`'s k and which of its three cases chose it, in words."""
     base = float(curve.attrs["auc none"])
     drops = base - curve["auc top"]
     best = float(drops.max())
     if not math.isfinite(best) or best <= 0:
-        return int(curve["k"].iloc[0])
+        return int(curve["k"].iloc[0]), ("no k of the curve lowers the AUC at all, so the rule falls back to the "
+                                         "curve's first k (a placeholder, not a finding)")
     ok = curve[(curve["auc top"] < curve["auc null min"]) & (drops >= min_share * best)]
-    return int(ok["k"].iloc[0]) if len(ok) else int(curve.loc[drops.idxmax(), "k"])
+    if len(ok):
+        return int(ok["k"].iloc[0]), (f"the smallest k of the curve whose AUC is below every random set of its size "
+                                      f"and whose AUC drop is at least {min_share:.0%} of the largest on the curve")
+    return int(curve.loc[drops.idxmax(), "k"]), ("no k is both below every random set of its size and within "
+                                                 f"{min_share:.0%} of the largest drop, so the rule takes the k of "
+                                                 "the largest drop")
 
 
 def location_curve(lm: LoadedModel, setup: EvalSetup, ranking, sizes=CURVE_SIZES, n_draws: int = 10, layers=None,

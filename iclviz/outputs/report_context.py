@@ -242,6 +242,8 @@ def section(res: ContextResult, lm, opens_app: bool = True) -> tuple[str, dict]:
                      "accuracy": f"{v['accuracy before']:.1%} -> {v['accuracy after']:.1%}",
                      "mean margin": f"{v['mean_margin before']:+.2f} -> {v['mean_margin after']:+.2f}"})
     curve = test.curve()
+    curve.attrs["auc none"] = float(test.table()["auc"].iloc[0])
+    how_many = context_heads.n_heads_choice(curve)[1]
     curve_tbl = curve[["k", "auc top", "auc null min", "auc null p2.5", "auc null median", "auc null p97.5",
                        "recentred top", "recentred null median", "accuracy top", "draws"]]
     loc_tbl = res.curve_locate[["k", "auc top", "auc null min", "auc null median", "draws"]].assign(
@@ -280,8 +282,7 @@ def section(res: ContextResult, lm, opens_app: bool = True) -> tuple[str, dict]:
           for name, v in verdicts.items() if name.startswith("set:")],
         "Top-k curve on the held-out prompts: the AUC with the top k in-context heads knocked out, and the null "
         "band of random sets of k heads.\n\n" + _fmt(curve_tbl),
-        f"How many heads: the rule takes the smallest k of this held-out curve whose AUC is below every random set of "
-        f"its size and whose AUC drop is at least half of the largest on the curve: **k = {k}** "
+        f"How many heads, from this held-out curve: {how_many}: **k = {k}** "
         f"({_heads(res.heads)}, {100 * k / (lm.n_layers * lm.n_heads):.1f}% of the heads). "
         + ("These are the heads the app opens with. " if opens_app else "")
         + "Since k was chosen on these prompts, the claim is confirmed on fresh ones.",

@@ -198,7 +198,9 @@ def test_sigint_says_why_it_stopped(model_dir, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "iclviz", "evaluate", "--model", model_dir, "--dataset", "sst2",
                              "--k", "1", "--n-test", "400", "--batch-size", "1", "--checkpoint", str(ck)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            # a shell's background job inherits SIGINT ignored; Ctrl-C in a terminal is not
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if ck.exists() and len(ck.read_text().splitlines()) >= 3:

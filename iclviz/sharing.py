@@ -44,8 +44,8 @@ class LabState:
         return json.dumps(self.to_dict(), indent=2)
 
     def to_query_param(self) -> str:
-        """``z`` + URL-safe base64 of the deflated compact JSON (about a third of the plain encoding's length for
-        a prompt of a few demonstrations, so that a shared address stays short)."""
+        """``z`` + URL-safe base64 of the deflated compact JSON (under half the plain encoding's length for a
+        prompt of 16 demonstrations, so that a shared address stays short)."""
         raw = json.dumps(self.to_dict(), separators=(",", ":")).encode()
         return COMPRESSED_PREFIX + base64.urlsafe_b64encode(zlib.compress(raw, 9)).decode().rstrip("=")
 

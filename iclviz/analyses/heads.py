@@ -139,11 +139,17 @@ def located_heads(model_name: str, rule: str = "importance", dataset: str = "sst
                   ) -> dict | None:
     """The heads ``python -m iclviz report`` located on a model, by ``rule``, with how they were found:
     ``{"heads": [(l, h), ...], "n_prompts": ..., "dataset": ..., "rule": ..., "seed": ...}`` or None."""
-    path = path or LOCATED_HEADS_FILE
+    return _entry(_read_located(path), model_name, rule, dataset)
+
+
+def _read_located(path: Path | None) -> dict:
     try:
-        data = json.loads(Path(path).read_text())
+        return json.loads(Path(path or LOCATED_HEADS_FILE).read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+
+
+def _entry(data: dict, model_name: str, rule: str, dataset: str) -> dict | None:
     entry = data.get(model_key(model_name), {}).get(dataset, {}).get(rule)
     if not entry:
         return None
@@ -155,14 +161,10 @@ def located_on_other_datasets(model_name: str, rule: str, first: str = "sst2", p
     """The heads the report located by ``rule`` on the model's other datasets than ``first``, each with the first
     clause of its fresh-prompt verdict (``verdict_short``: on all fresh prompts together where the report read
     them so, else on the first confirmation), datasets in alphabetical order."""
-    path = path or LOCATED_HEADS_FILE
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return []
+    data = _read_located(path)
     out = []
     for dataset in sorted(data.get(model_key(model_name), {})):
-        found = located_heads(model_name, rule, dataset, path) if dataset != first else None
+        found = _entry(data, model_name, rule, dataset) if dataset != first else None
         if found:
             verdict = found.get("verdict_all_fresh") or found.get("verdict", "")
             n = found.get("n_all_fresh") or found.get("test", {}).get("n_prompts")
@@ -174,10 +176,7 @@ def located_on_other_datasets(model_name: str, rule: str, first: str = "sst2", p
 def record_located_heads(model_name: str, dataset: str, entries: dict, path: Path | None = None) -> None:
     """Add a model's located heads (per rule) to the file the app reads its default heads from."""
     path = path or LOCATED_HEADS_FILE
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        data = {}
+    data = _read_located(path)
     data.setdefault(model_key(model_name), {})[dataset] = entries
     tmp = Path(path).with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")

@@ -10,9 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..prompt import PromptError
-from ..validation import (
-    atomic_write,
-)
+from ..validation import atomic_write
 from .options import validate_against_model, validate_args
 
 

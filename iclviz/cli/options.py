@@ -20,9 +20,6 @@ from ..validation import (
 )
 
 MAX_TOKENS = 4096  # longest prompt the CLI runs unless --max-tokens says otherwise
-
-
-MAX_TOKENS = 4096  # longest prompt the CLI runs unless --max-tokens says otherwise
 MAX_SECONDS = 60.0  # longest estimated forward pass of one prompt on a CPU unless --max-seconds says otherwise
 
 

@@ -48,8 +48,9 @@ LARGE_MODEL_SIZES = dict(n_locate=16, locate_seeds=(100, 101, 102, 103), locate_
                          confirm_more_why=ADDED_AFTER)
 # The same models on the datasets after the first: one confirmation of 128 fresh prompts (CPU time: Amazon's
 # long reviews make a 1.5B pass several times slower than SST-2's).
-LARGE_MODEL_OTHER_SIZES = dict(LARGE_MODEL_SIZES, confirm_seeds=(2, 3, 4, 5), confirm_more_seeds=None,
-                               share_draws_total=0)
+LARGE_MODEL_OTHER_SIZES = dict(LARGE_MODEL_SIZES, confirm_seeds=(2, 3, 4, 5), confirm_more_seeds=None)
+# The random draws of the first and the second confirmation (the same seed draws the same sets).
+FIRST_CONFIRMATION_SEED, SECOND_CONFIRMATION_SEED = 7000, 7100
 
 
 def locate_seeds(sizes: dict) -> tuple[int, ...]:
@@ -96,6 +97,7 @@ class ContextResult:
     confirm_more: ContextTest | None = None  # a second, larger confirmation (``confirm_more_seeds``)
     k_location: int | None = None
     pooled: ContextTest | None = None  # every fresh prompt: the first confirmation rerun with the second's draws
+    k_reason: str = ""  # which case of ``context_heads.n_heads_choice`` chose ``n_heads``, in words
 
     @property
     def heads(self):
@@ -173,7 +175,8 @@ def run_context(lm, ds, d: Path, sizes: dict | None = None, importance_heads=Non
     # seeds, a new draw of sentences) against its own random sets.
     held = test.curve()
     held.attrs["auc none"] = float(test.table()["auc"].iloc[0])
-    k = context_heads.choose_n_heads(held)
+    k, k_reason = context_heads.n_heads_choice(held)
+
     def confirmation(path: Path, seeds, seed: int, desc: str) -> ContextTest:
         """The top k against random sets of k on fresh prompts (``seeds``), cached in ``path`` (re-run when the
         stored one was measured for another k)."""
@@ -186,14 +189,14 @@ def run_context(lm, ds, d: Path, sizes: dict | None = None, importance_heads=Non
             t.save(path)
         return t
 
-    confirm = confirmation(d / "context_confirm.pt", sizes["confirm_seeds"], 7000, "confirmation")
-    more = (confirmation(d / "context_confirm_more.pt", sizes["confirm_more_seeds"], 7100, "second confirmation")
-            if sizes.get("confirm_more_seeds") else None)
+    confirm = confirmation(d / "context_confirm.pt", sizes["confirm_seeds"], FIRST_CONFIRMATION_SEED, "confirmation")
+    more = (confirmation(d / "context_confirm_more.pt", sizes["confirm_more_seeds"], SECOND_CONFIRMATION_SEED,
+                         "second confirmation") if sizes.get("confirm_more_seeds") else None)
     # Every fresh prompt read together against one null: the first confirmation's prompts rerun with the second's
     # random sets (the same seed draws the same sets), then merged with the second.
     pooled = None
     if more is not None:
-        common = confirmation(d / "context_confirm_common.pt", sizes["confirm_seeds"], 7100,
+        common = confirmation(d / "context_confirm_common.pt", sizes["confirm_seeds"], SECOND_CONFIRMATION_SEED,
                               "first confirmation's prompts, second's random sets")
         pooled = context_heads.merge_tests([common, more])
     swap_table = None
@@ -205,7 +208,7 @@ def run_context(lm, ds, d: Path, sizes: dict | None = None, importance_heads=Non
         swap_table = label_swap.summarize_label_swap(label_swap.label_swap_table(lm, ev, ranking[:k]))
         swap_table.to_csv(swap_path, index=False)
     return ContextResult(scan, curve, k, test, swap_table, sizes, confirm=confirm, k_location=k_location,
-                         confirm_more=more, pooled=pooled)
+                         confirm_more=more, pooled=pooled, k_reason=k_reason)
 
 
 def section(res: ContextResult, lm, opens_app: bool = True) -> tuple[str, dict]:
@@ -242,8 +245,6 @@ def section(res: ContextResult, lm, opens_app: bool = True) -> tuple[str, dict]:
                      "accuracy": f"{v['accuracy before']:.1%} -> {v['accuracy after']:.1%}",
                      "mean margin": f"{v['mean_margin before']:+.2f} -> {v['mean_margin after']:+.2f}"})
     curve = test.curve()
-    curve.attrs["auc none"] = float(test.table()["auc"].iloc[0])
-    how_many = context_heads.n_heads_choice(curve)[1]
     curve_tbl = curve[["k", "auc top", "auc null min", "auc null p2.5", "auc null median", "auc null p97.5",
                        "recentred top", "recentred null median", "accuracy top", "draws"]]
     loc_tbl = res.curve_locate[["k", "auc top", "auc null min", "auc null median", "draws"]].assign(
@@ -282,7 +283,7 @@ def section(res: ContextResult, lm, opens_app: bool = True) -> tuple[str, dict]:
           for name, v in verdicts.items() if name.startswith("set:")],
         "Top-k curve on the held-out prompts: the AUC with the top k in-context heads knocked out, and the null "
         "band of random sets of k heads.\n\n" + _fmt(curve_tbl),
-        f"How many heads, from this held-out curve: {how_many}: **k = {k}** "
+        f"How many heads, from this held-out curve: {res.k_reason}: **k = {k}** "
         f"({_heads(res.heads)}, {100 * k / (lm.n_layers * lm.n_heads):.1f}% of the heads). "
         + ("These are the heads the app opens with. " if opens_app else "")
         + "Since k was chosen on these prompts, the claim is confirmed on fresh ones.",
@@ -359,10 +360,9 @@ def sample_rows(res: ContextResult, d: Path) -> list[dict]:
         if t is not None and name in t.names:
             rows.append({"run": f"context rule: {label}", "prompts": len(t.gold),
                          "random sets": len(t.null(res.n_heads))})
-    pooled = pooled_reading(res)
-    if pooled:
-        rows.append({"run": "context rule: all fresh prompts together", "prompts": pooled["n"],
-                     "random sets": pooled["draws"]})
+    if res.pooled is not None and name in res.pooled.names:
+        rows.append({"run": "context rule: all fresh prompts together", "prompts": len(res.pooled.gold),
+                     "random sets": len(res.pooled.null(res.n_heads))})
     if res.swap is not None:
         rows.append({"run": "label swap on the in-context heads", "prompts": int(res.swap["prompts"].iloc[0]),
                      "random sets": None})
